@@ -1,0 +1,22 @@
+"""captum_masks: mask-based explanation methods as Captum attributions."""
+
+from captum_masks._optimize import OptimizationHistory
+from captum_masks.meaningful_perturbation import MeaningfulPerturbation
+from captum_masks.perturbations import blend, constant_reference, gaussian_blur, noise_reference
+from captum_masks.masks import SigmoidMask, UpsampledMask
+from captum_masks.visualization import attribution_to_image, image_to_numpy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MeaningfulPerturbation",
+    "OptimizationHistory",
+    "SigmoidMask",
+    "UpsampledMask",
+    "attribution_to_image",
+    "blend",
+    "constant_reference",
+    "gaussian_blur",
+    "image_to_numpy",
+    "noise_reference",
+]

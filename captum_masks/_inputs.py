@@ -1,0 +1,180 @@
+"""Validation and normalisation of the arguments every mask method shares.
+
+Each check raises before any work is done and never modifies what it is given, so a bad call leaves
+the caller's tensors and model exactly as they were.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from captum_masks._compat import _format_additional_forward_args
+
+
+def format_inputs(inputs: Any, spatial_dims: int | None = None) -> tuple[Tensor, ...]:
+    """Return ``inputs`` as a tuple of tensors after checking type, dtype, batch and values.
+
+    ``spatial_dims`` (if given) is the number of axes after (batch, channel) each tensor must have.
+    """
+    if isinstance(inputs, Tensor):
+        inputs = (inputs,)
+    if not isinstance(inputs, tuple) or len(inputs) == 0:
+        raise TypeError(
+            f"inputs must be a tensor or a non-empty tuple of tensors, got {type(inputs).__name__}"
+        )
+    for index, tensor in enumerate(inputs):
+        where = "inputs" if len(inputs) == 1 else f"inputs[{index}]"
+        if not isinstance(tensor, Tensor):
+            raise TypeError(f"{where} must be a torch.Tensor, got {type(tensor).__name__}")
+        if not tensor.is_floating_point():
+            raise TypeError(
+                f"{where} must have a floating-point dtype to be blended with a mask, got "
+                f"{tensor.dtype}; convert it first, e.g. inputs.float()"
+            )
+        if tensor.dim() == 0 or tensor.shape[0] == 0:
+            raise ValueError(f"{where} must hold at least one example, got shape {tuple(tensor.shape)}")
+        if spatial_dims is not None and tensor.dim() != 2 + spatial_dims:
+            expected = ("N", "C", "H", "W")[: 2 + spatial_dims] if spatial_dims <= 2 else None
+            raise ValueError(
+                f"{where} must have {2 + spatial_dims} dimensions {expected}, "
+                f"got shape {tuple(tensor.shape)}"
+            )
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"{where} contains NaN or Inf values")
+        if tensor.shape[0] != inputs[0].shape[0]:
+            raise ValueError(
+                f"every input tensor must have the same batch size: inputs[0] has "
+                f"{inputs[0].shape[0]} examples, {where} has {tensor.shape[0]}"
+            )
+    return inputs
+
+
+def format_additional_args(additional_forward_args: Any) -> tuple | None:
+    return _format_additional_forward_args(additional_forward_args)
+
+
+def run_forward(
+    forward_func: Callable, inputs: Sequence[Tensor], additional_args: tuple | None
+) -> Tensor:
+    output = forward_func(*inputs, *(additional_args or ()))
+    if not isinstance(output, Tensor):
+        raise TypeError(
+            f"forward_func must return a tensor of scores, got {type(output).__name__}"
+        )
+    if output.dim() < 2 or output.shape[0] != inputs[0].shape[0]:
+        raise ValueError(
+            "forward_func must return scores of shape (N, num_classes, ...) with one row per "
+            f"example; got {tuple(output.shape)} for {inputs[0].shape[0]} examples"
+        )
+    return output
+
+
+def resolve_targets(target: Any, output: Tensor) -> Tensor:
+    """Turn any Captum target form into a (N, K) long tensor of output indices.
+
+    ``output`` is the model's output on the clean inputs, (N, D1, ..., Dk). ``target=None`` picks
+    each example's top class (2-D outputs only). An int or tuple applies to every example; a 1-D
+    tensor or a list holds one int or tuple per example.
+    """
+    num_examples = output.shape[0]
+    if target is None:
+        if output.dim() != 2:
+            raise ValueError(
+                f"target=None explains the predicted class, which needs (N, num_classes) outputs; "
+                f"the model returned shape {tuple(output.shape)}, so pass target explicitly"
+            )
+        return output.argmax(dim=1, keepdim=True)
+
+    if isinstance(target, Tensor):
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise TypeError(f"target tensor must hold integers, got dtype {target.dtype}")
+        if target.numel() == 1:
+            per_example = [int(target.item())] * num_examples
+        elif target.dim() == 1:
+            per_example = target.tolist()
+        else:
+            raise ValueError(
+                f"target tensor must be 0-d or 1-d with one entry per example, "
+                f"got shape {tuple(target.shape)}"
+            )
+    elif isinstance(target, (numbers.Integral, tuple)) and not isinstance(target, bool):
+        per_example = [target] * num_examples
+    elif isinstance(target, list):
+        per_example = list(target)
+    else:
+        raise TypeError(
+            "target must be None, an int, a tuple of ints, a 0-d/1-d integer tensor, or a list "
+            f"of ints or tuples, got {type(target).__name__}"
+        )
+    if len(per_example) != num_examples:
+        raise ValueError(
+            f"target must have one entry per example: got {len(per_example)} targets for "
+            f"{num_examples} examples"
+        )
+
+    rows = []
+    for entry in per_example:
+        indices = entry if isinstance(entry, tuple) else (entry,)
+        if not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in indices):
+            raise TypeError(f"target entries must be ints or tuples of ints, got {entry!r}")
+        if len(indices) != output.dim() - 1:
+            raise ValueError(
+                f"target {entry!r} has {len(indices)} index(es) but the model output "
+                f"{tuple(output.shape)} needs {output.dim() - 1} per example"
+            )
+        for axis, index in enumerate(indices, start=1):
+            if not 0 <= index < output.shape[axis]:
+                raise ValueError(
+                    f"target {entry!r} is out of range for model output of shape "
+                    f"{tuple(output.shape)} (axis {axis} has size {output.shape[axis]})"
+                )
+        rows.append([int(i) for i in indices])
+    return torch.tensor(rows, dtype=torch.long, device=output.device)
+
+
+def select_scores(output: Tensor, targets: Tensor, apply_softmax: bool) -> Tensor:
+    """Per-example score of each example's target, as a probability if ``apply_softmax``."""
+    if apply_softmax:
+        output = torch.softmax(output, dim=1)
+    rows = torch.arange(output.shape[0], device=output.device)
+    return output[(rows, *targets.unbind(dim=1))]
+
+
+def slice_batch(args: tuple | None, batch: slice, batch_size: int) -> tuple | None:
+    """Slice the batch-first tensors of ``args``; pass everything else through unchanged."""
+    if args is None:
+        return None
+    return tuple(
+        arg[batch] if isinstance(arg, Tensor) and arg.dim() > 0 and arg.shape[0] == batch_size else arg
+        for arg in args
+    )
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def check_positive(name: str, value: Any, allow_zero: bool = False) -> None:
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and (
+        value >= 0 if allow_zero else value > 0
+    )
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a number {bound}, got {value!r}")
+
+
+__all__ = [
+    "check_choice",
+    "check_positive",
+    "format_additional_args",
+    "format_inputs",
+    "resolve_targets",
+    "run_forward",
+    "select_scores",
+    "slice_batch",
+]

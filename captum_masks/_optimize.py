@@ -1,0 +1,199 @@
+"""The one optimisation loop every per-example mask method runs on.
+
+A method describes, for a slice of its batch, the mask parameters to optimise and a closure that
+returns one loss and one target probability per example (:class:`MaskProblem`). The loop here owns
+everything generic: ``torch.enable_grad()`` (Captum calls methods under ``no_grad``), gradients
+with ``torch.autograd.grad`` w.r.t. the mask parameters only (the model's ``.grad`` is never
+touched), the optimiser and step schedule, projection after each step, early stopping, chunking of
+the batch (``internal_batch_size``), the progress bar and the loss history.
+
+Examples stay independent: the loss that is differentiated is the *sum* of per-example losses, and
+Adam, RMSprop and SGD update each parameter element from its own gradient only, so an example's
+result does not depend on which other examples share its batch or chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from captum_masks._compat import progress
+
+OPTIMIZERS = {
+    "adam": torch.optim.Adam,
+    "rmsprop": torch.optim.RMSprop,
+    "sgd": torch.optim.SGD,
+}
+
+OptimizerType = Union[str, Callable[[List[Tensor], float], torch.optim.Optimizer]]
+SchedulerType = Optional[Callable[[torch.optim.Optimizer], object]]
+
+
+@dataclass
+class MaskProblem:
+    """The optimisation problem for one chunk of examples.
+
+    Attributes:
+        params: initial mask parameters, batch-first (copied; the copies are optimised).
+        objective: maps the current parameters to ``(loss, probability)``, both shape (n,): the
+            per-example loss to minimise and the per-example target probability to report.
+        project: optional in-place projection applied to the parameters after every step
+            (e.g. clipping to [0, 1]).
+    """
+
+    params: Sequence[Tensor]
+    objective: Callable[[Sequence[Tensor]], Tuple[Tensor, Tensor]]
+    project: Optional[Callable[[Sequence[Tensor]], None]] = None
+
+
+@dataclass
+class OptimizationHistory:
+    """Per-step record of an optimisation, one column per example.
+
+    Attributes:
+        loss (Tensor): (n_iter, N) loss of each example before each step.
+        probability (Tensor): (n_iter, N) the explained class's probability before each step.
+        steps (Tensor): (N,) steps each example ran; rows at or past it are NaN (early stop).
+    """
+
+    loss: Tensor
+    probability: Tensor
+    steps: Tensor
+
+
+@dataclass
+class OptimizationSettings:
+    """How :func:`optimize_masks` runs: see the method docstrings for each argument."""
+
+    n_iter: int
+    lr: float
+    optimizer: OptimizerType = "adam"
+    scheduler: SchedulerType = None
+    tolerance: Optional[float] = None
+    patience: int = 10
+    internal_batch_size: Optional[int] = None
+    show_progress: bool = False
+    progress_desc: str = "Mask optimisation"
+
+    def validate(self) -> None:
+        if not isinstance(self.n_iter, int) or isinstance(self.n_iter, bool) or self.n_iter < 1:
+            raise ValueError(f"n_iter must be a positive int, got {self.n_iter!r}")
+        if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or self.lr <= 0:
+            raise ValueError(f"lr must be a number > 0, got {self.lr!r}")
+        if isinstance(self.optimizer, str) and self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"optimizer must be one of {sorted(OPTIMIZERS)} or a callable "
+                f"(params, lr) -> torch.optim.Optimizer, got {self.optimizer!r}"
+            )
+        if not isinstance(self.optimizer, str) and not callable(self.optimizer):
+            raise TypeError(f"optimizer must be a string or a callable, got {self.optimizer!r}")
+        if self.tolerance is not None and not self.tolerance >= 0:
+            raise ValueError(f"tolerance must be None or >= 0, got {self.tolerance!r}")
+        if not isinstance(self.patience, int) or self.patience < 1:
+            raise ValueError(f"patience must be a positive int, got {self.patience!r}")
+        size = self.internal_batch_size
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+            raise ValueError(f"internal_batch_size must be None or a positive int, got {size!r}")
+
+    def make_optimizer(self, params: List[Tensor]) -> torch.optim.Optimizer:
+        if isinstance(self.optimizer, str):
+            return OPTIMIZERS[self.optimizer](params, lr=self.lr)
+        return self.optimizer(params, self.lr)
+
+
+def optimize_masks(
+    build_problem: Callable[[slice], MaskProblem],
+    num_examples: int,
+    settings: OptimizationSettings,
+) -> Tuple[List[Tensor], OptimizationHistory]:
+    """Optimise mask parameters for ``num_examples`` examples, chunk by chunk.
+
+    Args:
+        build_problem: given the slice of examples of a chunk, returns its :class:`MaskProblem`.
+        num_examples: batch size N.
+        settings: iterations, optimiser, schedule, early stopping, chunking and progress.
+
+    Returns:
+        The optimised parameters (each concatenated over chunks, detached) and the history.
+    """
+    chunk = settings.internal_batch_size or num_examples
+    slices = [slice(start, min(start + chunk, num_examples)) for start in range(0, num_examples, chunk)]
+    bar = (
+        progress(desc=settings.progress_desc, total=settings.n_iter * len(slices))
+        if settings.show_progress
+        else None
+    )
+    results: List[List[Tensor]] = []
+    histories: List[Tuple[Tensor, Tensor, Tensor]] = []
+    try:
+        with torch.enable_grad():
+            for batch in slices:
+                params, history = _optimize_chunk(build_problem(batch), settings, bar)
+                results.append(params)
+                histories.append(history)
+    finally:
+        if bar is not None:
+            bar.close()
+    params = [torch.cat(parts) for parts in zip(*results)]
+    loss, probability, steps = (torch.cat(parts, dim=-1) for parts in zip(*histories))
+    return params, OptimizationHistory(loss=loss, probability=probability, steps=steps)
+
+
+def _optimize_chunk(
+    problem: MaskProblem, settings: OptimizationSettings, bar
+) -> Tuple[List[Tensor], Tuple[Tensor, Tensor, Tensor]]:
+    params = [p.detach().clone().requires_grad_(True) for p in problem.params]
+    optimizer = settings.make_optimizer(params)
+    scheduler = settings.scheduler(optimizer) if settings.scheduler is not None else None
+    losses: List[Tensor] = []
+    probabilities: List[Tensor] = []
+    best = None
+    stale_steps = 0
+    for _ in range(settings.n_iter):
+        loss, probability = problem.objective(params)
+        grads = torch.autograd.grad(loss.sum(), params)
+        for param, grad in zip(params, grads):
+            param.grad = grad
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if problem.project is not None:
+            with torch.no_grad():
+                problem.project(params)
+        loss, probability = loss.detach(), probability.detach()
+        losses.append(loss)
+        probabilities.append(probability)
+        if bar is not None:
+            bar.update()
+        if settings.tolerance is not None:
+            improved = best is None or bool((loss < best - settings.tolerance).any())
+            best = loss if best is None else torch.minimum(best, loss)
+            stale_steps = 0 if improved else stale_steps + 1
+            if stale_steps >= settings.patience:
+                if bar is not None:
+                    bar.update(settings.n_iter - len(losses))
+                break
+    steps_run = len(losses)
+    loss_history = _pad_rows(torch.stack(losses), settings.n_iter)
+    probability_history = _pad_rows(torch.stack(probabilities), settings.n_iter)
+    steps = torch.full((loss.shape[0],), steps_run, dtype=torch.long, device=loss.device)
+    return [p.detach() for p in params], (loss_history, probability_history, steps)
+
+
+def _pad_rows(rows: Tensor, total: int) -> Tensor:
+    missing = total - rows.shape[0]
+    if missing == 0:
+        return rows
+    return torch.cat([rows, rows.new_full((missing, rows.shape[1]), float("nan"))])
+
+
+__all__ = [
+    "MaskProblem",
+    "OPTIMIZERS",
+    "OptimizationHistory",
+    "OptimizationSettings",
+    "optimize_masks",
+]

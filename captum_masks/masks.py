@@ -1,0 +1,134 @@
+"""Mask parametrisations: how optimised parameters θ become a mask m(θ) at input resolution.
+
+A parametrisation is a small stateless object: ``init`` builds the parameters for a batch and
+``__call__`` maps parameters to a (N, 1, *spatial) mask in [0, 1] that broadcasts over channels.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from captum_masks.perturbations import gaussian_blur
+
+
+class UpsampledMask:
+    r"""A low-resolution mask, upsampled by ``factor`` and smoothed (Fong & Vedaldi, Eq. 4).
+
+    The parameters are the low-resolution mask itself, kept in [0, 1] by :meth:`clamp_`. The
+    full-resolution mask is M = g_σ ∗ upsample(m), optionally shifted by a random integer jitter
+    τ ∈ [0, jitter) per axis and example (edges replicated), which is the paper's expectation over
+    shifts E_τ taken on the mask instead of the image.
+
+    Args:
+        factor (int): upsampling factor δ; the low-resolution side is ⌈side / factor⌉.
+        smooth_sigma (float): σ of the Gaussian applied to the upsampled mask (0: none).
+        jitter (int): shifts are drawn from {0, …, jitter − 1} pixels; 0 or 1 disables it.
+
+    Examples::
+
+        >>> parametrisation = UpsampledMask(factor=8, smooth_sigma=5.0)
+        >>> theta = parametrisation.init(images, fill=0.5)    # (N, 1, 28, 28) for 224 px
+        >>> mask = parametrisation(theta, images.shape[2:])   # (N, 1, 224, 224)
+    """
+
+    def __init__(self, factor: int = 8, smooth_sigma: float = 5.0, jitter: int = 0) -> None:
+        if not isinstance(factor, int) or factor < 1:
+            raise ValueError(f"mask_factor must be a positive int, got {factor!r}")
+        if not isinstance(jitter, int) or jitter < 0:
+            raise ValueError(f"jitter must be an int >= 0, got {jitter!r}")
+        if smooth_sigma < 0:
+            raise ValueError(f"mask_sigma must be >= 0, got {smooth_sigma!r}")
+        self.factor = factor
+        self.smooth_sigma = smooth_sigma
+        self.jitter = jitter
+
+    def init(self, inputs: Tensor, fill: float) -> Tensor:
+        low_res = [math.ceil(side / self.factor) for side in inputs.shape[2:]]
+        return torch.full(
+            (inputs.shape[0], 1, *low_res), float(fill), device=inputs.device, dtype=inputs.dtype
+        )
+
+    def __call__(
+        self,
+        params: Tensor,
+        spatial_shape: Sequence[int],
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        mode = "bilinear" if params.dim() == 4 else "linear"
+        upsampled = F.interpolate(params, scale_factor=self.factor, mode=mode, align_corners=False)
+        if generator is not None and self.jitter > 1:
+            upsampled = self._shift(upsampled, generator)
+        index = (slice(None), slice(None), *(slice(0, side) for side in spatial_shape))
+        return gaussian_blur(upsampled[index], self.smooth_sigma)
+
+    def _shift(self, mask: Tensor, generator: torch.Generator) -> Tensor:
+        spatial_dims = mask.dim() - 2
+        shifts = torch.randint(
+            self.jitter, (mask.shape[0], spatial_dims), generator=generator, device=mask.device
+        ).tolist()
+        padded = F.pad(mask, (self.jitter, 0) * spatial_dims, mode="replicate")
+        sizes = mask.shape[2:]
+        return torch.cat(
+            [
+                padded[(slice(i, i + 1), slice(None))
+                       + tuple(slice(self.jitter - s, self.jitter - s + n) for s, n in zip(shift, sizes))]
+                for i, shift in enumerate(shifts)
+            ]
+        )
+
+    @staticmethod
+    def clamp_(params: Sequence[Tensor]) -> None:
+        """Project the parameters back onto [0, 1] after an optimiser step (in place)."""
+        for param in params:
+            param.clamp_(0.0, 1.0)
+
+    def __repr__(self) -> str:
+        return (
+            f"UpsampledMask(factor={self.factor}, smooth_sigma={self.smooth_sigma}, "
+            f"jitter={self.jitter})"
+        )
+
+
+class SigmoidMask:
+    r"""A full-resolution mask m = σ(W / temperature) over unconstrained weights W (NeuroMask).
+
+    Args:
+        temperature (float): divides W before the sigmoid; lower is sharper.
+        init_range (tuple of float): W starts uniform in [low, high), drawn from the call's
+            generator so a seed fixes it.
+
+    Examples::
+
+        >>> parametrisation = SigmoidMask(temperature=0.3, init_range=(-1.0, 1.0))
+        >>> weights = parametrisation.init(images, generator)   # (N, 1, H, W)
+        >>> mask = parametrisation(weights)
+    """
+
+    def __init__(self, temperature: float = 1.0, init_range: tuple[float, float] = (-1.0, 1.0)):
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        low, high = init_range
+        if not low < high:
+            raise ValueError(f"init_range must be (low, high) with low < high, got {init_range!r}")
+        self.temperature = temperature
+        self.init_range = (float(low), float(high))
+
+    def init(self, inputs: Tensor, generator: torch.Generator, spatial_shape: Sequence[int] | None = None) -> Tensor:
+        shape = (inputs.shape[0], 1, *(inputs.shape[2:] if spatial_shape is None else spatial_shape))
+        low, high = self.init_range
+        uniform = torch.rand(shape, generator=generator, device=inputs.device, dtype=inputs.dtype)
+        return low + (high - low) * uniform
+
+    def __call__(self, weights: Tensor) -> Tensor:
+        return torch.sigmoid(weights / self.temperature)
+
+    def __repr__(self) -> str:
+        return f"SigmoidMask(temperature={self.temperature}, init_range={self.init_range})"
+
+
+__all__ = ["SigmoidMask", "UpsampledMask"]

@@ -1,0 +1,178 @@
+"""Perturbation operators Φ: what a masked-out region of the input is replaced with.
+
+Every reference lives in the caller's input space (normalised or not) and on the input's device and
+dtype. ``blend(x, m, reference) = m·x + (1 − m)·reference`` keeps the input where ``m = 1`` and
+shows the reference where ``m = 0`` (Fong & Vedaldi 2017, Eq. 2).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+BaselineType = Union[None, float, Sequence[float], Tensor]
+
+PERTURBATIONS = ("blur", "constant", "noise")
+
+
+def gaussian_kernel1d(sigma: float, like: Tensor) -> Tensor:
+    """Normalised 1-D Gaussian with radius ⌈3σ⌉, on ``like``'s device and dtype."""
+    radius = max(1, math.ceil(3.0 * sigma))
+    offsets = torch.arange(-radius, radius + 1, device=like.device, dtype=like.dtype)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+def gaussian_blur(inputs: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur of every channel of a (N, C, L) or (N, C, H, W) tensor.
+
+    Args:
+        inputs (Tensor): batch-first, channel-second signal with 1 or 2 spatial axes.
+        sigma (float): standard deviation of the kernel in pixels; 0 returns ``inputs``.
+
+    Returns:
+        Tensor of the same shape, device and dtype. Borders are reflected (replicated when the
+        signal is shorter than the kernel radius), so a constant image stays constant.
+
+    Examples::
+
+        >>> blurred = gaussian_blur(torch.rand(2, 3, 64, 64), sigma=10.0)
+    """
+    if sigma == 0:
+        return inputs
+    spatial_dims = inputs.dim() - 2
+    if spatial_dims not in (1, 2):
+        raise ValueError(
+            f"gaussian_blur needs (N, C, L) or (N, C, H, W) input, got shape {tuple(inputs.shape)}"
+        )
+    kernel = gaussian_kernel1d(sigma, inputs)
+    radius = kernel.numel() // 2
+    channels = inputs.shape[1]
+    out = inputs
+    for axis in range(spatial_dims):
+        size = out.shape[2 + axis]
+        mode = "reflect" if radius < size else "replicate"
+        if spatial_dims == 1:
+            padded = F.pad(out, (radius, radius), mode=mode)
+            weight = kernel.view(1, 1, -1).expand(channels, 1, -1)
+            out = F.conv1d(padded, weight, groups=channels)
+        else:
+            pad = (0, 0, radius, radius) if axis == 0 else (radius, radius, 0, 0)
+            shape = (1, 1, -1, 1) if axis == 0 else (1, 1, 1, -1)
+            padded = F.pad(out, pad, mode=mode)
+            weight = kernel.view(shape).expand(channels, 1, *kernel.view(shape).shape[2:])
+            out = F.conv2d(padded, weight, groups=channels)
+    return out
+
+
+def constant_reference(inputs: Tensor, value: BaselineType = None) -> Tensor:
+    """A constant replacement for ``inputs``: a scalar, one value per channel, or a tensor.
+
+    Args:
+        inputs (Tensor): (N, C, ...) input the reference replaces.
+        value (float, sequence of float, Tensor or None): a scalar; C per-channel values; or a
+            tensor broadcastable to ``inputs`` (a Captum ``baselines`` tensor, (C,) per channel
+            included). None uses each example's mean colour per channel (the paper's µ0).
+
+    Returns:
+        Tensor with the shape, device and dtype of ``inputs``.
+    """
+    if value is None:
+        spatial = tuple(range(2, inputs.dim()))
+        return inputs.mean(dim=spatial, keepdim=True).expand_as(inputs)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return torch.full_like(inputs, float(value))
+    if isinstance(value, (list, tuple)):
+        value = torch.tensor([float(v) for v in value])
+    if not isinstance(value, Tensor):
+        raise TypeError(
+            "baselines must be a number, a sequence of per-channel numbers or a tensor, "
+            f"got {type(value).__name__}"
+        )
+    value = value.to(device=inputs.device, dtype=inputs.dtype)
+    if value.dim() == 1 and inputs.dim() > 2 and value.numel() == inputs.shape[1]:
+        value = value.view(1, -1, *([1] * (inputs.dim() - 2)))
+    try:
+        reference = torch.broadcast_to(value, inputs.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"baselines of shape {tuple(value.shape)} cannot be broadcast to the input shape "
+            f"{tuple(inputs.shape)}; give a scalar, {inputs.shape[1]} per-channel values, or a "
+            "tensor with the input's shape"
+        ) from None
+    if not torch.isfinite(reference).all():
+        raise ValueError("baselines contains NaN or Inf values")
+    return reference
+
+
+def noise_reference(
+    inputs: Tensor,
+    generator: torch.Generator,
+    mean: BaselineType = None,
+    std: float | None = None,
+) -> Tensor:
+    """I.i.d. Gaussian noise η(u) drawn from ``generator`` (Fong & Vedaldi, Eq. 2, second case).
+
+    Args:
+        inputs (Tensor): (N, C, ...) input the reference replaces.
+        generator (torch.Generator): seeded generator on the input's device.
+        mean: centre of the noise, as ``constant_reference``'s ``value`` (default: each
+            example's mean colour per channel).
+        std (float or None): noise standard deviation; None uses each example's per-channel
+            standard deviation, so the noise has the image's own contrast whatever its scaling.
+
+    Returns:
+        Tensor with the shape, device and dtype of ``inputs``.
+    """
+    centre = constant_reference(inputs, mean)
+    if std is None:
+        spatial = tuple(range(2, inputs.dim()))
+        scale = inputs.std(dim=spatial, keepdim=True) if inputs[0, 0].numel() > 1 else 1.0
+    else:
+        scale = std
+    noise = torch.randn(inputs.shape, generator=generator, device=inputs.device, dtype=inputs.dtype)
+    return centre + scale * noise
+
+
+def make_reference(
+    inputs: Tensor,
+    perturbation: str,
+    generator: torch.Generator,
+    baselines: BaselineType = None,
+    blur_sigma: float = 10.0,
+    noise_std: float | None = None,
+) -> Tensor:
+    """The reference Φ shows where the mask is 0: ``"blur"``, ``"constant"`` or ``"noise"``."""
+    if perturbation == "blur":
+        if baselines is not None:
+            raise ValueError(
+                "baselines is only used by perturbation='constant' or 'noise'; "
+                "the blur perturbation replaces content by a blurred copy of the input"
+            )
+        return gaussian_blur(inputs, blur_sigma)
+    if perturbation == "constant":
+        return constant_reference(inputs, baselines)
+    if perturbation == "noise":
+        return noise_reference(inputs, generator, baselines, noise_std)
+    raise ValueError(f"perturbation must be one of {PERTURBATIONS}, got {perturbation!r}")
+
+
+def blend(inputs: Tensor, mask: Tensor, reference: Tensor) -> Tensor:
+    """Φ(x, m) = m·x + (1 − m)·reference, with ``mask`` broadcast over channels."""
+    return reference + mask * (inputs - reference)
+
+
+__all__ = [
+    "PERTURBATIONS",
+    "blend",
+    "constant_reference",
+    "gaussian_blur",
+    "gaussian_kernel1d",
+    "make_reference",
+    "noise_reference",
+]

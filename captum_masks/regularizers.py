@@ -1,0 +1,80 @@
+"""Mask regularisers. Each returns one value per example, shape (N,), so examples never mix.
+
+Masks are (N, 1, *spatial) with one or two spatial axes (sequences or images).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _flat(mask: Tensor) -> Tensor:
+    return mask.reshape(mask.shape[0], -1)
+
+
+def l1(mask: Tensor) -> Tensor:
+    """‖m‖₁ per example: the sum of absolute values over all non-batch axes."""
+    return _flat(mask).abs().sum(dim=1)
+
+
+def total_variation(mask: Tensor, beta: float = 1.0) -> Tensor:
+    r"""Σ_u Σ_axis |∂_axis m(u)|^β per example (Fong & Vedaldi's TV_β, anisotropic).
+
+    Args:
+        mask (Tensor): (N, 1, L) or (N, 1, H, W).
+        beta (float): exponent β; 1 is the usual anisotropic TV, 3 the paper's setting.
+    """
+    total = mask.new_zeros(mask.shape[0])
+    for axis in range(2, mask.dim()):
+        total = total + _flat(torch.diff(mask, dim=axis).abs().pow(beta)).sum(dim=1)
+    return total
+
+
+_LAPLACIAN_KERNELS = {
+    (1, 3): [1.0, -2.0, 1.0],
+    (2, 3): [[1.0, 1.0, 1.0], [1.0, -8.0, 1.0], [1.0, 1.0, 1.0]],
+    (2, 5): [[1.0] * 5] * 2 + [[1.0, 1.0, -24.0, 1.0, 1.0]] + [[1.0] * 5] * 2,
+}
+
+
+def laplacian(mask: Tensor, kernel_size: int = 3, squared: bool = False) -> Tensor:
+    r"""‖m ⊛ Δ‖₁ (or Σ(m ⊛ Δ)² if ``squared``) per example, over valid positions only.
+
+    Args:
+        mask (Tensor): (N, 1, L) uses the 1-D kernel [1, −2, 1]; (N, 1, H, W) the 2-D kernel with
+            centre −8 (``kernel_size=3``) or −24 (``kernel_size=5``, NeuroMask's ImageNet choice).
+        kernel_size (int): 3, or 5 for images.
+        squared (bool): sum of squares instead of absolute values.
+    """
+    spatial_dims = mask.dim() - 2
+    key = (spatial_dims, kernel_size)
+    if key not in _LAPLACIAN_KERNELS:
+        raise ValueError(
+            f"no Laplacian of size {kernel_size} for {spatial_dims} spatial dims; "
+            "use kernel_size=3 (1-D or 2-D) or 5 (2-D)"
+        )
+    kernel = torch.tensor(_LAPLACIAN_KERNELS[key], device=mask.device, dtype=mask.dtype)
+    kernel = kernel.view(1, 1, *kernel.shape)
+    conv = F.conv1d if spatial_dims == 1 else F.conv2d
+    response = conv(mask, kernel)
+    return _flat(response.square() if squared else response.abs()).sum(dim=1)
+
+
+def area(mask: Tensor, fraction: float) -> Tensor:
+    r"""Area constraint of Fong, Patrick & Vedaldi (2019): ‖sort(m) − r_a‖² / |Λ| per example.
+
+    ``r_a`` is the sorted vector of a mask whose ``fraction`` of pixels is 1 and the rest 0, so the
+    term is zero exactly when the mask keeps that fraction of the input and is binary.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction!r}")
+    values = _flat(mask).sort(dim=1).values
+    size = values.shape[1]
+    ones = round(fraction * size)
+    reference = torch.cat([values.new_zeros(size - ones), values.new_ones(ones)])
+    return (values - reference).square().mean(dim=1)
+
+
+__all__ = ["area", "l1", "laplacian", "total_variation"]
