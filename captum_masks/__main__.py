@@ -1,0 +1,40 @@
+"""Command line: ``python -m captum_masks {demo,speed} ...``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m captum_masks", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser(
+        "demo", help="explain a photo with MeaningfulPerturbation and Captum's built-ins"
+    )
+    demo.add_argument("--image", default="cat", help="a sample image name (cat, coffee, "
+                      "astronaut, rocket, camera, china, flower, grace_hopper) or a file path")
+    demo.add_argument("--out", default="demo.png", help="where to save the figure")
+    demo.add_argument("--n-iter", type=int, default=300, help="MeaningfulPerturbation iterations")
+    demo.add_argument("--seed", type=int, default=0)
+
+    speed = commands.add_parser("speed", help="per-iteration cost vs. bare forward+backward")
+    speed.add_argument("--batch-size", type=int, default=1)
+    speed.add_argument("--repeats", type=int, default=3)
+
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from captum_masks.demo import run_demo
+
+        run_demo(image=args.image, out=args.out, n_iter=args.n_iter, seed=args.seed)
+    else:
+        from captum_masks.benchmarks import format_speed, measure_speed
+
+        print(format_speed(measure_speed(batch_size=args.batch_size, repeats=args.repeats)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

