@@ -61,7 +61,7 @@ class MaskAttribution(PerturbationAttribution):
         is_inputs_tuple = isinstance(inputs, tuple)
         formatted = format_inputs(inputs, spatial_dims)
         additional_args = format_additional_args(additional_forward_args)
-        with torch.no_grad():
+        with torch.no_grad(), preserved_rng_state(formatted[0].device):
             clean_output = run_forward(self.forward_func, formatted, additional_args)
         targets = resolve_targets(target, clean_output)
         return PreparedCall(formatted, is_inputs_tuple, additional_args, targets, clean_output)

@@ -164,7 +164,7 @@ def make_reference(
 
 def blend(inputs: Tensor, mask: Tensor, reference: Tensor) -> Tensor:
     """Φ(x, m) = m·x + (1 − m)·reference, with ``mask`` broadcast over channels."""
-    return reference + mask * (inputs - reference)
+    return mask * inputs + (1.0 - mask) * reference
 
 
 __all__ = [

@@ -1,0 +1,78 @@
+import pytest
+import torch
+from hypothesis import settings
+from torch import nn
+
+settings.register_profile("captum_masks", deadline=None, max_examples=15, derandomize=True)
+settings.load_profile("captum_masks")
+
+
+class TinyCNN(nn.Module):
+    """A small image classifier: (N, C, H, W) -> (N, num_classes) logits."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 5, dropout: float = 0.0):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x, scale=None):
+        pooled = self.features(x).mean(dim=(2, 3))
+        logits = self.head(self.dropout(pooled))
+        return logits if scale is None else logits * scale
+
+
+class SpotDetector(nn.Module):
+    """Class 1's logit is the mean brightness of a fixed square, class 0's its negation.
+
+    Its evidence lives exactly in the square, so a correct attribution must point there.
+    """
+
+    def __init__(self, top: int, left: int, side: int):
+        super().__init__()
+        self.region = (slice(top, top + side), slice(left, left + side))
+
+    def forward(self, x):
+        spot = x[:, :, self.region[0], self.region[1]].mean(dim=(1, 2, 3))
+        return torch.stack([-spot, spot], dim=1) * 2.0
+
+
+@pytest.fixture
+def tiny_model():
+    torch.manual_seed(0)
+    return TinyCNN().eval()
+
+
+@pytest.fixture
+def images():
+    generator = torch.Generator().manual_seed(1)
+    return torch.randn(3, 3, 32, 32, generator=generator)
+
+
+def model_state(model: nn.Module):
+    """Everything about a model that an attribution must leave as it found it."""
+    return {
+        "params": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "requires_grad": {k: p.requires_grad for k, p in model.named_parameters()},
+        "grads": {k: None if p.grad is None else p.grad.clone() for k, p in model.named_parameters()},
+        "training": [m.training for m in model.modules()],
+        "hooks": [
+            (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+            for m in model.modules()
+        ],
+    }
+
+
+def assert_same_state(before, after):
+    assert before["requires_grad"] == after["requires_grad"]
+    assert before["training"] == after["training"]
+    assert before["hooks"] == after["hooks"]
+    for key, value in before["params"].items():
+        assert torch.equal(value, after["params"][key]), key
+    for key, grad in before["grads"].items():
+        other = after["grads"][key]
+        assert (grad is None) == (other is None), key
+        if grad is not None:
+            assert torch.equal(grad, other), key

@@ -1,0 +1,219 @@
+"""The shared engine: perturbations, mask parametrisations, regularisers, optimisation loop."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from captum_masks import masks, perturbations, regularizers
+from captum_masks._optimize import MaskProblem, OptimizationSettings, optimize_masks
+
+
+# ---------------------------------------------------------------- perturbations
+@given(sigma=st.floats(0.5, 12.0), side=st.integers(3, 40), value=st.floats(-3, 3))
+def test_blur_keeps_a_constant_image_constant(sigma, side, value):
+    image = torch.full((2, 3, side, side + 1), value, dtype=torch.float64)
+    torch.testing.assert_close(perturbations.gaussian_blur(image, sigma), image)
+
+
+def test_blur_spreads_an_impulse_like_a_gaussian():
+    image = torch.zeros(1, 1, 41, 41, dtype=torch.float64)
+    image[0, 0, 20, 20] = 1.0
+    blurred = perturbations.gaussian_blur(image, 2.0)[0, 0]
+    assert blurred.sum().item() == pytest.approx(1.0, abs=1e-6)
+    # separable Gaussian: value at distance d on an axis ∝ exp(-d²/(2σ²))
+    assert (blurred[20, 22] / blurred[20, 20]).item() == pytest.approx(math.exp(-4 / 8), rel=1e-3)
+    assert blurred.argmax().item() == 20 * 41 + 20
+
+
+def test_blur_1d_and_bad_rank():
+    signal = torch.zeros(1, 2, 21)
+    signal[..., 10] = 1.0
+    assert perturbations.gaussian_blur(signal, 1.5)[0, 0].argmax().item() == 10
+    with pytest.raises(ValueError, match="gaussian_blur"):
+        perturbations.gaussian_blur(torch.zeros(1, 1, 2, 2, 2), 1.0)
+
+
+def test_constant_reference_forms():
+    x = torch.randn(2, 3, 4, 5)
+    assert torch.equal(perturbations.constant_reference(x, 0.5), torch.full_like(x, 0.5))
+    per_channel = perturbations.constant_reference(x, [1.0, 2.0, 3.0])
+    assert torch.equal(per_channel[:, 2], torch.full((2, 4, 5), 3.0))
+    assert torch.equal(perturbations.constant_reference(x, torch.tensor([1.0, 2.0, 3.0])), per_channel)
+    full = torch.randn(2, 3, 4, 5)
+    assert torch.equal(perturbations.constant_reference(x, full), full)
+    mean = perturbations.constant_reference(x, None)
+    torch.testing.assert_close(mean[1, 0, 3, 4], x[1, 0].mean())
+    with pytest.raises(ValueError, match="baselines"):
+        perturbations.constant_reference(x, torch.zeros(7))
+
+
+def test_noise_reference_is_seeded_and_follows_the_image_statistics():
+    x = 5.0 + 2.0 * torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    first = perturbations.noise_reference(x, torch.Generator().manual_seed(3))
+    second = perturbations.noise_reference(x, torch.Generator().manual_seed(3))
+    other = perturbations.noise_reference(x, torch.Generator().manual_seed(4))
+    assert torch.equal(first, second) and not torch.equal(first, other)
+    assert first.mean().item() == pytest.approx(5.0, abs=0.1)
+    assert first.std().item() == pytest.approx(2.0, rel=0.1)  # the image's own contrast
+
+
+def test_blend_endpoints():
+    x, reference = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    ones, zeros = torch.ones(2, 1, 4, 4), torch.zeros(2, 1, 4, 4)
+    assert torch.equal(perturbations.blend(x, ones, reference), x)
+    assert torch.equal(perturbations.blend(x, zeros, reference), reference)
+    half = perturbations.blend(x, 0.5 * ones, reference)
+    torch.testing.assert_close(half, (x + reference) / 2)
+
+
+def test_make_reference_rejects_baselines_for_blur():
+    with pytest.raises(ValueError, match="baselines"):
+        perturbations.make_reference(torch.zeros(1, 1, 4, 4), "blur", torch.Generator(), 0.0)
+
+
+# ---------------------------------------------------------------- masks
+@given(
+    height=st.integers(5, 40), width=st.integers(5, 40), factor=st.integers(1, 8),
+    sigma=st.sampled_from([0.0, 1.0, 3.0]), jitter=st.integers(0, 4),
+)
+def test_upsampled_mask_shape_and_range(height, width, factor, sigma, jitter):
+    images = torch.zeros(2, 3, height, width, dtype=torch.float64)
+    parametrisation = masks.UpsampledMask(factor, sigma, jitter)
+    params = parametrisation.init(images, fill=0.5)
+    assert params.shape == (2, 1, math.ceil(height / factor), math.ceil(width / factor))
+    params = torch.rand(params.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    mask = parametrisation(params, (height, width), torch.Generator().manual_seed(1))
+    assert mask.shape == (2, 1, height, width) and mask.dtype == torch.float64
+    assert mask.min() >= 0 and mask.max() <= 1
+
+
+def test_upsampled_mask_jitter_shifts_within_range():
+    parametrisation = masks.UpsampledMask(factor=1, smooth_sigma=0.0, jitter=4)
+    params = torch.zeros(16, 1, 12, 12)
+    params[..., 6, 6] = 1.0
+    shifted = parametrisation(params, (12, 12), torch.Generator().manual_seed(0))
+    positions = {divmod(m.flatten().argmax().item(), 12) for m in shifted}
+    assert len(positions) > 1  # examples draw their own shifts
+    assert all(6 <= r < 10 and 6 <= c < 10 for r, c in positions)
+    assert torch.equal(parametrisation(params, (12, 12)), params)  # no generator, no jitter
+
+
+def test_sigmoid_mask_init_range_and_seed():
+    parametrisation = masks.SigmoidMask(temperature=0.5, init_range=(-2.0, 3.0))
+    images = torch.zeros(4, 3, 10, 10)
+    weights = parametrisation.init(images, torch.Generator().manual_seed(0))
+    again = parametrisation.init(images, torch.Generator().manual_seed(0))
+    assert weights.shape == (4, 1, 10, 10) and torch.equal(weights, again)
+    assert weights.min() >= -2.0 and weights.max() < 3.0
+    torch.testing.assert_close(parametrisation(torch.tensor([1.0])), torch.sigmoid(torch.tensor([2.0])))
+    with pytest.raises(ValueError, match="temperature"):
+        masks.SigmoidMask(temperature=0.0)
+
+
+# ---------------------------------------------------------------- regularisers
+def test_regularizers_hand_computed():
+    mask = torch.tensor([[[[0.0, 1.0], [0.5, 0.5]]], [[[1.0, 1.0], [1.0, 1.0]]]])
+    assert regularizers.l1(mask - 0.5).tolist() == [1.0, 2.0]
+    # example 0: |∂rows| = [0.5, 0.5], |∂cols| = [1.0, 0.0]; β = 1 sums to 2, β = 2 to 1.5
+    assert regularizers.total_variation(mask, 1.0).tolist() == [2.0, 0.0]
+    assert regularizers.total_variation(mask, 2.0).tolist() == [1.5, 0.0]
+    sequence = torch.tensor([[[0.0, 1.0, 0.0, 0.0]]])
+    # 1-D Laplacian [1, -2, 1] at the two valid positions: -2, 1
+    assert regularizers.laplacian(sequence).tolist() == [3.0]
+    assert regularizers.laplacian(sequence, squared=True).tolist() == [5.0]
+    image = torch.zeros(1, 1, 3, 3)
+    image[0, 0, 1, 1] = 1.0
+    assert regularizers.laplacian(image).tolist() == [8.0]
+    assert regularizers.laplacian(torch.ones(1, 1, 5, 5), kernel_size=5).tolist() == [0.0]
+    with pytest.raises(ValueError, match="kernel_size"):
+        regularizers.laplacian(sequence, kernel_size=5)
+
+
+def test_area_is_zero_only_for_a_binary_mask_of_the_right_size():
+    binary = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
+    assert regularizers.area(binary, 0.25).item() == 0.0
+    assert regularizers.area(binary, 0.5).item() == pytest.approx(0.25)  # one value off by 1
+    assert regularizers.area(torch.full((1, 1, 2, 2), 0.5), 0.5).item() == pytest.approx(0.25)
+
+
+# ---------------------------------------------------------------- optimisation loop
+def quadratic_problem(targets):
+    """Each example minimises ‖θ − target‖²; the 'probability' is a stand-in that records θ."""
+
+    def build(batch):
+        chunk_targets = targets[batch]
+
+        def objective(params):
+            (theta,) = params
+            loss = (theta - chunk_targets).square().flatten(1).sum(1)
+            return loss, theta.flatten(1)[:, 0]
+
+        return MaskProblem([torch.zeros_like(chunk_targets)], objective)
+
+    return build
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "rmsprop", "sgd"])
+def test_loop_converges_with_each_optimizer(optimizer):
+    targets = torch.tensor([[1.0, -2.0], [3.0, 0.5]])
+    (theta,), history = optimize_masks(
+        quadratic_problem(targets), 2, OptimizationSettings(n_iter=400, lr=0.05, optimizer=optimizer)
+    )
+    torch.testing.assert_close(theta, targets, atol=0.05, rtol=0)
+    assert history.loss.shape == (400, 2)
+    assert (history.loss[-1] < history.loss[0]).all()
+
+
+def test_chunking_and_batching_do_not_change_results():
+    targets = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    settings = OptimizationSettings(n_iter=30, lr=0.1)
+    (whole,), history = optimize_masks(quadratic_problem(targets), 5, settings)
+    settings.internal_batch_size = 2
+    (chunked,), chunked_history = optimize_masks(quadratic_problem(targets), 5, settings)
+    torch.testing.assert_close(whole, chunked)
+    torch.testing.assert_close(history.loss, chunked_history.loss)
+    (single,), _ = optimize_masks(quadratic_problem(targets[3:4]), 1, OptimizationSettings(30, 0.1))
+    torch.testing.assert_close(whole[3:4], single)
+
+
+def test_early_stopping_stops_and_marks_the_rest_nan():
+    targets = torch.ones(2, 1)
+    settings = OptimizationSettings(n_iter=500, lr=0.5, optimizer="sgd", tolerance=1e-6, patience=3)
+    _, history = optimize_masks(quadratic_problem(targets), 2, settings)
+    steps = int(history.steps[0])
+    assert steps < 100
+    assert torch.isnan(history.loss[steps:]).all() and not torch.isnan(history.loss[:steps]).any()
+
+
+def test_scheduler_and_projection_are_applied():
+    targets = torch.full((1, 1), 5.0)
+    seen_lrs = []
+
+    def build(batch):
+        problem = quadratic_problem(targets)(batch)
+        problem.project = lambda params: params[0].clamp_(max=1.0)
+        return problem
+
+    def scheduler(optimizer):
+        seen_lrs.append(optimizer.param_groups[0]["lr"])
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+
+    (theta,), _ = optimize_masks(build, 1, OptimizationSettings(n_iter=50, lr=0.1, scheduler=scheduler))
+    assert seen_lrs == [0.1]
+    assert theta.item() <= 1.0  # projected each step; the unprojected optimum is 5
+    assert theta.item() < 0.25  # lr halves each step: total travel stays below 2 × 0.1
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [("n_iter", 0, "n_iter"), ("lr", -1.0, "lr"), ("optimizer", "lbfgs", "optimizer"),
+     ("internal_batch_size", 0, "internal_batch_size"), ("patience", 0, "patience")],
+)
+def test_settings_validation_names_the_argument(field, value, message):
+    settings = OptimizationSettings(n_iter=10, lr=0.1)
+    setattr(settings, field, value)
+    with pytest.raises(ValueError, match=message):
+        settings.validate()
