@@ -7,7 +7,7 @@ A parametrisation is a small stateless object: ``init`` builds the parameters fo
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,9 +20,14 @@ class UpsampledMask:
     r"""A low-resolution mask, upsampled by ``factor`` and smoothed (Fong & Vedaldi, Eq. 4).
 
     The parameters are the low-resolution mask itself, kept in [0, 1] by :meth:`clamp_`. The
-    full-resolution mask is M = g_σ ∗ upsample(m), optionally shifted by a random integer jitter
-    τ ∈ [0, jitter) per axis and example (edges replicated), which is the paper's expectation over
-    shifts E_τ taken on the mask instead of the image.
+    full-resolution mask is M = g_σ ∗ upsample(m) (linear/bilinear upsampling, Gaussian smoothing
+    with reflected borders), optionally shifted by a random integer jitter τ ∈ [0, jitter) per axis
+    and example (edges replicated): the paper's expectation over shifts E_τ, taken on the mask
+    instead of the image.
+
+    Upsampling, shift and smoothing are linear and separable, so each axis is one small
+    (side × low-res side) matrix, built once per input shape; a mask is then two matrix products,
+    far cheaper than convolving the full-resolution mask at every step.
 
     Args:
         factor (int): upsampling factor δ; the low-resolution side is ⌈side / factor⌉.
@@ -46,6 +51,7 @@ class UpsampledMask:
         self.factor = factor
         self.smooth_sigma = smooth_sigma
         self.jitter = jitter
+        self._operators: Dict[tuple, Tensor] = {}
 
     def init(self, inputs: Tensor, fill: float) -> Tensor:
         low_res = [math.ceil(side / self.factor) for side in inputs.shape[2:]]
@@ -57,29 +63,39 @@ class UpsampledMask:
         self,
         params: Tensor,
         spatial_shape: Sequence[int],
-        generator: torch.Generator | None = None,
+        generator: Optional[torch.Generator] = None,
     ) -> Tensor:
-        mode = "bilinear" if params.dim() == 4 else "linear"
-        upsampled = F.interpolate(params, scale_factor=self.factor, mode=mode, align_corners=False)
+        """Full-resolution (N, 1, *spatial_shape) mask; jittered when a generator is given."""
+        operators = [
+            self._axis_operators(low, side, params)
+            for low, side in zip(params.shape[2:], spatial_shape)
+        ]
         if generator is not None and self.jitter > 1:
-            upsampled = self._shift(upsampled, generator)
-        index = (slice(None), slice(None), *(slice(0, side) for side in spatial_shape))
-        return gaussian_blur(upsampled[index], self.smooth_sigma)
+            shifts = torch.randint(
+                self.jitter, (len(operators), params.shape[0]), generator=generator,
+                device=params.device,
+            )
+        else:
+            shifts = torch.zeros(len(operators), params.shape[0], dtype=torch.long, device=params.device)
+        per_example = [ops[shift] for ops, shift in zip(operators, shifts)]
+        low_res = params[:, 0]
+        if len(per_example) == 1:
+            return torch.einsum("nil,nl->ni", per_example[0], low_res).unsqueeze(1)
+        rows, cols = per_example
+        return torch.einsum("nih,nhw,njw->nij", rows, low_res, cols).unsqueeze(1)
 
-    def _shift(self, mask: Tensor, generator: torch.Generator) -> Tensor:
-        spatial_dims = mask.dim() - 2
-        shifts = torch.randint(
-            self.jitter, (mask.shape[0], spatial_dims), generator=generator, device=mask.device
-        ).tolist()
-        padded = F.pad(mask, (self.jitter, 0) * spatial_dims, mode="replicate")
-        sizes = mask.shape[2:]
-        return torch.cat(
-            [
-                padded[(slice(i, i + 1), slice(None))
-                       + tuple(slice(self.jitter - s, self.jitter - s + n) for s, n in zip(shift, sizes))]
-                for i, shift in enumerate(shifts)
-            ]
-        )
+    def _axis_operators(self, low: int, side: int, like: Tensor) -> Tensor:
+        """(max(jitter, 1), side, low): the linear map low-res → full-res for each shift."""
+        key = (low, side, like.device, like.dtype)
+        if key not in self._operators:
+            basis = torch.eye(low, device=like.device, dtype=like.dtype).unsqueeze(1)
+            upsampled = F.interpolate(basis, scale_factor=self.factor, mode="linear", align_corners=False)
+            pad = max(self.jitter, 1)
+            padded = F.pad(upsampled, (pad, 0), mode="replicate")
+            shifted = torch.cat([padded[..., pad - s : pad - s + side] for s in range(pad)], dim=1)
+            smoothed = gaussian_blur(shifted, self.smooth_sigma)
+            self._operators[key] = smoothed.permute(1, 2, 0).contiguous()
+        return self._operators[key]
 
     @staticmethod
     def clamp_(params: Sequence[Tensor]) -> None:

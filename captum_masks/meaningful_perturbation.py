@@ -234,7 +234,7 @@ class MeaningfulPerturbation(MaskAttribution):
         attributions = []
         for m, x in zip(params, call.inputs):
             mask = parametrisation(m, x.shape[2:])
-            importance = 1.0 - mask if game == "deletion" else mask
+            importance = (1.0 - mask if game == "deletion" else mask).clamp(0.0, 1.0)
             attributions.append(importance.expand_as(x).contiguous())
         result = _format_output(call.is_inputs_tuple, tuple(attributions))
         return (result, history) if return_history else result

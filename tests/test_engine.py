@@ -87,7 +87,15 @@ def test_upsampled_mask_shape_and_range(height, width, factor, sigma, jitter):
     params = torch.rand(params.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     mask = parametrisation(params, (height, width), torch.Generator().manual_seed(1))
     assert mask.shape == (2, 1, height, width) and mask.dtype == torch.float64
-    assert mask.min() >= 0 and mask.max() <= 1
+    assert mask.min() >= -1e-12 and mask.max() <= 1 + 1e-12  # a convex combination of params
+
+
+def test_upsampled_mask_equals_upsample_then_blur():
+    params = torch.rand(2, 1, 5, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    mask = masks.UpsampledMask(factor=4, smooth_sigma=2.0)(params, (18, 26))
+    direct = torch.nn.functional.interpolate(params, scale_factor=4, mode="bilinear", align_corners=False)
+    direct = perturbations.gaussian_blur(direct[..., :18, :26], 2.0)
+    torch.testing.assert_close(mask, direct)
 
 
 def test_upsampled_mask_jitter_shifts_within_range():
