@@ -1,9 +1,9 @@
 """captum_masks: mask-based explanation methods as Captum attributions."""
 
 from captum_masks._optimize import OptimizationHistory
+from captum_masks.masks import SigmoidMask, UpsampledMask
 from captum_masks.meaningful_perturbation import MeaningfulPerturbation
 from captum_masks.perturbations import blend, constant_reference, gaussian_blur, noise_reference
-from captum_masks.masks import SigmoidMask, UpsampledMask
 from captum_masks.visualization import attribution_to_image, image_to_numpy
 
 __version__ = "0.1.0"

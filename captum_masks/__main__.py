@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import List, Optional
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m captum_masks", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser(
         "demo", help="explain a photo with MeaningfulPerturbation and Captum's built-ins"
     )
-    demo.add_argument("--image", default="cat", help="a sample image name (cat, coffee, "
-                      "astronaut, rocket, camera, china, flower, grace_hopper) or a file path")
+    demo.add_argument(
+        "--image",
+        default="cat",
+        help="a sample image name (cat, coffee, "
+        "astronaut, rocket, camera, china, flower, grace_hopper) or a file path",
+    )
     demo.add_argument("--out", default="demo.png", help="where to save the figure")
     demo.add_argument("--n-iter", type=int, default=300, help="MeaningfulPerturbation iterations")
     demo.add_argument("--seed", type=int, default=0)

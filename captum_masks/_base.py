@@ -9,8 +9,9 @@ random numbers (dropout in training mode) or the call raises.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional, Tuple
+from typing import Any
 
 import torch
 from captum.attr import PerturbationAttribution
@@ -23,9 +24,9 @@ from captum_masks._inputs import format_additional_args, format_inputs, resolve_
 class PreparedCall:
     """A validated call: inputs as a tuple, formatted extra arguments and (N, K) target indices."""
 
-    inputs: Tuple[Tensor, ...]
+    inputs: tuple[Tensor, ...]
     is_inputs_tuple: bool
-    additional_args: Optional[tuple]
+    additional_args: tuple | None
     targets: Tensor
     clean_output: Tensor
 
@@ -56,7 +57,7 @@ class MaskAttribution(PerturbationAttribution):
         inputs: Any,
         target: Any,
         additional_forward_args: Any,
-        spatial_dims: Optional[int] = None,
+        spatial_dims: int | None = None,
     ) -> PreparedCall:
         is_inputs_tuple = isinstance(inputs, tuple)
         formatted = format_inputs(inputs, spatial_dims)

@@ -7,7 +7,8 @@ the caller's tensors and model exactly as they were.
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -36,11 +37,13 @@ def format_inputs(inputs: Any, spatial_dims: int | None = None) -> tuple[Tensor,
                 f"{tensor.dtype}; convert it first, e.g. inputs.float()"
             )
         if tensor.dim() == 0 or tensor.shape[0] == 0:
-            raise ValueError(f"{where} must hold at least one example, got shape {tuple(tensor.shape)}")
-        if spatial_dims is not None and tensor.dim() != 2 + spatial_dims:
-            expected = ("N", "C", "H", "W")[: 2 + spatial_dims] if spatial_dims <= 2 else None
             raise ValueError(
-                f"{where} must have {2 + spatial_dims} dimensions {expected}, "
+                f"{where} must hold at least one example, got shape {tuple(tensor.shape)}"
+            )
+        if spatial_dims is not None and tensor.dim() != 2 + spatial_dims:
+            layout = {1: " (N, C, L)", 2: " (N, C, H, W)"}.get(spatial_dims, "")
+            raise ValueError(
+                f"{where} must have {2 + spatial_dims} dimensions{layout}, "
                 f"got shape {tuple(tensor.shape)}"
             )
         if not torch.isfinite(tensor).all():
@@ -62,9 +65,7 @@ def run_forward(
 ) -> Tensor:
     output = forward_func(*inputs, *(additional_args or ()))
     if not isinstance(output, Tensor):
-        raise TypeError(
-            f"forward_func must return a tensor of scores, got {type(output).__name__}"
-        )
+        raise TypeError(f"forward_func must return a tensor of scores, got {type(output).__name__}")
     if output.dim() < 2 or output.shape[0] != inputs[0].shape[0]:
         raise ValueError(
             "forward_func must return scores of shape (N, num_classes, ...) with one row per "
@@ -149,7 +150,9 @@ def slice_batch(args: tuple | None, batch: slice, batch_size: int) -> tuple | No
     if args is None:
         return None
     return tuple(
-        arg[batch] if isinstance(arg, Tensor) and arg.dim() > 0 and arg.shape[0] == batch_size else arg
+        arg[batch]
+        if isinstance(arg, Tensor) and arg.dim() > 0 and arg.shape[0] == batch_size
+        else arg
         for arg in args
     )
 
@@ -160,8 +163,10 @@ def check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
 
 
 def check_positive(name: str, value: Any, allow_zero: bool = False) -> None:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and (
-        value >= 0 if allow_zero else value > 0
+    ok = (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and (value >= 0 if allow_zero else value > 0)
     )
     if not ok:
         bound = ">= 0" if allow_zero else "> 0"

@@ -14,8 +14,9 @@ result does not depend on which other examples share its batch or chunk.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -28,7 +29,7 @@ OPTIMIZERS = {
     "sgd": torch.optim.SGD,
 }
 
-OptimizerType = Union[str, Callable[[List[Tensor], float], torch.optim.Optimizer]]
+OptimizerType = Union[str, Callable[[list[Tensor], float], torch.optim.Optimizer]]
 SchedulerType = Optional[Callable[[torch.optim.Optimizer], object]]
 
 
@@ -45,8 +46,8 @@ class MaskProblem:
     """
 
     params: Sequence[Tensor]
-    objective: Callable[[Sequence[Tensor]], Tuple[Tensor, Tensor]]
-    project: Optional[Callable[[Sequence[Tensor]], None]] = None
+    objective: Callable[[Sequence[Tensor]], tuple[Tensor, Tensor]]
+    project: Callable[[Sequence[Tensor]], None] | None = None
 
 
 @dataclass
@@ -72,9 +73,9 @@ class OptimizationSettings:
     lr: float
     optimizer: OptimizerType = "adam"
     scheduler: SchedulerType = None
-    tolerance: Optional[float] = None
+    tolerance: float | None = None
     patience: int = 10
-    internal_batch_size: Optional[int] = None
+    internal_batch_size: int | None = None
     show_progress: bool = False
     progress_desc: str = "Mask optimisation"
 
@@ -98,7 +99,7 @@ class OptimizationSettings:
         if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
             raise ValueError(f"internal_batch_size must be None or a positive int, got {size!r}")
 
-    def make_optimizer(self, params: List[Tensor]) -> torch.optim.Optimizer:
+    def make_optimizer(self, params: list[Tensor]) -> torch.optim.Optimizer:
         if isinstance(self.optimizer, str):
             return OPTIMIZERS[self.optimizer](params, lr=self.lr)
         return self.optimizer(params, self.lr)
@@ -108,7 +109,7 @@ def optimize_masks(
     build_problem: Callable[[slice], MaskProblem],
     num_examples: int,
     settings: OptimizationSettings,
-) -> Tuple[List[Tensor], OptimizationHistory]:
+) -> tuple[list[Tensor], OptimizationHistory]:
     """Optimise mask parameters for ``num_examples`` examples, chunk by chunk.
 
     Args:
@@ -120,14 +121,16 @@ def optimize_masks(
         The optimised parameters (each concatenated over chunks, detached) and the history.
     """
     chunk = settings.internal_batch_size or num_examples
-    slices = [slice(start, min(start + chunk, num_examples)) for start in range(0, num_examples, chunk)]
+    slices = [
+        slice(start, min(start + chunk, num_examples)) for start in range(0, num_examples, chunk)
+    ]
     bar = (
         progress(desc=settings.progress_desc, total=settings.n_iter * len(slices))
         if settings.show_progress
         else None
     )
-    results: List[List[Tensor]] = []
-    histories: List[Tuple[Tensor, Tensor, Tensor]] = []
+    results: list[list[Tensor]] = []
+    histories: list[tuple[Tensor, Tensor, Tensor]] = []
     try:
         with torch.enable_grad():
             for batch in slices:
@@ -144,12 +147,12 @@ def optimize_masks(
 
 def _optimize_chunk(
     problem: MaskProblem, settings: OptimizationSettings, bar
-) -> Tuple[List[Tensor], Tuple[Tensor, Tensor, Tensor]]:
+) -> tuple[list[Tensor], tuple[Tensor, Tensor, Tensor]]:
     params = [p.detach().clone().requires_grad_(True) for p in problem.params]
     optimizer = settings.make_optimizer(params)
     scheduler = settings.scheduler(optimizer) if settings.scheduler is not None else None
-    losses: List[Tensor] = []
-    probabilities: List[Tensor] = []
+    losses: list[Tensor] = []
+    probabilities: list[Tensor] = []
     best = None
     stale_steps = 0
     for _ in range(settings.n_iter):
@@ -191,8 +194,8 @@ def _pad_rows(rows: Tensor, total: int) -> Tensor:
 
 
 __all__ = [
-    "MaskProblem",
     "OPTIMIZERS",
+    "MaskProblem",
     "OptimizationHistory",
     "OptimizationSettings",
     "optimize_masks",

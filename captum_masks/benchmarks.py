@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable, Dict
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -41,7 +41,7 @@ def measure_speed(
     long_iters: int = 60,
     repeats: int = 3,
     default_iters: int = 300,
-) -> Dict[str, float]:
+) -> dict[str, float]:
     """Measure MeaningfulPerturbation on EfficientNet-Lite0 at 224 px.
 
     Returns:
@@ -64,7 +64,9 @@ def measure_speed(
         short.append(_seconds(run(short_iters), 1))
         long.append(_seconds(run(long_iters), 1))
     bare_seconds = statistics.median(bare)
-    iteration_seconds = (statistics.median(long) - statistics.median(short)) / (long_iters - short_iters)
+    iteration_seconds = (statistics.median(long) - statistics.median(short)) / (
+        long_iters - short_iters
+    )
     per_image = _seconds(run(default_iters), 1) / batch_size
     return {
         "batch_size": batch_size,
@@ -75,16 +77,17 @@ def measure_speed(
     }
 
 
-def format_speed(result: Dict[str, float]) -> str:
-    return "\n".join(
-        [
-            "| method | batch | forward+backward (s) | per iteration (s) | ratio | s / image (300 it) |",
-            "|---|---|---|---|---|---|",
-            f"| MeaningfulPerturbation | {result['batch_size']} | {result['bare_seconds']:.4f} | "
-            f"{result['iteration_seconds']:.4f} | {result['ratio']:.3f} | "
-            f"{result['seconds_per_image']:.1f} |",
-        ]
+def format_speed(result: dict[str, float]) -> str:
+    """The result of :func:`measure_speed` as a markdown table (header and one row)."""
+    header = (
+        "| method | batch | forward+backward (s) | per iteration (s) | ratio | s / image (300 it) |"
     )
+    row = (
+        f"| MeaningfulPerturbation | {result['batch_size']} | {result['bare_seconds']:.4f} | "
+        f"{result['iteration_seconds']:.4f} | {result['ratio']:.3f} | "
+        f"{result['seconds_per_image']:.1f} |"
+    )
+    return "\n".join([header, "|---|---|---|---|---|---|", row])
 
 
 __all__ = ["bare_forward_backward", "format_speed", "measure_speed"]

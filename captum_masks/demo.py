@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable, Dict, List, Tuple
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -14,12 +14,14 @@ from captum_masks.meaningful_perturbation import MeaningfulPerturbation
 from captum_masks.visualization import attribution_to_image, image_to_numpy
 
 
-def captum_builtins(model: torch.nn.Module) -> Dict[str, Callable[[Tensor, int], Tensor]]:
+def captum_builtins(model: torch.nn.Module) -> dict[str, Callable[[Tensor, int], Tensor]]:
     """Captum's built-in methods with the settings the demo and benchmarks use."""
     from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Occlusion, Saliency
 
     def grad_cam(x: Tensor, target: int) -> Tensor:
-        cam = LayerGradCam(model, model._conv_head).attribute(x, target=target, relu_attributions=True)
+        cam = LayerGradCam(model, model._conv_head).attribute(
+            x, target=target, relu_attributions=True
+        )
         return LayerAttribution.interpolate(cam, x.shape[2:], interpolate_mode="bilinear")
 
     return {
@@ -34,7 +36,9 @@ def captum_builtins(model: torch.nn.Module) -> Dict[str, Callable[[Tensor, int],
     }
 
 
-def run_demo(image: str = "cat", out: str = "demo.png", n_iter: int = 300, seed: int = 0) -> List[Tuple[str, float]]:
+def run_demo(
+    image: str = "cat", out: str = "demo.png", n_iter: int = 300, seed: int = 0
+) -> list[tuple[str, float]]:
     """Print the top-5 classes of ``image``, explain the top one with every method, save a figure.
 
     Returns:
@@ -77,10 +81,16 @@ def run_demo(image: str = "cat", out: str = "demo.png", n_iter: int = 300, seed:
     axes[0].set_title(f"{categories[target]}\np = {float(top.values[0]):.2f}", fontsize=9)
     axes[0].axis("off")
     for axis, (name, seconds) in zip(axes[1:], timings):
-        sign = "positive" if name in ("MeaningfulPerturbation", "LayerGradCam") else "absolute_value"
+        sign = (
+            "positive" if name in ("MeaningfulPerturbation", "LayerGradCam") else "absolute_value"
+        )
         viz.visualize_image_attr(
-            attribution_to_image(attributions[name]), original, method="blended_heat_map",
-            sign=sign, plt_fig_axis=(figure, axis), use_pyplot=False,
+            attribution_to_image(attributions[name]),
+            original,
+            method="blended_heat_map",
+            sign=sign,
+            plt_fig_axis=(figure, axis),
+            use_pyplot=False,
             title=f"{name}\n{seconds:.1f} s",
         )
     figure.tight_layout()

@@ -7,7 +7,7 @@ A parametrisation is a small stateless object: ``init`` builds the parameters fo
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -51,7 +51,7 @@ class UpsampledMask:
         self.factor = factor
         self.smooth_sigma = smooth_sigma
         self.jitter = jitter
-        self._operators: Dict[tuple, Tensor] = {}
+        self._operators: dict[tuple, Tensor] = {}
 
     def init(self, inputs: Tensor, fill: float) -> Tensor:
         low_res = [math.ceil(side / self.factor) for side in inputs.shape[2:]]
@@ -63,7 +63,7 @@ class UpsampledMask:
         self,
         params: Tensor,
         spatial_shape: Sequence[int],
-        generator: Optional[torch.Generator] = None,
+        generator: torch.Generator | None = None,
     ) -> Tensor:
         """Full-resolution (N, 1, *spatial_shape) mask; jittered when a generator is given."""
         operators = [
@@ -72,11 +72,15 @@ class UpsampledMask:
         ]
         if generator is not None and self.jitter > 1:
             shifts = torch.randint(
-                self.jitter, (len(operators), params.shape[0]), generator=generator,
+                self.jitter,
+                (len(operators), params.shape[0]),
+                generator=generator,
                 device=params.device,
             )
         else:
-            shifts = torch.zeros(len(operators), params.shape[0], dtype=torch.long, device=params.device)
+            shifts = torch.zeros(
+                len(operators), params.shape[0], dtype=torch.long, device=params.device
+            )
         per_example = [ops[shift] for ops, shift in zip(operators, shifts)]
         low_res = params[:, 0]
         if len(per_example) == 1:
@@ -89,7 +93,9 @@ class UpsampledMask:
         key = (low, side, like.device, like.dtype)
         if key not in self._operators:
             basis = torch.eye(low, device=like.device, dtype=like.dtype).unsqueeze(1)
-            upsampled = F.interpolate(basis, scale_factor=self.factor, mode="linear", align_corners=False)
+            upsampled = F.interpolate(
+                basis, scale_factor=self.factor, mode="linear", align_corners=False
+            )
             pad = max(self.jitter, 1)
             padded = F.pad(upsampled, (pad, 0), mode="replicate")
             shifted = torch.cat([padded[..., pad - s : pad - s + side] for s in range(pad)], dim=1)
@@ -134,8 +140,9 @@ class SigmoidMask:
         self.temperature = temperature
         self.init_range = (float(low), float(high))
 
-    def init(self, inputs: Tensor, generator: torch.Generator, spatial_shape: Sequence[int] | None = None) -> Tensor:
-        shape = (inputs.shape[0], 1, *(inputs.shape[2:] if spatial_shape is None else spatial_shape))
+    def init(self, inputs: Tensor, generator: torch.Generator) -> Tensor:
+        """Weights (N, 1, *spatial) for (N, C, *spatial) inputs, uniform in ``init_range``."""
+        shape = (inputs.shape[0], 1, *inputs.shape[2:])
         low, high = self.init_range
         uniform = torch.rand(shape, generator=generator, device=inputs.device, dtype=inputs.dtype)
         return low + (high - low) * uniform

@@ -3,15 +3,21 @@ Meaningful Perturbation", ICCV 2017)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Any
 
-import torch
 from captum.log import log_usage
 from torch import Tensor
 
 from captum_masks._base import MaskAttribution, make_generator, preserved_rng_state
 from captum_masks._compat import _format_output
-from captum_masks._inputs import check_choice, check_positive, run_forward, select_scores, slice_batch
+from captum_masks._inputs import (
+    check_choice,
+    check_positive,
+    run_forward,
+    select_scores,
+    slice_batch,
+)
 from captum_masks._optimize import (
     MaskProblem,
     OptimizationHistory,
@@ -67,13 +73,10 @@ class MeaningfulPerturbation(MaskAttribution):
         >>> history.probability[-1]        # target probability at the last step, per example
     """
 
-    def __init__(self, forward_func: Callable) -> None:
-        super().__init__(forward_func)
-
     @log_usage()
     def attribute(
         self,
-        inputs: Union[Tensor, Tuple[Tensor, ...]],
+        inputs: Tensor | tuple[Tensor, ...],
         target: Any = None,
         additional_forward_args: Any = None,
         baselines: Any = None,
@@ -91,19 +94,15 @@ class MeaningfulPerturbation(MaskAttribution):
         mask_init: float = 0.5,
         jitter: int = 4,
         blur_sigma: float = 10.0,
-        noise_std: Optional[float] = None,
+        noise_std: float | None = None,
         apply_softmax: bool = True,
-        tolerance: Optional[float] = None,
+        tolerance: float | None = None,
         patience: int = 10,
-        internal_batch_size: Optional[int] = None,
+        internal_batch_size: int | None = None,
         seed: int = 0,
         show_progress: bool = False,
         return_history: bool = False,
-    ) -> Union[
-        Tensor,
-        Tuple[Tensor, ...],
-        Tuple[Union[Tensor, Tuple[Tensor, ...]], OptimizationHistory],
-    ]:
+    ) -> Tensor | tuple[Tensor, ...] | tuple[Tensor | tuple[Tensor, ...], OptimizationHistory]:
         r"""
         Args:
             inputs (Tensor or tuple[Tensor, ...]): images (N, C, H, W), batch first; a tuple
@@ -181,16 +180,26 @@ class MeaningfulPerturbation(MaskAttribution):
         """
         check_choice("game", game, GAMES)
         check_choice("perturbation", perturbation, PERTURBATIONS)
-        for name, value in (("l1_weight", l1_weight), ("tv_weight", tv_weight),
-                            ("blur_sigma", blur_sigma), ("mask_sigma", mask_sigma)):
+        for name, value in (
+            ("l1_weight", l1_weight),
+            ("tv_weight", tv_weight),
+            ("blur_sigma", blur_sigma),
+            ("mask_sigma", mask_sigma),
+        ):
             check_positive(name, value, allow_zero=True)
         check_positive("tv_beta", tv_beta)
         if not 0.0 <= mask_init <= 1.0:
             raise ValueError(f"mask_init must be in [0, 1], got {mask_init!r}")
         settings = OptimizationSettings(
-            n_iter=n_iter, lr=lr, optimizer=optimizer, scheduler=scheduler, tolerance=tolerance,
-            patience=patience, internal_batch_size=internal_batch_size,
-            show_progress=show_progress, progress_desc=f"Meaningful Perturbation ({game})",
+            n_iter=n_iter,
+            lr=lr,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            tolerance=tolerance,
+            patience=patience,
+            internal_batch_size=internal_batch_size,
+            show_progress=show_progress,
+            progress_desc=f"Meaningful Perturbation ({game})",
         )
         settings.validate()
         parametrisation = UpsampledMask(mask_factor, mask_sigma, jitter)
@@ -212,7 +221,7 @@ class MeaningfulPerturbation(MaskAttribution):
                 chunk_targets = call.targets[batch]
                 chunk_args = slice_batch(call.additional_args, batch, call.num_examples)
 
-                def objective(params: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
+                def objective(params: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
                     perturbed = [
                         blend(x, parametrisation(m, x.shape[2:], generator), r)
                         for m, x, r in zip(params, images, chunk_references)

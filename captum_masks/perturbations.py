@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Sequence, Union
+from collections.abc import Sequence
+from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +22,15 @@ PERTURBATIONS = ("blur", "constant", "noise")
 
 
 def gaussian_kernel1d(sigma: float, like: Tensor) -> Tensor:
-    """Normalised 1-D Gaussian with radius ⌈3σ⌉, on ``like``'s device and dtype."""
+    """Normalised 1-D Gaussian kernel with radius ⌈3σ⌉.
+
+    Args:
+        sigma (float): standard deviation in samples, > 0.
+        like (Tensor): the kernel takes this tensor's device and dtype.
+
+    Returns:
+        1-D Tensor of length 2⌈3σ⌉ + 1 summing to 1.
+    """
     radius = max(1, math.ceil(3.0 * sigma))
     offsets = torch.arange(-radius, radius + 1, device=like.device, dtype=like.dtype)
     kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
@@ -88,7 +97,7 @@ def constant_reference(inputs: Tensor, value: BaselineType = None) -> Tensor:
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         return torch.full_like(inputs, float(value))
     if isinstance(value, (list, tuple)):
-        value = torch.tensor([float(v) for v in value])
+        value = torch.tensor([float(v) for v in value], device=inputs.device, dtype=inputs.dtype)
     if not isinstance(value, Tensor):
         raise TypeError(
             "baselines must be a number, a sequence of per-channel numbers or a tensor, "
@@ -147,7 +156,26 @@ def make_reference(
     blur_sigma: float = 10.0,
     noise_std: float | None = None,
 ) -> Tensor:
-    """The reference Φ shows where the mask is 0: ``"blur"``, ``"constant"`` or ``"noise"``."""
+    """The reference that Φ shows where the mask is 0.
+
+    Args:
+        inputs (Tensor): (N, C, ...) input.
+        perturbation (str): ``"blur"`` (:func:`gaussian_blur` with ``blur_sigma``),
+            ``"constant"`` (:func:`constant_reference` of ``baselines``) or ``"noise"``
+            (:func:`noise_reference` centred on ``baselines`` with ``noise_std``).
+        generator (torch.Generator): the call's generator, used by ``"noise"``.
+        baselines: see :func:`constant_reference`; must be None for ``"blur"``.
+        blur_sigma (float): σ₀ of the blur in pixels.
+        noise_std (float or None): see :func:`noise_reference`.
+
+    Returns:
+        Tensor with the shape, device and dtype of ``inputs``.
+
+    Examples::
+
+        >>> reference = make_reference(images, "blur", torch.Generator(), blur_sigma=10.0)
+        >>> perturbed = blend(images, mask, reference)
+    """
     if perturbation == "blur":
         if baselines is not None:
             raise ValueError(
@@ -163,7 +191,20 @@ def make_reference(
 
 
 def blend(inputs: Tensor, mask: Tensor, reference: Tensor) -> Tensor:
-    """Φ(x, m) = m·x + (1 − m)·reference, with ``mask`` broadcast over channels."""
+    """Φ(x, m) = m·x + (1 − m)·reference: keep the input where m = 1, show the reference at 0.
+
+    Args:
+        inputs (Tensor): (N, C, ...) input.
+        mask (Tensor): (N, 1, ...) mask in [0, 1], broadcast over channels.
+        reference (Tensor): what replaces the input, shaped like ``inputs``.
+
+    Returns:
+        Tensor shaped like ``inputs``; differentiable in ``mask``.
+
+    Examples::
+
+        >>> perturbed = blend(images, torch.zeros_like(images[:, :1]), reference)  # = reference
+    """
     return mask * inputs + (1.0 - mask) * reference
 
 

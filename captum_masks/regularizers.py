@@ -15,7 +15,18 @@ def _flat(mask: Tensor) -> Tensor:
 
 
 def l1(mask: Tensor) -> Tensor:
-    """‖m‖₁ per example: the sum of absolute values over all non-batch axes."""
+    """‖m‖₁ per example: the sum of absolute values over all non-batch axes.
+
+    Args:
+        mask (Tensor): (N, ...) batch-first tensor.
+
+    Returns:
+        Tensor (N,).
+
+    Examples::
+
+        >>> l1(1 - mask)        # Fong & Vedaldi's deletion-area term ‖1 − m‖₁
+    """
     return _flat(mask).abs().sum(dim=1)
 
 
@@ -25,6 +36,13 @@ def total_variation(mask: Tensor, beta: float = 1.0) -> Tensor:
     Args:
         mask (Tensor): (N, 1, L) or (N, 1, H, W).
         beta (float): exponent β; 1 is the usual anisotropic TV, 3 the paper's setting.
+
+    Returns:
+        Tensor (N,).
+
+    Examples::
+
+        >>> total_variation(mask, beta=3.0)
     """
     total = mask.new_zeros(mask.shape[0])
     for axis in range(2, mask.dim()):
@@ -47,6 +65,13 @@ def laplacian(mask: Tensor, kernel_size: int = 3, squared: bool = False) -> Tens
             centre −8 (``kernel_size=3``) or −24 (``kernel_size=5``, NeuroMask's ImageNet choice).
         kernel_size (int): 3, or 5 for images.
         squared (bool): sum of squares instead of absolute values.
+
+    Returns:
+        Tensor (N,).
+
+    Examples::
+
+        >>> laplacian(weights, kernel_size=5, squared=True)   # NeuroMask authors' smoothness
     """
     spatial_dims = mask.dim() - 2
     key = (spatial_dims, kernel_size)
@@ -67,6 +92,17 @@ def area(mask: Tensor, fraction: float) -> Tensor:
 
     ``r_a`` is the sorted vector of a mask whose ``fraction`` of pixels is 1 and the rest 0, so the
     term is zero exactly when the mask keeps that fraction of the input and is binary.
+
+    Args:
+        mask (Tensor): (N, ...) mask in [0, 1].
+        fraction (float): target area a in [0, 1].
+
+    Returns:
+        Tensor (N,).
+
+    Examples::
+
+        >>> area(mask, fraction=0.1)     # pull the mask towards keeping 10 % of the image
     """
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction!r}")

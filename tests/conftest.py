@@ -13,7 +13,10 @@ class TinyCNN(nn.Module):
     def __init__(self, in_channels: int = 3, num_classes: int = 5, dropout: float = 0.0):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()
+            nn.Conv2d(in_channels, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.ReLU(),
         )
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(8, num_classes)
@@ -56,7 +59,9 @@ def model_state(model: nn.Module):
     return {
         "params": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "requires_grad": {k: p.requires_grad for k, p in model.named_parameters()},
-        "grads": {k: None if p.grad is None else p.grad.clone() for k, p in model.named_parameters()},
+        "grads": {
+            k: None if p.grad is None else p.grad.clone() for k, p in model.named_parameters()
+        },
         "training": [m.training for m in model.modules()],
         "hooks": [
             (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))

@@ -41,7 +41,9 @@ def test_constant_reference_forms():
     assert torch.equal(perturbations.constant_reference(x, 0.5), torch.full_like(x, 0.5))
     per_channel = perturbations.constant_reference(x, [1.0, 2.0, 3.0])
     assert torch.equal(per_channel[:, 2], torch.full((2, 4, 5), 3.0))
-    assert torch.equal(perturbations.constant_reference(x, torch.tensor([1.0, 2.0, 3.0])), per_channel)
+    assert torch.equal(
+        perturbations.constant_reference(x, torch.tensor([1.0, 2.0, 3.0])), per_channel
+    )
     full = torch.randn(2, 3, 4, 5)
     assert torch.equal(perturbations.constant_reference(x, full), full)
     mean = perturbations.constant_reference(x, None)
@@ -76,15 +78,20 @@ def test_make_reference_rejects_baselines_for_blur():
 
 # ---------------------------------------------------------------- masks
 @given(
-    height=st.integers(5, 40), width=st.integers(5, 40), factor=st.integers(1, 8),
-    sigma=st.sampled_from([0.0, 1.0, 3.0]), jitter=st.integers(0, 4),
+    height=st.integers(5, 40),
+    width=st.integers(5, 40),
+    factor=st.integers(1, 8),
+    sigma=st.sampled_from([0.0, 1.0, 3.0]),
+    jitter=st.integers(0, 4),
 )
 def test_upsampled_mask_shape_and_range(height, width, factor, sigma, jitter):
     images = torch.zeros(2, 3, height, width, dtype=torch.float64)
     parametrisation = masks.UpsampledMask(factor, sigma, jitter)
     params = parametrisation.init(images, fill=0.5)
     assert params.shape == (2, 1, math.ceil(height / factor), math.ceil(width / factor))
-    params = torch.rand(params.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    params = torch.rand(
+        params.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
     mask = parametrisation(params, (height, width), torch.Generator().manual_seed(1))
     assert mask.shape == (2, 1, height, width) and mask.dtype == torch.float64
     assert mask.min() >= -1e-12 and mask.max() <= 1 + 1e-12  # a convex combination of params
@@ -93,7 +100,9 @@ def test_upsampled_mask_shape_and_range(height, width, factor, sigma, jitter):
 def test_upsampled_mask_equals_upsample_then_blur():
     params = torch.rand(2, 1, 5, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     mask = masks.UpsampledMask(factor=4, smooth_sigma=2.0)(params, (18, 26))
-    direct = torch.nn.functional.interpolate(params, scale_factor=4, mode="bilinear", align_corners=False)
+    direct = torch.nn.functional.interpolate(
+        params, scale_factor=4, mode="bilinear", align_corners=False
+    )
     direct = perturbations.gaussian_blur(direct[..., :18, :26], 2.0)
     torch.testing.assert_close(mask, direct)
 
@@ -116,7 +125,9 @@ def test_sigmoid_mask_init_range_and_seed():
     again = parametrisation.init(images, torch.Generator().manual_seed(0))
     assert weights.shape == (4, 1, 10, 10) and torch.equal(weights, again)
     assert weights.min() >= -2.0 and weights.max() < 3.0
-    torch.testing.assert_close(parametrisation(torch.tensor([1.0])), torch.sigmoid(torch.tensor([2.0])))
+    torch.testing.assert_close(
+        parametrisation(torch.tensor([1.0])), torch.sigmoid(torch.tensor([2.0]))
+    )
     with pytest.raises(ValueError, match="temperature"):
         masks.SigmoidMask(temperature=0.0)
 
@@ -168,7 +179,9 @@ def quadratic_problem(targets):
 def test_loop_converges_with_each_optimizer(optimizer):
     targets = torch.tensor([[1.0, -2.0], [3.0, 0.5]])
     (theta,), history = optimize_masks(
-        quadratic_problem(targets), 2, OptimizationSettings(n_iter=400, lr=0.05, optimizer=optimizer)
+        quadratic_problem(targets),
+        2,
+        OptimizationSettings(n_iter=400, lr=0.05, optimizer=optimizer),
     )
     torch.testing.assert_close(theta, targets, atol=0.05, rtol=0)
     assert history.loss.shape == (400, 2)
@@ -209,7 +222,9 @@ def test_scheduler_and_projection_are_applied():
         seen_lrs.append(optimizer.param_groups[0]["lr"])
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
 
-    (theta,), _ = optimize_masks(build, 1, OptimizationSettings(n_iter=50, lr=0.1, scheduler=scheduler))
+    (theta,), _ = optimize_masks(
+        build, 1, OptimizationSettings(n_iter=50, lr=0.1, scheduler=scheduler)
+    )
     assert seen_lrs == [0.1]
     assert theta.item() <= 1.0  # projected each step; the unprojected optimum is 5
     assert theta.item() < 0.25  # lr halves each step: total travel stays below 2 × 0.1
@@ -217,8 +232,13 @@ def test_scheduler_and_projection_are_applied():
 
 @pytest.mark.parametrize(
     "field, value, message",
-    [("n_iter", 0, "n_iter"), ("lr", -1.0, "lr"), ("optimizer", "lbfgs", "optimizer"),
-     ("internal_batch_size", 0, "internal_batch_size"), ("patience", 0, "patience")],
+    [
+        ("n_iter", 0, "n_iter"),
+        ("lr", -1.0, "lr"),
+        ("optimizer", "lbfgs", "optimizer"),
+        ("internal_batch_size", 0, "internal_batch_size"),
+        ("patience", 0, "patience"),
+    ],
 )
 def test_settings_validation_names_the_argument(field, value, message):
     settings = OptimizationSettings(n_iter=10, lr=0.1)

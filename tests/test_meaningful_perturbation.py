@@ -85,14 +85,18 @@ def test_tuple_target_for_multidimensional_output(images):
 
 def test_additional_forward_args_reach_the_model(tiny_model, images):
     mp = MeaningfulPerturbation(tiny_model)
-    _, scaled = mp.attribute(images, target=0, additional_forward_args=(0.0,), return_history=True, **FAST)
+    _, scaled = mp.attribute(
+        images, target=0, additional_forward_args=(0.0,), return_history=True, **FAST
+    )
     # logits × 0 → uniform softmax over 5 classes, whatever the mask does
     torch.testing.assert_close(scaled.probability, torch.full_like(scaled.probability, 0.2))
 
 
 def test_noise_tunnel_wraps_it(tiny_model, images):
     tunnel = NoiseTunnel(MeaningfulPerturbation(tiny_model))
-    attribution = tunnel.attribute(images, nt_type="smoothgrad", nt_samples=2, target=1, stdevs=0.1, **FAST)
+    attribution = tunnel.attribute(
+        images, nt_type="smoothgrad", nt_samples=2, target=1, stdevs=0.1, **FAST
+    )
     assert attribution.shape == images.shape
     assert torch.isfinite(attribution).all() and attribution.min() >= 0 and attribution.max() <= 1
 
@@ -114,8 +118,11 @@ def test_captum_metrics_run_on_it(tiny_model, images):
 def test_output_feeds_captum_visualization(tiny_model, images):
     attribution = MeaningfulPerturbation(tiny_model).attribute(images[:1], target=1, **FAST)
     figure, _ = viz.visualize_image_attr(
-        attribution_to_image(attribution), image_to_numpy(images[:1], [0.5] * 3, [0.2] * 3),
-        method="blended_heat_map", sign="positive", use_pyplot=False,
+        attribution_to_image(attribution),
+        image_to_numpy(images[:1], [0.5] * 3, [0.2] * 3),
+        method="blended_heat_map",
+        sign="positive",
+        use_pyplot=False,
     )
     assert figure is not None
 
@@ -132,8 +139,16 @@ def test_points_at_the_evidence(game):
     image = torch.full((1, 3, 32, 32), 0.1)
     image[..., 20:28, 4:12] = 1.0
     attribution = MeaningfulPerturbation(model).attribute(
-        image, target=1, game=game, perturbation="constant", baselines=0.0, mask_factor=4,
-        mask_sigma=1.0, l1_weight=1e-2, n_iter=150, jitter=0,
+        image,
+        target=1,
+        game=game,
+        perturbation="constant",
+        baselines=0.0,
+        mask_factor=4,
+        mask_sigma=1.0,
+        l1_weight=1e-2,
+        n_iter=150,
+        jitter=0,
     )[0, 0]
     inside = attribution[20:28, 4:12].mean()
     outside = torch.cat([attribution[:16].flatten(), attribution[:, 16:].flatten()]).mean()
@@ -155,7 +170,12 @@ def test_batch_equals_per_example(tiny_model, images):
     mp = MeaningfulPerturbation(tiny_model)
     targets = [0, 3, 1]
     batched = mp.attribute(images, target=targets, jitter=0, n_iter=20)
-    single = torch.cat([mp.attribute(images[i : i + 1], target=t, jitter=0, n_iter=20) for i, t in enumerate(targets)])
+    single = torch.cat(
+        [
+            mp.attribute(images[i : i + 1], target=t, jitter=0, n_iter=20)
+            for i, t in enumerate(targets)
+        ]
+    )
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=0)
     chunked = mp.attribute(images, target=targets, jitter=0, n_iter=20, internal_batch_size=2)
     torch.testing.assert_close(batched, chunked, atol=1e-5, rtol=0)
@@ -170,10 +190,14 @@ def test_same_seed_same_result_other_seed_other_result(tiny_model, images):
 
 
 @given(
-    batch=st.integers(1, 3), height=st.integers(8, 24), width=st.integers(8, 24),
+    batch=st.integers(1, 3),
+    height=st.integers(8, 24),
+    width=st.integers(8, 24),
     game=st.sampled_from(["deletion", "preservation"]),
     perturbation=st.sampled_from(["blur", "constant", "noise"]),
-    factor=st.integers(1, 8), jitter=st.integers(0, 4), optimizer=st.sampled_from(["adam", "rmsprop", "sgd"]),
+    factor=st.integers(1, 8),
+    jitter=st.integers(0, 4),
+    optimizer=st.sampled_from(["adam", "rmsprop", "sgd"]),
 )
 def test_any_shape_and_setting_gives_finite_values_in_unit_range(
     batch, height, width, game, perturbation, factor, jitter, optimizer
@@ -182,8 +206,13 @@ def test_any_shape_and_setting_gives_finite_values_in_unit_range(
     model = TinyCNN().eval()
     x = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(batch))
     attribution = MeaningfulPerturbation(model).attribute(
-        x, game=game, perturbation=perturbation, mask_factor=factor, jitter=jitter,
-        optimizer=optimizer, n_iter=3,
+        x,
+        game=game,
+        perturbation=perturbation,
+        mask_factor=factor,
+        jitter=jitter,
+        optimizer=optimizer,
+        n_iter=3,
     )
     assert attribution.shape == x.shape
     assert torch.isfinite(attribution).all() and attribution.min() >= 0 and attribution.max() <= 1
@@ -241,8 +270,18 @@ def test_leaves_everything_untouched_when_the_model_raises_midway():
 @pytest.mark.parametrize(
     "make_inputs, kwargs, error, message",
     [
-        (lambda x: x.clone().index_fill_(0, torch.tensor([1]), float("nan")), {}, ValueError, "NaN"),
-        (lambda x: x.clone().index_fill_(0, torch.tensor([0]), float("inf")), {}, ValueError, "Inf"),
+        (
+            lambda x: x.clone().index_fill_(0, torch.tensor([1]), float("nan")),
+            {},
+            ValueError,
+            "NaN",
+        ),
+        (
+            lambda x: x.clone().index_fill_(0, torch.tensor([0]), float("inf")),
+            {},
+            ValueError,
+            "Inf",
+        ),
         (lambda x: x[:, 0], {}, ValueError, "inputs must have 4 dimensions"),
         (lambda x: x[:0], {}, ValueError, "at least one example"),
         (lambda x: (x * 100).long(), {}, TypeError, "floating-point"),
@@ -256,7 +295,12 @@ def test_leaves_everything_untouched_when_the_model_raises_midway():
         (lambda x: x, {"game": "hide"}, ValueError, "game"),
         (lambda x: x, {"perturbation": "pixelate"}, ValueError, "perturbation"),
         (lambda x: x, {"baselines": 0.0}, ValueError, "baselines"),
-        (lambda x: x, {"perturbation": "constant", "baselines": torch.zeros(2, 2)}, ValueError, "baselines"),
+        (
+            lambda x: x,
+            {"perturbation": "constant", "baselines": torch.zeros(2, 2)},
+            ValueError,
+            "baselines",
+        ),
         (lambda x: x, {"n_iter": 0}, ValueError, "n_iter"),
         (lambda x: x, {"mask_init": 2.0}, ValueError, "mask_init"),
         (lambda x: x, {"mask_factor": 0}, ValueError, "mask_factor"),
@@ -264,7 +308,9 @@ def test_leaves_everything_untouched_when_the_model_raises_midway():
         (lambda x: x, {"internal_batch_size": 0}, ValueError, "internal_batch_size"),
     ],
 )
-def test_bad_input_is_a_clear_error_and_changes_nothing(tiny_model, images, make_inputs, kwargs, error, message):
+def test_bad_input_is_a_clear_error_and_changes_nothing(
+    tiny_model, images, make_inputs, kwargs, error, message
+):
     inputs = make_inputs(images)
     snapshot = inputs.clone() if isinstance(inputs, torch.Tensor) else inputs.copy()
     before = model_state(tiny_model)
