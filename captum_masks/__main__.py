@@ -27,11 +27,32 @@ def main(argv: list[str] | None = None) -> int:
     speed.add_argument("--batch-size", type=int, default=1)
     speed.add_argument("--repeats", type=int, default=3)
 
+    bench = commands.add_parser(
+        "benchmark", help="compare the methods with Captum's built-ins on ground-truth images"
+    )
+    bench.add_argument("--suite", choices=["synthetic", "photos"], default="synthetic")
+    bench.add_argument("--methods", nargs="+", default=None, help="subset of methods to run")
+    bench.add_argument("--n", type=int, default=20, help="number of images")
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--out", default=None, help="figure path (default: benchmark_SUITE.png)")
+
     args = parser.parse_args(argv)
     if args.command == "demo":
         from captum_masks.demo import run_demo
 
         run_demo(image=args.image, out=args.out, n_iter=args.n_iter, seed=args.seed)
+    elif args.command == "benchmark":
+        from captum_masks.comparison import format_table, run_benchmark, save_figure
+
+        result = run_benchmark(args.suite, args.methods, args.n, args.seed)
+        print(
+            f"\n{args.suite} suite, {args.n} images (python -m captum_masks benchmark "
+            f"--suite {args.suite} --n {args.n}):\n"
+        )
+        print(format_table(result))
+        out = args.out or f"benchmark_{args.suite}.png"
+        save_figure(result, out)
+        print(f"\nSaved {out}")
     else:
         from captum_masks.benchmarks import format_speed, measure_speed
 
