@@ -7,13 +7,11 @@ rename breaks one file, not the whole package.
 from captum._utils.common import (
     _format_additional_forward_args,
     _format_output,
-    _is_tuple,
 )
 from captum._utils.progress import progress
 
 __all__ = [
     "_format_additional_forward_args",
     "_format_output",
-    "_is_tuple",
     "progress",
 ]
