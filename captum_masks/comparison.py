@@ -25,7 +25,8 @@ from captum_masks.meaningful_perturbation import MeaningfulPerturbation
 
 SUITES = ("synthetic", "photos")
 CAPTUM_METHODS = ("Saliency", "IntegratedGradients", "Occlusion", "FeatureAblation", "LayerGradCam")
-OUR_METHODS = ("MeaningfulPerturbation",)
+MP_GAMES = ("deletion", "preservation")
+OUR_METHODS = tuple(f"MeaningfulPerturbation/{game}" for game in MP_GAMES)
 ALL_METHODS = OUR_METHODS + CAPTUM_METHODS
 METRIC_COLUMNS = ("pointing", "relevance_mass", "iou", "deletion_auc", "insertion_auc")
 HIGHER_IS_BETTER = {
@@ -51,7 +52,7 @@ class Suite:
     last_conv: nn.Module
     patch: int
     pointing_tolerance: int
-    mp_settings: dict = field(default_factory=dict)
+    mp_settings: dict = field(default_factory=lambda: {game: {} for game in MP_GAMES})
     blur_sigma: float = 10.0
 
 
@@ -72,8 +73,17 @@ def synthetic_suite(n: int, seed: int = 0) -> Suite:
         last_conv=reference.model.last_conv,
         patch=8,
         pointing_tolerance=max(1, round(15 * scale)),
-        # the paper's spatial settings are for 224 px: scale them to the image
-        mp_settings=dict(mask_factor=4, mask_sigma=5 * scale, blur_sigma=10 * scale, jitter=0),
+        mp_settings={
+            # the paper's spatial settings are for 224 px: scale them to the image
+            "deletion": dict(
+                mask_factor=4, mask_sigma=5 * scale, blur_sigma=10 * scale, jitter=0
+            ),
+            # keeping a shape must keep all of it: a finer mask and a stronger area penalty,
+            # against a background blurred enough to erase the shapes
+            "preservation": dict(
+                mask_factor=2, mask_sigma=0.7, l1_weight=5e-3, blur_sigma=10.0, jitter=0
+            ),
+        },
         blur_sigma=10 * scale,
     )
 
@@ -135,10 +145,13 @@ def method_runners(suite: Suite, seed: int = 0) -> dict[str, Callable[[Tensor, T
     def needs_grad(x: Tensor) -> Tensor:
         return x.clone().requires_grad_(True)
 
+    def meaningful_perturbation(game: str) -> Callable[[Tensor, Tensor], Tensor]:
+        return lambda x, t: MeaningfulPerturbation(model).attribute(
+            x, target=t, game=game, seed=seed, **suite.mp_settings[game]
+        )
+
     return {
-        "MeaningfulPerturbation": lambda x, t: MeaningfulPerturbation(model).attribute(
-            x, target=t, seed=seed, **suite.mp_settings
-        ),
+        **{f"MeaningfulPerturbation/{game}": meaningful_perturbation(game) for game in MP_GAMES},
         "Saliency": lambda x, t: Saliency(model).attribute(needs_grad(x), target=t),
         "IntegratedGradients": lambda x, t: IntegratedGradients(model).attribute(
             needs_grad(x), target=t, n_steps=32, internal_batch_size=64
