@@ -277,7 +277,8 @@ def load_reference_cnn(
     settings = dict(TRAIN_SETTINGS, multilabel=multilabel)
     key = hashlib.sha1(repr(sorted(settings.items())).encode()).hexdigest()[:10]
     path = cache_dir() / f"reference_cnn_{'multi' if multilabel else 'single'}_{key}.pt"
-    model = ReferenceCNN()
+    with torch.random.fork_rng(devices=[]):  # construction draws initial weights
+        model = ReferenceCNN()
     train_seconds = 0.0
     if path.is_file() and not retrain:
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))

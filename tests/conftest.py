@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 from hypothesis import settings
@@ -5,6 +7,18 @@ from torch import nn
 
 settings.register_profile("captum_masks", deadline=None, max_examples=15, derandomize=True)
 settings.load_profile("captum_masks")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def reference_model_cache(tmp_path_factory):
+    """Train the synthetic suite's reference CNNs once per run, in a fresh directory, unless
+    ``CAPTUM_MASKS_CACHE`` points at an existing cache (notebooks inherit the choice)."""
+    if os.environ.get("CAPTUM_MASKS_CACHE"):
+        yield
+        return
+    os.environ["CAPTUM_MASKS_CACHE"] = str(tmp_path_factory.mktemp("captum_masks_cache"))
+    yield
+    del os.environ["CAPTUM_MASKS_CACHE"]
 
 
 class TinyCNN(nn.Module):
