@@ -1,4 +1,4 @@
-"""Command line: ``python -m captum_masks {demo,speed} ...``."""
+"""Command line: ``python -m captum_masks {demo,speed,benchmark} ...``."""
 
 from __future__ import annotations
 
@@ -45,10 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         from captum_masks.comparison import format_table, run_benchmark, save_figure
 
         result = run_benchmark(args.suite, args.methods, args.n, args.seed)
-        print(
-            f"\n{args.suite} suite, {args.n} images (python -m captum_masks benchmark "
-            f"--suite {args.suite} --n {args.n}):\n"
-        )
+        command = " ".join(["python -m captum_masks", *(sys.argv[1:] if argv is None else argv)])
+        print(f"\n{args.suite} suite, {args.n} images ({command}):\n")
         print(format_table(result))
         out = args.out or f"benchmark_{args.suite}.png"
         save_figure(result, out)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -29,8 +28,8 @@ OPTIMIZERS = {
     "sgd": torch.optim.SGD,
 }
 
-OptimizerType = Union[str, Callable[[list[Tensor], float], torch.optim.Optimizer]]
-SchedulerType = Optional[Callable[[torch.optim.Optimizer], object]]
+OptimizerType = str | Callable[[list[Tensor], float], torch.optim.Optimizer]
+SchedulerType = Callable[[torch.optim.Optimizer], object] | None
 
 
 @dataclass

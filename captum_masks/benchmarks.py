@@ -87,7 +87,7 @@ def format_speed(result: dict[str, float]) -> str:
         f"{result['iteration_seconds']:.4f} | {result['ratio']:.3f} | "
         f"{result['seconds_per_image']:.1f} |"
     )
-    return "\n".join([header, "|---|---|---|---|---|---|", row])
+    return f"{header}\n|---|---|---|---|---|---|\n{row}"
 
 
 __all__ = ["bare_forward_backward", "format_speed", "measure_speed"]

@@ -75,14 +75,21 @@ def synthetic_suite(n: int, seed: int = 0) -> Suite:
         pointing_tolerance=max(1, round(15 * scale)),
         mp_settings={
             # the paper's spatial settings are for 224 px: scale them to the image
-            "deletion": dict(
-                mask_factor=4, mask_sigma=5 * scale, blur_sigma=10 * scale, jitter=0
-            ),
+            "deletion": {
+                "mask_factor": 4,
+                "mask_sigma": 5 * scale,
+                "blur_sigma": 10 * scale,
+                "jitter": 0,
+            },
             # keeping a shape must keep all of it: a finer mask and a stronger area penalty,
             # against a background blurred enough to erase the shapes
-            "preservation": dict(
-                mask_factor=2, mask_sigma=0.7, l1_weight=5e-3, blur_sigma=10.0, jitter=0
-            ),
+            "preservation": {
+                "mask_factor": 2,
+                "mask_sigma": 0.7,
+                "l1_weight": 5e-3,
+                "blur_sigma": 10.0,
+                "jitter": 0,
+            },
         },
         blur_sigma=10 * scale,
     )
@@ -314,8 +321,8 @@ def save_figure(result: BenchmarkResult, path: str, rows: int = 4) -> None:
 
 __all__ = [
     "ALL_METHODS",
-    "BenchmarkResult",
     "SUITES",
+    "BenchmarkResult",
     "format_table",
     "method_runners",
     "photos_suite",

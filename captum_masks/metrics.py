@@ -168,7 +168,7 @@ def pointing_game(attributions: Tensor, gt_masks: Tensor, tolerance: int = 15) -
     """
     heat = to_heatmap(attributions)
     masks = _masks(gt_masks, heat)
-    num, height, width = heat.shape
+    _num, height, width = heat.shape
     index = heat.flatten(1).argmax(dim=1)
     rows, cols = index // width, index % width
     grid_r = torch.arange(height, device=heat.device).view(1, -1, 1)
@@ -345,7 +345,7 @@ def saliency_metric(
         >>> saliency_metric(model, x, attributions, target=3).mean()
     """
     heat = to_heatmap(attributions)
-    num, _, height, width = inputs.shape
+    _num, _, height, width = inputs.shape
     boxes = tightest_box(_normalise(heat) >= threshold).tolist()
     with torch.no_grad():
         targets = resolve_targets(target, forward_func(inputs))

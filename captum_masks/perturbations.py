@@ -10,13 +10,12 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-BaselineType = Union[None, float, Sequence[float], Tensor]
+BaselineType = float | Sequence[float] | Tensor | None
 
 PERTURBATIONS = ("blur", "constant", "noise")
 

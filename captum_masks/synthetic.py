@@ -349,9 +349,9 @@ def _train(model: nn.Module, settings: dict, verbose: bool) -> None:
 __all__ = [
     "BACKGROUNDS",
     "IMAGE_SIZE",
+    "SHAPES",
     "ReferenceCNN",
     "ReferenceModel",
-    "SHAPES",
     "SyntheticBatch",
     "cache_dir",
     "load_reference_cnn",

@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -95,3 +97,9 @@ def assert_same_state(before, after):
         assert (grad is None) == (other is None), key
         if grad is not None:
             assert torch.equal(grad, other), key
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """``python -m captum_masks ARGS`` in a fresh interpreter."""
+    command = [sys.executable, "-m", "captum_masks", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)

@@ -1,19 +1,12 @@
 """The main job, ``python -m captum_masks demo``, end to end (shortened optimisation)."""
 
-import subprocess
-import sys
-
 import pytest
+from conftest import run_cli
 
 pytest.importorskip("captum_masks.zoo")
 pytestmark = pytest.mark.real_model
 
 METHODS = ["MeaningfulPerturbation", "Saliency", "IntegratedGradients", "Occlusion", "LayerGradCam"]
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "captum_masks", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
 
 
 def test_demo_prints_predictions_timings_and_saves_the_figure(tmp_path):

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from captum_masks import MeaningfulPerturbation, attribution_to_image, image_to_numpy
 
-FAST = dict(n_iter=8)
+FAST = {"n_iter": 8}
 
 
 # ---------------------------------------------------------------- Captum contract

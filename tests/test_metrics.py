@@ -1,5 +1,6 @@
 """Metrics, each checked against a value computed by hand."""
 
+import itertools
 import math
 
 import pytest
@@ -41,10 +42,12 @@ def test_deletion_and_insertion_curves_by_hand():
     def p(logit):
         return 1 / (1 + math.exp(-logit))
 
-    auc, curve = metrics.deletion_insertion_curve(model, x, attr, target=1, n_steps=4, substrate="zero")
+    auc, curve = metrics.deletion_insertion_curve(
+        model, x, attr, target=1, n_steps=4, substrate="zero"
+    )
     expected = [p(3), p(1), p(0), p(0), p(0)]
     torch.testing.assert_close(curve[0], torch.tensor(expected))
-    trapezoid = sum((a + b) / 2 * 0.25 for a, b in zip(expected, expected[1:]))
+    trapezoid = sum((a + b) / 2 * 0.25 for a, b in itertools.pairwise(expected))
     assert auc.item() == pytest.approx(trapezoid, rel=1e-5)
 
     auc, curve = metrics.deletion_insertion_curve(
@@ -119,7 +122,9 @@ def test_saliency_metric_by_hand():
     heat = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
     # box = pixel (0,0): area 1/4; the crop resized to 2×2 is all 2 → logit 2, p = σ(2)
     value = metrics.saliency_metric(model, x, heat, target=1)
-    assert value.item() == pytest.approx(math.log(0.25) - math.log(1 / (1 + math.exp(-2))), rel=1e-5)
+    assert value.item() == pytest.approx(
+        math.log(0.25) - math.log(1 / (1 + math.exp(-2))), rel=1e-5
+    )
 
 
 def test_class_specific_masking_by_hand():

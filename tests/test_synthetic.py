@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 pytest.importorskip("captum_masks.zoo")
 
-from captum_masks.synthetic import SHAPES, load_reference_cnn, make_synthetic, shape_mask  # noqa: E402
+from captum_masks.synthetic import SHAPES, load_reference_cnn, make_synthetic, shape_mask
 
 seeds = st.integers(min_value=0, max_value=10_000)
 

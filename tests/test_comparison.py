@@ -1,0 +1,108 @@
+"""The comparison harness and ``python -m captum_masks benchmark``, on few images."""
+
+import pytest
+import torch
+
+pytest.importorskip("captum_masks.zoo")
+
+from conftest import run_cli
+
+from captum_masks.comparison import (
+    ALL_METHODS,
+    METRIC_COLUMNS,
+    format_table,
+    method_runners,
+    run_benchmark,
+    save_figure,
+    synthetic_suite,
+)
+
+pytestmark = pytest.mark.real_model  # trains (or loads) the reference CNN
+FAST_METHODS = ["Saliency", "LayerGradCam"]
+
+
+@pytest.fixture(scope="module")
+def fast_result():
+    return run_benchmark("synthetic", FAST_METHODS, n=3, show_progress=False)
+
+
+def test_scores_every_image_with_every_metric_in_range(fast_result):
+    assert list(fast_result.scores) == FAST_METHODS
+    for name in FAST_METHODS:
+        score = fast_result.scores[name]
+        assert set(METRIC_COLUMNS) <= set(score)
+        for column in METRIC_COLUMNS:
+            assert len(score[column]) == 3
+            assert all(0.0 <= value <= 1.0 for value in score[column]), (name, column)
+        attribution = fast_result.attributions[name]
+        assert attribution.shape[0] == 3 and attribution.shape[-2:] == (64, 64)
+        assert score["seconds"][0] > 0
+
+
+def test_table_has_one_row_per_method_with_mean_and_std(fast_result):
+    table = format_table(fast_result).splitlines()
+    assert table[0].startswith("| method | pointing ↑ | relevance_mass ↑")
+    assert len(table) == 2 + len(FAST_METHODS)
+    for line, name in zip(table[2:], FAST_METHODS):
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        assert cells[0] == name
+        assert len(cells) == len(METRIC_COLUMNS) + 2
+        assert all("±" in cell for cell in cells[1:-1])
+
+
+def test_figure_is_written(fast_result, tmp_path):
+    path = tmp_path / "grid.png"
+    save_figure(fast_result, str(path), rows=2)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_runner_gives_input_sized_maps_on_the_same_suite():
+    suite = synthetic_suite(2, seed=3)
+    runners = method_runners(suite)
+    assert set(runners) == set(ALL_METHODS)
+    for name, runner in runners.items():
+        if name.startswith("MeaningfulPerturbation"):
+            continue  # covered below with the suite's settings
+        attribution = runner(suite.inputs, suite.targets)
+        assert attribution.shape[0] == 2 and attribution.shape[-2:] == (64, 64), name
+        assert torch.isfinite(attribution).all(), name
+
+
+def test_meaningful_perturbation_games_point_at_the_shape():
+    result = run_benchmark(
+        "synthetic",
+        ["MeaningfulPerturbation/preservation", "MeaningfulPerturbation/deletion"],
+        n=4,
+        show_progress=False,
+    )
+    preservation = result.scores["MeaningfulPerturbation/preservation"]
+    # a random map puts about the object's share of the image (~0.08) inside it
+    assert sum(preservation["relevance_mass"]) / 4 > 0.3
+    assert sum(preservation["pointing"]) >= 3
+    deleted = result.attributions["MeaningfulPerturbation/deletion"]
+    kept = result.attributions["MeaningfulPerturbation/preservation"]
+    assert not torch.equal(deleted, kept)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"suite": "mnist"}, "suite must be one of"),
+        ({"methods": ["GradCam"]}, "unknown methods"),
+        ({"n": 0}, "n must be >= 1"),
+    ],
+)
+def test_bad_arguments_are_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        run_benchmark(**{"suite": "synthetic", "n": 1, **kwargs})
+
+
+def test_command_prints_a_table_and_saves_the_grid(tmp_path):
+    out = tmp_path / "bench.png"
+    result = run_cli(
+        "benchmark", "--suite", "photos", "--methods", *FAST_METHODS, "--n", "2", "--out", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    assert "photos suite, 2 images" in result.stdout
+    assert all(f"| {name} |" in result.stdout for name in FAST_METHODS)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
