@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=0)
 
     speed = commands.add_parser("speed", help="per-iteration cost vs. bare forward+backward")
+    speed.add_argument(
+        "--methods", nargs="+", default=None, help="optimisation methods to time (default: all)"
+    )
     speed.add_argument("--batch-size", type=int, default=1)
     speed.add_argument("--repeats", type=int, default=3)
 
@@ -52,9 +55,13 @@ def main(argv: list[str] | None = None) -> int:
         save_figure(result, out)
         print(f"\nSaved {out}")
     else:
-        from captum_masks.benchmarks import format_speed, measure_speed
+        from captum_masks.benchmarks import SPEED_METHODS, format_speed, measure_speed
 
-        print(format_speed(measure_speed(batch_size=args.batch_size, repeats=args.repeats)))
+        results = [
+            measure_speed(method, batch_size=args.batch_size, repeats=args.repeats)
+            for method in args.methods or SPEED_METHODS
+        ]
+        print(format_speed(results))
     return 0
 
 

@@ -19,6 +19,17 @@ from torch import Tensor, nn
 from captum_masks import zoo
 from captum_masks.meaningful_perturbation import MeaningfulPerturbation
 
+#: Each optimisation method as ``model -> (run(inputs, target, n_iter), default n_iter)``;
+#: the runs use the method's default settings apart from the iteration count.
+SPEED_METHODS: dict[str, Callable[[nn.Module], tuple[Callable[..., Tensor], int]]] = {
+    "MeaningfulPerturbation": lambda model: (
+        lambda x, target, n_iter: MeaningfulPerturbation(model).attribute(
+            x, target=target, n_iter=n_iter
+        ),
+        300,
+    ),
+}
+
 
 def _seconds(work: Callable[[], object], repeats: int) -> float:
     times = []
@@ -36,25 +47,39 @@ def bare_forward_backward(model: nn.Module, inputs: Tensor, target: int) -> None
 
 
 def measure_speed(
+    method: str = "MeaningfulPerturbation",
     batch_size: int = 1,
     short_iters: int = 10,
     long_iters: int = 60,
     repeats: int = 3,
-    default_iters: int = 300,
-) -> dict[str, float]:
-    """Measure MeaningfulPerturbation on EfficientNet-Lite0 at 224 px.
+) -> dict:
+    """Measure one optimisation method on EfficientNet-Lite0 at 224 px.
+
+    Args:
+        method (str): a key of :data:`SPEED_METHODS`.
+        batch_size (int): images explained together.
+        short_iters, long_iters (int): the two run lengths whose difference gives the
+            per-iteration time.
+        repeats (int): interleaved repetitions; medians are reported.
 
     Returns:
-        dict with ``bare_seconds`` (forward + backward), ``iteration_seconds``, ``ratio`` and
-        ``seconds_per_image`` (default settings, ``default_iters`` iterations).
+        dict with ``method``, ``batch_size``, ``bare_seconds`` (forward + backward),
+        ``iteration_seconds``, ``ratio``, ``default_iters`` and ``seconds_per_image`` (a whole
+        explanation at default settings).
+
+    Examples::
+
+        >>> print(format_speed([measure_speed("MeaningfulPerturbation", batch_size=4)]))
     """
+    if method not in SPEED_METHODS:
+        raise ValueError(f"method must be one of {sorted(SPEED_METHODS)}, got {method!r}")
     model = zoo.load_efficientnet_lite0()
     x = torch.cat([zoo.normalize(zoo.paste_composite(seed=i).image) for i in range(batch_size)])
     target = 285  # Egyptian cat
-    mp = MeaningfulPerturbation(model)
+    attribute, default_iters = SPEED_METHODS[method](model)
 
     def run(n_iter: int) -> Callable[[], object]:
-        return lambda: mp.attribute(x, target=target, n_iter=n_iter)
+        return lambda: attribute(x, target, n_iter)
 
     bare_forward_backward(model, x, target)  # warm-up
     run(short_iters)()
@@ -69,25 +94,28 @@ def measure_speed(
     )
     per_image = _seconds(run(default_iters), 1) / batch_size
     return {
+        "method": method,
         "batch_size": batch_size,
         "bare_seconds": bare_seconds,
         "iteration_seconds": iteration_seconds,
         "ratio": iteration_seconds / bare_seconds,
+        "default_iters": default_iters,
         "seconds_per_image": per_image,
     }
 
 
-def format_speed(result: dict[str, float]) -> str:
-    """The result of :func:`measure_speed` as a markdown table (header and one row)."""
-    header = (
-        "| method | batch | forward+backward (s) | per iteration (s) | ratio | s / image (300 it) |"
-    )
-    row = (
-        f"| MeaningfulPerturbation | {result['batch_size']} | {result['bare_seconds']:.4f} | "
-        f"{result['iteration_seconds']:.4f} | {result['ratio']:.3f} | "
-        f"{result['seconds_per_image']:.1f} |"
-    )
-    return f"{header}\n|---|---|---|---|---|---|\n{row}"
+def format_speed(results: list[dict]) -> str:
+    """Results of :func:`measure_speed` as a markdown table, one row each."""
+    columns = ("method", "batch", "forward+backward (s)", "per iteration (s)", "ratio")
+    columns += ("iterations", "s / image")
+    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+    for result in results:
+        lines.append(
+            f"| {result['method']} | {result['batch_size']} | {result['bare_seconds']:.4f} | "
+            f"{result['iteration_seconds']:.4f} | {result['ratio']:.3f} | "
+            f"{result['default_iters']} | {result['seconds_per_image']:.1f} |"
+        )
+    return "\n".join(lines)
 
 
-__all__ = ["bare_forward_backward", "format_speed", "measure_speed"]
+__all__ = ["SPEED_METHODS", "bare_forward_backward", "format_speed", "measure_speed"]

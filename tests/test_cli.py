@@ -22,3 +22,22 @@ def test_demo_prints_predictions_timings_and_saves_the_figure(tmp_path):
 def test_unknown_image_is_a_clear_error(tmp_path):
     result = run_cli("demo", "--image", "nothing", "--out", str(tmp_path / "x.png"))
     assert result.returncode != 0 and "image must be one of" in result.stderr
+
+
+def test_speed_prints_one_row_per_method():
+    result = run_cli("speed", "--methods", "MeaningfulPerturbation", "--repeats", "1")
+    assert result.returncode == 0, result.stderr
+    header, _, row = result.stdout.strip().splitlines()
+    assert header.startswith("| method | batch | forward+backward (s)")
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[:2] == ["MeaningfulPerturbation", "1"]
+    bare, per_iteration, ratio = (float(cell) for cell in cells[2:5])
+    assert ratio == pytest.approx(per_iteration / bare, rel=0.01)
+    assert cells[5] == "300" and float(cells[6]) > 0
+
+
+def test_speed_of_an_unknown_method_is_a_clear_error():
+    from captum_masks.benchmarks import measure_speed
+
+    with pytest.raises(ValueError, match="method must be one of"):
+        measure_speed("GradCam")
