@@ -180,12 +180,21 @@ def method_runners(suite: Suite, seed: int = 0) -> dict[str, Callable[[Tensor, T
 
 @dataclass
 class BenchmarkResult:
-    """Per-image scores: ``scores[method][metric]`` is a list over images; ``attributions``
-    holds each method's maps for the figure."""
+    """What one benchmark run measured.
+
+    Attributes:
+        suite (Suite): the images, targets, ground truth and model.
+        scores (dict): ``scores[method][metric]``, a list over images (``seconds`` holds one
+            value: the whole batch ÷ n).
+        attributions (dict): each method's maps, for figures.
+        curves (dict): ``curves[method]["deletion" | "insertion"]``, (n, steps + 1) probability
+            of the target as pixels are removed or inserted in the method's order.
+    """
 
     suite: Suite
     scores: dict
     attributions: dict
+    curves: dict
 
 
 def run_benchmark(
@@ -197,6 +206,15 @@ def run_benchmark(
     show_progress: bool = True,
 ) -> BenchmarkResult:
     """Explain ``n`` images of ``suite`` with every method and score them.
+
+    Args:
+        suite (str): ``"synthetic"`` (reference CNN, 64 px shapes) or ``"photos"``
+            (EfficientNet-Lite0, 224 px composites).
+        methods (sequence of str, optional): a subset of :data:`ALL_METHODS`; all by default.
+        n (int): number of images; the same ``n`` and ``seed`` give the same images.
+        seed (int): picks the images and seeds the stochastic methods.
+        deletion_steps (int): steps of the deletion and insertion curves.
+        show_progress (bool): a progress bar over the methods.
 
     Returns:
         :class:`BenchmarkResult`; :func:`format_table` turns it into markdown.
@@ -218,43 +236,36 @@ def run_benchmark(
         raise ValueError(f"n must be >= 1, got {n}")
     data = synthetic_suite(n, seed) if suite == "synthetic" else photos_suite(n, seed)
     runners = method_runners(data, seed)
-    scores, attributions = {}, {}
+    scores, attributions, curves, aucs = {}, {}, {}, {}
     for name in progress(
         methods, desc=f"Benchmark ({suite})", total=len(methods), disable=not show_progress
     ):
         start = time.perf_counter()
         attribution = runners[name](data.inputs, data.targets).detach()
         seconds = (time.perf_counter() - start) / n
-        deletion, _ = metrics.deletion_insertion_curve(
-            data.model,
-            data.inputs,
-            attribution,
-            data.targets,
-            "deletion",
-            deletion_steps,
-            blur_sigma=data.blur_sigma,
-        )
-        insertion, _ = metrics.deletion_insertion_curve(
-            data.model,
-            data.inputs,
-            attribution,
-            data.targets,
-            "insertion",
-            deletion_steps,
-            blur_sigma=data.blur_sigma,
-        )
+        curves[name] = {}
+        for mode in ("deletion", "insertion"):
+            aucs[mode], curves[name][mode] = metrics.deletion_insertion_curve(
+                data.model,
+                data.inputs,
+                attribution,
+                data.targets,
+                mode,
+                deletion_steps,
+                blur_sigma=data.blur_sigma,
+            )
         scores[name] = {
             "pointing": metrics.pointing_game(
                 attribution, data.masks, data.pointing_tolerance
             ).tolist(),
             "relevance_mass": metrics.relevance_mass(attribution, data.masks).tolist(),
             "iou": metrics.mask_iou(attribution, data.masks, 0.5).tolist(),
-            "deletion_auc": deletion.tolist(),
-            "insertion_auc": insertion.tolist(),
+            "deletion_auc": aucs["deletion"].tolist(),
+            "insertion_auc": aucs["insertion"].tolist(),
             "seconds": [seconds],
         }
         attributions[name] = attribution
-    return BenchmarkResult(data, scores, attributions)
+    return BenchmarkResult(data, scores, attributions, curves)
 
 
 def _mean_std(values: list) -> str:

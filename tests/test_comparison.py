@@ -37,6 +37,12 @@ def test_scores_every_image_with_every_metric_in_range(fast_result):
         attribution = fast_result.attributions[name]
         assert attribution.shape[0] == 3 and attribution.shape[-2:] == (64, 64)
         assert score["seconds"][0] > 0
+        deletion = fast_result.curves[name]["deletion"]
+        insertion = fast_result.curves[name]["insertion"]
+        assert deletion.shape == insertion.shape == (3, 17)
+        # both curves join the same two ends: the whole image and the fully removed one
+        torch.testing.assert_close(deletion[:, 0], insertion[:, -1])
+        torch.testing.assert_close(deletion[:, -1], insertion[:, 0])
 
 
 def test_table_has_one_row_per_method_with_mean_and_std(fast_result):
