@@ -12,6 +12,7 @@ on time. Two suites:
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -286,7 +287,7 @@ def format_table(result: BenchmarkResult) -> str:
     return "\n".join(lines)
 
 
-def save_figure(result: BenchmarkResult, path: str, rows: int = 4) -> None:
+def save_figure(result: BenchmarkResult, path: str | os.PathLike, rows: int = 4) -> None:
     """A grid of blended overlays: one row per image, one column per method."""
     import matplotlib
 
