@@ -3,6 +3,7 @@
 from captum_masks._optimize import OptimizationHistory
 from captum_masks.masks import SigmoidMask, UpsampledMask
 from captum_masks.meaningful_perturbation import MeaningfulPerturbation
+from captum_masks.neuromask import NeuroMaskAttr
 from captum_masks.perturbations import blend, constant_reference, gaussian_blur, noise_reference
 from captum_masks.visualization import attribution_to_image, image_to_numpy
 
@@ -10,6 +11,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MeaningfulPerturbation",
+    "NeuroMaskAttr",
     "OptimizationHistory",
     "SigmoidMask",
     "UpsampledMask",

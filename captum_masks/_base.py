@@ -57,7 +57,7 @@ class MaskAttribution(PerturbationAttribution):
         inputs: Any,
         target: Any,
         additional_forward_args: Any,
-        spatial_dims: int | None = None,
+        spatial_dims: int | tuple[int, ...] | None = None,
     ) -> PreparedCall:
         is_inputs_tuple = isinstance(inputs, tuple)
         formatted = format_inputs(inputs, spatial_dims)

@@ -16,11 +16,15 @@ from torch import Tensor
 from captum_masks._compat import _format_additional_forward_args
 
 
-def format_inputs(inputs: Any, spatial_dims: int | None = None) -> tuple[Tensor, ...]:
+def format_inputs(
+    inputs: Any, spatial_dims: int | tuple[int, ...] | None = None
+) -> tuple[Tensor, ...]:
     """Return ``inputs`` as a tuple of tensors after checking type, dtype, batch and values.
 
-    ``spatial_dims`` (if given) is the number of axes after (batch, channel) each tensor must have.
+    ``spatial_dims`` (if given) is the number of axes after (batch, channel) each tensor must have,
+    or a tuple of the allowed numbers.
     """
+    allowed = (spatial_dims,) if isinstance(spatial_dims, int) else spatial_dims
     if isinstance(inputs, Tensor):
         inputs = (inputs,)
     if not isinstance(inputs, tuple) or len(inputs) == 0:
@@ -40,12 +44,12 @@ def format_inputs(inputs: Any, spatial_dims: int | None = None) -> tuple[Tensor,
             raise ValueError(
                 f"{where} must hold at least one example, got shape {tuple(tensor.shape)}"
             )
-        if spatial_dims is not None and tensor.dim() != 2 + spatial_dims:
-            layout = {1: " (N, C, L)", 2: " (N, C, H, W)"}.get(spatial_dims, "")
-            raise ValueError(
-                f"{where} must have {2 + spatial_dims} dimensions{layout}, "
-                f"got shape {tuple(tensor.shape)}"
+        if allowed is not None and tensor.dim() - 2 not in allowed:
+            names = {1: "(N, C, L)", 2: "(N, C, H, W)"}
+            expected = " or ".join(
+                f"{2 + d} dimensions {names.get(d, '')}".rstrip() for d in allowed
             )
+            raise ValueError(f"{where} must have {expected}, got shape {tuple(tensor.shape)}")
         if not torch.isfinite(tensor).all():
             raise ValueError(f"{where} contains NaN or Inf values")
         if tensor.shape[0] != inputs[0].shape[0]:
@@ -157,6 +161,25 @@ def slice_batch(args: tuple | None, batch: slice, batch_size: int) -> tuple | No
     )
 
 
+def per_input_baselines(baselines: Any, num_inputs: int) -> list:
+    """Captum's ``baselines`` as one entry per input tensor (a tuple gives one each; anything
+    else is shared by all)."""
+    if isinstance(baselines, tuple) and num_inputs > 1:
+        if len(baselines) != num_inputs:
+            raise ValueError(
+                f"baselines must have one entry per input tensor: got {len(baselines)} for "
+                f"{num_inputs} inputs"
+            )
+        return list(baselines)
+    if isinstance(baselines, tuple) and len(baselines) == 1 and not _is_number(baselines[0]):
+        return list(baselines)
+    return [baselines] * num_inputs
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
@@ -178,6 +201,7 @@ __all__ = [
     "check_positive",
     "format_additional_args",
     "format_inputs",
+    "per_input_baselines",
     "resolve_targets",
     "run_forward",
     "select_scores",

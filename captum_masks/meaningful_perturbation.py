@@ -14,6 +14,7 @@ from captum_masks._compat import _format_output
 from captum_masks._inputs import (
     check_choice,
     check_positive,
+    per_input_baselines,
     run_forward,
     select_scores,
     slice_batch,
@@ -204,7 +205,7 @@ class MeaningfulPerturbation(MaskAttribution):
         settings.validate()
         parametrisation = UpsampledMask(mask_factor, mask_sigma, jitter)
         call = self._prepare(inputs, target, additional_forward_args, spatial_dims=2)
-        baselines = _per_input(baselines, len(call.inputs))
+        baselines = per_input_baselines(baselines, len(call.inputs))
 
         with preserved_rng_state(call.device):
             generator = make_generator(seed, call.device)
@@ -247,23 +248,6 @@ class MeaningfulPerturbation(MaskAttribution):
             attributions.append(importance.expand_as(x).contiguous())
         result = _format_output(call.is_inputs_tuple, tuple(attributions))
         return (result, history) if return_history else result
-
-
-def _per_input(baselines: Any, num_inputs: int) -> list:
-    if isinstance(baselines, tuple) and num_inputs > 1:
-        if len(baselines) != num_inputs:
-            raise ValueError(
-                f"baselines must have one entry per input tensor: got {len(baselines)} for "
-                f"{num_inputs} inputs"
-            )
-        return list(baselines)
-    if isinstance(baselines, tuple) and len(baselines) == 1 and not _is_number(baselines[0]):
-        return list(baselines)
-    return [baselines] * num_inputs
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 __all__ = ["MeaningfulPerturbation"]
