@@ -9,6 +9,7 @@ are reported separately and include everything.
 
 from __future__ import annotations
 
+import inspect
 import statistics
 import time
 from collections.abc import Callable
@@ -18,16 +19,12 @@ from torch import Tensor, nn
 
 from captum_masks import zoo
 from captum_masks.meaningful_perturbation import MeaningfulPerturbation
+from captum_masks.neuromask import NeuroMaskAttr
 
-#: Each optimisation method as ``model -> (run(inputs, target, n_iter), default n_iter)``;
-#: the runs use the method's default settings apart from the iteration count.
-SPEED_METHODS: dict[str, Callable[[nn.Module], tuple[Callable[..., Tensor], int]]] = {
-    "MeaningfulPerturbation": lambda model: (
-        lambda x, target, n_iter: MeaningfulPerturbation(model).attribute(
-            x, target=target, n_iter=n_iter
-        ),
-        300,
-    ),
+#: The optimisation methods; each runs at its defaults apart from the iteration count.
+SPEED_METHODS: dict[str, type] = {
+    "MeaningfulPerturbation": MeaningfulPerturbation,
+    "NeuroMaskAttr": NeuroMaskAttr,
 }
 
 
@@ -76,10 +73,11 @@ def measure_speed(
     model = zoo.load_efficientnet_lite0()
     x = torch.cat([zoo.normalize(zoo.paste_composite(seed=i).image) for i in range(batch_size)])
     target = 285  # Egyptian cat
-    attribute, default_iters = SPEED_METHODS[method](model)
+    explainer = SPEED_METHODS[method](model)
+    default_iters = inspect.signature(explainer.attribute).parameters["n_iter"].default
 
     def run(n_iter: int) -> Callable[[], object]:
-        return lambda: attribute(x, target, n_iter)
+        return lambda: explainer.attribute(x, target=target, n_iter=n_iter)
 
     bare_forward_backward(model, x, target)  # warm-up
     run(short_iters)()

@@ -23,19 +23,31 @@ from torch import Tensor, nn
 
 from captum_masks import metrics
 from captum_masks.meaningful_perturbation import MeaningfulPerturbation
+from captum_masks.neuromask import NeuroMaskAttr
 
 SUITES = ("synthetic", "photos")
 CAPTUM_METHODS = ("Saliency", "IntegratedGradients", "Occlusion", "FeatureAblation", "LayerGradCam")
 MP_GAMES = ("deletion", "preservation")
-OUR_METHODS = tuple(f"MeaningfulPerturbation/{game}" for game in MP_GAMES)
+OUR_METHODS = (*(f"MeaningfulPerturbation/{game}" for game in MP_GAMES), "NeuroMaskAttr")
 ALL_METHODS = OUR_METHODS + CAPTUM_METHODS
-METRIC_COLUMNS = ("pointing", "relevance_mass", "iou", "deletion_auc", "insertion_auc")
+METRIC_COLUMNS = (
+    "pointing",
+    "relevance_mass",
+    "iou",
+    "deletion_auc",
+    "insertion_auc",
+    "map_mean",
+    "map_tv",
+)
+#: which way is better; None for the descriptive columns (sparseness and roughness of the map)
 HIGHER_IS_BETTER = {
     "pointing": True,
     "relevance_mass": True,
     "iou": True,
     "deletion_auc": False,
     "insertion_auc": True,
+    "map_mean": None,
+    "map_tv": None,
     "seconds": False,
 }
 
@@ -54,6 +66,7 @@ class Suite:
     patch: int
     pointing_tolerance: int
     mp_settings: dict = field(default_factory=lambda: {game: {} for game in MP_GAMES})
+    neuromask_settings: dict = field(default_factory=dict)
     blur_sigma: float = 10.0
 
 
@@ -160,6 +173,9 @@ def method_runners(suite: Suite, seed: int = 0) -> dict[str, Callable[[Tensor, T
 
     return {
         **{f"MeaningfulPerturbation/{game}": meaningful_perturbation(game) for game in MP_GAMES},
+        "NeuroMaskAttr": lambda x, t: NeuroMaskAttr(model).attribute(
+            x, target=t, seed=seed, **suite.neuromask_settings
+        ),
         "Saliency": lambda x, t: Saliency(model).attribute(needs_grad(x), target=t),
         "IntegratedGradients": lambda x, t: IntegratedGradients(model).attribute(
             needs_grad(x), target=t, n_steps=32, internal_batch_size=64
@@ -263,6 +279,8 @@ def run_benchmark(
             "iou": metrics.mask_iou(attribution, data.masks, 0.5).tolist(),
             "deletion_auc": aucs["deletion"].tolist(),
             "insertion_auc": aucs["insertion"].tolist(),
+            "map_mean": metrics.map_mean(attribution).tolist(),
+            "map_tv": metrics.map_total_variation(attribution).tolist(),
             "seconds": [seconds],
         }
         attributions[name] = attribution
@@ -278,8 +296,8 @@ def _mean_std(values: list) -> str:
 def format_table(result: BenchmarkResult) -> str:
     """Markdown table, mean ± std over images; seconds per image are for the whole batch ÷ n."""
     columns = (*METRIC_COLUMNS, "seconds")
-    arrows = {c: "↑" if HIGHER_IS_BETTER[c] else "↓" for c in columns}
-    header = "| method | " + " | ".join(f"{c} {arrows[c]}" for c in columns) + " |"
+    arrows = {True: " ↑", False: " ↓", None: ""}
+    header = "| method | " + " | ".join(f"{c}{arrows[HIGHER_IS_BETTER[c]]}" for c in columns) + " |"
     lines = [header, "|---" * (len(columns) + 1) + "|"]
     for name, score in result.scores.items():
         cells = [_mean_std(score[c]) if c != "seconds" else f"{score[c][0]:.3f}" for c in columns]

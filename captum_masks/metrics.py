@@ -151,8 +151,9 @@ def pointing_game(attributions: Tensor, gt_masks: Tensor, tolerance: int = 15) -
     """Pointing game (Zhang et al., ECCV 2016): is the map's maximum on the object?
 
     A hit is a maximum within ``tolerance`` pixels (Euclidean) of a ground-truth pixel; the paper
-    uses 15 px at ImageNet scale, so scale it with the image side. Ties take the first maximum in
-    raster order.
+    uses 15 px at ImageNet scale, so scale it with the image side. When several pixels share the
+    maximum (masks saturate at 1), the point is the tied pixel nearest to the centroid of all tied
+    pixels, so a saturated blob points at its middle rather than at its top-left corner.
 
     Args:
         attributions (Tensor): any form accepted by :func:`to_heatmap` (signed sum).
@@ -169,10 +170,15 @@ def pointing_game(attributions: Tensor, gt_masks: Tensor, tolerance: int = 15) -
     heat = to_heatmap(attributions)
     masks = _masks(gt_masks, heat)
     _num, height, width = heat.shape
-    index = heat.flatten(1).argmax(dim=1)
+    grid_r = torch.arange(height, device=heat.device, dtype=heat.dtype).view(1, -1, 1)
+    grid_c = torch.arange(width, device=heat.device, dtype=heat.dtype).view(1, 1, -1)
+    tied = (heat == heat.amax(dim=(1, 2), keepdim=True)).to(heat.dtype)
+    count = tied.sum(dim=(1, 2), keepdim=True)
+    centre_r = (tied * grid_r).sum(dim=(1, 2), keepdim=True) / count
+    centre_c = (tied * grid_c).sum(dim=(1, 2), keepdim=True) / count
+    to_centre = (grid_r - centre_r) ** 2 + (grid_c - centre_c) ** 2
+    index = torch.where(tied > 0, to_centre, torch.inf).flatten(1).argmin(dim=1)
     rows, cols = index // width, index % width
-    grid_r = torch.arange(height, device=heat.device).view(1, -1, 1)
-    grid_c = torch.arange(width, device=heat.device).view(1, 1, -1)
     distance2 = (grid_r - rows.view(-1, 1, 1)) ** 2 + (grid_c - cols.view(-1, 1, 1)) ** 2
     near = distance2 <= tolerance**2
     return (near & masks).flatten(1).any(dim=1).to(heat.dtype)
@@ -199,6 +205,51 @@ def relevance_mass(attributions: Tensor, gt_masks: Tensor) -> Tensor:
     total = heat.flatten(1).sum(1)
     inside = (heat * masks).flatten(1).sum(1)
     return torch.where(total > 0, inside / total.clamp_min(torch.finfo(heat.dtype).tiny), 0.0)
+
+
+def _scaled_positive(attributions: Tensor) -> Tensor:
+    heat = to_heatmap(attributions).clamp_min(0)
+    peak = heat.flatten(1).max(dim=1).values.clamp_min(torch.finfo(heat.dtype).tiny)
+    return heat / peak.view(-1, 1, 1)
+
+
+def map_mean(attributions: Tensor) -> Tensor:
+    """Sparseness: the mean of the positive map scaled so that its maximum is 1.
+
+    A mask method's [0, 1] mask that keeps a fraction a of the image scores about a; a map with
+    one bright pixel scores about 1 / (H·W).
+
+    Args:
+        attributions (Tensor): any form accepted by :func:`to_heatmap`.
+
+    Returns:
+        Tensor (N,) in [0, 1] (0 for a map with no positive relevance).
+
+    Examples::
+
+        >>> map_mean(NeuroMaskAttr(model).attribute(x)).mean()
+    """
+    return _scaled_positive(attributions).flatten(1).mean(dim=1)
+
+
+def map_total_variation(attributions: Tensor) -> Tensor:
+    """Roughness: the mean absolute difference between horizontally and vertically adjacent
+    pixels of the positive map scaled to a maximum of 1, summed over the two directions.
+
+    Args:
+        attributions (Tensor): any form accepted by :func:`to_heatmap`.
+
+    Returns:
+        Tensor (N,) in [0, 2]; 0 for a constant map, lower is smoother.
+
+    Examples::
+
+        >>> map_total_variation(Saliency(model).attribute(x, target=3))
+    """
+    heat = _scaled_positive(attributions)
+    vertical = heat.diff(dim=1).abs().flatten(1).mean(dim=1)
+    horizontal = heat.diff(dim=2).abs().flatten(1).mean(dim=1)
+    return vertical + horizontal
 
 
 def mask_iou(attributions: Tensor, gt_masks: Tensor, threshold: float = 0.5) -> Tensor:
@@ -534,6 +585,8 @@ __all__ = [
     "class_specific_masking",
     "deletion_insertion_curve",
     "localization_error",
+    "map_mean",
+    "map_total_variation",
     "mask_iou",
     "model_randomization_check",
     "pointing_game",

@@ -78,6 +78,18 @@ def test_pointing_game_with_tolerance():
     assert metrics.pointing_game(heat, mask, tolerance=3).tolist() == [1.0, 1.0]
 
 
+def test_pointing_game_breaks_ties_at_the_middle_of_the_tied_pixels():
+    heat = torch.zeros(1, 1, 10, 10)
+    heat[..., 0, 0] = 1.0  # one stray maximum in the corner
+    heat[..., 5:8, 5:8] = 1.0  # a saturated blob of nine
+    mask = torch.zeros(1, 10, 10)
+    mask[:, 5:8, 5:8] = 1  # the centroid of the ten maxima is (5.4, 5.4): in the blob
+    assert metrics.pointing_game(heat, mask, tolerance=0).item() == 1.0
+    mask = torch.zeros(1, 10, 10)
+    mask[:, 0, 0] = 1  # raster order would have picked this one
+    assert metrics.pointing_game(heat, mask, tolerance=0).item() == 0.0
+
+
 def test_relevance_mass_and_iou_by_hand():
     heat = torch.tensor([[[3.0, 1.0], [-5.0, 0.0]]])
     mask = torch.tensor([[[1, 0], [1, 0]]])
@@ -86,6 +98,18 @@ def test_relevance_mass_and_iou_by_hand():
     assert metrics.relevance_mass(torch.zeros(1, 2, 2), mask).item() == 0.0
     # normalised: [[1, .75], [0, .625]]; ≥ 0.7 keeps (0,0), (0,1): IoU = 1 / 3
     assert metrics.mask_iou(heat, mask, threshold=0.7).item() == pytest.approx(1 / 3)
+
+
+def test_map_mean_and_total_variation_by_hand():
+    heat = torch.tensor([[[4.0, 2.0], [-1.0, 0.0]]])
+    # positive part scaled to max 1: [[1, .5], [0, 0]]
+    assert metrics.map_mean(heat).item() == pytest.approx(1.5 / 4)
+    # vertical |0 − 1| + |0 − .5| over 2 pairs, horizontal |.5 − 1| + |0 − 0| over 2 pairs
+    assert metrics.map_total_variation(heat).item() == pytest.approx(0.75 + 0.25)
+    # scale-free, and a constant map is perfectly smooth
+    assert metrics.map_mean(heat * 7).item() == pytest.approx(1.5 / 4)
+    assert metrics.map_total_variation(torch.ones(1, 3, 3)).item() == 0.0
+    assert metrics.map_mean(-torch.ones(1, 3, 3)).item() == 0.0
 
 
 def test_thresholding_methods_by_hand():
