@@ -83,10 +83,10 @@ class NeuroMaskAttr(MaskAttribution):
         additional_forward_args: Any = None,
         baselines: Any = None,
         n_iter: int = 300,
-        lr: float = 0.1,
+        lr: float = 0.2,
         optimizer: OptimizerType = "rmsprop",
         scheduler: SchedulerType = None,
-        temperature: float = 0.3,
+        temperature: float = 2.0,
         init_range: tuple[float, float] = (-1.0, 1.0),
         tau: float = 20.0,
         pred_weight: float = 0.4,
@@ -120,12 +120,12 @@ class NeuroMaskAttr(MaskAttribution):
                 (in the input's own layout). A tuple gives one per input tensor. None is 0 in the
                 caller's input space, the paper's x̄ = m·x. Default: None
             n_iter (int, optional): optimisation steps T of Algorithm 1. Default: 300
-            lr (float, optional): learning rate α. Default: 0.1
+            lr (float, optional): learning rate α. Default: 0.2
             optimizer (str or callable, optional): ``"rmsprop"`` (the paper's), ``"adam"``,
                 ``"sgd"`` or ``(params, lr) -> torch.optim.Optimizer``. Default: "rmsprop"
             scheduler (callable, optional): ``optimizer -> scheduler``, stepped every
                 iteration. Default: None
-            temperature (float, optional): T in m = σ(W / T); lower is sharper. Default: 0.3
+            temperature (float, optional): T in m = σ(W / T); lower is sharper. Default: 2
             init_range (tuple of float, optional): W starts uniform in [low, high), drawn from
                 ``seed``. Default: (-1, 1)
             tau (float, optional): τ, the value the sparseness term pulls W towards.
