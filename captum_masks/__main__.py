@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import sys
 
 
@@ -38,6 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--n", type=int, default=20, help="number of images")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--out", default=None, help="figure path (default: benchmark_SUITE.png)")
+    bench.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="NAME=VALUE",
+        type=_setting,
+        help="override an argument of this package's methods, e.g. --set temperature=1.0 n_iter=150",
+    )
 
     args = parser.parse_args(argv)
     if args.command == "demo":
@@ -47,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "benchmark":
         from captum_masks.comparison import format_table, run_benchmark, save_figure
 
-        result = run_benchmark(args.suite, args.methods, args.n, args.seed)
+        result = run_benchmark(
+            args.suite, args.methods, args.n, args.seed, overrides=dict(args.set)
+        )
         command = " ".join(["python -m captum_masks", *(sys.argv[1:] if argv is None else argv)])
         print(f"\n{args.suite} suite, {args.n} images ({command}):\n")
         print(format_table(result))
@@ -63,6 +74,16 @@ def main(argv: list[str] | None = None) -> int:
         ]
         print(format_speed(results))
     return 0
+
+
+def _setting(text: str) -> tuple[str, object]:
+    name, separator, value = text.partition("=")
+    if not separator or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        return name, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return name, value  # a bare word such as rmsprop
 
 
 if __name__ == "__main__":

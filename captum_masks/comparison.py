@@ -138,8 +138,15 @@ def photos_suite(n: int, seed: int = 0) -> Suite:
     )
 
 
-def method_runners(suite: Suite, seed: int = 0) -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
-    """Each method as ``(inputs, targets) -> attributions`` with the suite's settings."""
+def method_runners(
+    suite: Suite, seed: int = 0, overrides: dict | None = None
+) -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
+    """Each method as ``(inputs, targets) -> attributions`` with the suite's settings.
+
+    ``overrides`` are keyword arguments given to every method of this package on top of the
+    suite's settings (e.g. ``{"temperature": 1.0}``), to compare settings on the same images.
+    """
+    overrides = overrides or {}
     from captum.attr import (
         FeatureAblation,
         IntegratedGradients,
@@ -168,13 +175,13 @@ def method_runners(suite: Suite, seed: int = 0) -> dict[str, Callable[[Tensor, T
 
     def meaningful_perturbation(game: str) -> Callable[[Tensor, Tensor], Tensor]:
         return lambda x, t: MeaningfulPerturbation(model).attribute(
-            x, target=t, game=game, seed=seed, **suite.mp_settings[game]
+            x, target=t, game=game, seed=seed, **{**suite.mp_settings[game], **overrides}
         )
 
     return {
         **{f"MeaningfulPerturbation/{game}": meaningful_perturbation(game) for game in MP_GAMES},
         "NeuroMaskAttr": lambda x, t: NeuroMaskAttr(model).attribute(
-            x, target=t, seed=seed, **suite.neuromask_settings
+            x, target=t, seed=seed, **{**suite.neuromask_settings, **overrides}
         ),
         "Saliency": lambda x, t: Saliency(model).attribute(needs_grad(x), target=t),
         "IntegratedGradients": lambda x, t: IntegratedGradients(model).attribute(
@@ -221,6 +228,7 @@ def run_benchmark(
     seed: int = 0,
     deletion_steps: int = 16,
     show_progress: bool = True,
+    overrides: dict | None = None,
 ) -> BenchmarkResult:
     """Explain ``n`` images of ``suite`` with every method and score them.
 
@@ -232,6 +240,8 @@ def run_benchmark(
         seed (int): picks the images and seeds the stochastic methods.
         deletion_steps (int): steps of the deletion and insertion curves.
         show_progress (bool): a progress bar over the methods.
+        overrides (dict, optional): keyword arguments for this package's methods on top of the
+            suite's settings, such as ``{"temperature": 1.0, "n_iter": 150}``.
 
     Returns:
         :class:`BenchmarkResult`; :func:`format_table` turns it into markdown.
@@ -252,7 +262,7 @@ def run_benchmark(
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     data = synthetic_suite(n, seed) if suite == "synthetic" else photos_suite(n, seed)
-    runners = method_runners(data, seed)
+    runners = method_runners(data, seed, overrides)
     scores, attributions, curves, aucs = {}, {}, {}, {}
     for name in progress(
         methods, desc=f"Benchmark ({suite})", total=len(methods), disable=not show_progress

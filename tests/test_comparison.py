@@ -112,3 +112,29 @@ def test_command_prints_a_table_and_saves_the_grid(tmp_path):
     assert "photos suite, 2 images" in result.stdout
     assert all(f"| {name} |" in result.stdout for name in FAST_METHODS)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_overrides_reach_this_packages_methods(tmp_path):
+    short = run_benchmark(
+        "synthetic", ["NeuroMaskAttr"], n=2, show_progress=False, overrides={"n_iter": 1}
+    )
+    full = run_benchmark("synthetic", ["NeuroMaskAttr"], n=2, show_progress=False)
+    assert not torch.equal(short.attributions["NeuroMaskAttr"], full.attributions["NeuroMaskAttr"])
+    result = run_cli(
+        "benchmark",
+        "--suite",
+        "synthetic",
+        "--methods",
+        "NeuroMaskAttr",
+        "--n",
+        "1",
+        "--set",
+        "n_iter=2",
+        "optimizer=adam",
+        "--out",
+        str(tmp_path / "x.png"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--set n_iter=2 optimizer=adam" in result.stdout
+    bad = run_cli("benchmark", "--set", "n_iter", "--out", str(tmp_path / "y.png"))
+    assert bad.returncode != 0 and "expected NAME=VALUE" in bad.stderr

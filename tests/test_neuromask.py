@@ -10,7 +10,6 @@ from torch import nn
 
 from captum_masks import NeuroMaskAttr
 
-
 # the toy detectors' logits move by at most ±2, far less than a real classifier's: weigh the
 # prediction more so that sparseness does not win outright
 TOY = {"n_iter": 150, "pred_weight": 4.0}
