@@ -149,6 +149,14 @@ def select_scores(output: Tensor, targets: Tensor, apply_softmax: bool) -> Tenso
     return output[(rows, *targets.unbind(dim=1))]
 
 
+def select_log_scores(output: Tensor, targets: Tensor, apply_softmax: bool) -> Tensor:
+    """Per-example log-probability of each example's target: ``log_softmax`` of logits if
+    ``apply_softmax``, else the log of given probabilities (floored at 1e-12)."""
+    if apply_softmax:
+        return select_scores(output.log_softmax(dim=1), targets, apply_softmax=False)
+    return select_scores(output, targets, apply_softmax=False).clamp_min(1e-12).log()
+
+
 def slice_batch(args: tuple | None, batch: slice, batch_size: int) -> tuple | None:
     """Slice the batch-first tensors of ``args``; pass everything else through unchanged."""
     if args is None:
@@ -204,6 +212,7 @@ __all__ = [
     "per_input_baselines",
     "resolve_targets",
     "run_forward",
+    "select_log_scores",
     "select_scores",
     "slice_batch",
 ]

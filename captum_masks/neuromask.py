@@ -15,7 +15,7 @@ from captum_masks._inputs import (
     check_positive,
     per_input_baselines,
     run_forward,
-    select_scores,
+    select_log_scores,
     slice_batch,
 )
 from captum_masks._optimize import (
@@ -229,14 +229,7 @@ class NeuroMaskAttr(MaskAttribution):
                         for w, x, b in zip(params, chunk_images, chunk_references)
                     ]
                     output = run_forward(self.forward_func, masked, chunk_args)
-                    if apply_softmax:
-                        log_probability = select_scores(
-                            output.log_softmax(dim=1), chunk_targets, False
-                        )
-                    else:
-                        log_probability = (
-                            select_scores(output, chunk_targets, False).clamp_min(1e-12).log()
-                        )
+                    log_probability = select_log_scores(output, chunk_targets, apply_softmax)
                     loss = -pred_weight * log_probability  # λ_p·L_pred, line 8
                     for w in params:
                         size = w[0].numel()
