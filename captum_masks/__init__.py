@@ -1,7 +1,8 @@
 """captum_masks: mask-based explanation methods as Captum attributions."""
 
 from captum_masks._optimize import OptimizationHistory
-from captum_masks.masks import SigmoidMask, UpsampledMask
+from captum_masks.guided_feature_inversion import GuidedFeatureInversion
+from captum_masks.masks import ChannelCombinationMask, SigmoidMask, UpsampledMask
 from captum_masks.meaningful_perturbation import MeaningfulPerturbation
 from captum_masks.neuromask import NeuroMaskAttr
 from captum_masks.perturbations import blend, constant_reference, gaussian_blur, noise_reference
@@ -10,6 +11,8 @@ from captum_masks.visualization import attribution_to_image, image_to_numpy
 __version__ = "0.1.0"
 
 __all__ = [
+    "ChannelCombinationMask",
+    "GuidedFeatureInversion",
     "MeaningfulPerturbation",
     "NeuroMaskAttr",
     "OptimizationHistory",

@@ -154,4 +154,52 @@ class SigmoidMask:
         return f"SigmoidMask(temperature={self.temperature}, init_range={self.init_range})"
 
 
-__all__ = ["SigmoidMask", "UpsampledMask"]
+class ChannelCombinationMask:
+    r"""A mask built from a layer's feature maps (Du et al., Eq. 6–7): m = Σ_i ω_i·f_i(x),
+    min-max normalised per example and bilinearly upsampled to the input.
+
+    The parameters are the weights ω, one per channel, kept ≥ 0 by :meth:`clamp_`. The feature
+    maps are those of the clean input and stay fixed during the optimisation.
+
+    Args:
+        features (Tensor): (N, K, h, w) feature maps of the clean input.
+        size (tuple of int): the input's (H, W).
+
+    Examples::
+
+        >>> parametrisation = ChannelCombinationMask(features, images.shape[2:])
+        >>> omega = parametrisation.init(0.1)           # (N, K)
+        >>> mask = parametrisation(omega)                # (N, 1, H, W) in [0, 1]
+    """
+
+    def __init__(self, features: Tensor, size: Sequence[int]) -> None:
+        self.features = features.detach()
+        self.size = tuple(size)
+
+    def init(self, value: float) -> Tensor:
+        """ω = ``value`` for every channel of every example."""
+        return torch.full(
+            self.features.shape[:2],
+            float(value),
+            device=self.features.device,
+            dtype=self.features.dtype,
+        )
+
+    def __call__(self, weights: Tensor, batch: slice | None = None) -> Tensor:
+        features = self.features if batch is None else self.features[batch]
+        combined = torch.einsum("nk,nkhw->nhw", weights, features).unsqueeze(1)
+        flat = combined.flatten(1)
+        low = flat.min(dim=1).values.view(-1, 1, 1, 1)
+        high = flat.max(dim=1).values.view(-1, 1, 1, 1)
+        # Eq. 7 (the paper divides by max − min; the authors' code by max)
+        normalised = (combined - low) / (high - low).clamp_min(torch.finfo(combined.dtype).eps)
+        return F.interpolate(normalised, size=self.size, mode="bilinear", align_corners=False)
+
+    @staticmethod
+    def clamp_(params: Sequence[Tensor]) -> None:
+        """ω ≥ 0 after every step (Algorithms 1–2, line "Clip")."""
+        for param in params:
+            param.clamp_(min=0.0)
+
+
+__all__ = ["ChannelCombinationMask", "SigmoidMask", "UpsampledMask"]

@@ -1,6 +1,7 @@
 """The Captum contract, side effects, determinism and bad input, for every mask-optimisation
 method alike, on tiny models and small inputs."""
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import matplotlib
@@ -13,8 +14,15 @@ from captum.attr import NoiseTunnel
 from captum.attr import visualization as viz
 from captum.metrics import infidelity, sensitivity_max
 from conftest import TinyCNN, assert_same_state, model_state
+from torch import nn
 
-from captum_masks import MeaningfulPerturbation, NeuroMaskAttr, attribution_to_image, image_to_numpy
+from captum_masks import (
+    GuidedFeatureInversion,
+    MeaningfulPerturbation,
+    NeuroMaskAttr,
+    attribution_to_image,
+    image_to_numpy,
+)
 
 
 @dataclass
@@ -22,15 +30,31 @@ class Method:
     """How to call one method in these tests."""
 
     cls: type
+    #: builds the explainer for a model (GFI also needs a layer)
+    make: Callable = None
+    #: the keyword arguments that set the number of iterations to n
+    iterations: Callable[[int], dict] = lambda n: {"n_iter": n}
+    #: the method explains several input tensors at once
+    takes_tuples: bool = True
+    #: how close a batch must be to one-by-one calls (float error of batched convolutions)
+    batch_atol: float = 1e-5
     #: settings that make the result depend on nothing but the inputs and the seed
     deterministic: dict = field(default_factory=dict)
-    #: settings whose first step keeps the whole input (the mask starts at 1)
-    keep_all: dict = field(default_factory=dict)
+    #: settings whose first step keeps the whole input (the mask starts at 1); None if the
+    #: method has no such setting
+    keep_all: dict | None = field(default_factory=dict)
     #: settings under which the seed changes the result
     seeded: dict = field(default_factory=dict)
 
-    def __call__(self, model, inputs, **kwargs):
-        return self.cls(model).attribute(inputs, **{"n_iter": 8, **kwargs})
+    def explainer(self, model):
+        return (self.make or self.cls)(model)
+
+    def __call__(self, model, inputs, n_iter=8, **kwargs):
+        return self.explainer(model).attribute(inputs, **{**self.iterations(n_iter), **kwargs})
+
+
+def last_relu(model):
+    return [module for module in model.modules() if isinstance(module, nn.ReLU)][-1]
 
 
 METHODS = {
@@ -41,6 +65,16 @@ METHODS = {
         seeded={"perturbation": "noise"},
     ),
     "NeuroMaskAttr": Method(NeuroMaskAttr, keep_all={"init_range": (60.0, 61.0)}),
+    "GuidedFeatureInversion": Method(
+        GuidedFeatureInversion,
+        make=lambda model: GuidedFeatureInversion(model, layer=last_relu(model)),
+        iterations=lambda n: {"inversion_iters": max(1, n // 4), "target_iters": n},
+        takes_tuples=False,
+        # min-max normalisation by a small range magnifies float error
+        batch_atol=1e-4,
+        keep_all=None,  # the mask is min-max normalised: never all ones
+        seeded={"perturbation": "noise"},
+    ),
 }
 
 
@@ -59,6 +93,9 @@ def test_tensor_in_tensor_out_with_input_shape(method, tiny_model, images):
 
 
 def test_tuple_in_tuple_out(method):
+    if not method.takes_tuples:
+        pytest.skip("explains one image tensor")
+
     class TwoInputs(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -107,10 +144,16 @@ def test_tuple_target_for_multidimensional_output(method, images):
     torch.manual_seed(0)
     model = Grid().eval()
     _, history = method(
-        model, images, target=(1, 2), return_history=True, apply_softmax=False, **method.keep_all
+        model,
+        images,
+        target=(1, 2),
+        return_history=True,
+        apply_softmax=False,
+        **(method.keep_all or {}),
     )
-    # a mask of ones keeps the image, so the first step scores the clean output
-    torch.testing.assert_close(history.probability[0], model(images)[:, 1, 2])
+    if method.keep_all is not None:
+        # a mask of ones keeps the image, so the first step scores the clean output
+        torch.testing.assert_close(history.probability[0], model(images)[:, 1, 2])
     method(model, images, target=[(0, 1), (1, 0), (1, 2)], apply_softmax=False)
     with pytest.raises(ValueError, match="target"):
         method(model, images, target=None)
@@ -125,17 +168,17 @@ def test_additional_forward_args_reach_the_model(method, tiny_model, images):
 
 
 def test_noise_tunnel_wraps_it(method, tiny_model, images):
-    tunnel = NoiseTunnel(method.cls(tiny_model))
+    tunnel = NoiseTunnel(method.explainer(tiny_model))
     attribution = tunnel.attribute(
-        images, nt_type="smoothgrad", nt_samples=2, target=1, stdevs=0.1, n_iter=8
+        images, nt_type="smoothgrad", nt_samples=2, target=1, stdevs=0.1, **method.iterations(8)
     )
     assert attribution.shape == images.shape
     assert torch.isfinite(attribution).all() and attribution.min() >= 0 and attribution.max() <= 1
 
 
 def test_captum_metrics_run_on_it(method, tiny_model, images):
-    explainer = method.cls(tiny_model)
-    attribution = explainer.attribute(images, target=1, n_iter=8)
+    explainer = method.explainer(tiny_model)
+    attribution = explainer.attribute(images, target=1, **method.iterations(8))
 
     def perturb(inputs):
         noise = torch.randn_like(inputs) * 0.1
@@ -144,7 +187,7 @@ def test_captum_metrics_run_on_it(method, tiny_model, images):
     score = infidelity(tiny_model, perturb, images, attribution, target=1, n_perturb_samples=2)
     assert score.shape == (3,) and torch.isfinite(score).all()
     sensitivity = sensitivity_max(
-        explainer.attribute, images, target=1, n_perturb_samples=2, n_iter=4
+        explainer.attribute, images, target=1, n_perturb_samples=2, **method.iterations(4)
     )
     assert sensitivity.shape == (3,) and torch.isfinite(sensitivity).all()
 
@@ -162,7 +205,7 @@ def test_output_feeds_captum_visualization(method, tiny_model, images):
 
 
 def test_multiplies_by_inputs_and_no_convergence_delta(method, tiny_model):
-    explainer = method.cls(tiny_model)
+    explainer = method.explainer(tiny_model)
     assert explainer.multiplies_by_inputs is False and explainer.has_convergence_delta() is False
 
 
@@ -175,8 +218,8 @@ def test_batch_equals_per_example(method, tiny_model, images):
         [method(tiny_model, images[i : i + 1], target=t, **settings) for i, t in enumerate(targets)]
     )
     chunked = method(tiny_model, images, target=targets, internal_batch_size=2, **settings)
-    torch.testing.assert_close(batched, single, atol=1e-5, rtol=0)
-    torch.testing.assert_close(batched, chunked, atol=1e-5, rtol=0)
+    torch.testing.assert_close(batched, single, atol=method.batch_atol, rtol=0)
+    torch.testing.assert_close(batched, chunked, atol=method.batch_atol, rtol=0)
 
 
 def test_same_seed_same_result_other_seed_other_result(method, tiny_model, images):
@@ -235,6 +278,11 @@ def test_leaves_everything_untouched_when_the_model_raises_midway(method):
 
 
 # ---------------------------------------------------------------- bad input
+def test_zero_iterations_is_a_clear_error(method, tiny_model, images):
+    with pytest.raises(ValueError, match="iter"):
+        method(tiny_model, images, n_iter=0)
+
+
 @pytest.mark.parametrize(
     "make_inputs, kwargs, error, message",
     [
@@ -260,7 +308,6 @@ def test_leaves_everything_untouched_when_the_model_raises_midway(method):
         (lambda x: x, {"target": torch.tensor([0, 1])}, ValueError, "one entry per example"),
         (lambda x: x, {"target": 1.5}, TypeError, "target"),
         (lambda x: x, {"target": (0, 1)}, ValueError, "target"),
-        (lambda x: x, {"n_iter": 0}, ValueError, "n_iter"),
         (lambda x: x, {"lr": -0.1}, ValueError, "lr"),
         (lambda x: x, {"optimizer": "lbfgs"}, ValueError, "optimizer"),
         (lambda x: x, {"internal_batch_size": 0}, ValueError, "internal_batch_size"),
@@ -282,4 +329,4 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(
 
 def test_forward_func_must_be_callable(method):
     with pytest.raises(TypeError, match="forward_func"):
-        method.cls("model")
+        method.cls("model", *([nn.ReLU()] if method.make else []))

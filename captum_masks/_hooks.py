@@ -1,0 +1,89 @@
+"""Intermediate activations with gradients, through forward hooks that are always removed.
+
+Captum's ``LayerActivation`` runs under ``no_grad``; guided feature inversion needs the
+activations of a layer *as a function of the mask*, so it records them with its own hooks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+
+from torch import Tensor, nn
+
+
+class _StopForward(Exception):
+    """Raised by the hook once every wanted layer has run: the rest of the model is skipped."""
+
+
+def check_layers(forward_func: Callable, layers: Sequence[nn.Module], names: Sequence[str]) -> None:
+    """Each layer must be an ``nn.Module`` and, when ``forward_func`` is a module, one of its
+    submodules."""
+    for layer, name in zip(layers, names):
+        if not isinstance(layer, nn.Module):
+            raise TypeError(f"{name} must be an nn.Module of the model, got {type(layer).__name__}")
+        if isinstance(forward_func, nn.Module) and not any(
+            module is layer for module in forward_func.modules()
+        ):
+            raise ValueError(
+                f"{name} ({type(layer).__name__}) is not a submodule of the model; pass a module "
+                "of forward_func, e.g. model.features[-1]"
+            )
+
+
+@contextlib.contextmanager
+def recording(
+    layers: Sequence[nn.Module], stop_after: bool = False
+) -> Iterator[dict[nn.Module, Tensor]]:
+    """Record the output of each layer on the next forward pass.
+
+    Args:
+        layers: the modules to record (a module hooked twice is recorded once).
+        stop_after: stop the forward pass as soon as every layer has run (the model's output is
+            then not computed; use :func:`run_recording`).
+
+    Yields:
+        dict from module to its output tensor, filled during the forward pass.
+    """
+    outputs: dict[nn.Module, Tensor] = {}
+    wanted = {id(layer) for layer in layers}
+
+    def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
+        if isinstance(output, tuple):
+            output = output[0]
+        # a copy: a later in-place activation (ReLU(inplace=True)) must not change it
+        outputs[module] = output.clone()
+        if stop_after and wanted <= {id(m) for m in outputs}:
+            raise _StopForward
+
+    handles = [layer.register_forward_hook(hook) for layer in dict.fromkeys(layers)]
+    try:
+        yield outputs
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def run_recording(
+    forward: Callable[[], object], layers: Sequence[nn.Module], stop_after: bool = False
+) -> list[Tensor]:
+    """Run ``forward()`` and return the output of each layer, in the order given.
+
+    Raises:
+        ValueError: a layer did not run during the forward pass.
+    """
+    with recording(layers, stop_after) as outputs:
+        try:
+            forward()
+        except _StopForward:
+            pass
+    missing = [type(layer).__name__ for layer in layers if layer not in outputs]
+    if missing:
+        raise ValueError(
+            f"layer {', '.join(missing)} did not run during the forward pass; pass a module that "
+            "forward_func calls"
+        )
+    return [outputs[layer] for layer in layers]
+
+
+__all__ = ["check_layers", "recording", "run_recording"]
