@@ -190,8 +190,13 @@ class GuidedFeatureInversion(MaskAttribution):
             ("blur_sigma", blur_sigma),
         ):
             check_positive(name, value, allow_zero=True)
-        if not isinstance(lr_step, int) or lr_step < 1:
-            raise ValueError(f"lr_step must be a positive int, got {lr_step!r}")
+        for name, value in (
+            ("inversion_iters", inversion_iters),
+            ("target_iters", target_iters),
+            ("lr_step", lr_step),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
         common = {
             "lr": lr,
             "optimizer": optimizer,
@@ -209,11 +214,11 @@ class GuidedFeatureInversion(MaskAttribution):
         )
         inversion_settings.validate()
         target_settings.validate()
-        call = self._prepare(inputs, target, additional_forward_args, spatial_dims=2)
-        if len(call.inputs) != 1:
+        if isinstance(inputs, tuple) and len(inputs) != 1:
             raise ValueError(
-                f"inputs must be one image tensor (or a 1-tuple), got {len(call.inputs)} tensors"
+                f"inputs must be one image tensor (or a 1-tuple), got {len(inputs)} tensors"
             )
+        call = self._prepare(inputs, target, additional_forward_args, spatial_dims=2)
         x = call.inputs[0]
         features_of = ACTIVATIONS[activation]
 

@@ -1,0 +1,157 @@
+"""GuidedFeatureInversion: layers and hooks, both stages, class discrimination, architectures,
+options and errors (the shared contract is in test_contract.py)."""
+
+import pytest
+import torch
+import torchvision
+from conftest import TinyCNN, assert_same_state, model_state
+from torch import nn
+
+from captum_masks import GuidedFeatureInversion
+
+
+class ColourClassifier(nn.Module):
+    """Class 0 is "red", class 1 "green": each logit is the spatial mean of one colour detector.
+
+    The detectors are the feature maps the mask is built from, so explaining class 0 must put the
+    mask on the red object and explaining class 1 on the green one.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.detectors = nn.Conv2d(3, 2, 1, bias=False)
+        with torch.no_grad():
+            self.detectors.weight.copy_(
+                torch.tensor([[1.0, -1.0, -1.0], [-1.0, 1.0, -1.0]]).view(2, 3, 1, 1)
+            )
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(self.detectors(x)).mean(dim=(2, 3)) * 20.0
+
+
+def two_objects():
+    image = torch.zeros(1, 3, 32, 32)
+    image[:, 0, 4:12, 4:12] = 1.0  # red, top left
+    image[:, 1, 20:28, 20:28] = 1.0  # green, bottom right
+    red = torch.zeros(32, 32, dtype=torch.bool)
+    red[4:12, 4:12] = True
+    green = torch.zeros(32, 32, dtype=torch.bool)
+    green[20:28, 20:28] = True
+    return image, red, green
+
+
+@pytest.mark.parametrize("explained, other", [(0, 1), (1, 0)])
+def test_explaining_each_class_highlights_its_own_object(explained, other):
+    model = ColourClassifier()
+    image, red, green = two_objects()
+    regions = {0: red, 1: green}
+    gfi = GuidedFeatureInversion(model, layer=model.relu)
+    mask = gfi.attribute(image, target=explained, perturbation="constant", baselines=0.0)[0, 0]
+    assert mask[regions[explained]].mean() > 0.8
+    assert mask[regions[other]].mean() < 0.2
+
+
+def test_inversion_stage_is_class_agnostic_and_shorter():
+    model = ColourClassifier()
+    image, red, green = two_objects()
+    gfi = GuidedFeatureInversion(model, layer=model.relu)
+    # γ = 0: stage 1 is pure feature inversion, which needs both objects
+    settings = {
+        "perturbation": "constant",
+        "baselines": 0.0,
+        "return_history": True,
+        "inversion_l1": 0.0,
+    }
+    salient, inversion = gfi.attribute(image, stage="inversion", **settings)
+    for target in (0, 1):
+        other, _ = gfi.attribute(image, target=target, stage="inversion", **settings)
+        torch.testing.assert_close(other, salient)  # stage 1 never looks at the class
+    assert salient[0, 0][red].mean() > 0.5 and salient[0, 0][green].mean() > 0.5
+    _, both = gfi.attribute(image, target=0, **settings)
+    assert inversion.loss.shape[0] == 10 and both.loss.shape[0] == 80
+    assert (both.steps == 80).all()
+
+
+def test_layer_outside_the_model_is_a_clear_error():
+    model = TinyCNN()
+    with pytest.raises(ValueError, match="layer .* is not a submodule"):
+        GuidedFeatureInversion(model, layer=nn.ReLU())
+    with pytest.raises(ValueError, match="mask_layer .* is not a submodule"):
+        GuidedFeatureInversion(model, layer=model.features[1], mask_layer=nn.Conv2d(1, 1, 1))
+    with pytest.raises(TypeError, match="layer must be an nn.Module"):
+        GuidedFeatureInversion(model, layer="features.1")
+
+
+def test_layer_that_never_runs_is_a_clear_error_and_leaves_no_hook():
+    model = TinyCNN().eval()
+    model.unused = nn.ReLU()
+    before = model_state(model)
+    gfi = GuidedFeatureInversion(model, layer=model.unused)
+    with pytest.raises(ValueError, match="did not run during the forward pass"):
+        gfi.attribute(torch.randn(2, 3, 16, 16), target=0)
+    assert_same_state(before, model_state(model))
+
+
+@pytest.mark.parametrize(
+    "build, layer, mask_layer",
+    [
+        (torchvision.models.vgg11, lambda m: m.features[19], lambda m: m.features[18]),
+        (torchvision.models.resnet18, lambda m: m.layer4, lambda m: m.layer4[1].conv2),
+    ],
+    ids=["vgg11", "resnet18"],
+)
+def test_runs_on_torchvision_architectures_and_leaves_them_untouched(build, layer, mask_layer):
+    torch.manual_seed(0)
+    model = build(weights=None, num_classes=4).eval()
+    x = torch.randn(2, 3, 64, 64)
+    before = model_state(model)
+    gfi = GuidedFeatureInversion(model, layer=layer(model), mask_layer=mask_layer(model))
+    attribution = gfi.attribute(x, target=[0, 3], inversion_iters=2, target_iters=3)
+    assert attribution.shape == x.shape
+    assert torch.isfinite(attribution).all() and 0 <= attribution.min() <= attribution.max() <= 1
+    assert_same_state(before, model_state(model))
+
+
+def test_lr_is_halved_every_lr_step_iterations():
+    model = ColourClassifier()
+    image, _, _ = two_objects()
+    seen = []
+
+    def recording_adam(params, lr):
+        optimizer = torch.optim.Adam(params, lr=lr)
+        seen.append(optimizer)
+        return optimizer
+
+    GuidedFeatureInversion(model, layer=model.relu).attribute(
+        image, target=0, optimizer=recording_adam, target_iters=25, lr_step=10
+    )
+    stage_two = seen[-1]
+    assert stage_two.param_groups[0]["lr"] == pytest.approx(1e-2 / 4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"stage": "both"}, ValueError, "stage"),
+        ({"activation": "gelu"}, ValueError, "activation"),
+        ({"lr_step": 0}, ValueError, "lr_step"),
+        ({"inversion_l1": -1.0}, ValueError, "inversion_l1"),
+        ({"perturbation": "pixelate"}, ValueError, "perturbation"),
+        ({"target_iters": 0}, ValueError, "target_iters"),
+    ],
+)
+def test_bad_option_is_a_clear_error_and_changes_nothing(
+    tiny_model, images, kwargs, error, message
+):
+    before = model_state(tiny_model)
+    gfi = GuidedFeatureInversion(tiny_model, layer=tiny_model.features[3])
+    with pytest.raises(error, match=message):
+        gfi.attribute(images, target=0, **kwargs)
+    assert_same_state(before, model_state(tiny_model))
+
+
+def test_one_image_tensor_only(tiny_model, images):
+    gfi = GuidedFeatureInversion(tiny_model, layer=tiny_model.features[3])
+    with pytest.raises(ValueError, match="one image tensor"):
+        gfi.attribute((images, images), target=0)
