@@ -185,7 +185,7 @@ def method_runners(
         ),
         "Saliency": lambda x, t: Saliency(model).attribute(needs_grad(x), target=t),
         "IntegratedGradients": lambda x, t: IntegratedGradients(model).attribute(
-            needs_grad(x), target=t, n_steps=32, internal_batch_size=64
+            needs_grad(x), target=t, n_steps=32, internal_batch_size=max(64, x.shape[0])
         ),
         "Occlusion": lambda x, t: Occlusion(model).attribute(
             x,

@@ -56,13 +56,15 @@ class NeuroMaskAttr(MaskAttribution):
     - ``init_range`` is separate from τ, and the defaults are not the authors' ImageNet setting
       (init U(−10, 10), T = 0.3, RMSProp lr 0.03, τ = 10, squared 5 × 5 Laplacian, 400
       iterations). Measured with this implementation on the pretrained EfficientNet-Lite0 over
-      six pasted photo composites, that setting leaves the mask at chance: relevance mass inside
-      the object 0.20 and pointing 0/6, because a weight drawn from U(−10, 10) and divided by
-      0.3 starts saturated, where the sigmoid has no gradient. With init U(−1, 1) the mass was
-      0.79 (T = 0.3, lr 0.1), 0.87 (T = 1), 0.92 (T = 1, lr 0.2) and 0.94 (T = 2, lr 0.2: the
-      defaults), with pointing 6/6 each time; the squared 5 × 5 smoothness gave 0.66.
-    - 300 iterations: at the defaults the mass was 0.77 after 150 iterations, 0.86 after 200,
-      0.94 after 300 and 0.96 after 450. Early stopping (``tolerance``) is off by default because
+      six pasted photo composites (the README's calibration table, reproducible with
+      ``python -m captum_masks benchmark --suite photos --n 6 --seed 100 --methods
+      NeuroMaskAttr --set ...``), that setting leaves the mask at chance: relevance mass inside
+      the object 0.19 and pointing 0/6, because weights drawn from U(−10, 10) and divided by 0.3
+      start saturated, where the sigmoid has no gradient. With init U(−1, 1) the mass was 0.79
+      (T = 0.3, lr 0.1), 0.87 (T = 1, lr 0.1), 0.92 (T = 1, lr 0.2) and 0.94 (T = 2, lr 0.2:
+      the defaults), with pointing 6/6 each time.
+    - 300 iterations: at the defaults the mass was 0.76 after 150 iterations, 0.85 after 200,
+      0.94 after 300 and 0.95 after 450. Early stopping (``tolerance``) is off by default because
       the sparseness term keeps the loss falling steadily until the end, so a loss-based stop
       would either never fire or change the mask.
     - τ = 20 (the paper's), with T = 2 still gives σ(−τ / T) ≈ 5e-5.

@@ -151,6 +151,27 @@ def test_regularizers_hand_computed():
         regularizers.laplacian(sequence, kernel_size=5)
 
 
+@given(
+    layout=st.sampled_from([(1, 3), (2, 3), (2, 5)]),
+    side=st.integers(5, 12),
+    squared=st.booleans(),
+    seed=st.integers(0, 1000),
+)
+def test_laplacian_equals_the_convolution_with_its_kernel(layout, side, squared, seed):
+    spatial_dims, size = layout
+    shape = (2, 1) + (side,) * spatial_dims
+    mask = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    if spatial_dims == 1:
+        kernel = torch.tensor([1.0, -2.0, 1.0], dtype=torch.float64).view(1, 1, 3)
+        response = torch.nn.functional.conv1d(mask, kernel)
+    else:
+        kernel = torch.ones(size, size, dtype=torch.float64)
+        kernel[size // 2, size // 2] = 1.0 - size**2
+        response = torch.nn.functional.conv2d(mask, kernel.view(1, 1, size, size))
+    expected = (response.square() if squared else response.abs()).flatten(1).sum(1)
+    torch.testing.assert_close(regularizers.laplacian(mask, size, squared), expected)
+
+
 def test_area_is_zero_only_for_a_binary_mask_of_the_right_size():
     binary = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
     assert regularizers.area(binary, 0.25).item() == 0.0
