@@ -6,6 +6,8 @@ import argparse
 import ast
 import sys
 
+from captum_masks.comparison import SUITES
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m captum_masks", description=__doc__)
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = commands.add_parser(
         "benchmark", help="compare the methods with Captum's built-ins on ground-truth images"
     )
-    bench.add_argument("--suite", choices=["synthetic", "photos"], default="synthetic")
+    bench.add_argument("--suite", choices=SUITES, default="synthetic")
     bench.add_argument("--methods", nargs="+", default=None, help="subset of methods to run")
     bench.add_argument("--n", type=int, default=20, help="number of images")
     bench.add_argument("--seed", type=int, default=0)

@@ -1,10 +1,12 @@
 """``python -m captum_masks speed``: how much an optimisation step costs beyond the model itself.
 
 The ratio is (seconds per mask-optimisation iteration) ÷ (seconds of one bare forward pass plus a
-backward pass to the input, at the same batch size), both measured in the same run. The
-per-iteration time is the slope between a short and a long run, so one-off work (the clean forward
-pass, building the blurred reference) is not counted in it; seconds per image at default settings
-are reported separately and include everything.
+backward pass to the input over the images one iteration scores), both measured in the same run.
+That is the batch size for most methods, twice it for GuidedFeatureInversion's stage 2, which
+scores the kept and the removed part of every image in each iteration. The per-iteration time is
+the slope between a short and a long run, so one-off work (the clean forward pass, building the
+blurred reference, GuidedFeatureInversion's stage 1) is not counted in it; seconds per image at
+default settings are reported separately and include everything.
 """
 
 from __future__ import annotations
@@ -13,18 +15,46 @@ import inspect
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+from captum.attr import Attribution
 from torch import Tensor, nn
 
 from captum_masks import zoo
+from captum_masks.guided_feature_inversion import GuidedFeatureInversion
 from captum_masks.meaningful_perturbation import MeaningfulPerturbation
 from captum_masks.neuromask import NeuroMaskAttr
 
+
+@dataclass(frozen=True)
+class SpeedSpec:
+    """How to time one method on EfficientNet-Lite0.
+
+    Attributes:
+        make (callable): model -> the attribution method.
+        iteration_argument (str): the ``attribute`` argument varied to time one iteration.
+        default_arguments (tuple of str): the iteration arguments whose defaults add up to a
+            default run.
+        passes_per_iteration (int): model passes per image in one iteration.
+    """
+
+    make: Callable[[nn.Module], Attribution]
+    iteration_argument: str = "n_iter"
+    default_arguments: tuple[str, ...] = ("n_iter",)
+    passes_per_iteration: int = 1
+
+
 #: The optimisation methods; each runs at its defaults apart from the iteration count.
-SPEED_METHODS: dict[str, type] = {
-    "MeaningfulPerturbation": MeaningfulPerturbation,
-    "NeuroMaskAttr": NeuroMaskAttr,
+SPEED_METHODS: dict[str, SpeedSpec] = {
+    "MeaningfulPerturbation": SpeedSpec(MeaningfulPerturbation),
+    "NeuroMaskAttr": SpeedSpec(NeuroMaskAttr),
+    "GuidedFeatureInversion": SpeedSpec(
+        lambda model: GuidedFeatureInversion(model, layer=model._bn1),
+        iteration_argument="target_iters",
+        default_arguments=("inversion_iters", "target_iters"),
+        passes_per_iteration=2,
+    ),
 }
 
 
@@ -60,7 +90,8 @@ def measure_speed(
         repeats (int): interleaved repetitions; medians are reported.
 
     Returns:
-        dict with ``method``, ``batch_size``, ``bare_seconds`` (forward + backward),
+        dict with ``method``, ``batch_size``, ``passes`` (images the model scores per
+        iteration), ``bare_seconds`` (forward + backward over ``passes`` images),
         ``iteration_seconds``, ``ratio``, ``default_iters`` and ``seconds_per_image`` (a whole
         explanation at default settings).
 
@@ -71,29 +102,34 @@ def measure_speed(
     if method not in SPEED_METHODS:
         raise ValueError(f"method must be one of {sorted(SPEED_METHODS)}, got {method!r}")
     model = zoo.load_efficientnet_lite0()
+    spec = SPEED_METHODS[method]
     x = torch.cat([zoo.normalize(zoo.paste_composite(seed=i).image) for i in range(batch_size)])
+    passes = x.repeat(spec.passes_per_iteration, 1, 1, 1)
     target = 285  # Egyptian cat
-    explainer = SPEED_METHODS[method](model)
-    default_iters = inspect.signature(explainer.attribute).parameters["n_iter"].default
+    explainer = spec.make(model)
+    parameters = inspect.signature(explainer.attribute).parameters
+    default_iters = sum(parameters[name].default for name in spec.default_arguments)
 
-    def run(n_iter: int) -> Callable[[], object]:
-        return lambda: explainer.attribute(x, target=target, n_iter=n_iter)
+    def run(n_iter: int | None) -> Callable[[], object]:
+        settings = {} if n_iter is None else {spec.iteration_argument: n_iter}
+        return lambda: explainer.attribute(x, target=target, **settings)
 
-    bare_forward_backward(model, x, target)  # warm-up
+    bare_forward_backward(model, passes, target)  # warm-up
     run(short_iters)()
     bare, short, long = [], [], []
     for _ in range(repeats):  # interleaved, so drifts in machine load hit all three alike
-        bare.append(_seconds(lambda: bare_forward_backward(model, x, target), 5))
+        bare.append(_seconds(lambda: bare_forward_backward(model, passes, target), 5))
         short.append(_seconds(run(short_iters), 1))
         long.append(_seconds(run(long_iters), 1))
     bare_seconds = statistics.median(bare)
     iteration_seconds = (statistics.median(long) - statistics.median(short)) / (
         long_iters - short_iters
     )
-    per_image = _seconds(run(default_iters), 1) / batch_size
+    per_image = _seconds(run(None), 1) / batch_size
     return {
         "method": method,
         "batch_size": batch_size,
+        "passes": passes.shape[0],
         "bare_seconds": bare_seconds,
         "iteration_seconds": iteration_seconds,
         "ratio": iteration_seconds / bare_seconds,
@@ -104,16 +140,17 @@ def measure_speed(
 
 def format_speed(results: list[dict]) -> str:
     """Results of :func:`measure_speed` as a markdown table, one row each."""
-    columns = ("method", "batch", "forward+backward (s)", "per iteration (s)", "ratio")
-    columns += ("iterations", "s / image")
+    columns = ("method", "batch", "images / iteration", "forward+backward (s)")
+    columns += ("per iteration (s)", "ratio", "iterations", "s / image")
     lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for result in results:
         lines.append(
-            f"| {result['method']} | {result['batch_size']} | {result['bare_seconds']:.4f} | "
+            f"| {result['method']} | {result['batch_size']} | {result['passes']} | "
+            f"{result['bare_seconds']:.4f} | "
             f"{result['iteration_seconds']:.4f} | {result['ratio']:.3f} | "
             f"{result['default_iters']} | {result['seconds_per_image']:.1f} |"
         )
     return "\n".join(lines)
 
 
-__all__ = ["SPEED_METHODS", "bare_forward_backward", "format_speed", "measure_speed"]
+__all__ = ["SPEED_METHODS", "SpeedSpec", "bare_forward_backward", "format_speed", "measure_speed"]

@@ -2,16 +2,22 @@
 
 Every method explains the same images for the same targets; each is scored against the pasted
 ground truth (pointing game, relevance mass, IoU), on the model (deletion and insertion AUC) and
-on time. Two suites:
+on time. Four suites:
 
 - ``synthetic``: shapes on real backgrounds (:mod:`captum_masks.synthetic`), explained on the
   reference CNN for their true class; 64 px images.
 - ``photos``: real object photos pasted on real textures (:func:`captum_masks.zoo.paste_composite`),
   explained on the pretrained EfficientNet-Lite0 for its predicted class; 224 px images.
+- ``synthetic-pairs`` and ``photos-pairs``: two objects of different classes in each image
+  (the multi-label reference CNN; a cat and an espresso cup, :func:`captum_masks.zoo.paste_pair`),
+  each image explained once for each object's class. The ground truth is the explained object,
+  and the ``discrimination`` column is the share of explanations with more relevance on it than
+  on the other object.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import statistics
 import time
@@ -22,18 +28,34 @@ import torch
 from torch import Tensor, nn
 
 from captum_masks import metrics
+from captum_masks.guided_feature_inversion import GuidedFeatureInversion
 from captum_masks.meaningful_perturbation import MeaningfulPerturbation
 from captum_masks.neuromask import NeuroMaskAttr
 
-SUITES = ("synthetic", "photos")
+SUITES = ("synthetic", "photos", "synthetic-pairs", "photos-pairs")
 CAPTUM_METHODS = ("Saliency", "IntegratedGradients", "Occlusion", "FeatureAblation", "LayerGradCam")
 MP_GAMES = ("deletion", "preservation")
-OUR_METHODS = (*(f"MeaningfulPerturbation/{game}" for game in MP_GAMES), "NeuroMaskAttr")
+GFI_STAGES = ("target", "inversion")
+OUR_METHODS = (
+    *(f"MeaningfulPerturbation/{game}" for game in MP_GAMES),
+    "NeuroMaskAttr",
+    "GuidedFeatureInversion",
+    "GuidedFeatureInversion/inversion",
+)
 ALL_METHODS = OUR_METHODS + CAPTUM_METHODS
+#: the class behind each of this package's rows (``--set`` checks its arguments against it)
+OUR_CLASSES = {
+    "MeaningfulPerturbation": MeaningfulPerturbation,
+    "NeuroMaskAttr": NeuroMaskAttr,
+    "GuidedFeatureInversion": GuidedFeatureInversion,
+}
 METRIC_COLUMNS = (
     "pointing",
     "relevance_mass",
+    "discrimination",
     "iou",
+    "f_measure",
+    "mae",
     "deletion_auc",
     "insertion_auc",
     "map_mean",
@@ -43,7 +65,10 @@ METRIC_COLUMNS = (
 HIGHER_IS_BETTER = {
     "pointing": True,
     "relevance_mass": True,
+    "discrimination": True,
     "iou": True,
+    "f_measure": True,
+    "mae": False,
     "deletion_auc": False,
     "insertion_auc": True,
     "map_mean": None,
@@ -54,7 +79,12 @@ HIGHER_IS_BETTER = {
 
 @dataclass
 class Suite:
-    """Images with ground truth, a model, and the scale-dependent settings of the methods."""
+    """Images with ground truth, a model, and the scale-dependent settings of the methods.
+
+    ``masks`` hold the object to find in each row; pair suites also have ``other_masks``, the
+    object of the class that is not explained. ``gfi_layers`` are the (layer, mask_layer) of
+    :class:`GuidedFeatureInversion`.
+    """
 
     name: str
     model: nn.Module
@@ -65,29 +95,25 @@ class Suite:
     last_conv: nn.Module
     patch: int
     pointing_tolerance: int
+    gfi_layers: tuple[nn.Module, nn.Module]
+    other_masks: Tensor | None = None
     mp_settings: dict = field(default_factory=lambda: {game: {} for game in MP_GAMES})
     neuromask_settings: dict = field(default_factory=dict)
+    gfi_settings: dict = field(default_factory=dict)
     blur_sigma: float = 10.0
 
 
-def synthetic_suite(n: int, seed: int = 0) -> Suite:
-    """``n`` single-label synthetic images on the reference CNN (trained on first use)."""
-    from captum_masks.synthetic import load_reference_cnn, make_synthetic
-
-    reference = load_reference_cnn(multilabel=False)
-    batch = make_synthetic(n, seed=20_000 + seed)
-    scale = batch.images.shape[-1] / 224
-    return Suite(
-        name="synthetic",
-        model=reference.model,
-        inputs=batch.images,
-        targets=batch.labels,
-        masks=batch.masks,
-        display=batch.images,
-        last_conv=reference.model.last_conv,
-        patch=8,
-        pointing_tolerance=max(1, round(15 * scale)),
-        mp_settings={
+def _synthetic_settings(model: nn.Module, size: int) -> dict:
+    """The methods' settings for the 64 px synthetic images on a reference CNN."""
+    scale = size / 224
+    return {
+        "last_conv": model.last_conv,
+        "patch": 8,
+        "pointing_tolerance": max(1, round(15 * scale)),
+        # the last ReLU: 96 post-activation channels at 1/8 of the image, like VGG's conv5
+        "gfi_layers": (model.features[-1], model.features[-1]),
+        "gfi_settings": {"blur_sigma": 11 * scale},
+        "mp_settings": {
             # the paper's spatial settings are for 224 px: scale them to the image
             "deletion": {
                 "mask_factor": 4,
@@ -105,8 +131,62 @@ def synthetic_suite(n: int, seed: int = 0) -> Suite:
                 "jitter": 0,
             },
         },
-        blur_sigma=10 * scale,
+        "blur_sigma": 10 * scale,
+    }
+
+
+def synthetic_suite(n: int, seed: int = 0) -> Suite:
+    """``n`` single-label synthetic images on the reference CNN (trained on first use)."""
+    from captum_masks.synthetic import load_reference_cnn, make_synthetic
+
+    model = load_reference_cnn(multilabel=False).model
+    batch = make_synthetic(n, seed=20_000 + seed)
+    return Suite(
+        name="synthetic",
+        model=model,
+        inputs=batch.images,
+        targets=batch.labels,
+        masks=batch.masks,
+        display=batch.images,
+        **_synthetic_settings(model, batch.images.shape[-1]),
     )
+
+
+def synthetic_pairs_suite(n: int, seed: int = 0) -> Suite:
+    """``n`` two-object synthetic images on the multi-label reference CNN, each explained for
+    both of its classes (2n rows: every image for its first object, then for its second)."""
+    from captum_masks.synthetic import load_reference_cnn, make_synthetic
+
+    model = load_reference_cnn(multilabel=True).model
+    batch = make_synthetic(n, seed=30_000 + seed, multilabel=True)
+    rows = torch.arange(n)
+    classes = torch.stack([classes[:2] for classes in batch.box_classes])
+    first, second = (batch.class_masks[rows, classes[:, k]].unsqueeze(1) for k in (0, 1))
+    return Suite(
+        name="synthetic-pairs",
+        model=model,
+        inputs=batch.images.repeat(2, 1, 1, 1),
+        targets=torch.cat([classes[:, 0], classes[:, 1]]),
+        masks=torch.cat([first, second]),
+        other_masks=torch.cat([second, first]),
+        display=batch.images.repeat(2, 1, 1, 1),
+        **_synthetic_settings(model, batch.images.shape[-1]),
+    )
+
+
+_OBJECTS, _BACKGROUNDS = ("cat", "coffee"), ("brick", "grass", "gravel")
+
+
+def _photos_settings(model: nn.Module) -> dict:
+    """The methods' settings for 224 px photos on EfficientNet-Lite0."""
+    return {
+        "last_conv": model._conv_head,
+        "patch": 16,
+        "pointing_tolerance": 15,
+        # the head's batch norm (1280 channels at 7 x 7) with the ReLU applied by the method:
+        # the activation module itself (`_swish`) is shared by every block and cannot be hooked
+        "gfi_layers": (model._bn1, model._bn1),
+    }
 
 
 def photos_suite(n: int, seed: int = 0) -> Suite:
@@ -114,10 +194,12 @@ def photos_suite(n: int, seed: int = 0) -> Suite:
     from captum_masks import zoo
 
     model = zoo.load_efficientnet_lite0()
-    objects, backgrounds = ("cat", "coffee"), ("brick", "grass", "gravel")
     composites = [
         zoo.paste_composite(
-            objects[i % 2], backgrounds[(i // 2) % 3], object_size=80 + 16 * (i % 3), seed=seed + i
+            _OBJECTS[i % 2],
+            _BACKGROUNDS[(i // 2) % 3],
+            object_size=80 + 16 * (i % 3),
+            seed=seed + i,
         )
         for i in range(n)
     ]
@@ -132,10 +214,57 @@ def photos_suite(n: int, seed: int = 0) -> Suite:
         targets=targets,
         masks=torch.cat([c.mask for c in composites]),
         display=display,
-        last_conv=model._conv_head,
-        patch=16,
-        pointing_tolerance=15,
+        **_photos_settings(model),
     )
+
+
+def photos_pairs_suite(n: int, seed: int = 0) -> Suite:
+    """``n`` photos holding a cat and an espresso cup, on EfficientNet-Lite0, each explained for
+    both objects (2n rows). An object's class is what the model predicts for that object pasted
+    alone at the same place on the same background."""
+    from captum_masks import zoo
+
+    model = zoo.load_efficientnet_lite0()
+    images, masks, targets = [], [], []
+    for i in range(n):
+        background, size = _BACKGROUNDS[i % 3], 80 + 16 * (i % 3)
+        pair = zoo.paste_pair(*_OBJECTS, background, object_size=size, seed=1_000 + seed + i)
+        alone = torch.cat(
+            [
+                zoo.paste_composite(obj, background, size, position=box[:2]).image
+                for obj, box in zip(_OBJECTS, pair.boxes)
+            ]
+        )
+        with torch.no_grad():
+            targets.append(model(zoo.normalize(alone)).argmax(dim=1))
+        images.append(pair.image)
+        masks.append(pair.masks)
+    display = torch.cat(images).repeat(2, 1, 1, 1)
+    first, second = torch.cat(masks).split(1, dim=1)
+    return Suite(
+        name="photos-pairs",
+        model=model,
+        inputs=zoo.normalize(display),
+        targets=torch.stack(targets).T.flatten(),
+        masks=torch.cat([first, second]),
+        other_masks=torch.cat([second, first]),
+        display=display,
+        **_photos_settings(model),
+    )
+
+
+SUITE_BUILDERS: dict[str, Callable[[int, int], Suite]] = {
+    "synthetic": synthetic_suite,
+    "photos": photos_suite,
+    "synthetic-pairs": synthetic_pairs_suite,
+    "photos-pairs": photos_pairs_suite,
+}
+
+
+def _accepted(method: str, overrides: dict) -> dict:
+    """The overrides that ``method``'s ``attribute`` takes."""
+    parameters = inspect.signature(OUR_CLASSES[method.split("/")[0]].attribute).parameters
+    return {name: value for name, value in overrides.items() if name in parameters}
 
 
 def method_runners(
@@ -143,8 +272,9 @@ def method_runners(
 ) -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
     """Each method as ``(inputs, targets) -> attributions`` with the suite's settings.
 
-    ``overrides`` are keyword arguments given to every method of this package on top of the
-    suite's settings (e.g. ``{"temperature": 1.0}``), to compare settings on the same images.
+    ``overrides`` are keyword arguments given, on top of the suite's settings, to every method of
+    this package whose ``attribute`` takes them (e.g. ``{"temperature": 1.0}`` reaches
+    NeuroMaskAttr only), to compare settings on the same images.
     """
     overrides = overrides or {}
     from captum.attr import (
@@ -174,15 +304,25 @@ def method_runners(
         return x.clone().requires_grad_(True)
 
     def meaningful_perturbation(game: str) -> Callable[[Tensor, Tensor], Tensor]:
+        settings = {**suite.mp_settings[game], **_accepted("MeaningfulPerturbation", overrides)}
         return lambda x, t: MeaningfulPerturbation(model).attribute(
-            x, target=t, game=game, seed=seed, **{**suite.mp_settings[game], **overrides}
+            x, target=t, game=game, seed=seed, **settings
         )
 
+    def guided_feature_inversion(stage: str) -> Callable[[Tensor, Tensor], Tensor]:
+        settings = {**suite.gfi_settings, **_accepted("GuidedFeatureInversion", overrides)}
+        return lambda x, t: GuidedFeatureInversion(model, *suite.gfi_layers).attribute(
+            x, target=t, stage=stage, seed=seed, **settings
+        )
+
+    neuromask_settings = {**suite.neuromask_settings, **_accepted("NeuroMaskAttr", overrides)}
     return {
         **{f"MeaningfulPerturbation/{game}": meaningful_perturbation(game) for game in MP_GAMES},
         "NeuroMaskAttr": lambda x, t: NeuroMaskAttr(model).attribute(
-            x, target=t, seed=seed, **{**suite.neuromask_settings, **overrides}
+            x, target=t, seed=seed, **neuromask_settings
         ),
+        "GuidedFeatureInversion": guided_feature_inversion("target"),
+        "GuidedFeatureInversion/inversion": guided_feature_inversion("inversion"),
         "Saliency": lambda x, t: Saliency(model).attribute(needs_grad(x), target=t),
         "IntegratedGradients": lambda x, t: IntegratedGradients(model).attribute(
             needs_grad(x), target=t, n_steps=32, internal_batch_size=max(64, x.shape[0])
@@ -208,8 +348,8 @@ class BenchmarkResult:
 
     Attributes:
         suite (Suite): the images, targets, ground truth and model.
-        scores (dict): ``scores[method][metric]``, a list over images (``seconds`` holds one
-            value: the whole batch ÷ n).
+        scores (dict): ``scores[method][metric]``, a list over rows (``seconds`` holds one
+            value: the whole batch ÷ rows). ``discrimination`` is there for pair suites only.
         attributions (dict): each method's maps, for figures.
         curves (dict): ``curves[method]["deletion" | "insertion"]``, (n, steps + 1) probability
             of the target as pixels are removed or inserted in the method's order.
@@ -233,15 +373,17 @@ def run_benchmark(
     """Explain ``n`` images of ``suite`` with every method and score them.
 
     Args:
-        suite (str): ``"synthetic"`` (reference CNN, 64 px shapes) or ``"photos"``
-            (EfficientNet-Lite0, 224 px composites).
+        suite (str): ``"synthetic"`` (reference CNN, 64 px shapes), ``"photos"``
+            (EfficientNet-Lite0, 224 px composites), or their two-object versions
+            ``"synthetic-pairs"`` and ``"photos-pairs"`` (each image explained for both objects).
         methods (sequence of str, optional): a subset of :data:`ALL_METHODS`; all by default.
         n (int): number of images; the same ``n`` and ``seed`` give the same images.
         seed (int): picks the images and seeds the stochastic methods.
         deletion_steps (int): steps of the deletion and insertion curves.
         show_progress (bool): a progress bar over the methods.
         overrides (dict, optional): keyword arguments for this package's methods on top of the
-            suite's settings, such as ``{"temperature": 1.0, "n_iter": 150}``.
+            suite's settings, such as ``{"temperature": 1.0, "n_iter": 150}``; each goes to the
+            selected methods that take it, and one that none of them takes is an error.
 
     Returns:
         :class:`BenchmarkResult`; :func:`format_table` turns it into markdown.
@@ -261,7 +403,16 @@ def run_benchmark(
         raise ValueError(f"unknown methods {unknown}; choose from {', '.join(ALL_METHODS)}")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    data = synthetic_suite(n, seed) if suite == "synthetic" else photos_suite(n, seed)
+    overrides = overrides or {}
+    ours = [m for m in methods if m in OUR_METHODS]
+    unused = [k for k in overrides if not any(k in _accepted(m, overrides) for m in ours)]
+    if unused:
+        raise ValueError(
+            f"overrides {unused} are not arguments of any selected method of this package "
+            f"({', '.join(ours) or 'none selected'})"
+        )
+    data = SUITE_BUILDERS[suite](n, seed)
+    rows = data.inputs.shape[0]
     runners = method_runners(data, seed, overrides)
     scores, attributions, curves, aucs = {}, {}, {}, {}
     for name in progress(
@@ -269,7 +420,7 @@ def run_benchmark(
     ):
         start = time.perf_counter()
         attribution = runners[name](data.inputs, data.targets).detach()
-        seconds = (time.perf_counter() - start) / n
+        seconds = (time.perf_counter() - start) / rows
         curves[name] = {}
         for mode in ("deletion", "insertion"):
             aucs[mode], curves[name][mode] = metrics.deletion_insertion_curve(
@@ -281,18 +432,25 @@ def run_benchmark(
                 deletion_steps,
                 blur_sigma=data.blur_sigma,
             )
+        salient = metrics.salient_object_scores(attribution, data.masks)
         scores[name] = {
             "pointing": metrics.pointing_game(
                 attribution, data.masks, data.pointing_tolerance
             ).tolist(),
             "relevance_mass": metrics.relevance_mass(attribution, data.masks).tolist(),
             "iou": metrics.mask_iou(attribution, data.masks, 0.5).tolist(),
+            "f_measure": salient["f_measure"].tolist(),
+            "mae": salient["mae"].tolist(),
             "deletion_auc": aucs["deletion"].tolist(),
             "insertion_auc": aucs["insertion"].tolist(),
             "map_mean": metrics.map_mean(attribution).tolist(),
             "map_tv": metrics.map_total_variation(attribution).tolist(),
             "seconds": [seconds],
         }
+        if data.other_masks is not None:
+            scores[name]["discrimination"] = metrics.class_discrimination(
+                attribution, data.masks, data.other_masks
+            ).tolist()
         attributions[name] = attribution
     return BenchmarkResult(data, scores, attributions, curves)
 
@@ -304,8 +462,9 @@ def _mean_std(values: list) -> str:
 
 
 def format_table(result: BenchmarkResult) -> str:
-    """Markdown table, mean ± std over images; seconds per image are for the whole batch ÷ n."""
-    columns = (*METRIC_COLUMNS, "seconds")
+    """Markdown table, mean ± std over rows; seconds per row are for the whole batch ÷ rows."""
+    first = next(iter(result.scores.values()))
+    columns = (*(c for c in METRIC_COLUMNS if c in first), "seconds")
     arrows = {True: " ↑", False: " ↓", None: ""}
     header = "| method | " + " | ".join(f"{c}{arrows[HIGHER_IS_BETTER[c]]}" for c in columns) + " |"
     lines = [header, "|---" * (len(columns) + 1) + "|"]
@@ -316,7 +475,8 @@ def format_table(result: BenchmarkResult) -> str:
 
 
 def save_figure(result: BenchmarkResult, path: str | os.PathLike, rows: int = 4) -> None:
-    """A grid of blended overlays: one row per image, one column per method."""
+    """A grid of blended overlays: one row per explanation, one column per method; the cyan
+    outline is the object to find (pair suites show each image for both of its objects)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -325,20 +485,29 @@ def save_figure(result: BenchmarkResult, path: str | os.PathLike, rows: int = 4)
 
     from captum_masks.visualization import attribution_to_image, image_to_numpy
 
-    rows = min(rows, result.suite.inputs.shape[0])
+    total = result.suite.inputs.shape[0]
+    if result.suite.other_masks is None:
+        order = list(range(total))
+    else:  # each image explained for its first object, then for its second
+        order = [row for i in range(total // 2) for row in (i, i + total // 2)]
+    order = order[:rows]
     names = list(result.attributions)
     figure, axes = plt.subplots(
-        rows, len(names) + 1, figsize=(2.4 * (len(names) + 1), 2.5 * rows), squeeze=False
+        len(order),
+        len(names) + 1,
+        figsize=(2.4 * (len(names) + 1), 2.5 * len(order)),
+        squeeze=False,
     )
-    for row in range(rows):
-        image = image_to_numpy(result.suite.display, index=row)
+    for row, index in enumerate(order):
+        image = image_to_numpy(result.suite.display, index=index)
         axes[row, 0].imshow(image)
         axes[row, 0].contour(
-            result.suite.masks[row, 0].numpy(), levels=[0.5], colors="cyan", linewidths=0.8
+            result.suite.masks[index, 0].numpy(), levels=[0.5], colors="cyan", linewidths=0.8
         )
         axes[row, 0].axis("off")
         for column, name in enumerate(names, start=1):
-            heat = attribution_to_image(result.attributions[name], index=row).sum(-1, keepdims=True)
+            heat = attribution_to_image(result.attributions[name], index=index)
+            heat = heat.sum(-1, keepdims=True)
             axis = axes[row, column]
             if (heat > 0).any():
                 viz.visualize_image_attr(
@@ -365,8 +534,10 @@ __all__ = [
     "BenchmarkResult",
     "format_table",
     "method_runners",
+    "photos_pairs_suite",
     "photos_suite",
     "run_benchmark",
     "save_figure",
+    "synthetic_pairs_suite",
     "synthetic_suite",
 ]

@@ -207,6 +207,31 @@ def relevance_mass(attributions: Tensor, gt_masks: Tensor) -> Tensor:
     return torch.where(total > 0, inside / total.clamp_min(torch.finfo(heat.dtype).tiny), 0.0)
 
 
+def class_discrimination(attributions: Tensor, own_masks: Tensor, other_masks: Tensor) -> Tensor:
+    """Whether an explanation of one object's class puts more positive relevance on that object
+    than on another object of a different class in the same image.
+
+    Args:
+        attributions (Tensor): any form accepted by :func:`to_heatmap`; negative values of the
+            channel-summed map are ignored.
+        own_masks (Tensor): (N, H, W) or (N, 1, H, W), the object of the explained class.
+        other_masks (Tensor): the same for the other object.
+
+    Returns:
+        Tensor (N,) of 1.0 where the relevance on the explained object is strictly larger, else
+        0.0 (ties, such as an empty map, count as failures).
+
+    Examples::
+
+        >>> cat = GuidedFeatureInversion(model, layer).attribute(pair, target=cat_class)
+        >>> class_discrimination(cat, cat_masks, coffee_masks).mean()
+    """
+    heat = to_heatmap(attributions).clamp_min(0)
+    own = (heat * _masks(own_masks, heat)).flatten(1).sum(1)
+    other = (heat * _masks(other_masks, heat)).flatten(1).sum(1)
+    return (own > other).to(heat.dtype)
+
+
 def _scaled_positive(attributions: Tensor) -> Tensor:
     heat = to_heatmap(attributions).clamp_min(0)
     peak = heat.flatten(1).max(dim=1).values.clamp_min(torch.finfo(heat.dtype).tiny)
@@ -582,6 +607,7 @@ def model_randomization_check(
 
 __all__ = [
     "box_iou",
+    "class_discrimination",
     "class_specific_masking",
     "deletion_insertion_curve",
     "localization_error",

@@ -6,7 +6,8 @@
   download).
 - :func:`preprocess` / :data:`IMAGENET_MEAN` / :data:`IMAGENET_STD`: resize, centre-crop, normalise.
 - :func:`sample_image`: named photos and textures from scikit-image, scikit-learn and matplotlib.
-- :func:`paste_composite`: a real object pasted onto a real background, with its ground-truth mask.
+- :func:`paste_composite`: a real object pasted onto a real background, with its ground-truth mask;
+  :func:`paste_pair`: two objects on one background, one mask each.
 
 Everything here needs the ``zoo`` extra: ``pip install 'captum_masks[zoo]'``.
 """
@@ -205,6 +206,24 @@ class Composite:
     box: tuple[int, int, int, int]
 
 
+def _to_tensor(array: np.ndarray, side: int) -> Tensor:
+    from torchvision.transforms import functional as TF
+
+    tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float() / 255.0
+    tensor = TF.resize(tensor, side, antialias=True)
+    return TF.center_crop(tensor, side)
+
+
+def _object_patch(obj: str, object_size: int) -> Tensor:
+    rows, cols = OBJECT_CROPS[obj]
+    return _to_tensor(sample_image(obj)[rows, cols], object_size)
+
+
+def _check_object(obj: str, name: str = "obj") -> None:
+    if obj not in OBJECT_CROPS:
+        raise ValueError(f"{name} must be one of {sorted(OBJECT_CROPS)}, got {obj!r}")
+
+
 def paste_composite(
     obj: str = "cat",
     background: str = "brick",
@@ -228,32 +247,89 @@ def paste_composite(
 
     Returns:
         :class:`Composite`; normalise ``image`` with :func:`normalize` before the classifier.
-    """
-    from torchvision.transforms import functional as TF
 
-    if obj not in OBJECT_CROPS:
-        raise ValueError(f"obj must be one of {sorted(OBJECT_CROPS)}, got {obj!r}")
+    Examples::
+
+        >>> composite = paste_composite("cat", "grass", object_size=96, seed=3)
+        >>> logits = load_efficientnet_lite0()(normalize(composite.image))
+    """
+    _check_object(obj)
     if not 0 < object_size <= size:
         raise ValueError(f"object_size must be in (0, {size}], got {object_size}")
-
-    def to_tensor(array: np.ndarray, side: int) -> Tensor:
-        tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float() / 255.0
-        tensor = TF.resize(tensor, side, antialias=True)
-        return TF.center_crop(tensor, side)
-
-    canvas = to_tensor(sample_image(background), size)
-    rows, cols = OBJECT_CROPS[obj]
-    patch = to_tensor(sample_image(obj)[rows, cols], object_size)
+    canvas = _to_tensor(sample_image(background), size)
     if position is None:
         rng = np.random.default_rng(seed)
         top, left = (int(v) for v in rng.integers(0, size - object_size + 1, size=2))
     else:
         top, left = position
     bottom, right = top + object_size, left + object_size
-    canvas[:, top:bottom, left:right] = patch
+    canvas[:, top:bottom, left:right] = _object_patch(obj, object_size)
     mask = torch.zeros(1, 1, size, size)
     mask[..., top:bottom, left:right] = 1.0
     return Composite(canvas.unsqueeze(0), mask, (top, left, bottom, right))
+
+
+@dataclass
+class PairComposite:
+    """Two pasted objects on one background: ``image`` (1, 3, S, S) in [0, 1], ``masks``
+    (1, 2, S, S) with channel k equal to 1 on object k, and their ``boxes`` (top, left, bottom,
+    right). The objects never overlap."""
+
+    image: Tensor
+    masks: Tensor
+    boxes: tuple[tuple[int, int, int, int], tuple[int, int, int, int]]
+
+
+def paste_pair(
+    first: str = "cat",
+    second: str = "coffee",
+    background: str = "brick",
+    object_size: int = 96,
+    size: int = INPUT_SIZE,
+    seed: int = 0,
+) -> PairComposite:
+    """Paste two real object photos onto a real background, one in each half of the image.
+
+    Which halves (left/right or top/bottom, and which object goes where) and the positions within
+    them are drawn from ``seed``. Used to check that an explanation of one object's class puts
+    its relevance on that object and not on the other.
+
+    Args:
+        first, second (str): keys of :data:`OBJECT_CROPS`.
+        background (str): a :func:`sample_image` name.
+        object_size (int): side of each pasted square, at most half of ``size``.
+        size (int): side of the square output image.
+        seed (int): chooses the layout.
+
+    Returns:
+        :class:`PairComposite`.
+
+    Examples::
+
+        >>> pair = paste_pair("cat", "coffee", "grass", seed=1)
+        >>> cat_mask, coffee_mask = pair.masks[0]
+    """
+    _check_object(first, "first")
+    _check_object(second, "second")
+    if not 0 < object_size <= size // 2:
+        raise ValueError(f"object_size must be in (0, {size // 2}], got {object_size}")
+    rng = np.random.default_rng(seed)
+    half = size // 2
+    canvas = _to_tensor(sample_image(background), size)
+    masks = torch.zeros(1, 2, size, size)
+    split_columns, swap = (bool(v) for v in rng.integers(0, 2, size=2))
+    boxes = []
+    for k, obj in enumerate((first, second)):
+        # along the split: inside this object's half; across it: anywhere
+        offset = half * (k ^ swap)
+        along = offset + int(rng.integers(0, half - object_size + 1))
+        across = int(rng.integers(0, size - object_size + 1))
+        top, left = (across, along) if split_columns else (along, across)
+        bottom, right = top + object_size, left + object_size
+        canvas[:, top:bottom, left:right] = _object_patch(obj, object_size)
+        masks[0, k, top:bottom, left:right] = 1.0
+        boxes.append((top, left, bottom, right))
+    return PairComposite(canvas.unsqueeze(0), masks, (boxes[0], boxes[1]))
 
 
 __all__ = [
@@ -262,10 +338,12 @@ __all__ = [
     "OBJECT_CROPS",
     "SAMPLE_IMAGES",
     "Composite",
+    "PairComposite",
     "imagenet_categories",
     "load_efficientnet_lite0",
     "normalize",
     "paste_composite",
+    "paste_pair",
     "preprocess",
     "sample_image",
 ]

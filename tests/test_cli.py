@@ -24,16 +24,27 @@ def test_unknown_image_is_a_clear_error(tmp_path):
     assert result.returncode != 0 and "image must be one of" in result.stderr
 
 
-def test_speed_prints_one_row_per_method():
-    result = run_cli("speed", "--methods", "MeaningfulPerturbation", "--repeats", "1")
+def _speed_row(method):
+    result = run_cli("speed", "--methods", method, "--repeats", "1")
     assert result.returncode == 0, result.stderr
     header, _, row = result.stdout.strip().splitlines()
-    assert header.startswith("| method | batch | forward+backward (s)")
-    cells = [cell.strip() for cell in row.strip("|").split("|")]
-    assert cells[:2] == ["MeaningfulPerturbation", "1"]
-    bare, per_iteration, ratio = (float(cell) for cell in cells[2:5])
+    assert header.startswith("| method | batch | images / iteration | forward+backward (s)")
+    return [cell.strip() for cell in row.strip("|").split("|")]
+
+
+def test_speed_prints_one_row_per_method():
+    cells = _speed_row("MeaningfulPerturbation")
+    assert cells[:3] == ["MeaningfulPerturbation", "1", "1"]
+    bare, per_iteration, ratio = (float(cell) for cell in cells[3:6])
     assert ratio == pytest.approx(per_iteration / bare, rel=0.01)
-    assert cells[5] == "300" and float(cells[6]) > 0
+    assert cells[6] == "300" and float(cells[7]) > 0
+
+
+def test_speed_of_guided_feature_inversion_counts_both_stages_and_passes():
+    cells = _speed_row("GuidedFeatureInversion")
+    # stage 2 scores the kept and the removed image; a default run is 10 + 70 iterations
+    assert cells[:3] == ["GuidedFeatureInversion", "1", "2"]
+    assert cells[6] == "80" and float(cells[7]) > 0
 
 
 def test_speed_of_an_unknown_method_is_a_clear_error():

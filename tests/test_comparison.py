@@ -12,6 +12,7 @@ from captum_masks.comparison import (
     METRIC_COLUMNS,
     format_table,
     method_runners,
+    photos_pairs_suite,
     run_benchmark,
     save_figure,
     synthetic_suite,
@@ -19,6 +20,8 @@ from captum_masks.comparison import (
 
 pytestmark = pytest.mark.real_model  # trains (or loads) the reference CNN
 FAST_METHODS = ["Saliency", "LayerGradCam"]
+#: every column but ``discrimination``, which only the pair suites have
+SINGLE_COLUMNS = [c for c in METRIC_COLUMNS if c != "discrimination"]
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +33,8 @@ def test_scores_every_image_with_every_metric_in_range(fast_result):
     assert list(fast_result.scores) == FAST_METHODS
     for name in FAST_METHODS:
         score = fast_result.scores[name]
-        assert set(METRIC_COLUMNS) <= set(score)
-        for column in METRIC_COLUMNS:
+        assert set(score) == {*SINGLE_COLUMNS, "seconds"}
+        for column in SINGLE_COLUMNS:
             assert len(score[column]) == 3
             assert all(0.0 <= value <= 1.0 for value in score[column]), (name, column)
         attribution = fast_result.attributions[name]
@@ -52,7 +55,7 @@ def test_table_has_one_row_per_method_with_mean_and_std(fast_result):
     for line, name in zip(table[2:], FAST_METHODS):
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         assert cells[0] == name
-        assert len(cells) == len(METRIC_COLUMNS) + 2
+        assert len(cells) == len(SINGLE_COLUMNS) + 2
         assert all("±" in cell for cell in cells[1:-1])
 
 
@@ -72,6 +75,40 @@ def test_every_runner_gives_input_sized_maps_on_the_same_suite():
         attribution = runner(suite.inputs, suite.targets)
         assert attribution.shape[0] == 2 and attribution.shape[-2:] == (64, 64), name
         assert torch.isfinite(attribution).all(), name
+
+
+def test_pair_suite_explains_every_image_for_both_objects():
+    methods = ["GuidedFeatureInversion/inversion", "LayerGradCam"]
+    result = run_benchmark("synthetic-pairs", methods, n=6, show_progress=False)
+    suite = result.suite
+    assert suite.inputs.shape[0] == 12
+    torch.testing.assert_close(suite.inputs[:6], suite.inputs[6:])
+    assert (suite.targets[:6] != suite.targets[6:]).all()
+    torch.testing.assert_close(suite.masks[:6], suite.other_masks[6:])
+    assert not (suite.masks.bool() & suite.other_masks.bool()).any()
+    for name in methods:
+        assert len(result.scores[name]["discrimination"]) == 12
+    # stage 1 never sees the class: one map per image, so at most one of its two rows can win
+    inversion = result.attributions["GuidedFeatureInversion/inversion"]
+    torch.testing.assert_close(inversion[:6], inversion[6:])
+    wins = torch.tensor(result.scores["GuidedFeatureInversion/inversion"]["discrimination"])
+    assert (wins[:6] + wins[6:] <= 1).all()
+    # Grad-CAM is class-discriminative on the multi-label reference CNN
+    assert sum(result.scores["LayerGradCam"]["discrimination"]) >= 10
+    table = format_table(result)
+    assert "discrimination ↑" in table.splitlines()[0]
+
+
+def test_photos_pairs_suite_targets_each_objects_own_class():
+    from captum_masks import zoo
+
+    suite = photos_pairs_suite(3)
+    categories = zoo.imagenet_categories()
+    cats = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}
+    assert all(categories[t] in cats for t in suite.targets[:3].tolist())
+    assert not any(categories[t] in cats for t in suite.targets[3:].tolist())
+    torch.testing.assert_close(suite.masks[:3], suite.other_masks[3:])
+    assert not (suite.masks.bool() & suite.other_masks.bool()).any()
 
 
 def test_meaningful_perturbation_games_point_at_the_shape():
@@ -138,3 +175,20 @@ def test_overrides_reach_this_packages_methods(tmp_path):
     assert "--set n_iter=2 optimizer=adam" in result.stdout
     bad = run_cli("benchmark", "--set", "n_iter", "--out", str(tmp_path / "y.png"))
     assert bad.returncode != 0 and "expected NAME=VALUE" in bad.stderr
+
+
+def test_overrides_go_only_to_the_methods_that_take_them():
+    both = ["NeuroMaskAttr", "GuidedFeatureInversion"]
+    short = run_benchmark("synthetic", both, n=1, show_progress=False, overrides={"n_iter": 1})
+    full = run_benchmark("synthetic", both, n=1, show_progress=False)
+    torch.testing.assert_close(  # GFI has no n_iter: unchanged
+        short.attributions["GuidedFeatureInversion"], full.attributions["GuidedFeatureInversion"]
+    )
+    with pytest.raises(ValueError, match=r"overrides \['temperature'\] are not arguments"):
+        run_benchmark(
+            "synthetic",
+            ["GuidedFeatureInversion", "Saliency"],
+            n=1,
+            show_progress=False,
+            overrides={"temperature": 1.0},
+        )
