@@ -100,6 +100,22 @@ def test_relevance_mass_and_iou_by_hand():
     assert metrics.mask_iou(heat, mask, threshold=0.7).item() == pytest.approx(1 / 3)
 
 
+def test_class_discrimination_by_hand():
+    own = torch.zeros(3, 1, 4, 4)
+    own[:, :, :2, :2] = 1
+    other = torch.zeros(3, 1, 4, 4)
+    other[:, :, 2:, 2:] = 1
+    heat = torch.zeros(3, 3, 4, 4)
+    heat[0, :, 0, 0] = 1.0  # all on the explained object: 3 against 0
+    heat[1, :, 0, 0] = 1.0
+    heat[1, :, 3, 3] = 2.0  # 3 against 6
+    heat[2, :, 0, 0] = -5.0  # negative relevance is ignored: 0 against 0 is a tie
+    expected = torch.tensor([1.0, 0.0, 0.0])
+    torch.testing.assert_close(metrics.class_discrimination(heat, own, other), expected)
+    swapped = metrics.class_discrimination(heat, other, own)
+    torch.testing.assert_close(swapped, torch.tensor([0.0, 1.0, 0.0]))
+
+
 def test_map_mean_and_total_variation_by_hand():
     heat = torch.tensor([[[4.0, 2.0], [-1.0, 0.0]]])
     # positive part scaled to max 1: [[1, .5], [0, 0]]
