@@ -61,10 +61,19 @@ class GuidedFeatureInversion(MaskAttribution):
     after stage 2, or the class-agnostic salient-object mask of stage 1 with
     ``stage="inversion"``.
 
-    Where this departs from the paper: the L1 terms use the mean of ω (ω̄) instead of its sum, so
-    γ and δ do not depend on the number of channels; the inversion error is relative, as in the
-    authors' code; features pass through ``activation`` (ReLU by default), so a layer hooked
-    before its activation (EfficientNet's blocks) behaves like VGG's post-ReLU layers.
+    Where this departs from the paper (measurements in the README's GuidedFeatureInversion
+    section, on the pretrained EfficientNet-Lite0):
+
+    - the L1 terms use the mean of ω (ω̄) instead of its sum, so γ and δ do not depend on the
+      number of channels;
+    - the inversion error is relative, as in the authors' code;
+    - features pass through ``activation`` (ReLU by default), so a layer hooked before its
+      activation (EfficientNet's head) behaves like VGG's post-ReLU layers;
+    - Eq. 7's min-max normalisation is used (the authors' code divides by the maximum);
+    - the learning rate is 0.05 instead of 1e-2: halved every 10 iterations, 1e-2 lets each ω
+      move by at most about 0.2 in stage 2, too little to leave a second object out of the
+      mask (two-object discrimination 0.81 and 0.94 on two sets of eight photos, against 0.94
+      and 1.0 at 0.05).
 
     Args:
         forward_func (Callable): the model (or a function calling it) returning scores of shape
@@ -111,7 +120,7 @@ class GuidedFeatureInversion(MaskAttribution):
         activation: str | None = "relu",
         inversion_iters: int = 10,
         target_iters: int = 70,
-        lr: float = 1e-2,
+        lr: float = 0.05,
         optimizer: OptimizerType = "adam",
         lr_step: int = 10,
         inversion_l1: float = 10.0,
@@ -148,7 +157,8 @@ class GuidedFeatureInversion(MaskAttribution):
                 None (use the outputs as they are). Default: "relu"
             inversion_iters (int, optional): iterations of stage 1. Default: 10
             target_iters (int, optional): iterations of stage 2. Default: 70
-            lr (float, optional): the learning rate η. Default: 1e-2
+            lr (float, optional): the learning rate η (the paper's is 1e-2; see above).
+                Default: 0.05
             optimizer (str or callable, optional): ``"adam"`` (the paper's), ``"rmsprop"``,
                 ``"sgd"`` or ``(params, lr) -> torch.optim.Optimizer``. Default: "adam"
             lr_step (int, optional): η is halved every ``lr_step`` iterations of stage 2.

@@ -124,10 +124,11 @@ def test_lr_is_halved_every_lr_step_iterations():
         return optimizer
 
     GuidedFeatureInversion(model, layer=model.relu).attribute(
-        image, target=0, optimizer=recording_adam, target_iters=25, lr_step=10
+        image, target=0, optimizer=recording_adam, lr=0.08, target_iters=25, lr_step=10
     )
-    stage_two = seen[-1]
-    assert stage_two.param_groups[0]["lr"] == pytest.approx(1e-2 / 4)
+    stage_one, stage_two = seen
+    assert stage_one.param_groups[0]["lr"] == pytest.approx(0.08)  # no schedule in stage 1
+    assert stage_two.param_groups[0]["lr"] == pytest.approx(0.08 / 4)
 
 
 @pytest.mark.parametrize(
