@@ -43,16 +43,16 @@ def recording(
             then not computed; use :func:`run_recording`).
 
     Yields:
-        dict from module to its output tensor, filled during the forward pass.
+        dict from module to a list of its outputs, one per call, filled during the forward pass.
     """
-    outputs: dict[nn.Module, Tensor] = {}
+    outputs: dict[nn.Module, list[Tensor]] = {}
     wanted = {id(layer) for layer in layers}
 
     def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
         if isinstance(output, tuple):
             output = output[0]
         # a copy: a later in-place activation (ReLU(inplace=True)) must not change it
-        outputs[module] = output.clone()
+        outputs.setdefault(module, []).append(output.clone())
         if stop_after and wanted <= {id(m) for m in outputs}:
             raise _StopForward
 
@@ -70,7 +70,10 @@ def run_recording(
     """Run ``forward()`` and return the output of each layer, in the order given.
 
     Raises:
-        ValueError: a layer did not run during the forward pass.
+        ValueError: a layer did not run during the forward pass, or ran more than once (a module
+            the model calls in several places, such as a shared activation, has no single
+            output to record). With ``stop_after`` the pass ends before a second call can be
+            seen, so check once without it.
     """
     with recording(layers, stop_after) as outputs:
         try:
@@ -83,7 +86,14 @@ def run_recording(
             f"layer {', '.join(missing)} did not run during the forward pass; pass a module that "
             "forward_func calls"
         )
-    return [outputs[layer] for layer in layers]
+    repeated = [type(layer).__name__ for layer in layers if len(outputs[layer]) > 1]
+    if repeated:
+        raise ValueError(
+            f"layer {', '.join(repeated)} runs more than once in one forward pass (a module the "
+            "model reuses); pass a module that runs once, e.g. the batch norm before a shared "
+            "activation"
+        )
+    return [outputs[layer][0] for layer in layers]
 
 
 __all__ = ["check_layers", "recording", "run_recording"]

@@ -232,16 +232,21 @@ class GuidedFeatureInversion(MaskAttribution):
         x = call.inputs[0]
         features_of = ACTIVATIONS[activation]
 
-        def record(images: Tensor, args: tuple | None, layers: Sequence[nn.Module]) -> list:
+        def record(
+            images: Tensor, args: tuple | None, layers: Sequence[nn.Module], stop_after: bool = True
+        ) -> list:
             return run_recording(
-                lambda: run_forward(self.forward_func, (images,), args), layers, stop_after=True
+                lambda: run_forward(self.forward_func, (images,), args), layers, stop_after
             )
 
         with preserved_rng_state(call.device):
             with torch.no_grad():
+                # the whole forward pass once, so a layer the model calls twice is caught
                 clean_inverted, clean_basis = (
                     features_of(f)
-                    for f in record(x, call.additional_args, [self.layer, self.mask_layer])
+                    for f in record(
+                        x, call.additional_args, [self.layer, self.mask_layer], stop_after=False
+                    )
                 )
             generator = make_generator(seed, call.device)
             (baseline,) = per_input_baselines(baselines, 1)

@@ -93,6 +93,17 @@ def test_layer_that_never_runs_is_a_clear_error_and_leaves_no_hook():
     assert_same_state(before, model_state(model))
 
 
+def test_layer_the_model_calls_twice_is_a_clear_error_and_leaves_no_hook():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=4).eval()
+    shared = model.layer4[1].relu  # a BasicBlock applies its one ReLU module twice
+    before = model_state(model)
+    gfi = GuidedFeatureInversion(model, layer=model.layer4, mask_layer=shared)
+    with pytest.raises(ValueError, match="ReLU runs more than once in one forward pass"):
+        gfi.attribute(torch.randn(1, 3, 32, 32), target=0)
+    assert_same_state(before, model_state(model))
+
+
 @pytest.mark.parametrize(
     "build, layer, mask_layer",
     [
