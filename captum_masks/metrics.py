@@ -512,9 +512,10 @@ def salient_object_scores(
 ) -> dict[str, Tensor]:
     """F-measure and MAE of salient-object detection (Du et al. §4.4).
 
-    The map is min-max normalised to [0, 1] and binarised at twice its mean; precision, recall and
-    F_β = (1 + β²)·P·R / (β²·P + R) with β² = 0.3 compare it with the ground truth; MAE is the mean
-    |s − g| of the normalised map.
+    The positive part of the map (negative relevance counts as none, as in
+    :func:`relevance_mass`) is min-max normalised to [0, 1] and binarised at twice its mean;
+    precision, recall and F_β = (1 + β²)·P·R / (β²·P + R) with β² = 0.3 compare it with the
+    ground truth; MAE is the mean |s − g| of the normalised map.
 
     Returns:
         dict of (N,) tensors: ``"precision"``, ``"recall"``, ``"f_measure"``, ``"mae"``.
@@ -523,7 +524,7 @@ def salient_object_scores(
 
         >>> salient_object_scores(stage1_masks, masks)["f_measure"].mean()
     """
-    heat = _normalise(to_heatmap(saliency))
+    heat = _normalise(to_heatmap(saliency).clamp_min(0))
     masks = _masks(gt_masks, heat)
     predicted = heat >= 2 * heat.flatten(1).mean(1).view(-1, 1, 1)
     true_positive = (predicted & masks).flatten(1).sum(1).to(heat.dtype)

@@ -198,6 +198,10 @@ def test_salient_object_scores_by_hand():
     assert scores["precision"].item() == 1.0 and scores["recall"].item() == 0.5
     assert scores["f_measure"].item() == pytest.approx(1.3 * 0.5 / (0.3 + 0.5))
     assert scores["mae"].item() == pytest.approx(0.25)
+    # negative relevance counts as none: a signed map scores like its positive part
+    signed = metrics.salient_object_scores(torch.tensor([[[1.0, -3.0], [0.0, -1.0]]]), mask)
+    for name in ("precision", "recall", "f_measure", "mae"):
+        torch.testing.assert_close(signed[name], scores[name])
 
 
 def test_spearman_matches_hand_ranks():
