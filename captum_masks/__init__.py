@@ -1,6 +1,8 @@
 """captum_masks: mask-based explanation methods as Captum attributions."""
 
 from captum_masks._optimize import OptimizationHistory
+from captum_masks.amortized import AmortizedExplainer, FitHistory
+from captum_masks.explainer_networks import MaskNet, deeplab_explainer
 from captum_masks.guided_feature_inversion import GuidedFeatureInversion
 from captum_masks.masks import ChannelCombinationMask, SigmoidMask, UpsampledMask
 from captum_masks.meaningful_perturbation import MeaningfulPerturbation
@@ -11,6 +13,9 @@ from captum_masks.visualization import attribution_to_image, image_to_numpy
 __version__ = "0.1.0"
 
 __all__ = [
+    "AmortizedExplainer",
+    "FitHistory",
+    "MaskNet",
     "ChannelCombinationMask",
     "GuidedFeatureInversion",
     "MeaningfulPerturbation",
@@ -21,6 +26,7 @@ __all__ = [
     "attribution_to_image",
     "blend",
     "constant_reference",
+    "deeplab_explainer",
     "gaussian_blur",
     "image_to_numpy",
     "noise_reference",

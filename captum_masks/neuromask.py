@@ -18,6 +18,7 @@ from captum_masks._inputs import (
     select_log_scores,
     slice_batch,
 )
+from captum_masks._layout import MaskLayout
 from captum_masks._optimize import (
     MaskProblem,
     OptimizationHistory,
@@ -197,7 +198,7 @@ class NeuroMaskAttr(MaskAttribution):
             progress_desc="NeuroMask",
         )
         settings.validate()
-        layout = _MaskLayout(channels_last)
+        layout = MaskLayout(channels_last)
         # the mask spans one axis (sequences) or two (images); the 5 × 5 kernel needs two
         call = self._prepare(
             inputs,
@@ -250,31 +251,6 @@ class NeuroMaskAttr(MaskAttribution):
         )
         result = _format_output(call.is_inputs_tuple, attributions)
         return (result, history) if return_history else result
-
-
-class _MaskLayout:
-    """Moves the feature axis of channels-last inputs to position 1 and back (views only), so
-    masks are always (N, 1, *mask_axes) internally."""
-
-    def __init__(self, channels_last: bool) -> None:
-        if not isinstance(channels_last, bool):
-            raise TypeError(f"channels_last must be a bool, got {type(channels_last).__name__}")
-        self.channels_last = channels_last
-
-    def to_channels_first(self, x: Tensor) -> Tensor:
-        return x.movedim(-1, 1) if self.channels_last else x
-
-    def to_caller(self, x: Tensor) -> Tensor:
-        return x.movedim(1, -1) if self.channels_last else x
-
-    def baseline_to_channels_first(self, baseline: Any, x: Tensor) -> Any:
-        """None becomes 0 (the paper's x̄ = m·x); a full tensor in the caller's layout is moved
-        like the input; scalars and per-channel values pass through."""
-        if baseline is None:
-            return 0.0
-        if isinstance(baseline, Tensor) and baseline.dim() == x.dim():
-            return self.to_channels_first(baseline)
-        return baseline
 
 
 __all__ = ["NeuroMaskAttr"]

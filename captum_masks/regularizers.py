@@ -120,4 +120,36 @@ def area(mask: Tensor, fraction: float) -> Tensor:
     return (values - reference).square().mean(dim=1)
 
 
-__all__ = ["area", "l1", "laplacian", "total_variation"]
+def area_bounds(mask: Tensor, lower: float, upper: float) -> Tensor:
+    r"""Stalder et al.'s area bounds B (Eq. 4–5) per example: zero while the mask keeps between
+    ``lower`` and ``upper`` of the input with values at 0 or 1.
+
+    With q the mask's values sorted in descending order, the first ⌊Z·lower⌋ values are pulled
+    up to 1 and the values past the first ⌊Z·upper⌋ down to 0:
+    B = mean(max(q_min − q, 0)) + mean(max(q − q_max, 0)).
+
+    Args:
+        mask (Tensor): (N, ...) mask in [0, 1].
+        lower (float): the least area a, in [0, 1].
+        upper (float): the largest area b, in [lower, 1].
+
+    Returns:
+        Tensor (N,).
+
+    Examples::
+
+        >>> area_bounds(class_masks, lower=0.05, upper=0.3)
+    """
+    if not 0.0 <= lower <= upper <= 1.0:
+        raise ValueError(f"need 0 <= lower <= upper <= 1, got lower={lower!r}, upper={upper!r}")
+    values = _flat(mask).sort(dim=1, descending=True).values
+    size = values.shape[1]
+    rank = torch.arange(size, device=mask.device)
+    below_lower = (rank < int(size * lower)).to(mask.dtype)
+    within_upper = (rank < int(size * upper)).to(mask.dtype)
+    return (below_lower - values).clamp_min(0).mean(dim=1) + (values - within_upper).clamp_min(
+        0
+    ).mean(dim=1)
+
+
+__all__ = ["area", "area_bounds", "l1", "laplacian", "total_variation"]
