@@ -14,10 +14,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AmortizedExplainer",
-    "FitHistory",
-    "MaskNet",
     "ChannelCombinationMask",
+    "FitHistory",
     "GuidedFeatureInversion",
+    "MaskNet",
     "MeaningfulPerturbation",
     "NeuroMaskAttr",
     "OptimizationHistory",

@@ -206,6 +206,7 @@ class AmortizedExplainer(MaskAttribution):
                         self.width,
                         self.depth,
                     )
+            self.explainer.eval()  # fit switches it to training mode while it trains
             self._input_shape = (input_channels, spatial_dims)
         self.explainer.to(device=explainer_input.device, dtype=explainer_input.dtype)
 
@@ -271,7 +272,7 @@ class AmortizedExplainer(MaskAttribution):
                 f"{self.num_classes}, got {tuple(call.clean_output.shape)}"
             )
         x = self._check_inputs(call.inputs[0])
-        with torch.no_grad(), preserved_rng_state(call.device):
+        with torch.no_grad(), preserved_rng_state(call.device), _inference(self):
             logits = self._logits(x)
         rows = torch.arange(x.shape[0], device=x.device)
         mask = torch.sigmoid(logits[rows, call.targets[:, 0]]).unsqueeze(1)
@@ -293,7 +294,7 @@ class AmortizedExplainer(MaskAttribution):
             >>> masks = explainer.explain_all(images)     # masks[:, c] explains class c
         """
         x = self._check_inputs(inputs)
-        with torch.no_grad(), preserved_rng_state(x.device):
+        with torch.no_grad(), preserved_rng_state(x.device), _inference(self):
             return torch.sigmoid(self._logits(x))
 
     # ------------------------------------------------------------------ training
@@ -532,6 +533,7 @@ class AmortizedExplainer(MaskAttribution):
             best_state, best_loss = saved["best_state"], saved["best_loss"]
             stale, start = saved["stale"], saved["epoch"] + 1
         trained = _wrap_distributed(self.explainer) if world_size > 1 else self.explainer
+        self.explainer.train()
         with _frozen(self.forward_func):
             for epoch in range(start, epochs):
                 if history.stopped_early:
@@ -583,6 +585,7 @@ class AmortizedExplainer(MaskAttribution):
                             "epoch": epoch,
                         },
                     )
+        self.explainer.eval()
         if best_state is not None:
             self.explainer.load_state_dict(best_state)
         return history
@@ -594,7 +597,7 @@ class AmortizedExplainer(MaskAttribution):
 
     def _evaluate(self, data: Iterable, targets: str, settings: dict) -> float:
         total, count = 0.0, 0
-        with torch.no_grad():
+        with torch.no_grad(), _inference(self):
             for raw in data:
                 terms = self._loss_terms(self._batch(raw, targets), settings, self.explainer)
                 loss = sum(terms.values())
@@ -736,6 +739,20 @@ def _feature_channels(state: dict, input_channels: int, kind: str) -> int:
         return 0
     first = state["down.0.0.weight"]
     return first.shape[1] - input_channels
+
+
+@contextlib.contextmanager
+def _inference(explainer: AmortizedExplainer) -> Iterator[None]:
+    """The explainer network in eval mode (batch norm statistics, no dropout), then back."""
+    network = explainer.explainer
+    training = network.training if network is not None else False
+    if network is not None:
+        network.eval()
+    try:
+        yield
+    finally:
+        if network is not None and explainer.explainer is network:
+            network.train(training)
 
 
 def _distributed() -> tuple[int, int]:

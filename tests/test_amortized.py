@@ -1,0 +1,388 @@
+"""AmortizedExplainer: what it learns, the frozen classifier, checkpoints and resume, save/load,
+sequences, dtype, torchrun, and bad input. Everything runs on tiny problems in seconds."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from amortized_problems import Quadrants, batches, quadrant_data, quadrant_masks
+from conftest import TinyCNN, assert_same_state, model_state
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from captum_masks import AmortizedExplainer
+
+SMALL = {"width": 8, "depth": 1}
+
+
+def quadrant_mass(masks: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    heat = masks[:, 0] if masks.dim() == 4 else masks
+    inside = quadrant_masks(labels, heat.shape[-1])
+    return (heat * inside).flatten(1).sum(1) / heat.flatten(1).sum(1)
+
+
+@pytest.fixture(scope="module")
+def quadrant_problem():
+    x, y = quadrant_data(128, seed=0)
+    val = quadrant_data(32, seed=1)
+    return batches(x, y, 16), [val], val
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        {"loss": "stalder"},
+        # Phillips et al.'s L1 weight (1e-3) was set for their regression task; with it nothing
+        # stops a classification mask from keeping the whole image
+        {"loss": "phillips", "l1_weight": 0.3},
+    ],
+    ids=["stalder", "phillips"],
+)
+def test_the_explainer_learns_where_each_class_lives(quadrant_problem, loss):
+    train, val_data, (x_val, y_val) = quadrant_problem
+    explainer = AmortizedExplainer(Quadrants(), 4, **SMALL)
+    history = explainer.fit(
+        train, val_data, epochs=10, lr=3e-3, patience=None, show_progress=False, **loss
+    )
+    assert history.val_loss[-1] < 0.5 * history.val_loss[0]
+    assert len(history.train_loss) == len(history.val_loss) == 10
+    # a quarter of the relevance would fall in the labelled quadrant by chance
+    assert quadrant_mass(explainer.attribute(x_val, target=y_val), y_val).min() > 0.9
+
+
+def test_attribute_is_the_target_channel_of_explain_all_with_the_input_shape(quadrant_problem):
+    train, _, (x_val, _) = quadrant_problem
+    explainer = AmortizedExplainer(Quadrants(), 4, **SMALL)
+    explainer.fit(train[:2], epochs=1, show_progress=False)
+    every = explainer.explain_all(x_val)
+    assert every.shape == (32, 4, 16, 16) and 0 <= every.min() and every.max() <= 1
+    for target in range(4):
+        attribution = explainer.attribute(x_val, target=target)
+        assert attribution.shape == x_val.shape
+        torch.testing.assert_close(attribution, every[:, target : target + 1].expand_as(x_val))
+    predicted = Quadrants()(x_val).argmax(dim=1)
+    torch.testing.assert_close(
+        explainer.attribute(x_val), explainer.attribute(x_val, target=predicted)
+    )
+    (as_tuple,) = explainer.attribute((x_val,), target=0)
+    torch.testing.assert_close(as_tuple, explainer.attribute(x_val, target=0))
+
+
+@given(n=st.integers(1, 5), size=st.sampled_from([8, 13, 16]), seed=st.integers(0, 100))
+def test_masks_are_per_example_and_in_range(n, size, seed):
+    explainer = AmortizedExplainer(Quadrants(), 4, **SMALL)
+    x = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    masks = explainer.explain_all(x)
+    assert masks.shape == (n, 4, size, size)
+    assert ((masks >= 0) & (masks <= 1)).all()
+    one_by_one = torch.cat([explainer.explain_all(x[i : i + 1]) for i in range(n)])
+    torch.testing.assert_close(masks, one_by_one, atol=1e-6, rtol=1e-5)
+
+
+def test_the_classifier_is_frozen_and_left_as_it_was():
+    torch.manual_seed(0)
+    model = TinyCNN(num_classes=4)
+    model.train()  # the caller's choice: kept, not switched to eval
+    model.head.weight.grad = torch.ones_like(model.head.weight)
+    model.features[0].bias.requires_grad_(False)
+    before = model_state(model)
+    rng = torch.get_rng_state()
+    x, y = quadrant_data(32, seed=0)
+    explainer = AmortizedExplainer(model, 4, feature_layer=model.features[1], **SMALL)
+    explainer.fit(batches(x, y, 16), epochs=2, show_progress=False)
+    explainer.attribute(x[:2], target=1)
+    explainer.explain_all(x[:2])
+    assert_same_state(before, model_state(model))
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(p.grad is not None for p in explainer.explainer.parameters())
+
+
+def test_the_classifier_is_restored_even_when_training_raises():
+    torch.manual_seed(0)
+    model = TinyCNN(num_classes=4).eval()
+    before = model_state(model)
+    x, y = quadrant_data(16, seed=0)
+    bad = [(x, y), (x, y + 10)]  # the second batch has labels out of range
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 4\)"):
+        AmortizedExplainer(model, 4, **SMALL).fit(bad, epochs=1, show_progress=False)
+    assert_same_state(before, model_state(model))
+
+
+class Interrupting:
+    """Batches of ``data``; raises KeyboardInterrupt at one (epoch, batch) the first time."""
+
+    def __init__(self, data, epoch, batch):
+        self.data, self.at, self.epoch = data, (epoch, batch), -1
+
+    def __iter__(self):
+        self.epoch += 1
+        for index, item in enumerate(self.data):
+            if (self.epoch, index) == self.at:
+                self.at = None
+                raise KeyboardInterrupt
+            yield item
+
+
+def test_an_interrupted_fit_resumes_to_the_same_explainer(tmp_path, quadrant_problem):
+    train, val_data, (x_val, _) = quadrant_problem
+    settings = {"epochs": 4, "patience": None, "show_progress": False, "lr": 3e-3}
+    uninterrupted = AmortizedExplainer(Quadrants(), 4, **SMALL)
+    expected = uninterrupted.fit(train, val_data, **settings)
+
+    checkpoint = tmp_path / "explainer.ckpt"
+    interrupted = AmortizedExplainer(Quadrants(), 4, **SMALL)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit(Interrupting(train, 2, 3), val_data, checkpoint=checkpoint, **settings)
+    assert checkpoint.exists() and not (tmp_path / "explainer.ckpt.tmp").exists()
+    resumed = AmortizedExplainer(Quadrants(), 4, **SMALL)
+    history = resumed.fit(train, val_data, checkpoint=checkpoint, resume=True, **settings)
+    assert history.train_loss == pytest.approx(expected.train_loss, rel=1e-6)
+    assert history.val_loss == pytest.approx(expected.val_loss, rel=1e-6)
+    torch.testing.assert_close(resumed.explain_all(x_val), uninterrupted.explain_all(x_val))
+
+
+def test_a_failed_checkpoint_write_leaves_the_previous_file(tmp_path, monkeypatch):
+    x, y = quadrant_data(16, seed=0)
+    checkpoint = tmp_path / "explainer.ckpt"
+    explainer = AmortizedExplainer(Quadrants(), 4, **SMALL)
+    explainer.fit([(x, y)], epochs=1, checkpoint=checkpoint, show_progress=False)
+    good = checkpoint.read_bytes()
+
+    def broken_save(obj, path, *args, **kwargs):
+        Path(path).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        explainer.fit([(x, y)], epochs=1, checkpoint=checkpoint, show_progress=False)
+    assert checkpoint.read_bytes() == good
+
+
+def test_early_stopping_keeps_the_best_epoch(monkeypatch):
+    x, y = quadrant_data(32, seed=0)
+    explainer = AmortizedExplainer(Quadrants(), 4, **SMALL)
+    losses = iter([1.0, 0.5, 0.7, 0.9, 0.2])
+    states = []
+
+    def evaluate(data, targets, settings):
+        states.append({k: v.clone() for k, v in explainer.explainer.state_dict().items()})
+        return next(losses)
+
+    monkeypatch.setattr(explainer, "_evaluate", evaluate)
+    history = explainer.fit(batches(x, y, 16), [(x, y)], epochs=5, patience=2, show_progress=False)
+    assert history.stopped_early and history.best_epoch == 1
+    assert history.val_loss == [1.0, 0.5, 0.7, 0.9]
+    for key, value in explainer.explainer.state_dict().items():
+        assert torch.equal(value, states[1][key]), key
+
+
+def test_save_and_load_give_the_same_masks(tmp_path):
+    torch.manual_seed(0)
+    model = TinyCNN(num_classes=4).eval()
+    x, y = quadrant_data(16, seed=0)
+    for name, kwargs in [
+        ("plain", {}),
+        ("features", {"feature_layer": model.features[3], "multilabel": True}),
+    ]:
+        explainer = AmortizedExplainer(model, 4, **SMALL, **kwargs)
+        labels = torch.nn.functional.one_hot(y, 4).float() if kwargs else y
+        explainer.fit([(x, labels)], epochs=1, show_progress=False)
+        path = tmp_path / f"{name}.pt"
+        explainer.save(path)
+        loaded = AmortizedExplainer.load(path, model)
+        assert loaded.multilabel == explainer.multilabel
+        torch.testing.assert_close(loaded.explain_all(x), explainer.explain_all(x))
+
+    custom = nn.Conv2d(3, 4, 3, padding=1)
+    explainer = AmortizedExplainer(model, 4, explainer=custom)
+    explainer.fit([(x, y)], epochs=1, show_progress=False)
+    explainer.save(tmp_path / "custom.pt")
+    with pytest.raises(ValueError, match="custom explainer network: pass an instance"):
+        AmortizedExplainer.load(tmp_path / "custom.pt", model)
+    fresh = nn.Conv2d(3, 4, 3, padding=1)
+    loaded = AmortizedExplainer.load(tmp_path / "custom.pt", model, explainer=fresh)
+    torch.testing.assert_close(loaded.explain_all(x), explainer.explain_all(x))
+
+
+def test_corrupt_and_foreign_files_are_clear_errors(tmp_path):
+    model = Quadrants()
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(os.urandom(256))
+    with pytest.raises(ValueError, match="is not a readable AmortizedExplainer file"):
+        AmortizedExplainer.load(corrupt, model)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.ones(2)}, foreign)
+    with pytest.raises(ValueError, match="is not an AmortizedExplainer file"):
+        AmortizedExplainer.load(foreign, model)
+    pickled = tmp_path / "pickled.pt"
+    torch.save(
+        {"format": "captum_masks.AmortizedExplainer", "object": Interrupting([], 0, 0)}, pickled
+    )
+    with pytest.raises(ValueError, match="is not a readable AmortizedExplainer file"):
+        AmortizedExplainer.load(pickled, model)  # weights_only refuses arbitrary objects
+    with pytest.raises(FileNotFoundError):
+        AmortizedExplainer.load(tmp_path / "missing.pt", model)
+
+
+class PositionsClassifier(nn.Module):
+    """(N, L, D) embeddings, 3 classes: class c's logit is the mean of feature 0 over positions
+    8c to 8c + 3."""
+
+    def forward(self, embeddings):
+        spans = [embeddings[:, 8 * c : 8 * c + 4, 0].mean(dim=1) for c in range(3)]
+        return torch.stack(spans, dim=1) * 6.0
+
+
+def test_sequences_with_channels_last_get_a_mask_over_positions():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(96, 24, 4, generator=generator) * 0.2
+    y = torch.randint(0, 3, (96,), generator=generator)
+    for i, label in enumerate(y.tolist()):
+        x[i, 8 * label : 8 * label + 4] = 1.0
+    explainer = AmortizedExplainer(PositionsClassifier(), 3, channels_last=True, **SMALL)
+    explainer.fit(batches(x, y, 16), epochs=10, lr=3e-3, patience=None, show_progress=False)
+    attribution = explainer.attribute(x[:16], target=y[:16])
+    assert attribution.shape == (16, 24, 4)
+    assert torch.equal(attribution[..., 0], attribution[..., 3])  # one value per position
+    evidence = torch.zeros(16, 24, dtype=torch.bool)
+    for i, label in enumerate(y[:16].tolist()):
+        evidence[i, 8 * label : 8 * label + 4] = True
+    heat = attribution[..., 0]
+    mass = (heat * evidence).sum(1) / heat.sum(1)
+    assert mass.min() > 0.5  # the 4 evidence positions are 1/6 of the sequence
+    assert explainer.explain_all(x[:2]).shape == (2, 3, 24)
+
+
+def test_float64_in_float64_out():
+    x, y = quadrant_data(16, seed=0, dtype=torch.float64)
+    explainer = AmortizedExplainer(Quadrants(), 4, **SMALL)
+    explainer.fit([(x, y)], epochs=1, show_progress=False)
+    assert all(p.dtype == torch.float64 for p in explainer.explainer.parameters())
+    assert explainer.attribute(x, target=0).dtype == torch.float64
+
+
+def test_targets_from_the_classifiers_predictions():
+    x, y = quadrant_data(128, seed=0)
+    inputs_only = [x[i : i + 16] for i in range(0, 128, 16)]
+    explainer = AmortizedExplainer(Quadrants(), 4, **SMALL)
+    explainer.fit(inputs_only, epochs=10, lr=3e-3, targets="predictions", show_progress=False)
+    assert quadrant_mass(explainer.attribute(x, target=y), y).mean() > 0.8
+    with pytest.raises(ValueError, match="inputs without labels"):
+        AmortizedExplainer(Quadrants(), 4).fit(inputs_only, epochs=1, show_progress=False)
+
+
+def test_deeplab_explainer_option_gives_per_class_logits():
+    explainer = AmortizedExplainer(Quadrants(), 4, explainer="deeplabv3_resnet50")
+    masks = explainer.explain_all(torch.rand(1, 3, 32, 32))
+    assert masks.shape == (1, 4, 32, 32)
+    with pytest.raises(ValueError, match="takes \\(N, 3, H, W\\) images"):
+        AmortizedExplainer(Quadrants(), 4, explainer="deeplabv3_resnet50").explain_all(
+            torch.rand(1, 2, 32, 32)
+        )
+
+
+@pytest.mark.parametrize(
+    "make, data, message",
+    [
+        (
+            lambda: AmortizedExplainer(Quadrants(), 3),
+            "labels",
+            r"forward_func must return \(N, 3\)",
+        ),
+        (lambda: AmortizedExplainer(Quadrants(), 4), "out_of_range", r"labels must be in \[0, 4\)"),
+        (
+            lambda: AmortizedExplainer(Quadrants(), 4, explainer=nn.Conv2d(3, 2, 1)),
+            "labels",
+            r"explainer must return \(N, num_classes, \*spatial\) = \(1, 4, 16, 16\)",
+        ),
+        (
+            lambda: AmortizedExplainer(Quadrants(), 4, multilabel=True),
+            "labels",
+            r"multi-label labels must be \(N, num_classes\)",
+        ),
+        (lambda: AmortizedExplainer(Quadrants(), 4), "generator", "must be re-iterable"),
+        (lambda: AmortizedExplainer(Quadrants(), 4), "empty", "train_data gave no batch"),
+    ],
+)
+def test_bad_training_data_is_a_clear_error(make, data, message):
+    x, y = quadrant_data(8, seed=0)
+    given_data = {
+        "labels": [(x, y)],
+        "out_of_range": [(x, y + 4)],
+        "generator": ((x, y) for _ in range(1)),
+        "empty": [],
+    }[data]
+    with pytest.raises((ValueError, TypeError), match=message):
+        make().fit(given_data, epochs=1, show_progress=False)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_classes": 1}, "num_classes must be at least 2"),
+        ({"num_classes": 2.5}, "num_classes must be a positive int"),
+        ({"explainer": "unet"}, "explainer must be one of 'deeplabv3_resnet50'"),
+        ({"explainer": 3}, "explainer must be None"),
+        ({"feature_layer": nn.ReLU()}, "feature_layer .* is not a submodule"),
+        ({"channels_last": 1}, "channels_last must be a bool"),
+    ],
+)
+def test_bad_construction_is_a_clear_error(kwargs, message):
+    model = TinyCNN(num_classes=4)
+    with pytest.raises((ValueError, TypeError), match=message):
+        AmortizedExplainer(model, **{"num_classes": 4, **kwargs})
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"loss": "l2"}, "loss must be one of"),
+        ({"targets": "truth"}, "targets must be one of"),
+        ({"epochs": 0}, "epochs must be a positive int"),
+        ({"patience": 0}, "patience must be a positive int or None"),
+        ({"lr": -1.0}, "lr must be a number > 0"),
+        ({"tv_weight": -1.0}, "tv_weight must be a number >= 0"),
+        ({"area_bounds": (0.5, 0.2)}, "area_bounds must be"),
+        ({"resume": True}, "resume=True needs a checkpoint path"),
+    ],
+)
+def test_bad_fit_options_are_clear_errors(kwargs, message):
+    x, y = quadrant_data(8, seed=0)
+    with pytest.raises(ValueError, match=message):
+        AmortizedExplainer(Quadrants(), 4).fit([(x, y)], show_progress=False, **kwargs)
+
+
+def test_inputs_unlike_the_training_data_are_a_clear_error():
+    x, y = quadrant_data(8, seed=0)
+    explainer = AmortizedExplainer(Quadrants(), 4, **SMALL)
+    explainer.fit([(x, y)], epochs=1, show_progress=False)
+    with pytest.raises(ValueError, match="inputs must have 3 channels and 2 spatial axes"):
+        explainer.explain_all(torch.rand(2, 1, 16, 16))
+    with pytest.raises(ValueError, match="target .* is out of range"):
+        explainer.attribute(x, target=4)
+
+
+def test_torchrun_with_two_processes_matches_one_process(tmp_path):
+    out = tmp_path / "distributed.pt"
+    script = Path(__file__).parent / "distributed_fit.py"
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc_per_node=2", str(script), str(out)]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env=environment, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    x, y = quadrant_data(64, seed=0)
+    single = AmortizedExplainer(Quadrants(), 4, **SMALL)
+    loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=False)
+    single.fit(loader, epochs=2, patience=None, show_progress=False)
+    distributed = AmortizedExplainer.load(out, Quadrants())
+    torch.testing.assert_close(
+        distributed.explain_all(x), single.explain_all(x), atol=1e-5, rtol=1e-4
+    )
+    assert Path(str(out) + ".ckpt").exists()  # written by rank 0 only, so never half-written
