@@ -75,6 +75,9 @@ class MaskNet(nn.Module):
         # the area terms dominate the first steps and drive every logit into the sigmoid's flat
         # tail, where no gradient can bring a mask back
         nn.init.constant_(self.head.bias, initial_logit)
+        # and every class starts alike: a random head can start one class's mask deep in the
+        # flat tail on the very pixels that hold its evidence
+        nn.init.zeros_(self.head.weight)
 
     def forward(self, x: Tensor) -> Tensor:
         skips = []
