@@ -70,16 +70,24 @@ def run_recording(
     """Run ``forward()`` and return the output of each layer, in the order given.
 
     Raises:
-        ValueError: a layer did not run during the forward pass, or ran more than once (a module
-            the model calls in several places, such as a shared activation, has no single
-            output to record). With ``stop_after`` the pass ends before a second call can be
-            seen, so check once without it.
+        ValueError: as :func:`single_outputs`. With ``stop_after`` the pass ends before a second
+            call can be seen, so check once without it.
     """
     with recording(layers, stop_after) as outputs:
         try:
             forward()
         except _StopForward:
             pass
+    return single_outputs(outputs, layers)
+
+
+def single_outputs(outputs: dict[nn.Module, list[Tensor]], layers: Sequence[nn.Module]) -> list:
+    """The one output of each layer from a :func:`recording`, in the order given.
+
+    Raises:
+        ValueError: a layer did not run, or ran more than once (a module the model calls in
+            several places, such as a shared activation, has no single output to record).
+    """
     missing = [type(layer).__name__ for layer in layers if layer not in outputs]
     if missing:
         raise ValueError(
@@ -96,4 +104,4 @@ def run_recording(
     return [outputs[layer][0] for layer in layers]
 
 
-__all__ = ["check_layers", "recording", "run_recording"]
+__all__ = ["check_layers", "recording", "run_recording", "single_outputs"]

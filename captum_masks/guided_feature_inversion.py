@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from captum_masks._base import MaskAttribution, make_generator, preserved_rng_state
 from captum_masks._compat import _format_output
-from captum_masks._hooks import check_layers, run_recording
+from captum_masks._hooks import check_layers, recording, run_recording, single_outputs
 from captum_masks._inputs import (
     check_choice,
     check_positive,
@@ -228,26 +228,21 @@ class GuidedFeatureInversion(MaskAttribution):
             raise ValueError(
                 f"inputs must be one image tensor (or a 1-tuple), got {len(inputs)} tensors"
             )
-        call = self._prepare(inputs, target, additional_forward_args, spatial_dims=2)
+        layers = [self.layer, self.mask_layer]
+        # the clean features come from the whole clean forward pass that picks the targets, so a
+        # layer the model calls twice is caught there
+        with recording(layers) as clean:
+            call = self._prepare(inputs, target, additional_forward_args, spatial_dims=2)
         x = call.inputs[0]
         features_of = ACTIVATIONS[activation]
+        clean_inverted, clean_basis = (features_of(f) for f in single_outputs(clean, layers))
 
-        def record(
-            images: Tensor, args: tuple | None, layers: Sequence[nn.Module], stop_after: bool = True
-        ) -> list:
+        def record(images: Tensor, args: tuple | None, layers: Sequence[nn.Module]) -> list:
             return run_recording(
-                lambda: run_forward(self.forward_func, (images,), args), layers, stop_after
+                lambda: run_forward(self.forward_func, (images,), args), layers, stop_after=True
             )
 
         with preserved_rng_state(call.device):
-            with torch.no_grad():
-                # the whole forward pass once, so a layer the model calls twice is caught
-                clean_inverted, clean_basis = (
-                    features_of(f)
-                    for f in record(
-                        x, call.additional_args, [self.layer, self.mask_layer], stop_after=False
-                    )
-                )
             generator = make_generator(seed, call.device)
             (baseline,) = per_input_baselines(baselines, 1)
             reference = make_reference(x, perturbation, generator, baseline, blur_sigma, noise_std)
