@@ -1,4 +1,4 @@
-"""Command line: ``python -m captum_masks {demo,speed,benchmark} ...``."""
+"""Command line: ``python -m captum_masks {demo,speed,benchmark,class-masking} ...``."""
 
 from __future__ import annotations
 
@@ -50,6 +50,14 @@ def main(argv: list[str] | None = None) -> int:
         help="override an argument of this package's methods, e.g. --set temperature=1.0 n_iter=150",
     )
 
+    masking = commands.add_parser(
+        "class-masking",
+        help="Stalder et al.'s class-specific masking table for the trained AmortizedExplainer",
+    )
+    masking.add_argument("--n", type=int, default=200, help="number of test images")
+    masking.add_argument("--seed", type=int, default=0)
+    masking.add_argument("--retrain", action="store_true", help="train the explainer again")
+
     args = parser.parse_args(argv)
     if args.command == "demo":
         from captum_masks.demo import run_demo
@@ -67,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or f"benchmark_{args.suite}.png"
         save_figure(result, out)
         print(f"\nSaved {out}")
+    elif args.command == "class-masking":
+        from captum_masks.comparison import class_masking_report, format_class_masking
+
+        print(format_class_masking(class_masking_report(args.n, args.seed, args.retrain)))
     else:
         from captum_masks.benchmarks import SPEED_METHODS, format_speed, measure_speed
 

@@ -210,19 +210,25 @@ class AmortizedExplainer(MaskAttribution):
             self._input_shape = (input_channels, spatial_dims)
         self.explainer.to(device=explainer_input.device, dtype=explainer_input.dtype)
 
+    def _target_logits(self, x: Tensor, classes: Tensor) -> Tensor:
+        """The logits S_c (N, 1, *spatial) of one class c per example."""
+        explainer_input = self._explainer_input(x)
+        self._build(explainer_input, x.shape[1])
+        if (
+            isinstance(self.explainer, MaskNet)
+            and self.explainer.head.out_channels == self.num_classes
+        ):
+            return self.explainer.class_logits(explainer_input, classes)
+        rows = torch.arange(x.shape[0], device=x.device)
+        return _checked_logits(self.explainer, explainer_input, x, self.num_classes)[
+            rows, classes
+        ].unsqueeze(1)
+
     def _logits(self, x: Tensor) -> Tensor:
         """Class logits S (N, num_classes, *spatial) for channels-first inputs."""
         explainer_input = self._explainer_input(x)
         self._build(explainer_input, x.shape[1])
-        logits = self.explainer(explainer_input)
-        expected = (x.shape[0], self.num_classes, *x.shape[2:])
-        if not isinstance(logits, Tensor) or tuple(logits.shape) != expected:
-            got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-            raise ValueError(
-                f"the explainer must return (N, num_classes, *spatial) = {expected} mask logits, "
-                f"got {got}"
-            )
-        return logits
+        return _checked_logits(self.explainer, explainer_input, x, self.num_classes)
 
     def _check_inputs(self, inputs: Any) -> Tensor:
         (x,) = format_inputs(inputs if isinstance(inputs, Tensor) else tuple(inputs), (1, 2))
@@ -273,9 +279,7 @@ class AmortizedExplainer(MaskAttribution):
             )
         x = self._check_inputs(call.inputs[0])
         with torch.no_grad(), preserved_rng_state(call.device), _inference(self):
-            logits = self._logits(x)
-        rows = torch.arange(x.shape[0], device=x.device)
-        mask = torch.sigmoid(logits[rows, call.targets[:, 0]]).unsqueeze(1)
+            mask = torch.sigmoid(self._target_logits(x, call.targets[:, 0]))
         attribution = self.layout.to_caller(mask.expand_as(x)).contiguous()
         return _format_output(call.is_inputs_tuple, (attribution,))
 
@@ -345,7 +349,7 @@ class AmortizedExplainer(MaskAttribution):
             )
         return scores
 
-    def _batch(self, batch: Any, source: str) -> _Batch:
+    def _batch(self, batch: Any, source: str, separate_classes: bool = False) -> _Batch:
         if isinstance(batch, Tensor):
             inputs, labels = batch, None
         elif isinstance(batch, (tuple, list)) and len(batch) in (1, 2):
@@ -356,18 +360,16 @@ class AmortizedExplainer(MaskAttribution):
                 f"{type(batch).__name__}"
             )
         x = self._check_inputs(inputs)
-        return _Batch(x, self._targets_of(x, labels, source))
+        is_target = self._targets_of(x, labels, source)
+        if separate_classes:  # one row per (input, class of that input)
+            rows, classes = is_target.nonzero(as_tuple=True)
+            return _Batch(x[rows], F.one_hot(classes, self.num_classes).bool())
+        return _Batch(x, is_target)
 
     def _loss_terms(self, batch: _Batch, settings: dict, explainer: nn.Module) -> dict:
         """Per-example loss terms (each (N,)) for one batch."""
         x, is_target = batch.inputs, batch.is_target
-        logits = explainer(self._explainer_input(x))
-        if tuple(logits.shape) != (x.shape[0], self.num_classes, *x.shape[2:]):
-            raise ValueError(
-                f"the explainer must return (N, num_classes, *spatial) = "
-                f"{(x.shape[0], self.num_classes, *x.shape[2:])} mask logits, got "
-                f"{tuple(logits.shape)}"
-            )
+        logits = _checked_logits(explainer, self._explainer_input(x), x, self.num_classes)
         selector = is_target.view(*is_target.shape, *([1] * (x.dim() - 2)))
         target_mask = torch.sigmoid(_masked_max(logits, selector))  # m
         masked = blend(x, target_mask, self.baselines)
@@ -391,11 +393,16 @@ class AmortizedExplainer(MaskAttribution):
         bounds = area_bounds(class_masks.flatten(0, 1), lower, upper).view(logits.shape[:2])
         bounds = (bounds * labels).sum(1) / labels.sum(1).clamp_min(1)  # Eq. 6, last term
         pixels = math.prod(x.shape[2:])
+        target_area_weight, non_target_area_weight = settings["mask_area_weights"]
         return {  # Eq. 1
             "classification": self._classification_loss(kept_scores, labels),
             "entropy": settings["entropy_weight"] * negative_entropy,
             "area": settings["area_weight"]
-            * (target_mask.flatten(1).mean(1) + non_target_mask.flatten(1).mean(1) + bounds),
+            * (
+                target_area_weight * target_mask.flatten(1).mean(1)
+                + non_target_area_weight * non_target_mask.flatten(1).mean(1)
+                + bounds
+            ),
             "tv": settings["tv_weight"]
             * (total_variation(target_mask) + total_variation(non_target_mask))
             / pixels,  # Eq. 7–8
@@ -418,8 +425,10 @@ class AmortizedExplainer(MaskAttribution):
         area_weight: float = 1.0,
         tv_weight: float = 1.0,
         area_bounds: tuple[float, float] = (0.05, 0.3),
+        mask_area_weights: tuple[float, float] = (1.0, 1.0),
         l1_weight: float = 1e-3,
         l2_weight: float = 1e-4,
+        separate_classes: bool = True,
         patience: int | None = 3,
         checkpoint: str | os.PathLike | None = None,
         resume: bool = False,
@@ -445,8 +454,18 @@ class AmortizedExplainer(MaskAttribution):
             tv_weight (float, optional): λ_tv. Default: 1
             area_bounds (tuple of float, optional): (a, b), the least and largest area of a
                 present class's mask (Eq. 4–5). Default: (0.05, 0.3)
+            mask_area_weights (tuple of float, optional): the weights of A(m) and A(n) inside
+                λ_a's term; (1, 1) is Eq. 6 as written, the authors' code uses (0.1, 0.3).
+                Default: (1.0, 1.0)
             l1_weight, l2_weight (float, optional): Phillips et al.'s penalties on the mask
                 (their values). Default: 1e-3, 1e-4
+            separate_classes (bool, optional): train on one row per (input, class of that
+                input): the target set Y is that class alone, and every other class, present
+                or not, is a non-target, so m ⊙ x must show that class without the others and a
+                class's mask has to leave out the other classes' objects. False is Eq. 2 as
+                written, all of an input's classes in one m; on the two-object synthetic suite
+                that gave every class the same mask (see the README). Single-label data is the
+                same either way. Default: True
             patience (int or None, optional): stop after this many epochs without a better loss;
                 None trains all epochs. The explainer of the best epoch is kept. Default: 3
             checkpoint (str or path, optional): written after every epoch (to a temporary file,
@@ -496,18 +515,36 @@ class AmortizedExplainer(MaskAttribution):
             raise ValueError(
                 f"area_bounds must be (a, b) with 0 <= a <= b <= 1, got {area_bounds!r}"
             )
+        if (
+            not isinstance(mask_area_weights, tuple)
+            or len(mask_area_weights) != 2
+            or not all(
+                isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0
+                for w in mask_area_weights
+            )
+        ):
+            raise ValueError(
+                "mask_area_weights must be two non-negative numbers (for A(m) and A(n)), got "
+                f"{mask_area_weights!r}"
+            )
         if resume and checkpoint is None:
             raise ValueError("resume=True needs a checkpoint path")
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        if not isinstance(separate_classes, bool):
+            raise TypeError(
+                f"separate_classes must be a bool, got {type(separate_classes).__name__}"
+            )
         settings = {
             "loss": loss,
             "entropy_weight": entropy_weight,
             "area_weight": area_weight,
             "tv_weight": tv_weight,
             "area_bounds": area_bounds,
+            "mask_area_weights": mask_area_weights,
             "l1_weight": l1_weight,
             "l2_weight": l2_weight,
+            "separate_classes": separate_classes,
         }
         for name, data in (("train_data", train_data), ("val_data", val_data)):
             if data is not None and iter(data) is data:
@@ -520,7 +557,7 @@ class AmortizedExplainer(MaskAttribution):
         first = next(iter(train_data), None)
         if first is None:
             raise ValueError("train_data gave no batch")
-        self._logits_shape_check(self._batch(first, targets))
+        self._logits_shape_check(self._batch(first, targets, separate_classes))
         optimizer = torch.optim.Adam(self.explainer.parameters(), lr=lr)
         history = FitHistory()
         best_state, best_loss, stale, start = None, math.inf, 0, 0
@@ -547,7 +584,9 @@ class AmortizedExplainer(MaskAttribution):
                     disable=not show_progress or rank != 0,
                 )
                 for raw in bar:
-                    terms = self._loss_terms(self._batch(raw, targets), settings, trained)
+                    terms = self._loss_terms(
+                        self._batch(raw, targets, settings["separate_classes"]), settings, trained
+                    )
                     total = sum(terms.values())
                     optimizer.zero_grad(set_to_none=True)
                     total.mean().backward()
@@ -599,7 +638,11 @@ class AmortizedExplainer(MaskAttribution):
         total, count = 0.0, 0
         with torch.no_grad(), _inference(self):
             for raw in data:
-                terms = self._loss_terms(self._batch(raw, targets), settings, self.explainer)
+                terms = self._loss_terms(
+                    self._batch(raw, targets, settings["separate_classes"]),
+                    settings,
+                    self.explainer,
+                )
                 loss = sum(terms.values())
                 total += float(loss.sum())
                 count += loss.shape[0]
@@ -725,6 +768,20 @@ class AmortizedExplainer(MaskAttribution):
         if config["input_channels"] is not None:
             restored._input_shape = (config["input_channels"], config["spatial_dims"])
         return restored
+
+
+def _checked_logits(
+    explainer: nn.Module, explainer_input: Tensor, x: Tensor, num_classes: int
+) -> Tensor:
+    logits = explainer(explainer_input)
+    expected = (x.shape[0], num_classes, *x.shape[2:])
+    if not isinstance(logits, Tensor) or tuple(logits.shape) != expected:
+        got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(
+            f"the explainer must return (N, num_classes, *spatial) = {expected} mask logits, "
+            f"got {got}"
+        )
+    return logits
 
 
 def _masked_max(logits: Tensor, selector: Tensor) -> Tensor:

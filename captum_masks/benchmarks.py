@@ -1,4 +1,5 @@
-"""``python -m captum_masks speed``: how much an optimisation step costs beyond the model itself.
+"""``python -m captum_masks speed``: how much an optimisation step costs beyond the model itself,
+and what one amortised explanation costs.
 
 The ratio is (seconds per mask-optimisation iteration) ÷ (seconds of one bare forward pass plus a
 backward pass to the input over the images one iteration scores), both measured in the same run.
@@ -7,6 +8,10 @@ scores the kept and the removed part of every image in each iteration. The per-i
 the slope between a short and a long run, so one-off work (the clean forward pass, building the
 blurred reference, GuidedFeatureInversion's stage 1) is not counted in it; seconds per image at
 default settings are reported separately and include everything.
+
+:class:`AmortizedExplainer` has no iterations: its row times one whole explanation (the classifier
+pass that checks the target, then one pass of the default explainer network) as its single
+iteration. The explainer is untrained, which costs the same as a trained one.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from captum.attr import Attribution
 from torch import Tensor, nn
 
 from captum_masks import zoo
+from captum_masks.amortized import AmortizedExplainer
 from captum_masks.guided_feature_inversion import GuidedFeatureInversion
 from captum_masks.meaningful_perturbation import MeaningfulPerturbation
 from captum_masks.neuromask import NeuroMaskAttr
@@ -33,14 +39,15 @@ class SpeedSpec:
 
     Attributes:
         make (callable): model -> the attribution method.
-        iteration_argument (str): the ``attribute`` argument varied to time one iteration.
+        iteration_argument (str or None): the ``attribute`` argument varied to time one
+            iteration; None for a method that explains in one pass.
         default_arguments (tuple of str): the iteration arguments whose defaults add up to a
             default run.
         passes_per_iteration (int): model passes per image in one iteration.
     """
 
     make: Callable[[nn.Module], Attribution]
-    iteration_argument: str = "n_iter"
+    iteration_argument: str | None = "n_iter"
     default_arguments: tuple[str, ...] = ("n_iter",)
     passes_per_iteration: int = 1
 
@@ -54,6 +61,11 @@ SPEED_METHODS: dict[str, SpeedSpec] = {
         iteration_argument="target_iters",
         default_arguments=("inversion_iters", "target_iters"),
         passes_per_iteration=2,
+    ),
+    "AmortizedExplainer": SpeedSpec(
+        lambda model: AmortizedExplainer(model, num_classes=1000),
+        iteration_argument=None,
+        default_arguments=(),
     ),
 }
 
@@ -115,17 +127,27 @@ def measure_speed(
         return lambda: explainer.attribute(x, target=target, **settings)
 
     bare_forward_backward(model, passes, target)  # warm-up
-    run(short_iters)()
-    bare, short, long = [], [], []
-    for _ in range(repeats):  # interleaved, so drifts in machine load hit all three alike
-        bare.append(_seconds(lambda: bare_forward_backward(model, passes, target), 5))
-        short.append(_seconds(run(short_iters), 1))
-        long.append(_seconds(run(long_iters), 1))
-    bare_seconds = statistics.median(bare)
-    iteration_seconds = (statistics.median(long) - statistics.median(short)) / (
-        long_iters - short_iters
-    )
-    per_image = _seconds(run(None), 1) / batch_size
+    if spec.iteration_argument is None:
+        run(None)()
+        bare, whole = [], []
+        for _ in range(repeats):
+            bare.append(_seconds(lambda: bare_forward_backward(model, passes, target), 5))
+            whole.append(_seconds(run(None), 5))
+        bare_seconds = statistics.median(bare)
+        iteration_seconds = statistics.median(whole)
+        default_iters, per_image = 1, iteration_seconds / batch_size
+    else:
+        run(short_iters)()
+        bare, short, long = [], [], []
+        for _ in range(repeats):  # interleaved, so drifts in machine load hit all three alike
+            bare.append(_seconds(lambda: bare_forward_backward(model, passes, target), 5))
+            short.append(_seconds(run(short_iters), 1))
+            long.append(_seconds(run(long_iters), 1))
+        bare_seconds = statistics.median(bare)
+        iteration_seconds = (statistics.median(long) - statistics.median(short)) / (
+            long_iters - short_iters
+        )
+        per_image = _seconds(run(None), 1) / batch_size
     return {
         "method": method,
         "batch_size": batch_size,
@@ -139,7 +161,9 @@ def measure_speed(
 
 
 def format_speed(results: list[dict]) -> str:
-    """Results of :func:`measure_speed` as a markdown table, one row each."""
+    """Results of :func:`measure_speed` as a markdown table, one row each, followed by how many
+    times less time per image AmortizedExplainer takes than each optimisation method measured at
+    the same batch size."""
     columns = ("method", "batch", "images / iteration", "forward+backward (s)")
     columns += ("per iteration (s)", "ratio", "iterations", "s / image")
     lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
@@ -148,8 +172,17 @@ def format_speed(results: list[dict]) -> str:
             f"| {result['method']} | {result['batch_size']} | {result['passes']} | "
             f"{result['bare_seconds']:.4f} | "
             f"{result['iteration_seconds']:.4f} | {result['ratio']:.3f} | "
-            f"{result['default_iters']} | {result['seconds_per_image']:.1f} |"
+            f"{result['default_iters']} | {result['seconds_per_image']:.3g} |"
         )
+    amortized = {r["batch_size"]: r for r in results if r["method"] == "AmortizedExplainer"}
+    for result in results:
+        one_pass = amortized.get(result["batch_size"])
+        if one_pass is not None and result is not one_pass:
+            speedup = result["seconds_per_image"] / one_pass["seconds_per_image"]
+            lines.append(
+                f"\nAmortizedExplainer takes {speedup:.0f}× less time per image than "
+                f"{result['method']} at batch {result['batch_size']}."
+            )
     return "\n".join(lines)
 
 

@@ -13,6 +13,11 @@ on time. Four suites:
   each image explained once for each object's class. The ground truth is the explained object,
   and the ``discrimination`` column is the share of explanations with more relevance on it than
   on the other object.
+
+``AmortizedExplainer`` needs an explainer trained for the suite's model; the one for the
+multi-label reference CNN (:func:`captum_masks.synthetic.load_synthetic_explainer`) makes it a
+method of the ``synthetic-pairs`` suite. :func:`class_masking_report` is Stalder et al.'s
+class-specific masking table for it (``python -m captum_masks class-masking``).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from captum_masks import metrics
+from captum_masks.amortized import AmortizedExplainer
 from captum_masks.guided_feature_inversion import GuidedFeatureInversion
 from captum_masks.meaningful_perturbation import MeaningfulPerturbation
 from captum_masks.neuromask import NeuroMaskAttr
@@ -41,13 +47,17 @@ OUR_METHODS = (
     "NeuroMaskAttr",
     "GuidedFeatureInversion",
     "GuidedFeatureInversion/inversion",
+    "AmortizedExplainer",
 )
 ALL_METHODS = OUR_METHODS + CAPTUM_METHODS
+#: the suites whose model has a trained AmortizedExplainer
+AMORTIZED_SUITES = ("synthetic-pairs",)
 #: the class behind each of this package's rows (``--set`` checks its arguments against it)
 OUR_CLASSES = {
     "MeaningfulPerturbation": MeaningfulPerturbation,
     "NeuroMaskAttr": NeuroMaskAttr,
     "GuidedFeatureInversion": GuidedFeatureInversion,
+    "AmortizedExplainer": AmortizedExplainer,
 }
 METRIC_COLUMNS = (
     "pointing",
@@ -315,8 +325,20 @@ def method_runners(
             x, target=t, stage=stage, seed=seed, **settings
         )
 
+    def amortized(x: Tensor, t: Tensor) -> Tensor:
+        if suite.name not in AMORTIZED_SUITES:
+            raise ValueError(
+                f"AmortizedExplainer has a trained explainer only for the suites "
+                f"{AMORTIZED_SUITES}, not {suite.name!r}"
+            )
+        from captum_masks.synthetic import load_synthetic_explainer
+
+        explainer, _ = load_synthetic_explainer(verbose=False)
+        return explainer.attribute(x, target=t)
+
     neuromask_settings = {**suite.neuromask_settings, **_accepted("NeuroMaskAttr", overrides)}
     return {
+        "AmortizedExplainer": amortized,
         **{f"MeaningfulPerturbation/{game}": meaningful_perturbation(game) for game in MP_GAMES},
         "NeuroMaskAttr": lambda x, t: NeuroMaskAttr(model).attribute(
             x, target=t, seed=seed, **neuromask_settings
@@ -376,7 +398,8 @@ def run_benchmark(
         suite (str): ``"synthetic"`` (reference CNN, 64 px shapes), ``"photos"``
             (EfficientNet-Lite0, 224 px composites), or their two-object versions
             ``"synthetic-pairs"`` and ``"photos-pairs"`` (each image explained for both objects).
-        methods (sequence of str, optional): a subset of :data:`ALL_METHODS`; all by default.
+        methods (sequence of str, optional): a subset of :data:`ALL_METHODS`; by default all
+            that apply to the suite (AmortizedExplainer only on :data:`AMORTIZED_SUITES`).
         n (int): number of images; the same ``n`` and ``seed`` give the same images.
         seed (int): picks the images and seeds the stochastic methods.
         deletion_steps (int): steps of the deletion and insertion curves.
@@ -397,10 +420,18 @@ def run_benchmark(
 
     if suite not in SUITES:
         raise ValueError(f"suite must be one of {SUITES}, got {suite!r}")
-    methods = list(methods or ALL_METHODS)
+    methods = list(
+        methods
+        or (m for m in ALL_METHODS if m != "AmortizedExplainer" or suite in AMORTIZED_SUITES)
+    )
     unknown = [m for m in methods if m not in ALL_METHODS]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; choose from {', '.join(ALL_METHODS)}")
+    if "AmortizedExplainer" in methods and suite not in AMORTIZED_SUITES:
+        raise ValueError(
+            f"AmortizedExplainer has a trained explainer only for the suites {AMORTIZED_SUITES}, "
+            f"not {suite!r}"
+        )
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     overrides = overrides or {}
@@ -453,6 +484,82 @@ def run_benchmark(
             ).tolist()
         attributions[name] = attribution
     return BenchmarkResult(data, scores, attributions, curves)
+
+
+def class_masking_report(n: int = 200, seed: int = 0, retrain: bool = False) -> dict:
+    """Stalder et al.'s class-specific masking test (Table 1) on ``n`` images of the multi-label
+    synthetic suite, for the cached :class:`AmortizedExplainer` and, as the reference a perfect
+    explainer would reach, for the ground-truth masks of the pasted shapes.
+
+    Args:
+        n (int): test images (seed 30 000 + ``seed``, like the ``synthetic-pairs`` suite).
+        seed (int): picks the images.
+        retrain (bool): train the explainer again instead of loading it from the cache.
+
+    Returns:
+        dict with ``"explainer"`` and ``"ground truth"`` (each the dict of
+        :func:`captum_masks.metrics.class_specific_masking`), ``"seconds_per_image"`` (one
+        :meth:`~AmortizedExplainer.explain_all` call for all classes, ÷ n) and ``"history"`` (the
+        :class:`~captum_masks.FitHistory`, or None when the explainer came from the cache).
+
+    Examples::
+
+        >>> print(format_class_masking(class_masking_report(200)))
+    """
+    from captum_masks.synthetic import load_synthetic_explainer, make_synthetic
+
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    explainer, history = load_synthetic_explainer(retrain=retrain, verbose=False)
+    batch = make_synthetic(n, seed=30_000 + seed, multilabel=True)
+    start = time.perf_counter()
+    masks = explainer.explain_all(batch.images)
+    seconds = (time.perf_counter() - start) / n
+    model = explainer.forward_func
+    return {
+        source: metrics.class_specific_masking(
+            model, batch.images, class_masks, batch.labels, multilabel=True
+        )
+        for source, class_masks in (("explainer", masks), ("ground truth", batch.class_masks))
+    } | {"seconds_per_image": seconds, "history": history}
+
+
+def format_class_masking(report: dict) -> str:
+    """:func:`class_masking_report` as markdown: for each source of masks, the probability of
+    each present class (row) under each class's mask (column) as a share of its unmasked
+    probability, over the images that hold both classes, then the summary numbers."""
+    from captum_masks.synthetic import SHAPES
+
+    lines = []
+    for source in ("explainer", "ground truth"):
+        result = report[source]
+        relative = result["co_occurring_table"] / result["unmasked"][:, None]
+        lines += [
+            (
+                f"{source} masks (rows: the class scored, columns: whose mask; share of the unmasked "
+                "probability, images holding both):"
+            ),
+            "",
+            "| class | unmasked | " + " | ".join(SHAPES) + " |",
+            "|---" * (len(SHAPES) + 2) + "|",
+        ]
+        for index, name in enumerate(SHAPES):
+            cells = [f"{float(result['unmasked'][index]):.3f}"]
+            cells += [f"{float(value):.3f}" for value in relative[index]]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines += [
+            "",
+            (
+                f"right mask keeps {float(result['same_relative']):.3f}; another present class's "
+                f"mask leaves {float(result['other_co_occurring_relative']):.3f}; any other class's "
+                f"mask (absent classes included) leaves {float(result['other_relative']):.3f}"
+            ),
+            "",
+        ]
+    lines.append(
+        f"explain_all: {report['seconds_per_image'] * 1000:.2f} ms per image for all classes"
+    )
+    return "\n".join(lines)
 
 
 def _mean_std(values: list) -> str:
@@ -530,8 +637,11 @@ def save_figure(result: BenchmarkResult, path: str | os.PathLike, rows: int = 4)
 
 __all__ = [
     "ALL_METHODS",
+    "AMORTIZED_SUITES",
     "SUITES",
     "BenchmarkResult",
+    "class_masking_report",
+    "format_class_masking",
     "format_table",
     "method_runners",
     "photos_pairs_suite",

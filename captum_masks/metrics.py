@@ -467,7 +467,12 @@ def class_specific_masking(
         dict with ``"table"`` (K, K): mean probability of class i (row) under class j's mask
         (column), NaN where no image holds class i; ``"unmasked"`` (K,): mean probability of class
         i on the unmasked images that hold it; ``"same"`` and ``"other"``: the means of the
-        diagonal and of the off-diagonal entries.
+        diagonal and of the off-diagonal entries; ``"co_occurring_table"`` and
+        ``"other_co_occurring"``: the same over only the images that hold both class i and class
+        j, i.e. masks of objects that are really in the image (a mask of an absent class should
+        be empty, and the probability left on an emptied image is the model's, not the mask's);
+        ``"same_relative"``, ``"other_relative"`` and ``"other_co_occurring_relative"``: the
+        entries divided by the row's unmasked probability before averaging.
 
     Examples::
 
@@ -485,24 +490,40 @@ def class_specific_masking(
         logits = forward_func(images)
         return torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)
 
+    present_float = present.to(inputs.dtype)
     with torch.no_grad():
         sums = inputs.new_zeros(num_classes, num_classes)
-        counts = inputs.new_zeros(num_classes, 1)
+        co_occurring_sums = inputs.new_zeros(num_classes, num_classes)
         for mask_class in range(num_classes):
             for threshold in thresholds:
                 keep = (class_masks[:, mask_class : mask_class + 1] >= threshold).to(inputs.dtype)
-                p = probabilities(inputs * keep)
-                sums[:, mask_class] += (p * present).sum(0)
-        counts[:, 0] = present.sum(0)
-        table = sums / (counts * len(thresholds))
-        unmasked = (probabilities(inputs) * present).sum(0) / counts[:, 0]
-    diagonal = torch.eye(num_classes, dtype=torch.bool, device=inputs.device)
-    valid = ~torch.isnan(table)
+                p = probabilities(inputs * keep) * present_float
+                sums[:, mask_class] += p.sum(0)
+                co_occurring_sums[:, mask_class] += p.T @ present_float[:, mask_class]
+        counts = present_float.sum(0)
+        table = sums / (counts[:, None] * len(thresholds))
+        co_occurring_table = co_occurring_sums / (
+            (present_float.T @ present_float) * len(thresholds)
+        )
+        unmasked = (probabilities(inputs) * present_float).sum(0) / counts
+    off_diagonal = ~torch.eye(num_classes, dtype=torch.bool, device=inputs.device)
+
+    def mean_of(entries: Tensor, where: Tensor) -> Tensor:
+        return entries[where & ~torch.isnan(entries)].mean()
+
+    relative = table / unmasked[:, None]
     return {
         "table": table,
         "unmasked": unmasked,
-        "same": table[diagonal & valid].mean(),
-        "other": table[~diagonal & valid].mean(),
+        "same": mean_of(table, ~off_diagonal),
+        "other": mean_of(table, off_diagonal),
+        "co_occurring_table": co_occurring_table,
+        "other_co_occurring": mean_of(co_occurring_table, off_diagonal),
+        "same_relative": mean_of(relative, ~off_diagonal),
+        "other_relative": mean_of(relative, off_diagonal),
+        "other_co_occurring_relative": mean_of(
+            co_occurring_table / unmasked[:, None], off_diagonal
+        ),
     }
 
 

@@ -47,6 +47,44 @@ def test_speed_of_guided_feature_inversion_counts_both_stages_and_passes():
     assert cells[6] == "80" and float(cells[7]) > 0
 
 
+def test_speed_of_the_amortized_explainer_is_one_pass():
+    cells = _speed_row("AmortizedExplainer")
+    assert cells[:3] == ["AmortizedExplainer", "1", "1"] and cells[6] == "1"
+    _bare, whole, ratio = (float(cell) for cell in cells[3:6])
+    # one explanation is the classifier pass plus the explainer pass: the same as the model's
+    # cost, not the hundreds of passes of an optimisation
+    assert float(cells[7]) == pytest.approx(whole, rel=0.05) and ratio < 10
+
+
+def test_speed_table_states_the_amortized_speedup_per_batch_size():
+    from captum_masks.benchmarks import format_speed
+
+    def row(method, batch_size, seconds_per_image):
+        return {
+            "method": method,
+            "batch_size": batch_size,
+            "passes": batch_size,
+            "bare_seconds": 0.1,
+            "iteration_seconds": 0.1,
+            "ratio": 1.0,
+            "default_iters": 1,
+            "seconds_per_image": seconds_per_image,
+        }
+
+    table = format_speed(
+        [
+            row("MeaningfulPerturbation", 1, 12.0),
+            row("AmortizedExplainer", 1, 0.04),
+            row("MeaningfulPerturbation", 4, 10.0),
+        ]
+    )
+    assert (
+        "AmortizedExplainer takes 300× less time per image than MeaningfulPerturbation at "
+        "batch 1." in table
+    )
+    assert "batch 4" not in table  # no amortized row at batch 4 to compare with
+
+
 def test_speed_of_an_unknown_method_is_a_clear_error():
     from captum_masks.benchmarks import measure_speed
 

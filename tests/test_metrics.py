@@ -188,6 +188,32 @@ def test_class_specific_masking_by_hand():
     torch.testing.assert_close(result["table"], expected)
     assert result["same"].item() == pytest.approx((sig + (sig + 0.5) / 2) / 2)
     assert result["other"].item() == pytest.approx(0.5)
+    # both classes are in the image, so the co-occurring table is the whole table
+    torch.testing.assert_close(result["co_occurring_table"], expected)
+    assert result["same_relative"].item() == pytest.approx(((sig + 0.5) / 2 / sig + 1) / 2)
+
+
+def test_class_specific_masking_co_occurring_skips_absent_classes():
+    """Masks of classes missing from an image count in "other" but not in "other_co_occurring"."""
+
+    class Thirds(nn.Module):
+        def forward(self, x):
+            return torch.stack([x[..., k].sum((1, 2)) for k in range(3)], dim=1) * 10 - 5
+
+    x = torch.ones(2, 1, 1, 3)
+    class_masks = torch.eye(3).view(1, 3, 1, 3).repeat(2, 1, 1, 1)
+    labels = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    result = metrics.class_specific_masking(
+        Thirds(), x, class_masks, labels, thresholds=(0.5,), multilabel=True
+    )
+    low, high = torch.sigmoid(torch.tensor(-5.0)).item(), torch.sigmoid(torch.tensor(5.0)).item()
+    # class 0 under class 1's mask: only image 0 holds class 1
+    assert result["co_occurring_table"][0, 1].item() == pytest.approx(low)
+    assert torch.isnan(result["co_occurring_table"][0, 2])
+    assert result["co_occurring_table"][0, 0].item() == pytest.approx(high)
+    assert result["other_co_occurring"].item() == pytest.approx(low)
+    assert result["other"].item() == pytest.approx(low)
+    assert result["other_co_occurring_relative"].item() == pytest.approx(low / high, rel=1e-5)
 
 
 def test_salient_object_scores_by_hand():
