@@ -351,8 +351,8 @@ EXPLAINER_SETTINGS = {
     "train_size": 2000,
     "val_size": 200,
     "batch_size": 32,
-    "epochs": 15,
-    "lr": 1e-3,
+    "epochs": 20,
+    "lr": 2e-3,
     "seed": 0,
 }
 

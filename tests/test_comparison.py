@@ -70,8 +70,8 @@ def test_every_runner_gives_input_sized_maps_on_the_same_suite():
     runners = method_runners(suite)
     assert set(runners) == set(ALL_METHODS)
     for name, runner in runners.items():
-        if name.startswith("MeaningfulPerturbation"):
-            continue  # covered below with the suite's settings
+        if name.startswith("MeaningfulPerturbation") or name == "AmortizedExplainer":
+            continue  # covered below: with the suite's settings, on the pair suite
         attribution = runner(suite.inputs, suite.targets)
         assert attribution.shape[0] == 2 and attribution.shape[-2:] == (64, 64), name
         assert torch.isfinite(attribution).all(), name
@@ -133,6 +133,7 @@ def test_meaningful_perturbation_games_point_at_the_shape():
         ({"suite": "mnist"}, "suite must be one of"),
         ({"methods": ["GradCam"]}, "unknown methods"),
         ({"n": 0}, "n must be >= 1"),
+        ({"methods": ["AmortizedExplainer"]}, "trained explainer only for the suites"),
     ],
 )
 def test_bad_arguments_are_clear_errors(kwargs, message):
@@ -192,3 +193,45 @@ def test_overrides_go_only_to_the_methods_that_take_them():
             show_progress=False,
             overrides={"temperature": 1.0},
         )
+
+
+@pytest.fixture
+def quick_explainer_settings(monkeypatch):
+    """A few seconds of training instead of minutes (its own cache entry)."""
+    from captum_masks import synthetic
+
+    monkeypatch.setitem(synthetic.EXPLAINER_SETTINGS, "train_size", 64)
+    monkeypatch.setitem(synthetic.EXPLAINER_SETTINGS, "val_size", 16)
+    monkeypatch.setitem(synthetic.EXPLAINER_SETTINGS, "epochs", 1)
+
+
+def test_class_masking_report_scores_the_explainer_next_to_the_ground_truth(
+    quick_explainer_settings,
+):
+    from captum_masks.comparison import class_masking_report, format_class_masking
+
+    report = class_masking_report(n=12)
+    assert report["history"] is not None and len(report["history"].train_loss) == 1
+    truth = report["ground truth"]
+    # the pasted shapes themselves: the right one keeps its class, the other object's removes it
+    assert truth["same_relative"] > 0.95 and truth["other_co_occurring_relative"] < 0.1
+    for source in ("explainer", "ground truth"):
+        assert report[source]["table"].shape == (4, 4)
+    text = format_class_masking(report)
+    assert text.count("| circle |") == 2 and "ms per image" in text
+    again = class_masking_report(n=12)  # now from the cache, with the same masks
+    assert again["history"] is None
+    torch.testing.assert_close(
+        again["explainer"]["co_occurring_table"],
+        report["explainer"]["co_occurring_table"],
+        equal_nan=True,
+    )
+
+
+def test_amortized_explainer_is_a_method_of_the_pair_suite(quick_explainer_settings):
+    result = run_benchmark(
+        "synthetic-pairs", ["AmortizedExplainer", "Saliency"], n=2, show_progress=False
+    )
+    maps = result.attributions["AmortizedExplainer"]
+    assert maps.shape == (4, 3, 64, 64) and 0 <= maps.min() and maps.max() <= 1
+    assert len(result.scores["AmortizedExplainer"]["discrimination"]) == 4
