@@ -81,6 +81,9 @@ class AmortizedExplainer(MaskAttribution):
     with L_c binary cross-entropy over classes (multi-label, Eq. 2) or cross-entropy
     (single-label), p̃ the softmax on the complement (1 − m) ⊙ x (Eq. 3), A the mean mask value,
     B the area bounds (Eq. 4–6) and TV the anisotropic total variation per pixel (Eq. 7–8).
+    By default :meth:`fit` trains on one row per (input, class of that input), with Y that one
+    class, so a class's mask must keep its own evidence and leave out the other classes'
+    (``separate_classes``; Eq. 2 as written takes all of an input's classes at once).
     Loss ``"phillips"``: the classification loss on m ⊙ x plus L1 and L2 penalties on m.
     "Masked out" means the baseline (0 by default: the mask multiplies the input, as in both
     papers).
