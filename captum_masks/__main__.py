@@ -57,6 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     masking.add_argument("--n", type=int, default=200, help="number of test images")
     masking.add_argument("--seed", type=int, default=0)
     masking.add_argument("--retrain", action="store_true", help="train the explainer again")
+    masking.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="NAME=VALUE",
+        type=_setting,
+        help="train with other settings, e.g. --set separate_classes=False epochs=8",
+    )
 
     args = parser.parse_args(argv)
     if args.command == "demo":
@@ -78,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "class-masking":
         from captum_masks.comparison import class_masking_report, format_class_masking
 
-        print(format_class_masking(class_masking_report(args.n, args.seed, args.retrain)))
+        report = class_masking_report(args.n, args.seed, args.retrain, dict(args.set))
+        print(format_class_masking(report))
     else:
         from captum_masks.benchmarks import SPEED_METHODS, format_speed, measure_speed
 

@@ -486,7 +486,9 @@ def run_benchmark(
     return BenchmarkResult(data, scores, attributions, curves)
 
 
-def class_masking_report(n: int = 200, seed: int = 0, retrain: bool = False) -> dict:
+def class_masking_report(
+    n: int = 200, seed: int = 0, retrain: bool = False, overrides: dict | None = None
+) -> dict:
     """Stalder et al.'s class-specific masking test (Table 1) on ``n`` images of the multi-label
     synthetic suite, for the cached :class:`AmortizedExplainer` and, as the reference a perfect
     explainer would reach, for the ground-truth masks of the pasted shapes.
@@ -495,6 +497,9 @@ def class_masking_report(n: int = 200, seed: int = 0, retrain: bool = False) -> 
         n (int): test images (seed 30 000 + ``seed``, like the ``synthetic-pairs`` suite).
         seed (int): picks the images.
         retrain (bool): train the explainer again instead of loading it from the cache.
+        overrides (dict, optional): training settings that differ from the cached explainer's
+            (see :func:`~captum_masks.synthetic.load_synthetic_explainer`), e.g.
+            ``{"separate_classes": False}``.
 
     Returns:
         dict with ``"explainer"`` and ``"ground truth"`` (each the dict of
@@ -510,7 +515,9 @@ def class_masking_report(n: int = 200, seed: int = 0, retrain: bool = False) -> 
 
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    explainer, history = load_synthetic_explainer(retrain=retrain, verbose=False)
+    explainer, history = load_synthetic_explainer(
+        retrain=retrain, verbose=False, **(overrides or {})
+    )
     batch = make_synthetic(n, seed=30_000 + seed, multilabel=True)
     start = time.perf_counter()
     masks = explainer.explain_all(batch.images)

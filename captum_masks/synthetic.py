@@ -15,6 +15,7 @@ Needs the ``zoo`` extra for the backgrounds.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import time
 from dataclasses import dataclass
@@ -357,7 +358,7 @@ EXPLAINER_SETTINGS = {
 }
 
 
-def load_synthetic_explainer(retrain: bool = False, verbose: bool = True):
+def load_synthetic_explainer(retrain: bool = False, verbose: bool = True, **overrides):
     """An :class:`~captum_masks.AmortizedExplainer` for the multi-label reference CNN, trained on
     the multi-label suite (seeds 1 and 2, apart from the evaluation seeds) at the paper's loss
     weights on first use and cached on disk next to the reference CNNs.
@@ -365,6 +366,9 @@ def load_synthetic_explainer(retrain: bool = False, verbose: bool = True):
     Args:
         retrain (bool): ignore the cache.
         verbose (bool): print progress and the training time.
+        **overrides: other values for :data:`EXPLAINER_SETTINGS` or other arguments of
+            :meth:`~captum_masks.AmortizedExplainer.fit` (e.g. ``separate_classes=False``), to
+            measure what a setting does; each combination is cached on its own.
 
     Returns:
         (explainer, history): the trained explainer, and its
@@ -378,7 +382,14 @@ def load_synthetic_explainer(retrain: bool = False, verbose: bool = True):
     from captum_masks.amortized import AmortizedExplainer
 
     reference = load_reference_cnn(multilabel=True, verbose=verbose)
-    settings = dict(EXPLAINER_SETTINGS, reference=TRAIN_SETTINGS)
+    fit_parameters = inspect.signature(AmortizedExplainer.fit).parameters
+    unknown = [k for k in overrides if k not in EXPLAINER_SETTINGS and k not in fit_parameters]
+    if unknown or "train_data" in overrides or "val_data" in overrides:
+        raise ValueError(
+            f"overrides must be keys of EXPLAINER_SETTINGS or arguments of fit, got {unknown}"
+        )
+    chosen = {**EXPLAINER_SETTINGS, **overrides}
+    settings = dict(chosen, reference=TRAIN_SETTINGS)
     key = hashlib.sha1(repr(sorted(settings.items())).encode()).hexdigest()[:10]
     path = cache_dir() / f"amortized_explainer_multi_{key}.pt"
     if path.is_file() and not retrain:
@@ -386,9 +397,9 @@ def load_synthetic_explainer(retrain: bool = False, verbose: bool = True):
         if verbose:
             print(f"amortized explainer (cached: {path})")
         return explainer, None
-    size, batch_size = EXPLAINER_SETTINGS["train_size"], EXPLAINER_SETTINGS["batch_size"]
+    size, batch_size = chosen.pop("train_size"), chosen.pop("batch_size")
     train = make_synthetic(size, seed=1, multilabel=True)
-    val = make_synthetic(EXPLAINER_SETTINGS["val_size"], seed=2, multilabel=True)
+    val = make_synthetic(chosen.pop("val_size"), seed=2, multilabel=True)
     explainer = AmortizedExplainer(reference.model, len(SHAPES), multilabel=True)
     start = time.perf_counter()
     history = explainer.fit(
@@ -397,11 +408,7 @@ def load_synthetic_explainer(retrain: bool = False, verbose: bool = True):
             for i in range(0, size, batch_size)
         ],
         [(val.images, val.labels)],
-        epochs=EXPLAINER_SETTINGS["epochs"],
-        lr=EXPLAINER_SETTINGS["lr"],
-        patience=None,
-        seed=EXPLAINER_SETTINGS["seed"],
-        show_progress=verbose,
+        **{"patience": None, "show_progress": verbose, **chosen},
     )
     if verbose:
         print(f"amortized explainer trained in {time.perf_counter() - start:.0f} s")

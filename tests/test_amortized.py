@@ -400,7 +400,7 @@ def test_torchrun_with_two_processes_matches_one_process(tmp_path):
         command, capture_output=True, text=True, timeout=300, env=environment, check=False
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    x, y = quadrant_data(64, seed=0)
+    x, y = quadrant_data(64, seed=0, dtype=torch.float64)
     single = AmortizedExplainer(Quadrants(), 4, **SMALL)
     loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=False)
     single.fit(loader, epochs=2, patience=None, show_progress=False)

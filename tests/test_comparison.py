@@ -210,7 +210,7 @@ def test_class_masking_report_scores_the_explainer_next_to_the_ground_truth(
 ):
     from captum_masks.comparison import class_masking_report, format_class_masking
 
-    report = class_masking_report(n=12)
+    report = class_masking_report(n=12, retrain=True)
     assert report["history"] is not None and len(report["history"].train_loss) == 1
     truth = report["ground truth"]
     # the pasted shapes themselves: the right one keeps its class, the other object's removes it
@@ -218,8 +218,11 @@ def test_class_masking_report_scores_the_explainer_next_to_the_ground_truth(
     for source in ("explainer", "ground truth"):
         assert report[source]["table"].shape == (4, 4)
     text = format_class_masking(report)
-    assert text.count("| circle |") == 2 and "ms per image" in text
+    rows = [line for line in text.splitlines() if line.startswith("| circle |")]
+    assert len(rows) == 2 and "ms per image" in text  # one row per table
     again = class_masking_report(n=12)  # now from the cache, with the same masks
+    other = class_masking_report(n=12, retrain=True, overrides={"separate_classes": False})
+    assert other["history"] is not None  # another setting trains (and caches) its own
     assert again["history"] is None
     torch.testing.assert_close(
         again["explainer"]["co_occurring_table"],
@@ -235,3 +238,10 @@ def test_amortized_explainer_is_a_method_of_the_pair_suite(quick_explainer_setti
     maps = result.attributions["AmortizedExplainer"]
     assert maps.shape == (4, 3, 64, 64) and 0 <= maps.min() and maps.max() <= 1
     assert len(result.scores["AmortizedExplainer"]["discrimination"]) == 4
+
+
+def test_explainer_overrides_must_be_training_settings():
+    from captum_masks.synthetic import load_synthetic_explainer
+
+    with pytest.raises(ValueError, match="overrides must be keys of EXPLAINER_SETTINGS"):
+        load_synthetic_explainer(verbose=False, separate=False)
