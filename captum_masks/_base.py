@@ -1,29 +1,44 @@
-"""What every per-example mask method shares around the optimisation loop.
+"""What every mask method shares around the optimisation loop.
 
-:class:`MaskAttribution` validates the call, runs the clean forward pass once (to pick the
-predicted class and to check targets against the real output shape), and makes sure the caller's
-global random state is the same after the call as before it, even when the model itself draws
-random numbers (dropout in training mode) or the call raises.
+:class:`MaskAttribution` validates the call and runs the clean forward pass once (to pick the
+predicted class and to check targets against the real output shape). :func:`leaves_model_as_found`
+wraps every ``attribute``: the caller's global random state and the model's buffers (batch norm
+statistics of a model in training mode) are the same after the call as before it, even when the
+call raises. :class:`PreparedCall` keeps the mixed-precision discipline in one place: masks,
+references and losses are computed in the work dtype (float32 for half-precision inputs), the model
+is called in the input's own dtype.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+import functools
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from captum.attr import PerturbationAttribution
-from torch import Tensor
+from torch import Tensor, nn
 
 from captum_masks._inputs import format_additional_args, format_inputs, resolve_targets, run_forward
 
 
+def work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype masks, optimiser state and losses use for inputs of ``dtype``: float16 and
+    bfloat16 are promoted to float32 (as mixed precision does), float32 and float64 stay."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 @dataclass
 class PreparedCall:
-    """A validated call: inputs as a tuple, formatted extra arguments and (N, K) target indices."""
+    """A validated call: inputs as a tuple, formatted extra arguments and (N, K) target indices.
 
+    ``inputs`` keep the caller's dtype; ``work_inputs`` are the same tensors in the work dtype.
+    """
+
+    forward_func: Callable
     inputs: tuple[Tensor, ...]
     is_inputs_tuple: bool
     additional_args: tuple | None
@@ -38,10 +53,24 @@ class PreparedCall:
     def device(self) -> torch.device:
         return self.inputs[0].device
 
+    @property
+    def work_dtype(self) -> torch.dtype:
+        return work_dtype(self.inputs[0].dtype)
+
+    @property
+    def work_inputs(self) -> tuple[Tensor, ...]:
+        return tuple(x.to(self.work_dtype) for x in self.inputs)
+
+    def forward(self, perturbed: Sequence[Tensor], args: tuple | None) -> Tensor:
+        """The model's scores for perturbed inputs: each is cast to its input's dtype (the model
+        runs as the caller runs it), the scores come back in the work dtype."""
+        cast = [p.to(x.dtype) for p, x in zip(perturbed, self.inputs)]
+        return run_forward(self.forward_func, cast, args).to(self.work_dtype)
+
 
 class MaskAttribution(PerturbationAttribution):
-    """Base class of the mask-optimisation methods: a Captum ``PerturbationAttribution`` whose
-    attributions are masks in [0, 1] with the input's shape (never multiplied by the input)."""
+    """Base class of the mask methods: a Captum ``PerturbationAttribution`` whose attributions
+    are masks in [0, 1] with the input's shape (never multiplied by the input)."""
 
     def __init__(self, forward_func: Callable) -> None:
         if not callable(forward_func):
@@ -62,10 +91,73 @@ class MaskAttribution(PerturbationAttribution):
         is_inputs_tuple = isinstance(inputs, tuple)
         formatted = format_inputs(inputs, spatial_dims)
         additional_args = format_additional_args(additional_forward_args)
-        with torch.no_grad(), preserved_rng_state(formatted[0].device):
+        with torch.no_grad():
             clean_output = run_forward(self.forward_func, formatted, additional_args)
         targets = resolve_targets(target, clean_output)
-        return PreparedCall(formatted, is_inputs_tuple, additional_args, targets, clean_output)
+        return PreparedCall(
+            self.forward_func, formatted, is_inputs_tuple, additional_args, targets, clean_output
+        )
+
+
+def modules_of(forward_func: Callable) -> list[nn.Module]:
+    """The ``nn.Module`` objects behind ``forward_func``: the module itself, the module of a bound
+    method (``model.forward``), of a ``functools.partial``, or held in a closure
+    (``lambda x: model(x)`` inside a function)."""
+    if isinstance(forward_func, nn.Module):
+        return [forward_func]
+    owner = getattr(forward_func, "__self__", None)
+    if isinstance(owner, nn.Module):
+        return [owner]
+    if isinstance(forward_func, functools.partial):
+        return modules_of(forward_func.func)
+    cells = getattr(forward_func, "__closure__", None) or ()
+    found = []
+    for cell in cells:
+        try:
+            content = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if isinstance(content, nn.Module):
+            found.append(content)
+    return found
+
+
+@contextlib.contextmanager
+def restored_buffers(modules: Sequence[nn.Module]) -> Iterator[None]:
+    """Put every buffer of ``modules`` back as it was on exit, values and objects alike: a model in
+    training mode updates its batch norm statistics on every forward pass."""
+    saved = [
+        (module, name, buffer, buffer.detach().clone())
+        for model in modules
+        for module in model.modules()
+        for name, buffer in module._buffers.items()
+        if buffer is not None
+    ]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for module, name, buffer, values in saved:
+                module._buffers[name] = buffer
+                buffer.copy_(values)
+
+
+#: layers whose output depends on the training flag (a bare module that was never put in eval
+#: mode, with none of these, computes the same either way and is not warned about)
+MODE_DEPENDENT = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase)
+
+
+def warn_if_training(modules: Sequence[nn.Module], what: str, stacklevel: int) -> None:
+    """One warning when a dropout or batch norm layer of ``modules`` is in training mode."""
+    layers = (m for model in modules for m in model.modules())
+    if any(m.training and isinstance(m, MODE_DEPENDENT) for m in layers):
+        warnings.warn(
+            f"{what} is in training mode: dropout makes every step's objective random and batch "
+            "norm normalises with the perturbed batch's statistics. Its buffers are restored "
+            "after the call; call model.eval() first unless this is what you want.",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
 
 
 @contextlib.contextmanager
@@ -77,13 +169,51 @@ def preserved_rng_state(device: torch.device) -> Iterator[None]:
         yield
 
 
+def leaves_model_as_found(attribute: Callable) -> Callable:
+    """Decorate an ``attribute`` method: warn once if the model is in training mode, and restore
+    the model's buffers and the global RNG state when it returns or raises."""
+
+    @functools.wraps(attribute)
+    def guarded(self: MaskAttribution, inputs: Any = None, *args: Any, **kwargs: Any) -> Any:
+        modules = modules_of(self.forward_func)
+        warn_if_training(modules, "forward_func", stacklevel=3)
+        with restored_buffers(modules), preserved_rng_state(_device_of(inputs)):
+            return attribute(self, inputs, *args, **kwargs)
+
+    return guarded
+
+
+def _device_of(inputs: Any) -> torch.device:
+    first = inputs[0] if isinstance(inputs, (tuple, list)) and inputs else inputs
+    return first.device if isinstance(first, Tensor) else torch.device("cpu")
+
+
 def make_generator(seed: int, device: torch.device) -> torch.Generator:
-    """A local generator on ``device``: the call's randomness never touches the global RNG."""
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    """A local generator on ``device``: the call's randomness never touches the global RNG.
+
+    Every chunk of a batch starts its own generator from ``seed`` and draws one value for all of
+    its examples, so each example sees the same random stream whatever batch it is in.
+    """
+    check_seed(seed)
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     return generator
 
 
-__all__ = ["MaskAttribution", "PreparedCall", "make_generator", "preserved_rng_state"]
+def check_seed(seed: Any) -> None:
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+
+
+__all__ = [
+    "MaskAttribution",
+    "PreparedCall",
+    "check_seed",
+    "leaves_model_as_found",
+    "make_generator",
+    "modules_of",
+    "preserved_rng_state",
+    "restored_buffers",
+    "warn_if_training",
+    "work_dtype",
+]

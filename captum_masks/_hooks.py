@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 
+import torch
 from torch import Tensor, nn
 
 
@@ -17,8 +18,15 @@ class _StopForward(Exception):
 
 
 def check_layers(forward_func: Callable, layers: Sequence[nn.Module], names: Sequence[str]) -> None:
-    """Each layer must be an ``nn.Module`` and, when ``forward_func`` is a module, one of its
-    submodules."""
+    """Each layer must be an ``nn.Module`` that takes forward hooks (not TorchScript) and, when
+    ``forward_func`` is a module, one of its submodules."""
+    scripted = (torch.jit.ScriptModule, torch.jit.ScriptFunction)
+    if isinstance(forward_func, scripted) or any(isinstance(m, scripted) for m in layers):
+        raise TypeError(
+            f"{names[0]} must be a module of an eager (not TorchScript) model: the layer's output "
+            "is recorded with a forward hook, which torch.jit.script and torch.jit.trace models "
+            "do not support; pass the model before scripting or tracing it"
+        )
     for layer, name in zip(layers, names):
         if not isinstance(layer, nn.Module):
             raise TypeError(f"{name} must be an nn.Module of the model, got {type(layer).__name__}")

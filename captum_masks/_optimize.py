@@ -14,6 +14,7 @@ result does not depend on which other examples share its batch or chunk.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -77,6 +78,8 @@ class OptimizationSettings:
     internal_batch_size: int | None = None
     show_progress: bool = False
     progress_desc: str = "Mask optimisation"
+    #: warn about examples whose target probability stays near 0 and never moves
+    warn_without_signal: bool = True
 
     def validate(self) -> None:
         if not isinstance(self.n_iter, int) or isinstance(self.n_iter, bool) or self.n_iter < 1:
@@ -141,7 +144,36 @@ def optimize_masks(
             bar.close()
     params = [torch.cat(parts) for parts in zip(*results)]
     loss, probability, steps = (torch.cat(parts, dim=-1) for parts in zip(*histories))
+    if settings.warn_without_signal:
+        warn_without_signal(probability)
     return params, OptimizationHistory(loss=loss, probability=probability, steps=steps)
+
+
+#: a target probability below this at every step, that moved by less than SIGNAL_SPREAD, gave the
+#: optimisation (almost) no gradient
+SIGNAL_FLOOR = 1e-2
+SIGNAL_SPREAD = 1e-3
+
+
+def warn_without_signal(probability: Tensor) -> None:
+    """Warn about the examples whose target probability (a (steps, N) history, NaN after an early
+    stop) stayed below ``SIGNAL_FLOOR`` and moved by less than ``SIGNAL_SPREAD``: their masks
+    reflect the regularisers, not the model."""
+    ran = ~torch.isnan(probability)
+    highest = probability.masked_fill(~ran, -torch.inf).amax(dim=0)
+    lowest = probability.masked_fill(~ran, torch.inf).amin(dim=0)
+    silent = (lowest >= 0) & (highest < SIGNAL_FLOOR) & (highest - lowest < SIGNAL_SPREAD)
+    if bool(silent.any()):
+        examples = silent.nonzero().flatten().tolist()
+        warnings.warn(
+            f"the target's probability stayed below {SIGNAL_FLOOR} and never moved during the "
+            f"optimisation for example(s) {examples}, so their masks say nothing about the model. "
+            "Check that target is the class you mean (target=None explains the predicted "
+            "class), and that apply_softmax matches what forward_func returns (True for logits, "
+            "False for probabilities).",
+            UserWarning,
+            stacklevel=6,
+        )
 
 
 def _optimize_chunk(
@@ -198,4 +230,5 @@ __all__ = [
     "OptimizationHistory",
     "OptimizationSettings",
     "optimize_masks",
+    "warn_without_signal",
 ]

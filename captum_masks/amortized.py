@@ -9,6 +9,7 @@ import contextlib
 import copy
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,14 @@ import torch.nn.functional as F
 from captum.log import log_usage
 from torch import Tensor, nn
 
-from captum_masks._base import MaskAttribution, preserved_rng_state
+from captum_masks._base import (
+    MaskAttribution,
+    leaves_model_as_found,
+    modules_of,
+    restored_buffers,
+    warn_if_training,
+    work_dtype,
+)
 from captum_masks._compat import _format_output, progress
 from captum_masks._hooks import check_layers, run_recording
 from captum_masks._inputs import check_choice, check_positive, format_inputs, run_forward
@@ -162,6 +170,8 @@ class AmortizedExplainer(MaskAttribution):
         self._kind = "custom" if isinstance(explainer, nn.Module) else explainer or "compact"
         self.explainer: nn.Module | None = explainer if isinstance(explainer, nn.Module) else None
         self._input_shape: tuple[int, int] | None = None  # (input channels, spatial dims)
+        # a network the caller hands over may be trained; the default one is not until fit or load
+        self._trained = isinstance(explainer, nn.Module)
         self._seed = 0
 
     # ------------------------------------------------------------------ explainer input
@@ -184,8 +194,12 @@ class AmortizedExplainer(MaskAttribution):
         return F.interpolate(features, size=x.shape[2:], mode=mode, align_corners=False)
 
     def _explainer_input(self, x: Tensor) -> Tensor:
+        """The explainer's input in the work dtype (float32 for half-precision inputs): the
+        classifier sees ``x`` in its own dtype, the explainer network trains in full precision."""
         features = self._features(x)
-        return x if features is None else torch.cat([x, features.to(x.dtype)], dim=1)
+        dtype = work_dtype(x.dtype)
+        x = x.to(dtype)
+        return x if features is None else torch.cat([x, features.to(dtype)], dim=1)
 
     def _build(self, explainer_input: Tensor, input_channels: int) -> None:
         """Create the default explainer for this input shape (once), on its device and dtype."""
@@ -246,6 +260,7 @@ class AmortizedExplainer(MaskAttribution):
 
     # ------------------------------------------------------------------ inference
     @log_usage()
+    @leaves_model_as_found
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor],
@@ -281,11 +296,13 @@ class AmortizedExplainer(MaskAttribution):
                 f"{self.num_classes}, got {tuple(call.clean_output.shape)}"
             )
         x = self._check_inputs(call.inputs[0])
-        with torch.no_grad(), preserved_rng_state(call.device), _inference(self):
+        self._warn_if_untrained()
+        with torch.no_grad(), _inference(self):
             mask = torch.sigmoid(self._target_logits(x, call.targets[:, 0]))
-        attribution = self.layout.to_caller(mask.expand_as(x)).contiguous()
+        attribution = self.layout.to_caller(mask.expand_as(x)).to(x.dtype).contiguous()
         return _format_output(call.is_inputs_tuple, (attribution,))
 
+    @leaves_model_as_found
     def explain_all(self, inputs: Tensor) -> Tensor:
         """Every class's mask in one forward pass.
 
@@ -293,16 +310,27 @@ class AmortizedExplainer(MaskAttribution):
             inputs (Tensor): as for :meth:`attribute`.
 
         Returns:
-            Tensor (N, num_classes, \\*spatial) in [0, 1]; the spatial axes are (H, W) or (L,)
-            (also for ``channels_last`` inputs).
+            Tensor (N, num_classes, \\*spatial) in [0, 1] in the input's dtype; the spatial axes
+            are (H, W) or (L,) (also for ``channels_last`` inputs).
 
         Examples::
 
             >>> masks = explainer.explain_all(images)     # masks[:, c] explains class c
         """
         x = self._check_inputs(inputs)
-        with torch.no_grad(), preserved_rng_state(x.device), _inference(self):
-            return torch.sigmoid(self._logits(x))
+        self._warn_if_untrained()
+        with torch.no_grad(), _inference(self):
+            return torch.sigmoid(self._logits(x)).to(x.dtype)
+
+    def _warn_if_untrained(self) -> None:
+        if not self._trained:
+            warnings.warn(
+                "the explainer network has not been trained: its masks (about 0.5 everywhere) "
+                "say nothing about the model. Call fit(...) or AmortizedExplainer.load(...) "
+                "first",
+                UserWarning,
+                stacklevel=4,
+            )
 
     # ------------------------------------------------------------------ training
     def _targets_of(self, x: Tensor, labels: Tensor | None, source: str) -> Tensor:
@@ -343,8 +371,11 @@ class AmortizedExplainer(MaskAttribution):
             )
         return F.one_hot(labels.long(), self.num_classes).bool()
 
-    def _classify(self, x: Tensor) -> Tensor:
-        scores = run_forward(self.forward_func, (self.layout.to_caller(x),), None)
+    def _classify(self, x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """The classifier's scores for channels-first ``x``, which is cast to ``dtype`` (the
+        data's own) first; the scores come back in the work dtype."""
+        caller = self.layout.to_caller(x if dtype is None else x.to(dtype))
+        scores = run_forward(self.forward_func, (caller,), None).to(work_dtype(x.dtype))
         if scores.dim() != 2 or scores.shape[1] != self.num_classes:
             raise ValueError(
                 f"forward_func must return (N, {self.num_classes}) scores for num_classes="
@@ -375,10 +406,11 @@ class AmortizedExplainer(MaskAttribution):
         logits = _checked_logits(explainer, self._explainer_input(x), x, self.num_classes)
         selector = is_target.view(*is_target.shape, *([1] * (x.dim() - 2)))
         target_mask = torch.sigmoid(_masked_max(logits, selector))  # m
+        data_dtype, x = x.dtype, x.to(logits.dtype)
         masked = blend(x, target_mask, self.baselines)
         labels = is_target.to(x.dtype)
         if settings["loss"] == "phillips":
-            kept_scores = self._classify(masked)
+            kept_scores = self._classify(masked, data_dtype)
             return {
                 "classification": self._classification_loss(kept_scores, labels),
                 "l1": settings["l1_weight"] * target_mask.flatten(1).mean(1),
@@ -388,7 +420,8 @@ class AmortizedExplainer(MaskAttribution):
         non_target_mask = torch.sigmoid(_masked_max(logits, ~selector))  # n
         non_target_mask = non_target_mask * has_non_target.view(-1, *[1] * (x.dim() - 1))
         complement = blend(x, 1.0 - target_mask, self.baselines)
-        kept_scores, removed_scores = self._classify(torch.cat([masked, complement])).chunk(2)
+        both = torch.cat([masked, complement])
+        kept_scores, removed_scores = self._classify(both, data_dtype).chunk(2)
         removed = removed_scores.log_softmax(dim=1)
         negative_entropy = (removed.exp() * removed).mean(dim=1)  # Eq. 3
         class_masks = torch.sigmoid(logits)
@@ -574,7 +607,9 @@ class AmortizedExplainer(MaskAttribution):
             stale, start = saved["stale"], saved["epoch"] + 1
         trained = _wrap_distributed(self.explainer) if world_size > 1 else self.explainer
         self.explainer.train()
-        with _frozen(self.forward_func):
+        classifier = modules_of(self.forward_func)
+        warn_if_training(classifier, "the classifier (forward_func)", stacklevel=2)
+        with _frozen(classifier), restored_buffers(classifier):
             for epoch in range(start, epochs):
                 if history.stopped_early:
                     break
@@ -630,6 +665,7 @@ class AmortizedExplainer(MaskAttribution):
         self.explainer.eval()
         if best_state is not None:
             self.explainer.load_state_dict(best_state)
+        self._trained = True
         return history
 
     def _logits_shape_check(self, batch: _Batch) -> None:
@@ -768,6 +804,7 @@ class AmortizedExplainer(MaskAttribution):
             probe = torch.zeros(1, channels + features, *([8] * dims))
             restored._build(probe, channels)
         restored.explainer.load_state_dict(saved["state"])
+        restored._trained = True
         if config["input_channels"] is not None:
             restored._input_shape = (config["input_channels"], config["spatial_dims"])
         return restored
@@ -864,13 +901,10 @@ def _rows(batch: Any, rank: int, world_size: int) -> Any:
 
 
 @contextlib.contextmanager
-def _frozen(forward_func: Callable) -> Iterator[None]:
+def _frozen(modules: list[nn.Module]) -> Iterator[None]:
     """No gradient reaches the classifier's parameters while the explainer trains: their
     ``requires_grad`` is switched off and restored, even if training raises."""
-    module = forward_func if isinstance(forward_func, nn.Module) else None
-    if module is None and isinstance(getattr(forward_func, "__self__", None), nn.Module):
-        module = forward_func.__self__  # a bound method such as model.forward
-    parameters = [] if module is None else [p for p in module.parameters() if p.requires_grad]
+    parameters = [p for module in modules for p in module.parameters() if p.requires_grad]
     for parameter in parameters:
         parameter.requires_grad_(False)
     try:

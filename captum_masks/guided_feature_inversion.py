@@ -10,14 +10,13 @@ import torch
 from captum.log import log_usage
 from torch import Tensor, nn
 
-from captum_masks._base import MaskAttribution, make_generator, preserved_rng_state
+from captum_masks._base import MaskAttribution, leaves_model_as_found, make_generator
 from captum_masks._compat import _format_output
 from captum_masks._hooks import check_layers, recording, run_recording, single_outputs
 from captum_masks._inputs import (
     check_choice,
     check_positive,
     per_input_baselines,
-    run_forward,
     select_scores,
     slice_batch,
 )
@@ -107,6 +106,7 @@ class GuidedFeatureInversion(MaskAttribution):
         self.device_ids = device_ids
 
     @log_usage()
+    @leaves_model_as_found
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor],
@@ -214,7 +214,10 @@ class GuidedFeatureInversion(MaskAttribution):
             "show_progress": show_progress,
         }
         inversion_settings = OptimizationSettings(
-            n_iter=inversion_iters, progress_desc="Guided feature inversion (stage 1)", **common
+            n_iter=inversion_iters,
+            progress_desc="Guided feature inversion (stage 1)",
+            warn_without_signal=False,  # stage 1 does not score the target
+            **common,
         )
         target_settings = OptimizationSettings(
             n_iter=target_iters,
@@ -233,85 +236,96 @@ class GuidedFeatureInversion(MaskAttribution):
         # layer the model calls twice is caught there
         with recording(layers) as clean:
             call = self._prepare(inputs, target, additional_forward_args, spatial_dims=2)
-        x = call.inputs[0]
+        (x,) = call.work_inputs
         features_of = ACTIVATIONS[activation]
-        clean_inverted, clean_basis = (features_of(f) for f in single_outputs(clean, layers))
+        clean_inverted, clean_basis = (
+            features_of(_feature_maps(f, name, x.shape[0])).to(x.dtype)
+            for f, name in zip(single_outputs(clean, layers), ("layer", "mask_layer"))
+        )
 
         def record(images: Tensor, args: tuple | None, layers: Sequence[nn.Module]) -> list:
-            return run_recording(
-                lambda: run_forward(self.forward_func, (images,), args), layers, stop_after=True
-            )
+            return run_recording(lambda: call.forward([images], args), layers, stop_after=True)
 
-        with preserved_rng_state(call.device):
-            generator = make_generator(seed, call.device)
-            (baseline,) = per_input_baselines(baselines, 1)
-            reference = make_reference(x, perturbation, generator, baseline, blur_sigma, noise_std)
-            mask_of = ChannelCombinationMask(clean_basis, x.shape[2:])
-            clean_energy = clean_inverted.flatten(1).square().sum(dim=1)
+        (baseline,) = per_input_baselines(baselines, 1)
+        generator = make_generator(seed, call.device)
+        reference = make_reference(x, perturbation, generator, baseline, blur_sigma, noise_std)
+        mask_of = ChannelCombinationMask(clean_basis, x.shape[2:])
+        clean_energy = clean_inverted.flatten(1).square().sum(dim=1)
 
-            def chunk(batch: slice) -> tuple:
-                args = slice_batch(call.additional_args, batch, call.num_examples)
-                return x[batch], reference[batch], call.targets[batch], args
+        def chunk(batch: slice) -> tuple:
+            args = slice_batch(call.additional_args, batch, call.num_examples)
+            return x[batch], reference[batch], call.targets[batch], args
 
-            def probability_of(images: Tensor, targets: Tensor, args: tuple | None) -> Tensor:
-                output = run_forward(self.forward_func, (images,), args)
-                return select_scores(output, targets, apply_softmax)
+        def probability_of(images: Tensor, targets: Tensor, args: tuple | None) -> Tensor:
+            return select_scores(call.forward([images], args), targets, apply_softmax)
 
-            def inversion_problem(batch: slice) -> MaskProblem:
+        def inversion_problem(batch: slice) -> MaskProblem:
+            images, references, targets, args = chunk(batch)
+
+            def objective(params: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+                (omega,) = params
+                kept = blend(images, mask_of(omega, batch), references)  # Eq. 2
+                (inverted,) = record(kept, args, [self.layer])
+                error = (features_of(inverted).to(x.dtype) - clean_inverted[batch]).flatten(1)
+                relative = error.square().sum(dim=1) / clean_energy[batch].clamp_min(1e-12)
+                loss = relative + inversion_l1 * omega.mean(dim=1)  # Eq. 8
+                with torch.no_grad():
+                    probability = probability_of(kept, targets, args)
+                return loss, probability
+
+            omega = mask_of.init(init_weight)[batch]
+            return MaskProblem([omega], objective, project=ChannelCombinationMask.clamp_)
+
+        omega, inversion_history = optimize_masks(
+            inversion_problem, call.num_examples, inversion_settings
+        )
+        history = inversion_history
+        if stage == "target":
+
+            def target_problem(batch: slice) -> MaskProblem:
                 images, references, targets, args = chunk(batch)
 
                 def objective(params: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-                    (omega,) = params
-                    kept = blend(images, mask_of(omega, batch), references)  # Eq. 2
-                    (inverted,) = record(kept, args, [self.layer])
-                    error = (features_of(inverted) - clean_inverted[batch]).flatten(1)
-                    relative = error.square().sum(dim=1) / clean_energy[batch].clamp_min(1e-12)
-                    loss = relative + inversion_l1 * omega.mean(dim=1)  # Eq. 8
-                    with torch.no_grad():
-                        probability = probability_of(kept, targets, args)
-                    return loss, probability
-
-                omega = mask_of.init(init_weight)[batch]
-                return MaskProblem([omega], objective, project=ChannelCombinationMask.clamp_)
-
-            omega, inversion_history = optimize_masks(
-                inversion_problem, call.num_examples, inversion_settings
-            )
-            history = inversion_history
-            if stage == "target":
-
-                def target_problem(batch: slice) -> MaskProblem:
-                    images, references, targets, args = chunk(batch)
-
-                    def objective(params: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-                        (weights,) = params
-                        mask = mask_of(weights, batch)
-                        kept = blend(images, mask, references)  # Eq. 2
-                        removed = blend(images, 1.0 - mask, references)  # Eq. 4
-                        both = torch.cat([kept, removed])
-                        scores = probability_of(
-                            both, targets.repeat(2, 1), _twice(args, images.shape[0])
-                        )
-                        kept_score, removed_score = scores.chunk(2)
-                        loss = (  # Eq. 9
-                            -kept_score
-                            + background_weight * removed_score
-                            + target_l1 * weights.mean(dim=1)
-                        )
-                        return loss, kept_score
-
-                    return MaskProblem(
-                        [omega[0][batch]], objective, project=ChannelCombinationMask.clamp_
+                    (weights,) = params
+                    mask = mask_of(weights, batch)
+                    kept = blend(images, mask, references)  # Eq. 2
+                    removed = blend(images, 1.0 - mask, references)  # Eq. 4
+                    both = torch.cat([kept, removed])
+                    scores = probability_of(
+                        both, targets.repeat(2, 1), _twice(args, images.shape[0])
                     )
+                    kept_score, removed_score = scores.chunk(2)
+                    loss = (  # Eq. 9
+                        -kept_score
+                        + background_weight * removed_score
+                        + target_l1 * weights.mean(dim=1)
+                    )
+                    return loss, kept_score
 
-                omega, target_history = optimize_masks(
-                    target_problem, call.num_examples, target_settings
+                return MaskProblem(
+                    [omega[0][batch]], objective, project=ChannelCombinationMask.clamp_
                 )
-                history = _concatenate(inversion_history, target_history)
+
+            omega, target_history = optimize_masks(
+                target_problem, call.num_examples, target_settings
+            )
+            history = _concatenate(inversion_history, target_history)
 
         mask = mask_of(omega[0]).clamp(0.0, 1.0)
-        result = _format_output(call.is_inputs_tuple, (mask.expand_as(x).contiguous(),))
+        attribution = mask.expand_as(x).to(call.inputs[0].dtype).contiguous()
+        result = _format_output(call.is_inputs_tuple, (attribution,))
         return (result, history) if return_history else result
+
+
+def _feature_maps(features: Tensor, name: str, num_examples: int) -> Tensor:
+    """The layer's output, checked to be (N, C, h, w) feature maps a mask can be made of."""
+    if features.dim() != 4 or features.shape[0] != num_examples:
+        raise ValueError(
+            f"{name} must output (N, C, h, w) feature maps for (N, C, H, W) images; it returned "
+            f"shape {tuple(features.shape)} for {num_examples} images. Pass a convolutional "
+            "layer, e.g. model.features[-1], not a linear or pooled one"
+        )
+    return features
 
 
 def _twice(args: tuple | None, batch_size: int) -> tuple | None:

@@ -22,7 +22,7 @@ class UpsampledMask:
     The parameters are the low-resolution mask itself, kept in [0, 1] by :meth:`clamp_`. The
     full-resolution mask is M = g_σ ∗ upsample(m) (linear/bilinear upsampling, Gaussian smoothing
     with reflected borders), optionally shifted by a random integer jitter τ ∈ [0, jitter) per axis
-    and example (edges replicated): the paper's expectation over shifts E_τ, taken on the mask
+    (edges replicated; every example of a batch gets the same shift at a step): the paper's expectation over shifts E_τ, taken on the mask
     instead of the image.
 
     Upsampling, shift and smoothing are linear and separable, so each axis is one small
@@ -70,23 +70,19 @@ class UpsampledMask:
             self._axis_operators(low, side, params)
             for low, side in zip(params.shape[2:], spatial_shape)
         ]
+        # one shift per axis for the whole batch: an example is shifted alike in any batch
         if generator is not None and self.jitter > 1:
             shifts = torch.randint(
-                self.jitter,
-                (len(operators), params.shape[0]),
-                generator=generator,
-                device=params.device,
+                self.jitter, (len(operators),), generator=generator, device=params.device
             )
         else:
-            shifts = torch.zeros(
-                len(operators), params.shape[0], dtype=torch.long, device=params.device
-            )
-        per_example = [ops[shift] for ops, shift in zip(operators, shifts)]
+            shifts = torch.zeros(len(operators), dtype=torch.long, device=params.device)
+        shifted = [ops[shift] for ops, shift in zip(operators, shifts)]
         low_res = params[:, 0]
-        if len(per_example) == 1:
-            return torch.einsum("nil,nl->ni", per_example[0], low_res).unsqueeze(1)
-        rows, cols = per_example
-        return torch.einsum("nih,nhw,njw->nij", rows, low_res, cols).unsqueeze(1)
+        if len(shifted) == 1:
+            return torch.einsum("il,nl->ni", shifted[0], low_res).unsqueeze(1)
+        rows, cols = shifted
+        return torch.einsum("ih,nhw,jw->nij", rows, low_res, cols).unsqueeze(1)
 
     def _axis_operators(self, low: int, side: int, like: Tensor) -> Tensor:
         """(max(jitter, 1), side, low): the linear map low-res → full-res for each shift."""

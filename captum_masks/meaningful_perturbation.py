@@ -9,13 +9,17 @@ from typing import Any
 from captum.log import log_usage
 from torch import Tensor
 
-from captum_masks._base import MaskAttribution, make_generator, preserved_rng_state
+from captum_masks._base import (
+    MaskAttribution,
+    check_seed,
+    leaves_model_as_found,
+    make_generator,
+)
 from captum_masks._compat import _format_output
 from captum_masks._inputs import (
     check_choice,
     check_positive,
     per_input_baselines,
-    run_forward,
     select_scores,
     slice_batch,
 )
@@ -75,6 +79,7 @@ class MeaningfulPerturbation(MaskAttribution):
     """
 
     @log_usage()
+    @leaves_model_as_found
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor, ...],
@@ -157,10 +162,11 @@ class MeaningfulPerturbation(MaskAttribution):
                 ``n_iter`` steps. Default: None
             patience (int, optional): see ``tolerance``. Default: 10
             internal_batch_size (int, optional): optimise at most this many examples at a time
-                to bound memory; results do not depend on it (with jitter and noise off).
+                to bound memory; results do not depend on it.
                 Default: None (the whole batch at once)
-            seed (int, optional): seed of the call's own random generator (jitter, noise); the
-                global RNG is never used nor changed. Default: 0
+            seed (int, optional): seed of the call's own random generators (jitter, noise); every
+                example draws the same shifts and noise, alone or in any batch, and the global RNG
+                is never used nor changed. Default: 0
             show_progress (bool, optional): show a progress bar over the iterations.
                 Default: False
             return_history (bool, optional): also return an
@@ -204,48 +210,50 @@ class MeaningfulPerturbation(MaskAttribution):
         )
         settings.validate()
         parametrisation = UpsampledMask(mask_factor, mask_sigma, jitter)
+        check_seed(seed)
         call = self._prepare(inputs, target, additional_forward_args, spatial_dims=2)
         baselines = per_input_baselines(baselines, len(call.inputs))
+        work_inputs = call.work_inputs
+        references = [
+            make_reference(
+                x, perturbation, make_generator(seed, call.device), b, blur_sigma, noise_std
+            )
+            for x, b in zip(work_inputs, baselines)
+        ]
+        # deletion minimises f_c, preservation maximises it (Eq. 3 and its symmetric form)
+        score_sign = 1.0 if game == "deletion" else -1.0
 
-        with preserved_rng_state(call.device):
-            generator = make_generator(seed, call.device)
-            references = [
-                make_reference(x, perturbation, generator, baseline, blur_sigma, noise_std)
-                for x, baseline in zip(call.inputs, baselines)
-            ]
-            # deletion minimises f_c, preservation maximises it (Eq. 3 and its symmetric form)
-            score_sign = 1.0 if game == "deletion" else -1.0
+        def build_problem(batch: slice) -> MaskProblem:
+            images = [x[batch] for x in work_inputs]
+            chunk_references = [r[batch] for r in references]
+            chunk_targets = call.targets[batch]
+            chunk_args = slice_batch(call.additional_args, batch, call.num_examples)
+            jitter_generator = make_generator(seed, call.device)  # E_τ: the same τ in any chunk
 
-            def build_problem(batch: slice) -> MaskProblem:
-                images = [x[batch] for x in call.inputs]
-                chunk_references = [r[batch] for r in references]
-                chunk_targets = call.targets[batch]
-                chunk_args = slice_batch(call.additional_args, batch, call.num_examples)
+            def objective(params: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+                perturbed = [  # Φ(x, M_τ), Eq. 2
+                    blend(x, parametrisation(m, x.shape[2:], jitter_generator), r)
+                    for m, x, r in zip(params, images, chunk_references)
+                ]
+                output = call.forward(perturbed, chunk_args)
+                probability = select_scores(output, chunk_targets, apply_softmax)
+                loss = score_sign * probability  # f_c(Φ(x, M_τ)), Eq. 3
+                for m in params:
+                    deleted_or_kept = 1.0 - m if game == "deletion" else m
+                    loss = loss + l1_weight * l1(deleted_or_kept)  # λ₁‖1 − m‖₁, Eq. 4
+                    loss = loss + tv_weight * total_variation(m, tv_beta)  # λ₂ TV_β(m)
+                return loss, probability
 
-                def objective(params: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-                    perturbed = [
-                        blend(x, parametrisation(m, x.shape[2:], generator), r)
-                        for m, x, r in zip(params, images, chunk_references)
-                    ]
-                    output = run_forward(self.forward_func, perturbed, chunk_args)
-                    probability = select_scores(output, chunk_targets, apply_softmax)
-                    loss = score_sign * probability
-                    for m in params:
-                        deleted_or_kept = 1.0 - m if game == "deletion" else m
-                        loss = loss + l1_weight * l1(deleted_or_kept)  # λ₁‖1 − m‖₁, Eq. 4
-                        loss = loss + tv_weight * total_variation(m, tv_beta)  # λ₂ TV_β(m)
-                    return loss, probability
+            params = [parametrisation.init(x, fill=mask_init) for x in images]
+            return MaskProblem(params, objective, project=UpsampledMask.clamp_)
 
-                params = [parametrisation.init(x, fill=mask_init) for x in images]
-                return MaskProblem(params, objective, project=UpsampledMask.clamp_)
-
-            params, history = optimize_masks(build_problem, call.num_examples, settings)
+        params, history = optimize_masks(build_problem, call.num_examples, settings)
 
         attributions = []
         for m, x in zip(params, call.inputs):
             mask = parametrisation(m, x.shape[2:])
             importance = (1.0 - mask if game == "deletion" else mask).clamp(0.0, 1.0)
-            attributions.append(importance.expand_as(x).contiguous())
+            attributions.append(importance.expand_as(x).to(x.dtype).contiguous())
         result = _format_output(call.is_inputs_tuple, tuple(attributions))
         return (result, history) if return_history else result
 

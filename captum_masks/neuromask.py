@@ -9,12 +9,11 @@ from typing import Any
 from captum.log import log_usage
 from torch import Tensor
 
-from captum_masks._base import MaskAttribution, make_generator, preserved_rng_state
+from captum_masks._base import MaskAttribution, leaves_model_as_found, make_generator
 from captum_masks._compat import _format_output
 from captum_masks._inputs import (
     check_positive,
     per_input_baselines,
-    run_forward,
     select_log_scores,
     slice_batch,
 )
@@ -84,6 +83,7 @@ class NeuroMaskAttr(MaskAttribution):
     """
 
     @log_usage()
+    @leaves_model_as_found
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor, ...],
@@ -206,48 +206,46 @@ class NeuroMaskAttr(MaskAttribution):
             additional_forward_args,
             spatial_dims=(2,) if smooth_kernel_size == 5 else (1, 2),
         )
-        images = [layout.to_channels_first(x) for x in call.inputs]
+        images = [layout.to_channels_first(x) for x in call.work_inputs]
         references = [
             constant_reference(x, layout.baseline_to_channels_first(b, x))
             for x, b in zip(images, per_input_baselines(baselines, len(images)))
         ]
+        generator = make_generator(seed, call.device)
+        # every example starts from the same draw: a batch gives one-by-one results
+        initial = [
+            parametrisation.init(x[:1], generator).expand(x.shape[0], -1, *x.shape[2:]).clone()
+            for x in images
+        ]
 
-        with preserved_rng_state(call.device):
-            generator = make_generator(seed, call.device)
-            # every example starts from the same draw: a batch gives one-by-one results
-            initial = [
-                parametrisation.init(x[:1], generator).expand(x.shape[0], -1, *x.shape[2:]).clone()
-                for x in images
-            ]
+        def build_problem(batch: slice) -> MaskProblem:
+            chunk_images = [x[batch] for x in images]
+            chunk_references = [r[batch] for r in references]
+            chunk_targets = call.targets[batch]
+            chunk_args = slice_batch(call.additional_args, batch, call.num_examples)
 
-            def build_problem(batch: slice) -> MaskProblem:
-                chunk_images = [x[batch] for x in images]
-                chunk_references = [r[batch] for r in references]
-                chunk_targets = call.targets[batch]
-                chunk_args = slice_batch(call.additional_args, batch, call.num_examples)
+            def objective(params: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+                masked = [  # x̄ = σ(W / T)·x + (1 − σ(W / T))·b, Algorithm 1 line 5
+                    layout.to_caller(blend(x, parametrisation(w), b))
+                    for w, x, b in zip(params, chunk_images, chunk_references)
+                ]
+                output = call.forward(masked, chunk_args)
+                log_probability = select_log_scores(output, chunk_targets, apply_softmax)
+                loss = -pred_weight * log_probability  # λ_p·L_pred, line 8
+                for w in params:
+                    size = w[0].numel()
+                    loss = loss + sparse_weight * l1(w + tau) / size  # λ_sp·L_sparse, line 9
+                    smoothness = laplacian(w, smooth_kernel_size, squared_smoothness) / size
+                    loss = loss + smooth_weight * smoothness  # λ_sm·L_smooth, line 10
+                return loss, log_probability.exp()
 
-                def objective(params: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-                    masked = [  # x̄ = σ(W / T)·x + (1 − σ(W / T))·b, Algorithm 1 line 5
-                        layout.to_caller(blend(x, parametrisation(w), b))
-                        for w, x, b in zip(params, chunk_images, chunk_references)
-                    ]
-                    output = run_forward(self.forward_func, masked, chunk_args)
-                    log_probability = select_log_scores(output, chunk_targets, apply_softmax)
-                    loss = -pred_weight * log_probability  # λ_p·L_pred, line 8
-                    for w in params:
-                        size = w[0].numel()
-                        loss = loss + sparse_weight * l1(w + tau) / size  # λ_sp·L_sparse, line 9
-                        smoothness = laplacian(w, smooth_kernel_size, squared_smoothness) / size
-                        loss = loss + smooth_weight * smoothness  # λ_sm·L_smooth, line 10
-                    return loss, log_probability.exp()
+            return MaskProblem([w[batch] for w in initial], objective)
 
-                return MaskProblem([w[batch] for w in initial], objective)
-
-            weights, history = optimize_masks(build_problem, call.num_examples, settings)
+        weights, history = optimize_masks(build_problem, call.num_examples, settings)
 
         attributions = tuple(
-            layout.to_caller(parametrisation(w).expand_as(x)).contiguous()
-            for w, x in zip(weights, images)
+            layout.to_caller(parametrisation(w).expand_as(x)).to(caller.dtype).contiguous()
+            for w, x, caller in zip(weights, images, call.inputs)
         )
         result = _format_output(call.is_inputs_tuple, attributions)
         return (result, history) if return_history else result

@@ -126,6 +126,9 @@ def noise_reference(
 ) -> Tensor:
     """I.i.d. Gaussian noise η(u) drawn from ``generator`` (Fong & Vedaldi, Eq. 2, second case).
 
+    The noise is drawn once and shared by the examples of the batch (each centred and scaled on
+    its own), so an example's reference does not depend on the other examples.
+
     Args:
         inputs (Tensor): (N, C, ...) input the reference replaces.
         generator (torch.Generator): seeded generator on the input's device.
@@ -143,7 +146,10 @@ def noise_reference(
         scale = inputs.std(dim=spatial, keepdim=True) if inputs[0, 0].numel() > 1 else 1.0
     else:
         scale = std
-    noise = torch.randn(inputs.shape, generator=generator, device=inputs.device, dtype=inputs.dtype)
+    # one draw for the whole batch: an example gets the same noise alone as in any batch
+    noise = torch.randn(
+        (1, *inputs.shape[1:]), generator=generator, device=inputs.device, dtype=inputs.dtype
+    )
     return centre + scale * noise
 
 

@@ -53,13 +53,17 @@ _LAPLACIANS = ((1, 3), (2, 3), (2, 5))
 
 
 def _window_sum(mask: Tensor, size: int, axis: int) -> Tensor:
-    """Sum of ``size`` consecutive values along ``axis`` (valid positions only)."""
+    """Sum of ``size`` consecutive values along ``axis`` (valid positions only: none, an empty
+    axis, when the axis is shorter than the window)."""
     length = mask.shape[axis] - size + 1
+    if length <= 0:
+        return mask.narrow(axis, 0, 0)
     return sum(mask.narrow(axis, offset, length) for offset in range(size))
 
 
 def laplacian(mask: Tensor, kernel_size: int = 3, squared: bool = False) -> Tensor:
-    r"""‖m ⊛ Δ‖₁ (or Σ(m ⊛ Δ)² if ``squared``) per example, over valid positions only.
+    r"""‖m ⊛ Δ‖₁ (or Σ(m ⊛ Δ)² if ``squared``) per example, over valid positions only (a mask
+    with a side shorter than the kernel has none: the term is 0).
 
     Args:
         mask (Tensor): (N, 1, L) uses the 1-D kernel [1, −2, 1]; (N, 1, H, W) the 2-D kernel of

@@ -111,9 +111,14 @@ def test_upsampled_mask_jitter_shifts_within_range():
     parametrisation = masks.UpsampledMask(factor=1, smooth_sigma=0.0, jitter=4)
     params = torch.zeros(16, 1, 12, 12)
     params[..., 6, 6] = 1.0
-    shifted = parametrisation(params, (12, 12), torch.Generator().manual_seed(0))
-    positions = {divmod(m.flatten().argmax().item(), 12) for m in shifted}
-    assert len(positions) > 1  # examples draw their own shifts
+    generator = torch.Generator().manual_seed(0)
+    positions = set()
+    for _ in range(16):  # one optimisation step each
+        shifted = parametrisation(params, (12, 12), generator)
+        at_step = {divmod(m.flatten().argmax().item(), 12) for m in shifted}
+        assert len(at_step) == 1  # the batch shares the step's shift, so no example depends on
+        positions |= at_step  # the others
+    assert len(positions) > 1  # steps draw new shifts
     assert all(6 <= r < 10 and 6 <= c < 10 for r, c in positions)
     assert torch.equal(parametrisation(params, (12, 12)), params)  # no generator, no jitter
 
