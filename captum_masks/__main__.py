@@ -5,40 +5,73 @@ from __future__ import annotations
 import argparse
 import ast
 import sys
+from pathlib import Path
 
-from captum_masks.comparison import SUITES
+import torch
+
+from captum_masks.benchmarks import SPEED_METHODS
+from captum_masks.comparison import ALL_METHODS, SUITES
+from captum_masks.zoo import SAMPLE_IMAGES
+
+THREADS_HELP = (
+    "torch's CPU threads for this run (default: torch's own choice, one per core). Use fewer "
+    "when other work shares the cores: threads that outnumber the free cores spin against each "
+    "other (measured in the README's command-line section)"
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m captum_masks", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--threads", type=_positive_int, default=None, help=THREADS_HELP)
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser(
-        "demo", help="explain a photo with MeaningfulPerturbation and Captum's built-ins"
+        "demo",
+        parents=[common],
+        help="explain a photo with MeaningfulPerturbation and Captum's built-ins",
     )
     demo.add_argument(
         "--image",
         default="cat",
-        help="a sample image name (cat, coffee, "
-        "astronaut, rocket, camera, china, flower, grace_hopper) or a file path",
+        type=_image,
+        help=f"a sample image ({', '.join(SAMPLE_IMAGES)}) or an image file's path",
     )
     demo.add_argument("--out", default="demo.png", help="where to save the figure")
-    demo.add_argument("--n-iter", type=int, default=300, help="MeaningfulPerturbation iterations")
+    demo.add_argument(
+        "--n-iter", type=_positive_int, default=300, help="MeaningfulPerturbation iterations"
+    )
     demo.add_argument("--seed", type=int, default=0)
 
-    speed = commands.add_parser("speed", help="per-iteration cost vs. bare forward+backward")
-    speed.add_argument(
-        "--methods", nargs="+", default=None, help="optimisation methods to time (default: all)"
+    speed = commands.add_parser(
+        "speed", parents=[common], help="per-iteration cost vs. bare forward+backward"
     )
-    speed.add_argument("--batch-size", type=int, default=1)
-    speed.add_argument("--repeats", type=int, default=3)
+    speed.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        choices=list(SPEED_METHODS),
+        metavar="METHOD",
+        help=f"methods to time, of {', '.join(SPEED_METHODS)} (default: all)",
+    )
+    speed.add_argument("--batch-size", type=_positive_int, default=1)
+    speed.add_argument("--repeats", type=_positive_int, default=3)
 
     bench = commands.add_parser(
-        "benchmark", help="compare the methods with Captum's built-ins on ground-truth images"
+        "benchmark",
+        parents=[common],
+        help="compare the methods with Captum's built-ins on ground-truth images",
     )
     bench.add_argument("--suite", choices=SUITES, default="synthetic")
-    bench.add_argument("--methods", nargs="+", default=None, help="subset of methods to run")
-    bench.add_argument("--n", type=int, default=20, help="number of images")
+    bench.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        choices=ALL_METHODS,
+        metavar="METHOD",
+        help=f"methods to run, of {', '.join(ALL_METHODS)} (default: all the suite has)",
+    )
+    bench.add_argument("--n", type=_positive_int, default=20, help="number of images")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--out", default=None, help="figure path (default: benchmark_SUITE.png)")
     bench.add_argument(
@@ -52,9 +85,10 @@ def main(argv: list[str] | None = None) -> int:
 
     masking = commands.add_parser(
         "class-masking",
+        parents=[common],
         help="Stalder et al.'s class-specific masking table for the trained AmortizedExplainer",
     )
-    masking.add_argument("--n", type=int, default=200, help="number of test images")
+    masking.add_argument("--n", type=_positive_int, default=200, help="number of test images")
     masking.add_argument("--seed", type=int, default=0)
     masking.add_argument("--retrain", action="store_true", help="train the explainer again")
     masking.add_argument(
@@ -67,6 +101,16 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        _run(args, argv)
+    except ValueError as error:  # a user's mistake the command could only see while running
+        parser.exit(2, f"{parser.prog} {args.command}: error: {error}\n")
+    return 0
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
     if args.command == "demo":
         from captum_masks.demo import run_demo
 
@@ -96,7 +140,24 @@ def main(argv: list[str] | None = None) -> int:
             for method in args.methods or SPEED_METHODS
         ]
         print(format_speed(results))
-    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}")
+    return value
+
+
+def _image(text: str) -> str:
+    if text in SAMPLE_IMAGES or Path(text).is_file():
+        return text
+    raise argparse.ArgumentTypeError(
+        f"image must be one of {', '.join(SAMPLE_IMAGES)} or an existing file, got {text!r}"
+    )
 
 
 def _setting(text: str) -> tuple[str, object]:

@@ -58,6 +58,25 @@ class SpotDetector(nn.Module):
         return torch.stack([-spot, spot], dim=1) * 2.0
 
 
+class NormCNN(nn.Module):
+    """Convolution, batch norm, dropout: a model whose training mode changes its buffers on every
+    forward pass and draws from the global RNG. Any rank: (N, C, L) is treated as (N, C, L, 1),
+    and channels are averaged first, so every shape from one pixel up runs."""
+
+    def __init__(self, num_classes: int = 4):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 6, 3, padding=1)
+        self.norm = nn.BatchNorm2d(6)
+        self.relu = nn.ReLU()
+        self.dropout = nn.Dropout(0.3)
+        self.head = nn.Linear(6, num_classes)
+
+    def forward(self, x):
+        x = x.unsqueeze(-1) if x.dim() == 3 else x
+        features = self.relu(self.norm(self.conv(x.mean(dim=1, keepdim=True))))
+        return self.head(self.dropout(features.mean(dim=(2, 3))))
+
+
 @pytest.fixture
 def tiny_model():
     torch.manual_seed(0)
@@ -72,8 +91,8 @@ def images():
 
 def model_state(model: nn.Module):
     """Everything about a model that an attribution must leave as it found it."""
-    return {
-        "params": {k: v.detach().clone() for k, v in model.state_dict().items()},
+    return {  # the state dict holds the buffers too (batch norm statistics)
+        "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "requires_grad": {k: p.requires_grad for k, p in model.named_parameters()},
         "grads": {
             k: None if p.grad is None else p.grad.clone() for k, p in model.named_parameters()
@@ -90,8 +109,9 @@ def assert_same_state(before, after):
     assert before["requires_grad"] == after["requires_grad"]
     assert before["training"] == after["training"]
     assert before["hooks"] == after["hooks"]
-    for key, value in before["params"].items():
-        assert torch.equal(value, after["params"][key]), key
+    assert before["state_dict"].keys() == after["state_dict"].keys()
+    for key, value in before["state_dict"].items():
+        assert torch.equal(value, after["state_dict"][key]), key
     for key, grad in before["grads"].items():
         other = after["grads"][key]
         assert (grad is None) == (other is None), key

@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 from amortized_problems import Quadrants, batches, quadrant_data, quadrant_masks
-from conftest import TinyCNN, assert_same_state, model_state
+import warnings
+
+from conftest import NormCNN, TinyCNN, assert_same_state, model_state
 from hypothesis import given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -120,6 +123,104 @@ def test_the_classifier_is_frozen_and_left_as_it_was():
     assert_same_state(before, model_state(model))
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(p.grad is not None for p in explainer.explainer.parameters())
+
+
+def test_a_training_mode_classifier_with_batch_norm_is_left_bit_identical():
+    """Training the explainer runs the classifier hundreds of times; its batch norm statistics
+    must not drift, and the caller is told once per call that the classifier is in training
+    mode."""
+    torch.manual_seed(0)
+    model = NormCNN(num_classes=4).train()
+    before = model_state(model)
+    x, y = quadrant_data(32, seed=0)
+    explainer = AmortizedExplainer(model, 4, **SMALL)
+    for call in (
+        lambda: explainer.fit(batches(x, y, 16), epochs=2, show_progress=False),
+        lambda: explainer.attribute(x[:4], target=1),
+        lambda: explainer.explain_all(x[:4]),
+    ):
+        with pytest.warns(UserWarning) as records:
+            call()
+        assert len([r for r in records if "training mode" in str(r.message)]) == 1
+        assert_same_state(before, model_state(model))
+
+
+def test_an_untrained_explainer_warns_and_a_trained_one_does_not(tmp_path):
+    x, y = quadrant_data(16, seed=0)
+    explainer = AmortizedExplainer(Quadrants(), 4, **SMALL)
+    with pytest.warns(UserWarning, match="not been trained.*fit"):
+        explainer.attribute(x[:2], target=0)
+    with pytest.warns(UserWarning, match="not been trained"):
+        explainer.explain_all(x[:2])
+    explainer.fit(batches(x, y, 8), epochs=1, show_progress=False)
+    explainer.save(tmp_path / "explainer.pt")
+    loaded = AmortizedExplainer.load(tmp_path / "explainer.pt", Quadrants())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        explainer.attribute(x[:2], target=0)
+        loaded.explain_all(x[:2])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_precision_data_trains_a_float32_explainer(dtype):
+    """The classifier runs in the data's dtype; the explainer network, its optimiser and the
+    losses in float32; masks come back in the data's dtype."""
+    torch.manual_seed(0)
+    x, y = quadrant_data(64, seed=0)
+    seen = []
+    classifier = Quadrants()
+    classifier.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+    explainer = AmortizedExplainer(classifier, 4, **SMALL)
+    history = explainer.fit(
+        batches(x.to(dtype), y, 16), epochs=4, lr=1e-2, patience=None, show_progress=False
+    )
+    assert set(seen) == {dtype}
+    assert all(p.dtype == torch.float32 for p in explainer.explainer.parameters())
+    assert all(torch.isfinite(torch.tensor(history.train_loss)))
+    assert history.train_loss[-1] < history.train_loss[0]
+    masks = explainer.attribute(x[:8].to(dtype), target=y[:8])
+    assert masks.dtype == dtype and torch.isfinite(masks).all()
+    assert masks.min() >= 0 and masks.max() <= 1
+
+
+@hypothesis_settings(max_examples=25)
+@given(
+    batch=st.integers(1, 3),
+    channels=st.integers(1, 3),
+    sides=st.lists(st.integers(1, 9), min_size=1, max_size=2),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]),
+    target=st.none() | st.integers(-1, 4) | st.lists(st.integers(0, 3), min_size=1, max_size=3),
+    options=st.fixed_dictionaries(
+        {},
+        optional={
+            "num_classes": st.integers(0, 5),
+            "width": st.integers(0, 9),
+            "depth": st.integers(0, 3),
+            "channels_last": st.booleans(),
+            "baselines": st.floats(-1, 1) | st.just("zero"),
+        },
+    ),
+    training=st.booleans(),
+)
+def test_fuzz_returns_a_valid_mask_or_a_clear_error_and_never_changes_the_model(
+    batch, channels, sides, dtype, target, options, training
+):
+    model = NormCNN(num_classes=4).to(dtype).train(training)
+    x = torch.randn(batch, channels, *sides, generator=torch.Generator().manual_seed(0)).to(dtype)
+    before = model_state(model)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            explainer = AmortizedExplainer(model, **{"num_classes": 4, **options})
+            explainer.fit([(x, torch.zeros(batch, dtype=torch.long))], epochs=1, show_progress=False)
+            attribution = explainer.attribute(x, target=target)
+    except (ValueError, TypeError) as error:
+        assert str(error)
+    else:
+        assert attribution.shape == x.shape and attribution.dtype == dtype
+        assert torch.isfinite(attribution).all()
+        assert attribution.min() >= 0 and attribution.max() <= 1
+    assert_same_state(before, model_state(model))
 
 
 def test_the_classifier_is_restored_even_when_training_raises():

@@ -1,6 +1,7 @@
 """The Captum contract, side effects, determinism and bad input, for every mask-optimisation
 method alike, on tiny models and small inputs."""
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -13,7 +14,10 @@ import torch
 from captum.attr import NoiseTunnel
 from captum.attr import visualization as viz
 from captum.metrics import infidelity, sensitivity_max
-from conftest import TinyCNN, assert_same_state, model_state
+from conftest import NormCNN, TinyCNN, assert_same_state, model_state
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from torch import nn
 
 from captum_masks import (
@@ -45,6 +49,8 @@ class Method:
     keep_all: dict | None = field(default_factory=dict)
     #: settings under which the seed changes the result
     seeded: dict = field(default_factory=dict)
+    #: hypothesis strategies for the method's own options, valid and invalid values alike
+    fuzzed: dict = field(default_factory=dict)
 
     def explainer(self, model):
         return (self.make or self.cls)(model)
@@ -57,14 +63,49 @@ def last_relu(model):
     return [module for module in model.modules() if isinstance(module, nn.ReLU)][-1]
 
 
+def numbers(low: float, high: float) -> st.SearchStrategy:
+    return st.floats(low, high, allow_nan=False, allow_infinity=False)
+
+
+PERTURBATION_NAMES = st.sampled_from(["blur", "constant", "noise", "zeros"])
+
 METHODS = {
     "MeaningfulPerturbation": Method(
         MeaningfulPerturbation,
         deterministic={"jitter": 0},
         keep_all={"mask_init": 1.0, "jitter": 0},
         seeded={"perturbation": "noise"},
+        fuzzed={
+            "n_iter": st.integers(0, 3),
+            "game": st.sampled_from(["deletion", "preservation", "keep"]),
+            "perturbation": PERTURBATION_NAMES,
+            "baselines": st.none() | numbers(-2, 2),
+            "mask_factor": st.integers(-1, 12),
+            "mask_sigma": numbers(-1, 8),
+            "mask_init": numbers(-0.5, 1.5),
+            "jitter": st.integers(-1, 6),
+            "blur_sigma": numbers(-1, 20),
+            "tv_beta": numbers(-1, 4),
+            "internal_batch_size": st.none() | st.integers(-1, 3),
+            "seed": st.integers(0, 3),
+        },
     ),
-    "NeuroMaskAttr": Method(NeuroMaskAttr, keep_all={"init_range": (60.0, 61.0)}),
+    "NeuroMaskAttr": Method(
+        NeuroMaskAttr,
+        keep_all={"init_range": (60.0, 61.0)},
+        fuzzed={
+            "n_iter": st.integers(0, 3),
+            "baselines": st.none() | numbers(-2, 2),
+            "temperature": numbers(-1, 3),
+            "init_range": st.tuples(numbers(-3, 3), numbers(-3, 3)),
+            "tau": numbers(-1, 30),
+            "smooth_kernel_size": st.sampled_from([1, 3, 5]),
+            "squared_smoothness": st.booleans(),
+            "channels_last": st.booleans(),
+            "internal_batch_size": st.none() | st.integers(-1, 3),
+            "seed": st.integers(0, 3),
+        },
+    ),
     "GuidedFeatureInversion": Method(
         GuidedFeatureInversion,
         make=lambda model: GuidedFeatureInversion(model, layer=last_relu(model)),
@@ -74,6 +115,19 @@ METHODS = {
         batch_atol=1e-4,
         keep_all=None,  # the mask is min-max normalised: never all ones
         seeded={"perturbation": "noise"},
+        fuzzed={
+            "inversion_iters": st.integers(0, 2),
+            "target_iters": st.integers(0, 3),
+            "stage": st.sampled_from(["target", "inversion", "both"]),
+            "perturbation": PERTURBATION_NAMES,
+            "baselines": st.none() | numbers(-2, 2),
+            "blur_sigma": numbers(-1, 20),
+            "activation": st.sampled_from(["relu", None, "tanh"]),
+            "lr_step": st.integers(0, 4),
+            "init_weight": numbers(-1, 1),
+            "background_weight": numbers(-1, 2),
+            "internal_batch_size": st.none() | st.integers(-1, 3),
+        },
     ),
 }
 
@@ -330,3 +384,202 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(
 def test_forward_func_must_be_callable(method):
     with pytest.raises(TypeError, match="forward_func"):
         method.cls("model", *([nn.ReLU()] if method.make else []))
+
+
+# ---------------------------------------------------------------- independence at default settings
+POOL = torch.randn(4, 3, 12, 12, generator=torch.Generator().manual_seed(3))
+POOL_TARGETS = [0, 3, 1, 4]
+_one_by_one: dict[str, torch.Tensor] = {}
+
+
+def one_by_one(method: Method, model: nn.Module) -> torch.Tensor:
+    """Each pool image explained alone, at the method's default settings (computed once)."""
+    name = method.cls.__name__
+    if name not in _one_by_one:
+        explainer = method.explainer(model)
+        _one_by_one[name] = torch.cat(
+            [explainer.attribute(POOL[i : i + 1], target=t) for i, t in enumerate(POOL_TARGETS)]
+        )
+    return _one_by_one[name]
+
+
+def pool_model() -> nn.Module:
+    torch.manual_seed(0)
+    return TinyCNN().eval()
+
+
+@hypothesis_settings(max_examples=6, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rows=st.lists(st.integers(0, 3), min_size=1, max_size=5),
+    internal_batch_size=st.none() | st.integers(1, 4),
+)
+def test_an_example_depends_only_on_itself_at_default_settings(method, rows, internal_batch_size):
+    """Default jitter and noise included: batch size, position, repeats and chunking change
+    nothing."""
+    model = pool_model()
+    expected = one_by_one(method, model)[rows]
+    batch = method.explainer(model).attribute(
+        POOL[rows],
+        target=[POOL_TARGETS[i] for i in rows],
+        internal_batch_size=internal_batch_size,
+    )
+    torch.testing.assert_close(batch, expected, atol=method.batch_atol, rtol=0)
+
+
+def test_noise_tunnel_and_sensitivity_see_the_one_by_one_result(method):
+    model = pool_model()
+    explainer = method.explainer(model)
+    alone = one_by_one(method, model)[:2]
+    targets = POOL_TARGETS[:2]
+    # NoiseTunnel without noise explains every image nt_samples times in one batch
+    tunnel = NoiseTunnel(explainer).attribute(POOL[:2], nt_samples=3, stdevs=0.0, target=targets)
+    torch.testing.assert_close(tunnel, alone, atol=method.batch_atol, rtol=0)
+
+    def shift(inputs):  # a perturbation without randomness: the same for every batching
+        return inputs + 0.05 * torch.cos(torch.arange(inputs[0].numel())).view_as(inputs[0])
+
+    sensitivities = [
+        sensitivity_max(
+            explainer.attribute,
+            POOL[:2],
+            perturb_func=shift,
+            target=targets,
+            n_perturb_samples=3,
+            max_examples_per_batch=batch,
+        )
+        for batch in (2, 6)
+    ]
+    torch.testing.assert_close(*sensitivities, atol=10 * method.batch_atol, rtol=0)
+
+
+# ---------------------------------------------------------------- any size, half precision
+@pytest.mark.parametrize(
+    "shape", [(1, 1, 1, 1), (1, 1, 4, 1), (2, 3, 1, 7), (1, 3, 2, 2), (2, 1, 9, 5)], ids=str
+)
+def test_every_size_from_one_pixel_up_at_default_settings(method, shape):
+    model = NormCNN().eval()
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    attribution = method.explainer(model).attribute(x, target=1)
+    assert attribution.shape == x.shape and torch.isfinite(attribution).all()
+    assert attribution.min() >= 0 and attribution.max() <= 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_precision_as_mixed_precision_does_it(method, dtype):
+    """The model runs in the input's dtype; masks, optimiser and losses in float32; the result
+    is finite, in the input's dtype, and close to the float32 result."""
+    model = pool_model()
+    reference = method.explainer(model).attribute(POOL[:2], target=1)
+    seen = []
+    model.features.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+    attribution, history = method.explainer(model.to(dtype)).attribute(
+        POOL[:2].to(dtype), target=1, return_history=True
+    )
+    assert set(seen) == {dtype}
+    assert attribution.dtype == dtype and attribution.shape == POOL[:2].shape
+    assert torch.isfinite(attribution).all()
+    assert attribution.min() >= 0 and attribution.max() <= 1
+    assert history.loss.dtype == history.probability.dtype == torch.float32
+    assert torch.isfinite(history.loss).all()
+    torch.testing.assert_close(attribution.float(), reference, atol=0.05, rtol=0)
+
+
+# ---------------------------------------------------------------- a model in training mode
+def training_warnings(records) -> list:
+    return [r for r in records if "training mode" in str(r.message)]
+
+
+def test_a_training_mode_model_is_left_bit_identical_with_one_warning(method):
+    torch.manual_seed(0)
+    model = NormCNN().train()
+    x = torch.randn(3, 3, 10, 10)
+    model(x).sum().backward()  # the user has gradients of their own
+    before = model_state(model)
+    rng = torch.get_rng_state()
+    with pytest.warns(UserWarning) as records:
+        method(model, x, target=0)
+    assert len(training_warnings(records)) == 1
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert_same_state(before, model_state(model))  # batch norm statistics included
+
+
+def test_a_training_mode_model_is_left_bit_identical_when_the_call_raises(method):
+    torch.manual_seed(0)
+    model = NormCNN().train()
+    calls = {"n": 0}
+
+    def fail_on_fourth_call(module, args, output):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("boom")
+
+    handle = model.norm.register_forward_hook(fail_on_fourth_call)
+    before = model_state(model)
+    with pytest.raises(RuntimeError, match="boom"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        method(model, torch.randn(2, 3, 10, 10), target=0)
+    handle.remove()
+    before["hooks"] = model_state(model)["hooks"]
+    assert_same_state(before, model_state(model))
+
+
+def test_an_eval_mode_model_gives_no_warning(method, tiny_model, images):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        method(tiny_model, images, target=1)
+
+
+def test_a_target_that_never_moves_is_warned_about(method):
+    class Stubborn(nn.Module):
+        """Class 3 has probability ~0.002 whatever the input."""
+
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+
+        def forward(self, x):
+            logits = torch.tensor([6.0, 6.0, 6.0, 0.0], dtype=x.dtype, device=x.device)
+            evidence = self.features(x).mean(dim=(1, 2, 3)).unsqueeze(1)
+            return logits.expand(x.shape[0], -1) + 1e-9 * evidence
+
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.warns(UserWarning, match=r"never moved.*example\(s\) \[0, 1\].*target"):
+        method(Stubborn().eval(), x, target=3)
+
+
+# ---------------------------------------------------------------- fuzzing
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+@hypothesis_settings(max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzz_returns_a_valid_mask_or_a_clear_error_and_never_changes_the_model(method, data):
+    batch = data.draw(st.integers(1, 3), label="batch")
+    rank = data.draw(st.sampled_from([3, 4]), label="rank")
+    sides = data.draw(st.lists(st.integers(1, 9), min_size=rank - 2, max_size=rank - 2))
+    shape = (batch, data.draw(st.integers(1, 3), label="channels"), *sides)
+    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
+    target = data.draw(
+        st.none()
+        | st.integers(-1, 4)
+        | st.lists(st.integers(0, 4), min_size=1, max_size=4)
+        | st.just(torch.tensor(2)),
+        label="target",
+    )
+    options = data.draw(st.fixed_dictionaries({}, optional=method.fuzzed), label="options")
+    model = NormCNN().to(dtype).train(data.draw(st.booleans(), label="training"))
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+    x_before = x.clone()
+    before = model_state(model)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            attribution = method.explainer(model).attribute(x, target=target, **options)
+    except (ValueError, TypeError) as error:
+        assert str(error)
+    else:
+        assert attribution.shape == x.shape and attribution.dtype == dtype
+        assert torch.isfinite(attribution).all()
+        assert attribution.min() >= 0 and attribution.max() <= 1
+    assert_same_state(before, model_state(model))
+    assert torch.equal(x, x_before)
