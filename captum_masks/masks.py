@@ -112,11 +112,14 @@ class UpsampledMask:
         )
 
 
+MIN_TEMPERATURE = 1e-6
+
+
 class SigmoidMask:
     r"""A full-resolution mask m = σ(W / temperature) over unconstrained weights W (NeuroMask).
 
     Args:
-        temperature (float): divides W before the sigmoid; lower is sharper.
+        temperature (float): divides W before the sigmoid; lower is sharper; at least 1e-6.
         init_range (tuple of float): W starts uniform in [low, high), drawn from the call's
             generator so a seed fixes it.
 
@@ -128,8 +131,11 @@ class SigmoidMask:
     """
 
     def __init__(self, temperature: float = 1.0, init_range: tuple[float, float] = (-1.0, 1.0)):
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        # below ~1e-6, W / T overflows (and 0 / T is NaN once T underflows in float32)
+        if not isinstance(temperature, (int, float)) or not temperature >= MIN_TEMPERATURE:
+            raise ValueError(
+                f"temperature must be a number >= {MIN_TEMPERATURE}, got {temperature!r}"
+            )
         low, high = init_range
         if not low < high:
             raise ValueError(f"init_range must be (low, high) with low < high, got {init_range!r}")

@@ -331,6 +331,33 @@ def test_leaves_everything_untouched_when_the_model_raises_midway(method):
     assert torch.equal(torch.get_rng_state(), rng) and torch.equal(x, x_before)
 
 
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda model, x: torch.jit.trace(model, x),
+        lambda model, x: torch.jit.script(model),
+        lambda model, x: nn.DataParallel(model),
+    ],
+    ids=["trace", "script", "DataParallel"],
+)
+def test_wrapped_models_give_the_eager_result_or_a_clear_error(method, images, wrap):
+    model = NormCNN().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated
+        wrapped = wrap(model, images)
+    eager = method(model, images, target=1)
+    if method.make is None:
+        explainer = method.cls(wrapped)
+    elif isinstance(wrapped, torch.jit.ScriptModule):
+        with pytest.raises(TypeError, match="TorchScript"):  # the layer needs forward hooks
+            method.cls(wrapped, layer=wrapped.relu)
+        return
+    else:
+        explainer = method.cls(wrapped, layer=wrapped.module.relu)
+    result = explainer.attribute(images, target=1, **method.iterations(8))
+    torch.testing.assert_close(result, eager, atol=method.batch_atol, rtol=0)
+
+
 # ---------------------------------------------------------------- bad input
 def test_zero_iterations_is_a_clear_error(method, tiny_model, images):
     with pytest.raises(ValueError, match="iter"):

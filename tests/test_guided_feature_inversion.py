@@ -4,7 +4,7 @@ options and errors (the shared contract is in test_contract.py)."""
 import pytest
 import torch
 import torchvision
-from conftest import TinyCNN, assert_same_state, model_state
+from conftest import NormCNN, TinyCNN, assert_same_state, model_state
 from torch import nn
 
 from captum_masks import GuidedFeatureInversion
@@ -167,3 +167,25 @@ def test_one_image_tensor_only(tiny_model, images):
     gfi = GuidedFeatureInversion(tiny_model, layer=tiny_model.features[3])
     with pytest.raises(ValueError, match="one image tensor"):
         gfi.attribute((images, images), target=0)
+
+
+@pytest.mark.parametrize("name", ["layer", "mask_layer"])
+def test_a_layer_without_feature_maps_is_a_clear_error(tiny_model, images, name):
+    """A linear layer gives (N, classes): no feature maps to build a mask from."""
+    layers = {"layer": tiny_model.features[-1], name: tiny_model.head}
+    before = model_state(tiny_model)
+    message = rf"{name} must output \(N, C, h, w\) feature maps.*\(3, 5\)"
+    with pytest.raises(ValueError, match=message):
+        GuidedFeatureInversion(tiny_model, **layers).attribute(images, target=0)
+    assert_same_state(before, model_state(tiny_model))
+
+
+@pytest.mark.parametrize(
+    "compile_model",
+    [torch.jit.script, lambda m: torch.jit.trace(m, torch.rand(1, 3, 8, 8))],
+    ids=["script", "trace"],
+)
+def test_a_torchscript_model_is_a_clear_error(compile_model):
+    scripted = compile_model(NormCNN().eval())
+    with pytest.raises(TypeError, match="layer must be a module of an eager .*TorchScript"):
+        GuidedFeatureInversion(scripted, layer=scripted.relu)
