@@ -204,7 +204,14 @@ def check_positive(name: str, value: Any, allow_zero: bool = False) -> None:
         raise ValueError(f"{name} must be a number {bound}, got {value!r}")
 
 
+def check_at_least(name: str, value: Any, lower: float, why: str) -> None:
+    """``value`` must be a real number ≥ ``lower``; ``why`` ends the error message."""
+    if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and value >= lower):
+        raise ValueError(f"{name} must be a number >= {lower} ({why}), got {value!r}")
+
+
 __all__ = [
+    "check_at_least",
     "check_choice",
     "check_positive",
     "format_additional_args",

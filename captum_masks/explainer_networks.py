@@ -8,6 +8,8 @@ to train on a CPU in minutes, for images (N, C, H, W) and sequences (N, C, L) al
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -56,12 +58,13 @@ class MaskNet(nn.Module):
         conv = _CONV[spatial_dims]
 
         def block(inputs: int, outputs: int) -> nn.Sequential:
+            groups = math.gcd(8, outputs)  # up to 8 groups that divide any width
             return nn.Sequential(
                 conv(inputs, outputs, 3, padding=1),
-                nn.GroupNorm(min(8, outputs), outputs),
+                nn.GroupNorm(groups, outputs),
                 nn.ReLU(),
                 conv(outputs, outputs, 3, padding=1),
-                nn.GroupNorm(min(8, outputs), outputs),
+                nn.GroupNorm(groups, outputs),
                 nn.ReLU(),
             )
 

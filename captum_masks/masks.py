@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from captum_masks._inputs import check_at_least
 from captum_masks.perturbations import gaussian_blur
 
 
@@ -131,11 +132,9 @@ class SigmoidMask:
     """
 
     def __init__(self, temperature: float = 1.0, init_range: tuple[float, float] = (-1.0, 1.0)):
-        # below ~1e-6, W / T overflows (and 0 / T is NaN once T underflows in float32)
-        if not isinstance(temperature, (int, float)) or not temperature >= MIN_TEMPERATURE:
-            raise ValueError(
-                f"temperature must be a number >= {MIN_TEMPERATURE}, got {temperature!r}"
-            )
+        check_at_least(
+            "temperature", temperature, MIN_TEMPERATURE, "below it W / T overflows to NaN"
+        )
         low, high = init_range
         if not low < high:
             raise ValueError(f"init_range must be (low, high) with low < high, got {init_range!r}")

@@ -17,6 +17,7 @@ from captum_masks._base import (
 )
 from captum_masks._compat import _format_output
 from captum_masks._inputs import (
+    check_at_least,
     check_choice,
     check_positive,
     per_input_baselines,
@@ -142,7 +143,7 @@ class MeaningfulPerturbation(MaskAttribution):
             l1_weight (float, optional): λ₁, weight of the L1 norm of the deleted (deletion) or
                 kept (preservation) low-resolution mask. Default: 1e-4
             tv_weight (float, optional): λ₂, weight of the total variation. Default: 1e-2
-            tv_beta (float, optional): exponent β of the total variation. Default: 3
+            tv_beta (float, optional): exponent β ≥ 1 of the total variation. Default: 3
             mask_factor (int, optional): upsampling factor δ; the mask has ⌈H/δ⌉ × ⌈W/δ⌉ cells
                 (28 × 28 for 224 px). Default: 8
             mask_sigma (float, optional): σ in pixels of the Gaussian smoothing of the
@@ -194,7 +195,7 @@ class MeaningfulPerturbation(MaskAttribution):
             ("mask_sigma", mask_sigma),
         ):
             check_positive(name, value, allow_zero=True)
-        check_positive("tv_beta", tv_beta)
+        check_at_least("tv_beta", tv_beta, 1.0, "below 1, |∇m|^β has no gradient where m is flat")
         if not 0.0 <= mask_init <= 1.0:
             raise ValueError(f"mask_init must be in [0, 1], got {mask_init!r}")
         settings = OptimizationSettings(

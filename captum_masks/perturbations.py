@@ -20,6 +20,11 @@ BaselineType = float | Sequence[float] | Tensor | None
 PERTURBATIONS = ("blur", "constant", "noise")
 
 
+#: σ below which the Gaussian's neighbours weigh exp(−0.5 / σ²) = 0 in any float dtype (and a
+#: σ that underflows to 0 in float32 would give 0 / 0 at the centre)
+NEGLIGIBLE_SIGMA = 1e-2
+
+
 def gaussian_kernel1d(sigma: float, like: Tensor) -> Tensor:
     """Normalised 1-D Gaussian kernel with radius ⌈3σ⌉.
 
@@ -30,6 +35,7 @@ def gaussian_kernel1d(sigma: float, like: Tensor) -> Tensor:
     Returns:
         1-D Tensor of length 2⌈3σ⌉ + 1 summing to 1.
     """
+    sigma = max(sigma, NEGLIGIBLE_SIGMA)  # a delta either way, without 0 / 0
     radius = max(1, math.ceil(3.0 * sigma))
     offsets = torch.arange(-radius, radius + 1, device=like.device, dtype=like.dtype)
     kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
@@ -41,7 +47,8 @@ def gaussian_blur(inputs: Tensor, sigma: float) -> Tensor:
 
     Args:
         inputs (Tensor): batch-first, channel-second signal with 1 or 2 spatial axes.
-        sigma (float): standard deviation of the kernel in pixels; 0 returns ``inputs``.
+        sigma (float): standard deviation of the kernel in pixels; below 0.01 (where the
+            kernel is a delta to float precision) ``inputs`` is returned as it is.
 
     Returns:
         Tensor of the same shape, device and dtype. Borders are reflected (replicated when the
@@ -51,7 +58,7 @@ def gaussian_blur(inputs: Tensor, sigma: float) -> Tensor:
 
         >>> blurred = gaussian_blur(torch.rand(2, 3, 64, 64), sigma=10.0)
     """
-    if sigma == 0:
+    if sigma < NEGLIGIBLE_SIGMA:
         return inputs
     spatial_dims = inputs.dim() - 2
     if spatial_dims not in (1, 2):

@@ -34,7 +34,8 @@ def total_variation(mask: Tensor, beta: float = 1.0) -> Tensor:
 
     Args:
         mask (Tensor): (N, 1, L) or (N, 1, H, W).
-        beta (float): exponent β; 1 is the usual anisotropic TV, 3 the paper's setting.
+        beta (float): exponent β ≥ 1 (below 1 the gradient is infinite where m is flat); 1 is
+            the usual anisotropic TV, 3 the paper's setting.
 
     Returns:
         Tensor (N,).

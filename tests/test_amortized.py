@@ -12,7 +12,7 @@ from amortized_problems import Quadrants, batches, quadrant_data, quadrant_masks
 import warnings
 
 from conftest import NormCNN, TinyCNN, assert_same_state, model_state
-from hypothesis import given
+from hypothesis import event, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from torch import nn
@@ -216,7 +216,9 @@ def test_fuzz_returns_a_valid_mask_or_a_clear_error_and_never_changes_the_model(
             attribution = explainer.attribute(x, target=target)
     except (ValueError, TypeError) as error:
         assert str(error)
+        event(f"{type(error).__name__}: {str(error)[:40]}")
     else:
+        event("a valid mask")
         assert attribution.shape == x.shape and attribution.dtype == dtype
         assert torch.isfinite(attribution).all()
         assert attribution.min() >= 0 and attribution.max() <= 1
