@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +22,7 @@ from captum.attr import PerturbationAttribution
 from torch import Tensor, nn
 
 from captum_masks._inputs import format_additional_args, format_inputs, resolve_targets, run_forward
+from captum_masks._warnings import warn_user
 
 
 def work_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -147,16 +147,14 @@ def restored_buffers(modules: Sequence[nn.Module]) -> Iterator[None]:
 MODE_DEPENDENT = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase)
 
 
-def warn_if_training(modules: Sequence[nn.Module], what: str, stacklevel: int) -> None:
+def warn_if_training(modules: Sequence[nn.Module], what: str) -> None:
     """One warning when a dropout or batch norm layer of ``modules`` is in training mode."""
     layers = (m for model in modules for m in model.modules())
     if any(m.training and isinstance(m, MODE_DEPENDENT) for m in layers):
-        warnings.warn(
+        warn_user(
             f"{what} is in training mode: dropout makes every step's objective random and batch "
             "norm normalises with the perturbed batch's statistics. Its buffers are restored "
-            "after the call; call model.eval() first unless this is what you want.",
-            UserWarning,
-            stacklevel=stacklevel + 1,
+            "after the call; call model.eval() first unless this is what you want."
         )
 
 
@@ -176,7 +174,7 @@ def leaves_model_as_found(attribute: Callable) -> Callable:
     @functools.wraps(attribute)
     def guarded(self: MaskAttribution, inputs: Any = None, *args: Any, **kwargs: Any) -> Any:
         modules = modules_of(self.forward_func)
-        warn_if_training(modules, "forward_func", stacklevel=3)
+        warn_if_training(modules, "forward_func")
         with restored_buffers(modules), preserved_rng_state(_device_of(inputs)):
             return attribute(self, inputs, *args, **kwargs)
 

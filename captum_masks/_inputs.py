@@ -78,6 +78,12 @@ def run_forward(
     return output
 
 
+class TargetError(ValueError, AssertionError):
+    """A ``target`` that does not fit the model's output. A ``ValueError`` like every bad
+    argument here, and an ``AssertionError`` too, because Captum's own methods assert their
+    targets: code (and Captum's tests) written to catch Captum's error keep working."""
+
+
 def resolve_targets(target: Any, output: Tensor) -> Tensor:
     """Turn any Captum target form into a (N, K) long tensor of output indices.
 
@@ -88,7 +94,7 @@ def resolve_targets(target: Any, output: Tensor) -> Tensor:
     num_examples = output.shape[0]
     if target is None:
         if output.dim() != 2:
-            raise ValueError(
+            raise TargetError(
                 f"target=None explains the predicted class, which needs (N, num_classes) outputs; "
                 f"the model returned shape {tuple(output.shape)}, so pass target explicitly"
             )
@@ -102,7 +108,7 @@ def resolve_targets(target: Any, output: Tensor) -> Tensor:
         elif target.dim() == 1:
             per_example = target.tolist()
         else:
-            raise ValueError(
+            raise TargetError(
                 f"target tensor must be 0-d or 1-d with one entry per example, "
                 f"got shape {tuple(target.shape)}"
             )
@@ -116,7 +122,7 @@ def resolve_targets(target: Any, output: Tensor) -> Tensor:
             f"of ints or tuples, got {type(target).__name__}"
         )
     if len(per_example) != num_examples:
-        raise ValueError(
+        raise TargetError(
             f"target must have one entry per example: got {len(per_example)} targets for "
             f"{num_examples} examples"
         )
@@ -127,13 +133,13 @@ def resolve_targets(target: Any, output: Tensor) -> Tensor:
         if not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in indices):
             raise TypeError(f"target entries must be ints or tuples of ints, got {entry!r}")
         if len(indices) != output.dim() - 1:
-            raise ValueError(
+            raise TargetError(
                 f"target {entry!r} has {len(indices)} index(es) but the model output "
                 f"{tuple(output.shape)} needs {output.dim() - 1} per example"
             )
         for axis, index in enumerate(indices, start=1):
             if not 0 <= index < output.shape[axis]:
-                raise ValueError(
+                raise TargetError(
                     f"target {entry!r} is out of range for model output of shape "
                     f"{tuple(output.shape)} (axis {axis} has size {output.shape[axis]})"
                 )
@@ -211,6 +217,7 @@ def check_at_least(name: str, value: Any, lower: float, why: str) -> None:
 
 
 __all__ = [
+    "TargetError",
     "check_at_least",
     "check_choice",
     "check_positive",

@@ -14,7 +14,6 @@ result does not depend on which other examples share its batch or chunk.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -22,6 +21,7 @@ import torch
 from torch import Tensor
 
 from captum_masks._compat import progress
+from captum_masks._warnings import warn_user
 
 OPTIMIZERS = {
     "adam": torch.optim.Adam,
@@ -165,14 +165,12 @@ def warn_without_signal(probability: Tensor) -> None:
     silent = (lowest >= 0) & (highest < SIGNAL_FLOOR) & (highest - lowest < SIGNAL_SPREAD)
     if bool(silent.any()):
         examples = silent.nonzero().flatten().tolist()
-        warnings.warn(
+        warn_user(
             f"the target's probability stayed below {SIGNAL_FLOOR} and never moved during the "
             f"optimisation for example(s) {examples}, so their masks say nothing about the model. "
             "Check that target is the class you mean (target=None explains the predicted "
             "class), and that apply_softmax matches what forward_func returns (True for logits, "
-            "False for probabilities).",
-            UserWarning,
-            stacklevel=6,
+            "False for probabilities)."
         )
 
 

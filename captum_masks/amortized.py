@@ -9,7 +9,6 @@ import contextlib
 import copy
 import math
 import os
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from captum_masks._compat import _format_output, progress
 from captum_masks._hooks import check_layers, run_recording
 from captum_masks._inputs import check_choice, check_positive, format_inputs, run_forward
 from captum_masks._layout import MaskLayout
+from captum_masks._warnings import warn_user
 from captum_masks.explainer_networks import MaskNet, deeplab_explainer
 from captum_masks.perturbations import blend
 from captum_masks.regularizers import area_bounds, total_variation
@@ -324,12 +324,10 @@ class AmortizedExplainer(MaskAttribution):
 
     def _warn_if_untrained(self) -> None:
         if not self._trained:
-            warnings.warn(
+            warn_user(
                 "the explainer network has not been trained: its masks (about 0.5 everywhere) "
                 "say nothing about the model. Call fit(...) or AmortizedExplainer.load(...) "
-                "first",
-                UserWarning,
-                stacklevel=4,
+                "first"
             )
 
     # ------------------------------------------------------------------ training
@@ -608,7 +606,7 @@ class AmortizedExplainer(MaskAttribution):
         trained = _wrap_distributed(self.explainer) if world_size > 1 else self.explainer
         self.explainer.train()
         classifier = modules_of(self.forward_func)
-        warn_if_training(classifier, "the classifier (forward_func)", stacklevel=2)
+        warn_if_training(classifier, "the classifier (forward_func)")
         with _frozen(classifier), restored_buffers(classifier):
             for epoch in range(start, epochs):
                 if history.stopped_early:

@@ -423,6 +423,18 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(
     assert_same_state(before, model_state(tiny_model))
 
 
+def test_a_target_that_does_not_fit_is_also_the_assertion_error_captum_raises(method, images):
+    """Captum's methods assert their targets, and its hook-removal tests expect AssertionError
+    for ``target=(9999,) * 20``; ours is a ValueError that is an AssertionError too."""
+    model = NormCNN().eval()
+    before = model_state(model)
+    for target in [(9999,) * 20, 9999, [0, 1]]:
+        with pytest.raises(AssertionError, match="target") as error:
+            method(model, images, target=target)
+        assert isinstance(error.value, ValueError)
+    assert_same_state(before, model_state(model))  # no hook left behind
+
+
 def test_forward_func_must_be_callable(method):
     with pytest.raises(TypeError, match="forward_func"):
         method.cls("model", *([nn.ReLU()] if method.make else []))
