@@ -3,7 +3,7 @@
 import pytest
 from conftest import run_cli
 
-pytest.importorskip("captum_masks.zoo")
+pytest.importorskip("captum_masks.bench.zoo")
 pytestmark = pytest.mark.real_model
 
 METHODS = ["MeaningfulPerturbation", "Saliency", "IntegratedGradients", "Occlusion", "LayerGradCam"]
@@ -57,7 +57,7 @@ def test_speed_of_the_amortized_explainer_is_one_pass():
 
 
 def test_speed_table_states_the_amortized_speedup_per_batch_size():
-    from captum_masks.benchmarks import format_speed
+    from captum_masks.bench.speed import format_speed
 
     def row(method, batch_size, seconds_per_image):
         return {
@@ -86,7 +86,7 @@ def test_speed_table_states_the_amortized_speedup_per_batch_size():
 
 
 def test_speed_of_an_unknown_method_is_a_clear_error():
-    from captum_masks.benchmarks import measure_speed
+    from captum_masks.bench.speed import measure_speed
 
     with pytest.raises(ValueError, match="method must be one of"):
         measure_speed("GradCam")

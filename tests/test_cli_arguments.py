@@ -4,10 +4,10 @@ mistake a one-line error (never a traceback), --threads applied."""
 import pytest
 import torch
 
-from captum_masks.__main__ import main
-from captum_masks.benchmarks import SPEED_METHODS
-from captum_masks.comparison import ALL_METHODS, SUITES
-from captum_masks.zoo import SAMPLE_IMAGES
+from captum_masks.bench.cli import main
+from captum_masks.bench.speed import SPEED_METHODS
+from captum_masks.bench.benchmark import ALL_METHODS, SUITES
+from captum_masks.bench.zoo import SAMPLE_IMAGES
 
 
 def help_text(capsys, *command: str) -> str:

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-pytest.importorskip("captum_masks.zoo")
+pytest.importorskip("captum_masks.bench.zoo")
 
 from conftest import run_cli
 
-from captum_masks.comparison import (
+from captum_masks.bench.benchmark import (
     ALL_METHODS,
     METRIC_COLUMNS,
     format_table,
@@ -100,7 +100,7 @@ def test_pair_suite_explains_every_image_for_both_objects():
 
 
 def test_photos_pairs_suite_targets_each_objects_own_class():
-    from captum_masks import zoo
+    from captum_masks.bench import zoo
 
     suite = photos_pairs_suite(3)
     categories = zoo.imagenet_categories()
@@ -198,7 +198,7 @@ def test_overrides_go_only_to_the_methods_that_take_them():
 @pytest.fixture
 def quick_explainer_settings(monkeypatch):
     """A few seconds of training instead of minutes (its own cache entry)."""
-    from captum_masks import synthetic
+    from captum_masks.bench import synthetic
 
     monkeypatch.setitem(synthetic.EXPLAINER_SETTINGS, "train_size", 64)
     monkeypatch.setitem(synthetic.EXPLAINER_SETTINGS, "val_size", 16)
@@ -208,7 +208,7 @@ def quick_explainer_settings(monkeypatch):
 def test_class_masking_report_scores_the_explainer_next_to_the_ground_truth(
     quick_explainer_settings,
 ):
-    from captum_masks.comparison import class_masking_report, format_class_masking
+    from captum_masks.bench.benchmark import class_masking_report, format_class_masking
 
     report = class_masking_report(n=12, retrain=True)
     assert report["history"] is not None and len(report["history"].train_loss) == 1
@@ -241,7 +241,7 @@ def test_amortized_explainer_is_a_method_of_the_pair_suite(quick_explainer_setti
 
 
 def test_explainer_overrides_must_be_training_settings():
-    from captum_masks.synthetic import load_synthetic_explainer
+    from captum_masks.bench.synthetic import load_synthetic_explainer
 
     with pytest.raises(ValueError, match="overrides must be keys of EXPLAINER_SETTINGS"):
         load_synthetic_explainer(verbose=False, separate=False)

@@ -9,7 +9,7 @@ import torch
 from captum_masks import MeaningfulPerturbation
 from captum_masks.perturbations import blend, gaussian_blur
 
-zoo = pytest.importorskip("captum_masks.zoo")
+zoo = pytest.importorskip("captum_masks.bench.zoo")
 pytestmark = pytest.mark.real_model
 
 CASES = [("cat", "brick", 0), ("coffee", "grass", 1), ("cat", "gravel", 2)]
@@ -117,7 +117,7 @@ def test_guided_feature_inversion_separates_two_objects_in_one_photo(model):
     """A cat and an espresso cup in one photo, each explained for its own class (held-out layouts
     of the calibration: 16 of 16 such explanations put more relevance on the explained object)."""
     from captum_masks import GuidedFeatureInversion, metrics
-    from captum_masks.comparison import photos_pairs_suite
+    from captum_masks.bench.benchmark import photos_pairs_suite
 
     suite = photos_pairs_suite(2, seed=100)
     gfi = GuidedFeatureInversion(model, layer=model._bn1)

@@ -5,9 +5,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-pytest.importorskip("captum_masks.zoo")
+pytest.importorskip("captum_masks.bench.zoo")
 
-from captum_masks.synthetic import SHAPES, load_reference_cnn, make_synthetic, shape_mask
+from captum_masks.bench.synthetic import SHAPES, load_reference_cnn, make_synthetic, shape_mask
 
 seeds = st.integers(min_value=0, max_value=10_000)
 

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-zoo = pytest.importorskip("captum_masks.zoo")
+zoo = pytest.importorskip("captum_masks.bench.zoo")
 
 
 @settings(max_examples=15, deadline=None)

@@ -26,7 +26,7 @@ import torch
 from captum.attr import Attribution
 from torch import Tensor, nn
 
-from captum_masks import zoo
+from captum_masks.bench import zoo
 from captum_masks.amortized import AmortizedExplainer
 from captum_masks.guided_feature_inversion import GuidedFeatureInversion
 from captum_masks.meaningful_perturbation import MeaningfulPerturbation

@@ -4,18 +4,18 @@ Every method explains the same images for the same targets; each is scored again
 ground truth (pointing game, relevance mass, IoU), on the model (deletion and insertion AUC) and
 on time. Four suites:
 
-- ``synthetic``: shapes on real backgrounds (:mod:`captum_masks.synthetic`), explained on the
+- ``synthetic``: shapes on real backgrounds (:mod:`captum_masks.bench.synthetic`), explained on the
   reference CNN for their true class; 64 px images.
-- ``photos``: real object photos pasted on real textures (:func:`captum_masks.zoo.paste_composite`),
+- ``photos``: real object photos pasted on real textures (:func:`captum_masks.bench.zoo.paste_composite`),
   explained on the pretrained EfficientNet-Lite0 for its predicted class; 224 px images.
 - ``synthetic-pairs`` and ``photos-pairs``: two objects of different classes in each image
-  (the multi-label reference CNN; a cat and an espresso cup, :func:`captum_masks.zoo.paste_pair`),
+  (the multi-label reference CNN; a cat and an espresso cup, :func:`captum_masks.bench.zoo.paste_pair`),
   each image explained once for each object's class. The ground truth is the explained object,
   and the ``discrimination`` column is the share of explanations with more relevance on it than
   on the other object.
 
 ``AmortizedExplainer`` needs an explainer trained for the suite's model; the one for the
-multi-label reference CNN (:func:`captum_masks.synthetic.load_synthetic_explainer`) makes it a
+multi-label reference CNN (:func:`captum_masks.bench.synthetic.load_synthetic_explainer`) makes it a
 method of the ``synthetic-pairs`` suite. :func:`class_masking_report` is Stalder et al.'s
 class-specific masking table for it (``python -m captum_masks class-masking``).
 """
@@ -147,7 +147,7 @@ def _synthetic_settings(model: nn.Module, size: int) -> dict:
 
 def synthetic_suite(n: int, seed: int = 0) -> Suite:
     """``n`` single-label synthetic images on the reference CNN (trained on first use)."""
-    from captum_masks.synthetic import load_reference_cnn, make_synthetic
+    from captum_masks.bench.synthetic import load_reference_cnn, make_synthetic
 
     model = load_reference_cnn(multilabel=False).model
     batch = make_synthetic(n, seed=20_000 + seed)
@@ -165,7 +165,7 @@ def synthetic_suite(n: int, seed: int = 0) -> Suite:
 def synthetic_pairs_suite(n: int, seed: int = 0) -> Suite:
     """``n`` two-object synthetic images on the multi-label reference CNN, each explained for
     both of its classes (2n rows: every image for its first object, then for its second)."""
-    from captum_masks.synthetic import load_reference_cnn, make_synthetic
+    from captum_masks.bench.synthetic import load_reference_cnn, make_synthetic
 
     model = load_reference_cnn(multilabel=True).model
     batch = make_synthetic(n, seed=30_000 + seed, multilabel=True)
@@ -201,7 +201,7 @@ def _photos_settings(model: nn.Module) -> dict:
 
 def photos_suite(n: int, seed: int = 0) -> Suite:
     """``n`` cat/espresso photos pasted on real textures, on the pretrained EfficientNet-Lite0."""
-    from captum_masks import zoo
+    from captum_masks.bench import zoo
 
     model = zoo.load_efficientnet_lite0()
     composites = [
@@ -232,7 +232,7 @@ def photos_pairs_suite(n: int, seed: int = 0) -> Suite:
     """``n`` photos holding a cat and an espresso cup, on EfficientNet-Lite0, each explained for
     both objects (2n rows). An object's class is what the model predicts for that object pasted
     alone at the same place on the same background."""
-    from captum_masks import zoo
+    from captum_masks.bench import zoo
 
     model = zoo.load_efficientnet_lite0()
     images, masks, targets = [], [], []
@@ -331,7 +331,7 @@ def method_runners(
                 f"AmortizedExplainer has a trained explainer only for the suites "
                 f"{AMORTIZED_SUITES}, not {suite.name!r}"
             )
-        from captum_masks.synthetic import load_synthetic_explainer
+        from captum_masks.bench.synthetic import load_synthetic_explainer
 
         explainer, _ = load_synthetic_explainer(verbose=False)
         return explainer.attribute(x, target=t)
@@ -498,7 +498,7 @@ def class_masking_report(
         seed (int): picks the images.
         retrain (bool): train the explainer again instead of loading it from the cache.
         overrides (dict, optional): training settings that differ from the cached explainer's
-            (see :func:`~captum_masks.synthetic.load_synthetic_explainer`), e.g.
+            (see :func:`~captum_masks.bench.synthetic.load_synthetic_explainer`), e.g.
             ``{"separate_classes": False}``.
 
     Returns:
@@ -511,7 +511,7 @@ def class_masking_report(
 
         >>> print(format_class_masking(class_masking_report(200)))
     """
-    from captum_masks.synthetic import load_synthetic_explainer, make_synthetic
+    from captum_masks.bench.synthetic import load_synthetic_explainer, make_synthetic
 
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -535,7 +535,7 @@ def format_class_masking(report: dict) -> str:
     """:func:`class_masking_report` as markdown: for each source of masks, the probability of
     each present class (row) under each class's mask (column) as a share of its unmasked
     probability, over the images that hold both classes, then the summary numbers."""
-    from captum_masks.synthetic import SHAPES
+    from captum_masks.bench.synthetic import SHAPES
 
     lines = []
     for source in ("explainer", "ground truth"):

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from captum_masks import zoo
+from captum_masks.bench import zoo
 from captum_masks._compat import progress
 from captum_masks.meaningful_perturbation import MeaningfulPerturbation
 from captum_masks.visualization import attribution_to_image, image_to_numpy

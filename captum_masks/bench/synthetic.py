@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from captum_masks import zoo
+from captum_masks.bench import zoo
 
 SHAPES = ("circle", "square", "triangle", "cross")
 BACKGROUNDS = ("brick", "grass", "gravel", "camera", "china", "flower")

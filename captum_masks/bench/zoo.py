@@ -9,7 +9,7 @@
 - :func:`paste_composite`: a real object pasted onto a real background, with its ground-truth mask;
   :func:`paste_pair`: two objects on one background, one mask each.
 
-Everything here needs the ``zoo`` extra: ``pip install 'captum_masks[zoo]'``.
+Everything here needs the ``bench`` extra: ``pip install 'captum_masks[bench]'``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INPUT_SIZE = 224
 
-_INSTALL_HINT = "pip install 'captum_masks[zoo]'"
+_INSTALL_HINT = "pip install 'captum_masks[bench]'"
 
 
 def _require(module: str):
@@ -35,7 +35,7 @@ def _require(module: str):
         return importlib.import_module(module)
     except ImportError as error:
         raise ImportError(
-            f"captum_masks.zoo needs the package providing '{module}', which is not installed; "
+            f"captum_masks.bench.zoo needs the package providing '{module}', which is not installed; "
             f"run: {_INSTALL_HINT}"
         ) from error
 

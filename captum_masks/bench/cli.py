@@ -1,0 +1,170 @@
+"""Command line: ``python -m captum_masks {demo,speed,benchmark,class-masking} ...``."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from pathlib import Path
+
+import torch
+
+from captum_masks.bench.speed import SPEED_METHODS
+from captum_masks.bench.benchmark import ALL_METHODS, SUITES
+from captum_masks.bench.zoo import SAMPLE_IMAGES
+
+THREADS_HELP = (
+    "torch's CPU threads for this run (default: torch's own choice, one per core). Use fewer "
+    "when other work shares the cores: threads that outnumber the free cores spin against each "
+    "other (measured in the README's command-line section)"
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m captum_masks", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--threads", type=_positive_int, default=None, help=THREADS_HELP)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser(
+        "demo",
+        parents=[common],
+        help="explain a photo with MeaningfulPerturbation and Captum's built-ins",
+    )
+    demo.add_argument(
+        "--image",
+        default="cat",
+        type=_image,
+        help=f"a sample image ({', '.join(SAMPLE_IMAGES)}) or an image file's path",
+    )
+    demo.add_argument("--out", default="demo.png", help="where to save the figure")
+    demo.add_argument(
+        "--n-iter", type=_positive_int, default=300, help="MeaningfulPerturbation iterations"
+    )
+    demo.add_argument("--seed", type=int, default=0)
+
+    speed = commands.add_parser(
+        "speed", parents=[common], help="per-iteration cost vs. bare forward+backward"
+    )
+    speed.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        choices=list(SPEED_METHODS),
+        metavar="METHOD",
+        help=f"methods to time, of {', '.join(SPEED_METHODS)} (default: all)",
+    )
+    speed.add_argument("--batch-size", type=_positive_int, default=1)
+    speed.add_argument("--repeats", type=_positive_int, default=3)
+
+    bench = commands.add_parser(
+        "benchmark",
+        parents=[common],
+        help="compare the methods with Captum's built-ins on ground-truth images",
+    )
+    bench.add_argument("--suite", choices=SUITES, default="synthetic")
+    bench.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        choices=ALL_METHODS,
+        metavar="METHOD",
+        help=f"methods to run, of {', '.join(ALL_METHODS)} (default: all the suite has)",
+    )
+    bench.add_argument("--n", type=_positive_int, default=20, help="number of images")
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--out", default=None, help="figure path (default: benchmark_SUITE.png)")
+    bench.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="NAME=VALUE",
+        type=_setting,
+        help="override an argument of this package's methods, e.g. --set temperature=1.0 n_iter=150",
+    )
+
+    masking = commands.add_parser(
+        "class-masking",
+        parents=[common],
+        help="Stalder et al.'s class-specific masking table for the trained AmortizedExplainer",
+    )
+    masking.add_argument("--n", type=_positive_int, default=200, help="number of test images")
+    masking.add_argument("--seed", type=int, default=0)
+    masking.add_argument("--retrain", action="store_true", help="train the explainer again")
+    masking.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="NAME=VALUE",
+        type=_setting,
+        help="train with other settings, e.g. --set separate_classes=False epochs=8",
+    )
+
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        _run(args, argv)
+    except ValueError as error:  # a user's mistake the command could only see while running
+        parser.exit(2, f"{parser.prog} {args.command}: error: {error}\n")
+    return 0
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
+    if args.command == "demo":
+        from captum_masks.bench.demo import run_demo
+
+        run_demo(image=args.image, out=args.out, n_iter=args.n_iter, seed=args.seed)
+    elif args.command == "benchmark":
+        from captum_masks.bench.benchmark import format_table, run_benchmark, save_figure
+
+        result = run_benchmark(
+            args.suite, args.methods, args.n, args.seed, overrides=dict(args.set)
+        )
+        command = " ".join(["python -m captum_masks", *(sys.argv[1:] if argv is None else argv)])
+        print(f"\n{args.suite} suite, {args.n} images ({command}):\n")
+        print(format_table(result))
+        out = args.out or f"benchmark_{args.suite}.png"
+        save_figure(result, out)
+        print(f"\nSaved {out}")
+    elif args.command == "class-masking":
+        from captum_masks.bench.benchmark import class_masking_report, format_class_masking
+
+        report = class_masking_report(args.n, args.seed, args.retrain, dict(args.set))
+        print(format_class_masking(report))
+    else:
+        from captum_masks.bench.speed import SPEED_METHODS, format_speed, measure_speed
+
+        results = [
+            measure_speed(method, batch_size=args.batch_size, repeats=args.repeats)
+            for method in args.methods or SPEED_METHODS
+        ]
+        print(format_speed(results))
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}")
+    return value
+
+
+def _image(text: str) -> str:
+    if text in SAMPLE_IMAGES or Path(text).is_file():
+        return text
+    raise argparse.ArgumentTypeError(
+        f"image must be one of {', '.join(SAMPLE_IMAGES)} or an existing file, got {text!r}"
+    )
+
+
+def _setting(text: str) -> tuple[str, object]:
+    name, separator, value = text.partition("=")
+    if not separator or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        return name, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return name, value  # a bare word such as rmsprop
