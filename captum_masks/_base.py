@@ -21,7 +21,8 @@ import torch
 from captum.attr import PerturbationAttribution
 from torch import Tensor, nn
 
-from captum_masks._inputs import format_additional_args, format_inputs, resolve_targets, run_forward
+from captum_masks._compat import _format_additional_forward_args
+from captum_masks._inputs import format_inputs, resolve_targets, run_forward
 from captum_masks._warnings import warn_user
 
 
@@ -90,7 +91,7 @@ class MaskAttribution(PerturbationAttribution):
     ) -> PreparedCall:
         is_inputs_tuple = isinstance(inputs, tuple)
         formatted = format_inputs(inputs, spatial_dims)
-        additional_args = format_additional_args(additional_forward_args)
+        additional_args = _format_additional_forward_args(additional_forward_args)
         with torch.no_grad():
             clean_output = run_forward(self.forward_func, formatted, additional_args)
         targets = resolve_targets(target, clean_output)
@@ -167,6 +168,16 @@ def preserved_rng_state(device: torch.device) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def seeded_global_rng(seed: int, cuda_devices: Sequence[int] = ()) -> Iterator[None]:
+    """Run code that can only draw from the global RNG (module construction,
+    ``reset_parameters``) from ``seed``, inside a fork: the caller's RNG state is left as it
+    was."""
+    with torch.random.fork_rng(devices=list(cuda_devices)):
+        torch.manual_seed(seed)
+        yield
+
+
 def leaves_model_as_found(attribute: Callable) -> Callable:
     """Decorate an ``attribute`` method: warn once if the model is in training mode, and restore
     the model's buffers and the global RNG state when it returns or raises."""
@@ -212,6 +223,7 @@ __all__ = [
     "modules_of",
     "preserved_rng_state",
     "restored_buffers",
+    "seeded_global_rng",
     "warn_if_training",
     "work_dtype",
 ]

@@ -13,7 +13,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from captum_masks._compat import _format_additional_forward_args
 
 
 def format_inputs(
@@ -58,10 +57,6 @@ def format_inputs(
                 f"{inputs[0].shape[0]} examples, {where} has {tensor.shape[0]}"
             )
     return inputs
-
-
-def format_additional_args(additional_forward_args: Any) -> tuple | None:
-    return _format_additional_forward_args(additional_forward_args)
 
 
 def run_forward(
@@ -210,6 +205,14 @@ def check_positive(name: str, value: Any, allow_zero: bool = False) -> None:
         raise ValueError(f"{name} must be a number {bound}, got {value!r}")
 
 
+def check_positive_int(name: str, value: Any, allow_none: bool = False) -> None:
+    if allow_none and value is None:
+        return
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        expected = "a positive int or None" if allow_none else "a positive int"
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+
+
 def check_at_least(name: str, value: Any, lower: float, why: str) -> None:
     """``value`` must be a real number ≥ ``lower``; ``why`` ends the error message."""
     if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and value >= lower):
@@ -221,7 +224,7 @@ __all__ = [
     "check_at_least",
     "check_choice",
     "check_positive",
-    "format_additional_args",
+    "check_positive_int",
     "format_inputs",
     "per_input_baselines",
     "resolve_targets",

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from captum_masks._compat import progress
+from captum_masks._inputs import check_positive_int
 from captum_masks._warnings import warn_user
 
 OPTIMIZERS = {
@@ -82,8 +83,7 @@ class OptimizationSettings:
     warn_without_signal: bool = True
 
     def validate(self) -> None:
-        if not isinstance(self.n_iter, int) or isinstance(self.n_iter, bool) or self.n_iter < 1:
-            raise ValueError(f"n_iter must be a positive int, got {self.n_iter!r}")
+        check_positive_int("n_iter", self.n_iter)
         if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or self.lr <= 0:
             raise ValueError(f"lr must be a number > 0, got {self.lr!r}")
         if isinstance(self.optimizer, str) and self.optimizer not in OPTIMIZERS:
@@ -95,11 +95,8 @@ class OptimizationSettings:
             raise TypeError(f"optimizer must be a string or a callable, got {self.optimizer!r}")
         if self.tolerance is not None and not self.tolerance >= 0:
             raise ValueError(f"tolerance must be None or >= 0, got {self.tolerance!r}")
-        if not isinstance(self.patience, int) or self.patience < 1:
-            raise ValueError(f"patience must be a positive int, got {self.patience!r}")
-        size = self.internal_batch_size
-        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
-            raise ValueError(f"internal_batch_size must be None or a positive int, got {size!r}")
+        check_positive_int("patience", self.patience)
+        check_positive_int("internal_batch_size", self.internal_batch_size, allow_none=True)
 
     def make_optimizer(self, params: list[Tensor]) -> torch.optim.Optimizer:
         if isinstance(self.optimizer, str):

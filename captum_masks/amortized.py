@@ -21,15 +21,24 @@ from torch import Tensor, nn
 
 from captum_masks._base import (
     MaskAttribution,
+    check_seed,
     leaves_model_as_found,
     modules_of,
     restored_buffers,
+    seeded_global_rng,
     warn_if_training,
     work_dtype,
 )
 from captum_masks._compat import _format_output, progress
 from captum_masks._hooks import check_layers, run_recording
-from captum_masks._inputs import check_choice, check_positive, format_inputs, run_forward
+from captum_masks._io import save_atomically
+from captum_masks._inputs import (
+    check_choice,
+    check_positive,
+    check_positive_int,
+    format_inputs,
+    run_forward,
+)
 from captum_masks._layout import MaskLayout
 from captum_masks._warnings import warn_user
 from captum_masks.explainer_networks import MaskNet, deeplab_explainer
@@ -143,8 +152,7 @@ class AmortizedExplainer(MaskAttribution):
     ) -> None:
         super().__init__(forward_func)
         for name, value in (("num_classes", num_classes), ("width", width), ("depth", depth)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_positive_int(name, value)
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
         if not isinstance(multilabel, bool):
@@ -205,8 +213,7 @@ class AmortizedExplainer(MaskAttribution):
         """Create the default explainer for this input shape (once), on its device and dtype."""
         spatial_dims = explainer_input.dim() - 2
         if self.explainer is None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self._seed)
+            with seeded_global_rng(self._seed):
                 if self._kind == "deeplabv3_resnet50":
                     if spatial_dims != 2 or explainer_input.shape[1] != 3:
                         raise ValueError(
@@ -528,10 +535,8 @@ class AmortizedExplainer(MaskAttribution):
         """
         check_choice("loss", loss, LOSSES)
         check_choice("targets", targets, TARGET_SOURCES)
-        if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
-            raise ValueError(f"epochs must be a positive int, got {epochs!r}")
-        if patience is not None and (not isinstance(patience, int) or patience < 1):
-            raise ValueError(f"patience must be a positive int or None, got {patience!r}")
+        check_positive_int("epochs", epochs)
+        check_positive_int("patience", patience, allow_none=True)
         check_positive("lr", lr)
         for name, value in (
             ("entropy_weight", entropy_weight),
@@ -563,8 +568,7 @@ class AmortizedExplainer(MaskAttribution):
             )
         if resume and checkpoint is None:
             raise ValueError("resume=True needs a checkpoint path")
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        check_seed(seed)
         if not isinstance(separate_classes, bool):
             raise TypeError(
                 f"separate_classes must be a bool, got {type(separate_classes).__name__}"
@@ -647,8 +651,7 @@ class AmortizedExplainer(MaskAttribution):
                     stale += 1
                     history.stopped_early = patience is not None and stale >= patience
                 if checkpoint is not None and rank == 0:
-                    _write_checkpoint(
-                        checkpoint,
+                    save_atomically(
                         {
                             **self._checkpoint_header(),
                             "state": self.explainer.state_dict(),
@@ -659,6 +662,7 @@ class AmortizedExplainer(MaskAttribution):
                             "stale": stale,
                             "epoch": epoch,
                         },
+                        checkpoint,
                     )
         self.explainer.eval()
         if best_state is not None:
@@ -741,7 +745,7 @@ class AmortizedExplainer(MaskAttribution):
         """
         if self.explainer is None:
             raise ValueError("nothing to save: fit the explainer (or call attribute) first")
-        _write_checkpoint(path, {**self._checkpoint_header(), "state": self.explainer.state_dict()})
+        save_atomically({**self._checkpoint_header(), "state": self.explainer.state_dict()}, path)
 
     @classmethod
     def load(
@@ -910,13 +914,6 @@ def _frozen(modules: list[nn.Module]) -> Iterator[None]:
     finally:
         for parameter in parameters:
             parameter.requires_grad_(True)
-
-
-def _write_checkpoint(path: str | os.PathLike, content: dict) -> None:
-    path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(content, temporary)
-    os.replace(temporary, path)
 
 
 def _read_checkpoint(path: str | os.PathLike, map_location: Any = None) -> dict:

@@ -16,6 +16,7 @@ from captum_masks._hooks import check_layers, recording, run_recording, single_o
 from captum_masks._inputs import (
     check_choice,
     check_positive,
+    check_positive_int,
     per_input_baselines,
     select_scores,
     slice_batch,
@@ -205,8 +206,7 @@ class GuidedFeatureInversion(MaskAttribution):
             ("target_iters", target_iters),
             ("lr_step", lr_step),
         ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_positive_int(name, value)
         common = {
             "lr": lr,
             "optimizer": optimizer,

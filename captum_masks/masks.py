@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from captum_masks._inputs import check_at_least
+from captum_masks._inputs import check_at_least, check_positive_int
 from captum_masks.perturbations import gaussian_blur
 
 
@@ -43,8 +43,7 @@ class UpsampledMask:
     """
 
     def __init__(self, factor: int = 8, smooth_sigma: float = 5.0, jitter: int = 0) -> None:
-        if not isinstance(factor, int) or factor < 1:
-            raise ValueError(f"mask_factor must be a positive int, got {factor!r}")
+        check_positive_int("mask_factor", factor)
         if not isinstance(jitter, int) or jitter < 0:
             raise ValueError(f"jitter must be an int >= 0, got {jitter!r}")
         if smooth_sigma < 0:

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from captum_masks._inputs import resolve_targets, select_scores
+from captum_masks._base import seeded_global_rng
+from captum_masks._inputs import check_positive_int, resolve_targets, select_scores
 from captum_masks.perturbations import gaussian_blur
 
 BoxesType = Tensor | Sequence[Tensor]
@@ -113,8 +114,7 @@ def deletion_insertion_curve(
         raise ValueError(f"mode must be 'deletion' or 'insertion', got {mode!r}")
     if substrate not in ("blur", "zero"):
         raise ValueError(f"substrate must be 'blur' or 'zero', got {substrate!r}")
-    if not isinstance(n_steps, int) or n_steps < 1:
-        raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
+    check_positive_int("n_steps", n_steps)
     heat = to_heatmap(attributions)
     num, _, height, width = inputs.shape
     if heat.shape != (num, height, width):
@@ -616,8 +616,7 @@ def model_randomization_check(
     randomized_modules = dict(randomized.named_modules())
     cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
     # reset_parameters draws from the global RNG: seed it inside a fork so the caller's is kept
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(seed)
+    with seeded_global_rng(seed, cuda):
         for name in layers:
             for module in randomized_modules[name].modules():
                 if hasattr(module, "reset_parameters"):

@@ -35,15 +35,13 @@ from torch import Tensor, nn
 from captum_masks import metrics
 from captum_masks.amortized import AmortizedExplainer
 from captum_masks.guided_feature_inversion import GuidedFeatureInversion
-from captum_masks.meaningful_perturbation import MeaningfulPerturbation
+from captum_masks.meaningful_perturbation import GAMES, MeaningfulPerturbation
 from captum_masks.neuromask import NeuroMaskAttr
 
 SUITES = ("synthetic", "photos", "synthetic-pairs", "photos-pairs")
 CAPTUM_METHODS = ("Saliency", "IntegratedGradients", "Occlusion", "FeatureAblation", "LayerGradCam")
-MP_GAMES = ("deletion", "preservation")
-GFI_STAGES = ("target", "inversion")
 OUR_METHODS = (
-    *(f"MeaningfulPerturbation/{game}" for game in MP_GAMES),
+    *(f"MeaningfulPerturbation/{game}" for game in GAMES),
     "NeuroMaskAttr",
     "GuidedFeatureInversion",
     "GuidedFeatureInversion/inversion",
@@ -107,7 +105,7 @@ class Suite:
     pointing_tolerance: int
     gfi_layers: tuple[nn.Module, nn.Module]
     other_masks: Tensor | None = None
-    mp_settings: dict = field(default_factory=lambda: {game: {} for game in MP_GAMES})
+    mp_settings: dict = field(default_factory=lambda: {game: {} for game in GAMES})
     neuromask_settings: dict = field(default_factory=dict)
     gfi_settings: dict = field(default_factory=dict)
     blur_sigma: float = 10.0
@@ -339,7 +337,7 @@ def method_runners(
     neuromask_settings = {**suite.neuromask_settings, **_accepted("NeuroMaskAttr", overrides)}
     return {
         "AmortizedExplainer": amortized,
-        **{f"MeaningfulPerturbation/{game}": meaningful_perturbation(game) for game in MP_GAMES},
+        **{f"MeaningfulPerturbation/{game}": meaningful_perturbation(game) for game in GAMES},
         "NeuroMaskAttr": lambda x, t: NeuroMaskAttr(model).attribute(
             x, target=t, seed=seed, **neuromask_settings
         ),

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from captum_masks._base import seeded_global_rng
+from captum_masks._io import save_atomically
 from captum_masks.bench import zoo
 
 SHAPES = ("circle", "square", "triangle", "cross")
@@ -276,8 +278,7 @@ def load_reference_cnn(
         :class:`ReferenceModel`.
     """
     settings = dict(TRAIN_SETTINGS, multilabel=multilabel)
-    key = hashlib.sha1(repr(sorted(settings.items())).encode()).hexdigest()[:10]
-    path = cache_dir() / f"reference_cnn_{'multi' if multilabel else 'single'}_{key}.pt"
+    path = cache_dir() / f"reference_cnn_{'multi' if multilabel else 'single'}_{_key(settings)}.pt"
     with torch.random.fork_rng(devices=[]):  # construction draws initial weights
         model = ReferenceCNN()
     train_seconds = 0.0
@@ -288,9 +289,7 @@ def load_reference_cnn(
         _train(model, settings, verbose)
         train_seconds = time.perf_counter() - start
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".tmp")
-        torch.save(model.state_dict(), partial)
-        partial.replace(path)
+        save_atomically(model.state_dict(), path)
     model.eval()
     test = make_synthetic(1000, seed=10_000, multilabel=multilabel)
     empty = make_synthetic(1000, seed=10_000, multilabel=multilabel, with_objects=False)
@@ -310,11 +309,16 @@ def load_reference_cnn(
     return result
 
 
+def _key(settings: dict) -> str:
+    """A short name for a set of training settings: a cached model is reused only for the
+    same ones."""
+    return hashlib.sha1(repr(sorted(settings.items())).encode()).hexdigest()[:10]
+
+
 def _train(model: nn.Module, settings: dict, verbose: bool) -> None:
     multilabel = settings["multilabel"]
     data = make_synthetic(settings["train_size"], seed=settings["seed"], multilabel=multilabel)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(settings["seed"])
+    with seeded_global_rng(settings["seed"]):
         for module in model.modules():
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
@@ -390,8 +394,7 @@ def load_synthetic_explainer(retrain: bool = False, verbose: bool = True, **over
         )
     chosen = {**EXPLAINER_SETTINGS, **overrides}
     settings = dict(chosen, reference=TRAIN_SETTINGS)
-    key = hashlib.sha1(repr(sorted(settings.items())).encode()).hexdigest()[:10]
-    path = cache_dir() / f"amortized_explainer_multi_{key}.pt"
+    path = cache_dir() / f"amortized_explainer_multi_{_key(settings)}.pt"
     if path.is_file() and not retrain:
         explainer = AmortizedExplainer.load(path, reference.model)
         if verbose:
