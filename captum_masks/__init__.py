@@ -2,7 +2,7 @@
 
 from captum_masks._optimize import OptimizationHistory
 from captum_masks.amortized import AmortizedExplainer, FitHistory
-from captum_masks.explainer_networks import MaskNet, deeplab_explainer
+from captum_masks.amortized.networks import MaskNet, deeplab_explainer
 from captum_masks.guided_feature_inversion import GuidedFeatureInversion
 from captum_masks.masks import ChannelCombinationMask, SigmoidMask, UpsampledMask
 from captum_masks.meaningful_perturbation import MeaningfulPerturbation

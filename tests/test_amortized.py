@@ -292,7 +292,7 @@ def test_early_stopping_keeps_the_best_epoch(monkeypatch):
     losses = iter([1.0, 0.5, 0.7, 0.9, 0.2])
     states = []
 
-    def evaluate(data, targets, settings):
+    def evaluate(data, step):
         states.append({k: v.clone() for k, v in explainer.explainer.state_dict().items()})
         return next(losses)
 

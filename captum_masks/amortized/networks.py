@@ -154,4 +154,24 @@ def deeplab_explainer(num_classes: int) -> nn.Module:
     return _SegmentationOutput(model)
 
 
-__all__ = ["MaskNet", "deeplab_explainer"]
+def checked_logits(
+    explainer: nn.Module, explainer_input: Tensor, x: Tensor, num_classes: int
+) -> Tensor:
+    """The explainer's logits for ``explainer_input``, checked to be (N, num_classes,
+    *spatial) for inputs ``x``."""
+    logits = explainer(explainer_input)
+    expected = (x.shape[0], num_classes, *x.shape[2:])
+    if not isinstance(logits, Tensor) or tuple(logits.shape) != expected:
+        got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(
+            f"the explainer must return (N, num_classes, *spatial) = {expected} mask logits, "
+            f"got {got}"
+        )
+    return logits
+
+
+__all__ = [
+    "MaskNet",
+    "checked_logits",
+    "deeplab_explainer",
+]

@@ -1,0 +1,311 @@
+"""Amortised explanation: a network trained once that gives every class's mask in one forward pass
+(Stalder, Pittet, Gerber & Zimmermann, "What You See is What You Classify: Black Box Attributions",
+NeurIPS 2022; Phillips, Schmidt & Stevens, "Explanatory Masks for Neural Network
+Interpretability")."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from captum.log import log_usage
+from torch import Tensor, nn
+
+from captum_masks._base import (
+    MaskAttribution,
+    leaves_model_as_found,
+    seeded_global_rng,
+    work_dtype,
+)
+from captum_masks._compat import _format_output
+from captum_masks._hooks import check_layers, run_recording
+from captum_masks._inputs import check_choice, check_positive_int, format_inputs, run_forward
+from captum_masks._layout import MaskLayout
+from captum_masks._warnings import warn_user
+from captum_masks.amortized.fitting import FittingMixin
+from captum_masks.amortized.networks import MaskNet, checked_logits, deeplab_explainer
+from captum_masks.amortized.persistence import PersistenceMixin
+from captum_masks.amortized.training import evaluating
+
+TARGET_SOURCES = ("labels", "predictions")
+
+
+class AmortizedExplainer(FittingMixin, PersistenceMixin, MaskAttribution):
+    r"""
+    A second network, the *explainer*, learns to output a mask for every class of a frozen
+    classifier in one forward pass, so explaining a new input costs one pass of the explainer
+    instead of hundreds of optimisation steps [Stalder et al. 2022; Phillips et al.].
+
+    The explainer maps an input (and optionally the classifier's features at ``feature_layer``,
+    Phillips et al.'s design) to class logits S (N, C, \*spatial); the mask of class c is
+    σ(S_c). :meth:`fit` trains it; :meth:`attribute` returns the target class's mask with the
+    input's shape; :meth:`explain_all` returns every class's mask.
+
+    Training loss ``"stalder"`` (Eq. 1–8), with m = σ(max_{c∈Y} S_c) the target mask over the
+    image's classes Y and n = σ(max_{c∉Y} S_c) the non-target mask:
+
+    .. math::
+        L = L_c(f(m \odot x), Y) + \lambda_e \tfrac{1}{C}\textstyle\sum_c \tilde p_c \log \tilde p_c
+            + \lambda_a \big(A(m) + A(n) + \overline{B(\sigma(S_c))}_{c \in Y}\big)
+            + \lambda_{tv} \big(TV(m) + TV(n)\big)
+
+    with L_c binary cross-entropy over classes (multi-label, Eq. 2) or cross-entropy
+    (single-label), p̃ the softmax on the complement (1 − m) ⊙ x (Eq. 3), A the mean mask value,
+    B the area bounds (Eq. 4–6) and TV the anisotropic total variation per pixel (Eq. 7–8).
+    By default :meth:`fit` trains on one row per (input, class of that input), with Y that one
+    class, so a class's mask must keep its own evidence and leave out the other classes'
+    (``separate_classes``; Eq. 2 as written takes all of an input's classes at once).
+    Loss ``"phillips"``: the classification loss on m ⊙ x plus L1 and L2 penalties on m.
+    "Masked out" means the baseline (0 by default: the mask multiplies the input, as in both
+    papers).
+
+    The classifier stays frozen and untouched: no gradient reaches its parameters and its
+    ``training`` flag is never changed (put it in eval mode yourself, as for any Captum method).
+    The explainer network follows the inputs' device and dtype.
+
+    Args:
+        forward_func (Callable): the classifier (or a function calling it), returning
+            (N, num_classes) scores (logits).
+        num_classes (int): number of classes of the classifier.
+        explainer (nn.Module or str, optional): ``None`` for the compact :class:`MaskNet`
+            (built on first use from the input's shape), ``"deeplabv3_resnet50"`` for Stalder et
+            al.'s network (images with 3 channels), or any module mapping the explainer's input
+            to (N, num_classes, \*spatial) logits.
+        multilabel (bool, optional): several classes per input (sigmoid scores, BCE) instead of
+            one (softmax, cross-entropy). Default: False
+        feature_layer (nn.Module, optional): a module of the classifier whose output on the clean
+            input (channels first, any resolution) is resized to the input and fed to the
+            explainer next to the input. Default: None
+        channels_last (bool, optional): inputs are (N, L, D) sequences with the features last;
+            the mask spans the positions. Default: False
+        width (int, optional): width of the default :class:`MaskNet`. Default: 16
+        depth (int, optional): number of halvings of the default :class:`MaskNet`. Default: 2
+        baselines (float, optional): the value masked-out input takes. Default: 0
+
+    Examples::
+
+        >>> explainer = AmortizedExplainer(model, num_classes=4, multilabel=True)
+        >>> history = explainer.fit(train_loader, val_loader, epochs=10)
+        >>> mask = explainer.attribute(images, target=2)        # (N, 3, H, W) in [0, 1]
+        >>> every_class = explainer.explain_all(images)         # (N, 4, H, W)
+        >>> explainer.save("explainer.pt")
+        >>> again = AmortizedExplainer.load("explainer.pt", model)
+    """
+
+    def __init__(
+        self,
+        forward_func: Callable,
+        num_classes: int,
+        explainer: nn.Module | str | None = None,
+        multilabel: bool = False,
+        feature_layer: nn.Module | None = None,
+        channels_last: bool = False,
+        width: int = 16,
+        depth: int = 2,
+        baselines: float = 0.0,
+    ) -> None:
+        super().__init__(forward_func)
+        for name, value in (("num_classes", num_classes), ("width", width), ("depth", depth)):
+            check_positive_int(name, value)
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        if not isinstance(multilabel, bool):
+            raise TypeError(f"multilabel must be a bool, got {type(multilabel).__name__}")
+        if explainer is not None and not isinstance(explainer, (nn.Module, str)):
+            raise TypeError(
+                "explainer must be None, 'deeplabv3_resnet50' or an nn.Module, got "
+                f"{type(explainer).__name__}"
+            )
+        if isinstance(explainer, str):
+            check_choice("explainer", explainer, ("deeplabv3_resnet50",))
+        if not isinstance(baselines, (int, float)) or isinstance(baselines, bool):
+            raise TypeError(f"baselines must be a number, got {type(baselines).__name__}")
+        if feature_layer is not None:
+            check_layers(forward_func, [feature_layer], ["feature_layer"])
+        self.num_classes = num_classes
+        self.multilabel = multilabel
+        self.feature_layer = feature_layer
+        self.layout = MaskLayout(channels_last)
+        self.width = width
+        self.depth = depth
+        self.baselines = float(baselines)
+        self._kind = "custom" if isinstance(explainer, nn.Module) else explainer or "compact"
+        self.explainer: nn.Module | None = explainer if isinstance(explainer, nn.Module) else None
+        self._input_shape: tuple[int, int] | None = None  # (input channels, spatial dims)
+        # a network the caller hands over may be trained; the default one is not until fit or load
+        self._trained = isinstance(explainer, nn.Module)
+        self._seed = 0
+
+    # ------------------------------------------------------------------ explainer input
+    def _features(self, x: Tensor) -> Tensor | None:
+        if self.feature_layer is None:
+            return None
+        with torch.no_grad():
+            (features,) = run_recording(
+                lambda: self.forward_func(self.layout.to_caller(x)),
+                [self.feature_layer],
+                stop_after=True,
+            )
+        if features.dim() != x.dim():
+            raise ValueError(
+                f"feature_layer output has shape {tuple(features.shape)}, which cannot be "
+                f"resized to inputs of shape {tuple(x.shape)}: it needs the same number of axes "
+                "(N, C, *spatial), channels first"
+            )
+        mode = "linear" if x.dim() == 3 else "bilinear"
+        return F.interpolate(features, size=x.shape[2:], mode=mode, align_corners=False)
+
+    def _explainer_input(self, x: Tensor) -> Tensor:
+        """The explainer's input in the work dtype (float32 for half-precision inputs): the
+        classifier sees ``x`` in its own dtype, the explainer network trains in full precision."""
+        features = self._features(x)
+        dtype = work_dtype(x.dtype)
+        x = x.to(dtype)
+        return x if features is None else torch.cat([x, features.to(dtype)], dim=1)
+
+    def _build(self, explainer_input: Tensor, input_channels: int) -> None:
+        """Create the default explainer for this input shape (once), on its device and dtype."""
+        spatial_dims = explainer_input.dim() - 2
+        if self.explainer is None:
+            with seeded_global_rng(self._seed):
+                if self._kind == "deeplabv3_resnet50":
+                    if spatial_dims != 2 or explainer_input.shape[1] != 3:
+                        raise ValueError(
+                            "explainer='deeplabv3_resnet50' takes (N, 3, H, W) images without "
+                            f"feature_layer; got an explainer input of shape "
+                            f"{tuple(explainer_input.shape)}"
+                        )
+                    self.explainer = deeplab_explainer(self.num_classes)
+                else:
+                    self.explainer = MaskNet(
+                        explainer_input.shape[1],
+                        self.num_classes,
+                        spatial_dims,
+                        self.width,
+                        self.depth,
+                    )
+            self.explainer.eval()  # fit switches it to training mode while it trains
+            self._input_shape = (input_channels, spatial_dims)
+        self.explainer.to(device=explainer_input.device, dtype=explainer_input.dtype)
+
+    def _target_logits(self, x: Tensor, classes: Tensor) -> Tensor:
+        """The logits S_c (N, 1, *spatial) of one class c per example."""
+        explainer_input = self._explainer_input(x)
+        self._build(explainer_input, x.shape[1])
+        if (
+            isinstance(self.explainer, MaskNet)
+            and self.explainer.head.out_channels == self.num_classes
+        ):
+            return self.explainer.class_logits(explainer_input, classes)
+        rows = torch.arange(x.shape[0], device=x.device)
+        return checked_logits(self.explainer, explainer_input, x, self.num_classes)[
+            rows, classes
+        ].unsqueeze(1)
+
+    def _logits(self, x: Tensor) -> Tensor:
+        """Class logits S (N, num_classes, *spatial) for channels-first inputs."""
+        explainer_input = self._explainer_input(x)
+        self._build(explainer_input, x.shape[1])
+        return checked_logits(self.explainer, explainer_input, x, self.num_classes)
+
+    def _check_inputs(self, inputs: Any) -> Tensor:
+        (x,) = format_inputs(inputs if isinstance(inputs, Tensor) else tuple(inputs), (1, 2))
+        x = self.layout.to_channels_first(x)
+        if self._input_shape is not None and (x.shape[1], x.dim() - 2) != self._input_shape:
+            channels, dims = self._input_shape
+            raise ValueError(
+                f"inputs must have {channels} channels and {dims} spatial axes like the data "
+                f"the explainer was built for, got shape {tuple(x.shape)}"
+            )
+        return x
+
+    # ------------------------------------------------------------------ inference
+    @log_usage()
+    @leaves_model_as_found
+    def attribute(
+        self,
+        inputs: Tensor | tuple[Tensor],
+        target: Any = None,
+        additional_forward_args: Any = None,
+    ) -> Tensor | tuple[Tensor]:
+        r"""
+        The target class's mask, in one forward pass of the explainer.
+
+        Args:
+            inputs (Tensor or 1-tuple of Tensor): (N, C, H, W) images, (N, C, L) sequences, or
+                (N, L, D) with ``channels_last=True``.
+            target (int, Tensor, list or None, optional): the class to explain, in any Captum
+                form; None explains each input's predicted class (one classifier pass).
+                Default: None
+            additional_forward_args (Any, optional): extra arguments for ``forward_func`` after
+                the inputs (used to pick the predicted class). Default: None
+
+        Returns:
+            *Tensor* (or a 1-tuple for a 1-tuple input) of **attributions** with the input's
+            shape, in [0, 1]: the mask σ(S_target), the same for every feature channel.
+
+        Examples::
+
+            >>> explainer.attribute(images, target=torch.tensor([0, 3]))
+        """
+        if isinstance(inputs, tuple) and len(inputs) != 1:
+            raise ValueError(f"inputs must be one tensor (or a 1-tuple), got {len(inputs)}")
+        call = self._prepare(inputs, target, additional_forward_args, spatial_dims=(1, 2))
+        if call.targets.shape[1] != 1 or call.clean_output.shape[1] != self.num_classes:
+            raise ValueError(
+                f"forward_func must return (N, {self.num_classes}) scores for num_classes="
+                f"{self.num_classes}, got {tuple(call.clean_output.shape)}"
+            )
+        x = self._check_inputs(call.inputs[0])
+        self._warn_if_untrained()
+        with torch.no_grad(), evaluating(self.explainer):
+            mask = torch.sigmoid(self._target_logits(x, call.targets[:, 0]))
+        attribution = self.layout.to_caller(mask.expand_as(x)).to(x.dtype).contiguous()
+        return _format_output(call.is_inputs_tuple, (attribution,))
+
+    @leaves_model_as_found
+    def explain_all(self, inputs: Tensor) -> Tensor:
+        """Every class's mask in one forward pass.
+
+        Args:
+            inputs (Tensor): as for :meth:`attribute`.
+
+        Returns:
+            Tensor (N, num_classes, \\*spatial) in [0, 1] in the input's dtype; the spatial axes
+            are (H, W) or (L,) (also for ``channels_last`` inputs).
+
+        Examples::
+
+            >>> masks = explainer.explain_all(images)     # masks[:, c] explains class c
+        """
+        x = self._check_inputs(inputs)
+        self._warn_if_untrained()
+        with torch.no_grad(), evaluating(self.explainer):
+            return torch.sigmoid(self._logits(x)).to(x.dtype)
+
+    def _warn_if_untrained(self) -> None:
+        if not self._trained:
+            warn_user(
+                "the explainer network has not been trained: its masks (about 0.5 everywhere) "
+                "say nothing about the model. Call fit(...) or AmortizedExplainer.load(...) "
+                "first"
+            )
+
+    def _classify(self, x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """The classifier's scores for channels-first ``x``, which is cast to ``dtype`` (the
+        data's own) first; the scores come back in the work dtype."""
+        caller = self.layout.to_caller(x if dtype is None else x.to(dtype))
+        scores = run_forward(self.forward_func, (caller,), None).to(work_dtype(x.dtype))
+        if scores.dim() != 2 or scores.shape[1] != self.num_classes:
+            raise ValueError(
+                f"forward_func must return (N, {self.num_classes}) scores for num_classes="
+                f"{self.num_classes}, got {tuple(scores.shape)}"
+            )
+        return scores
+
+
+
+
+__all__ = ["AmortizedExplainer"]

@@ -1,0 +1,162 @@
+"""The training losses of the amortised explainer, as pure per-example functions.
+
+Each loss maps the explainer's class logits S (N, C, *spatial), the inputs and the classes each
+row is explained for to named per-example terms, each (N,); the training loss is their sum.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from captum_masks._inputs import check_choice, check_positive
+from captum_masks.perturbations import blend
+from captum_masks.regularizers import area_bounds, total_variation
+
+#: masked inputs (channels first, work dtype) -> (N, num_classes) classifier scores
+Classifier = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """Which loss trains the explainer and with which weights (the arguments of
+    :meth:`~captum_masks.AmortizedExplainer.fit` of the same names)."""
+
+    loss: str = "stalder"
+    entropy_weight: float = 1.0
+    area_weight: float = 1.0
+    tv_weight: float = 1.0
+    area_bounds: tuple[float, float] = (0.05, 0.3)
+    mask_area_weights: tuple[float, float] = (1.0, 1.0)
+    l1_weight: float = 1e-3
+    l2_weight: float = 1e-4
+
+    def validate(self) -> None:
+        check_choice("loss", self.loss, tuple(LOSSES))
+        for name in ("entropy_weight", "area_weight", "tv_weight", "l1_weight", "l2_weight"):
+            check_positive(name, getattr(self, name), allow_zero=True)
+        bounds = self.area_bounds
+        if not isinstance(bounds, tuple) or len(bounds) != 2 or not 0 <= bounds[0] <= bounds[1] <= 1:
+            raise ValueError(f"area_bounds must be (a, b) with 0 <= a <= b <= 1, got {bounds!r}")
+        weights = self.mask_area_weights
+        if (
+            not isinstance(weights, tuple)
+            or len(weights) != 2
+            or not all(
+                isinstance(w, numbers.Real) and not isinstance(w, bool) and w >= 0 for w in weights
+            )
+        ):
+            raise ValueError(
+                "mask_area_weights must be two non-negative numbers (for A(m) and A(n)), got "
+                f"{weights!r}"
+            )
+
+
+def classification_loss(scores: Tensor, labels: Tensor, multilabel: bool) -> Tensor:
+    """L_c per example: binary cross-entropy over classes (multi-label, Eq. 2) or
+    cross-entropy (single-label)."""
+    if multilabel:
+        return F.binary_cross_entropy_with_logits(scores, labels, reduction="none").mean(1)
+    return F.cross_entropy(scores, labels.argmax(dim=1), reduction="none")
+
+
+def masked_max(logits: Tensor, selector: Tensor) -> Tensor:
+    """max over the selected classes, (N, 1, *spatial); -inf-free: no selection gives -1e4."""
+    filled = logits.masked_fill(~selector.expand_as(logits), torch.finfo(logits.dtype).min)
+    return filled.amax(dim=1, keepdim=True).clamp_min(-1e4)
+
+
+def stalder_terms(
+    x: Tensor,
+    logits: Tensor,
+    is_target: Tensor,
+    classify: Classifier,
+    baselines: float,
+    multilabel: bool,
+    settings: LossSettings,
+) -> dict[str, Tensor]:
+    r"""Stalder et al.'s loss (Eq. 1–8), with m = σ(max_{c∈Y} S_c) and n = σ(max_{c∉Y} S_c):
+
+    .. math::
+        L = L_c(f(m \odot x), Y) + \lambda_e \tfrac{1}{C}\textstyle\sum_c \tilde p_c \log \tilde p_c
+            + \lambda_a \big(A(m) + A(n) + \overline{B(\sigma(S_c))}_{c \in Y}\big)
+            + \lambda_{tv} \big(TV(m) + TV(n)\big)
+
+    Args:
+        x (Tensor): (N, C, *spatial) inputs, channels first, in the logits' dtype.
+        logits (Tensor): (N, num_classes, *spatial) class logits S.
+        is_target (Tensor): (N, num_classes) bool, the classes Y of each row.
+        classify (callable): the frozen classifier on masked inputs.
+        baselines (float): the value masked-out input takes.
+        multilabel (bool): binary cross-entropy instead of cross-entropy.
+        settings (LossSettings): the weights.
+
+    Returns:
+        dict of (N,) terms: classification, entropy, area, tv.
+    """
+    selector = is_target.view(*is_target.shape, *([1] * (x.dim() - 2)))
+    target_mask = torch.sigmoid(masked_max(logits, selector))  # m
+    has_non_target = (~is_target).any(dim=1).view(-1, *[1] * (x.dim() - 1))
+    non_target_mask = torch.sigmoid(masked_max(logits, ~selector)) * has_non_target  # n
+    labels = is_target.to(x.dtype)
+    kept = blend(x, target_mask, baselines)
+    complement = blend(x, 1.0 - target_mask, baselines)
+    kept_scores, removed_scores = classify(torch.cat([kept, complement])).chunk(2)
+    removed = removed_scores.log_softmax(dim=1)
+    negative_entropy = (removed.exp() * removed).mean(dim=1)  # Eq. 3
+    lower, upper = settings.area_bounds
+    bounds = area_bounds(torch.sigmoid(logits).flatten(0, 1), lower, upper).view(logits.shape[:2])
+    bounds = (bounds * labels).sum(1) / labels.sum(1).clamp_min(1)  # Eq. 6, last term
+    target_area_weight, non_target_area_weight = settings.mask_area_weights
+    area = (
+        target_area_weight * target_mask.flatten(1).mean(1)
+        + non_target_area_weight * non_target_mask.flatten(1).mean(1)
+        + bounds
+    )
+    smoothness = total_variation(target_mask) + total_variation(non_target_mask)
+    return {  # Eq. 1
+        "classification": classification_loss(kept_scores, labels, multilabel),
+        "entropy": settings.entropy_weight * negative_entropy,
+        "area": settings.area_weight * area,
+        "tv": settings.tv_weight * smoothness / math.prod(x.shape[2:]),  # Eq. 7–8
+    }
+
+
+def phillips_terms(
+    x: Tensor,
+    logits: Tensor,
+    is_target: Tensor,
+    classify: Classifier,
+    baselines: float,
+    multilabel: bool,
+    settings: LossSettings,
+) -> dict[str, Tensor]:
+    r"""Phillips et al.'s loss: L_c(f(m ⊙ x), Y) + λ₁ mean(m) + λ₂ mean(m²), with m as in
+    :func:`stalder_terms`; arguments and return as there (terms classification, l1, l2)."""
+    selector = is_target.view(*is_target.shape, *([1] * (x.dim() - 2)))
+    target_mask = torch.sigmoid(masked_max(logits, selector))
+    kept_scores = classify(blend(x, target_mask, baselines))
+    return {
+        "classification": classification_loss(kept_scores, is_target.to(x.dtype), multilabel),
+        "l1": settings.l1_weight * target_mask.flatten(1).mean(1),
+        "l2": settings.l2_weight * target_mask.flatten(1).square().mean(1),
+    }
+
+
+LOSSES = {"stalder": stalder_terms, "phillips": phillips_terms}
+
+__all__ = [
+    "LOSSES",
+    "Classifier",
+    "LossSettings",
+    "classification_loss",
+    "masked_max",
+    "phillips_terms",
+    "stalder_terms",
+]
