@@ -21,8 +21,8 @@ import torch
 from captum.attr import PerturbationAttribution
 from torch import Tensor, nn
 
-from captum_masks._compat import _format_additional_forward_args
-from captum_masks._inputs import format_inputs, resolve_targets, run_forward
+from captum_masks._compat import _format_additional_forward_args, _format_output
+from captum_masks._inputs import format_inputs, resolve_targets, run_forward, slice_batch
 from captum_masks._warnings import warn_user
 
 
@@ -61,6 +61,16 @@ class PreparedCall:
     @property
     def work_inputs(self) -> tuple[Tensor, ...]:
         return tuple(x.to(self.work_dtype) for x in self.inputs)
+
+    def chunk(self, batch: slice) -> tuple[Tensor, tuple | None]:
+        """The targets and the (sliced) additional arguments of the examples in ``batch``."""
+        return self.targets[batch], slice_batch(self.additional_args, batch, self.num_examples)
+
+    def result(self, attributions: Sequence[Tensor], history: Any, return_history: bool) -> Any:
+        """Captum's output form (a tensor for a tensor input, a tuple for a tuple), with the
+        history when asked for."""
+        formatted = _format_output(self.is_inputs_tuple, tuple(attributions))
+        return (formatted, history) if return_history else formatted
 
     def forward(self, perturbed: Sequence[Tensor], args: tuple | None) -> Tensor:
         """The model's scores for perturbed inputs: each is cast to its input's dtype (the model

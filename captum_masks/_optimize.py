@@ -66,7 +66,7 @@ class OptimizationHistory:
     steps: Tensor
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimizationSettings:
     """How :func:`optimize_masks` runs: see the method docstrings for each argument."""
 
@@ -81,6 +81,9 @@ class OptimizationSettings:
     progress_desc: str = "Mask optimisation"
     #: warn about examples whose target probability stays near 0 and never moves
     warn_without_signal: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         check_positive_int("n_iter", self.n_iter)

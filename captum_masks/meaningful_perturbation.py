@@ -15,14 +15,12 @@ from captum_masks._base import (
     leaves_model_as_found,
     make_generator,
 )
-from captum_masks._compat import _format_output
 from captum_masks._inputs import (
     check_at_least,
     check_choice,
     check_positive,
     per_input_baselines,
     select_scores,
-    slice_batch,
 )
 from captum_masks._optimize import (
     MaskProblem,
@@ -186,32 +184,24 @@ class MeaningfulPerturbation(MaskAttribution):
             >>> kept = mp.attribute(image, target=281, game="preservation",
             ...                     perturbation="constant", baselines=0.0)
         """
-        check_choice("game", game, GAMES)
-        check_choice("perturbation", perturbation, PERTURBATIONS)
-        for name, value in (
-            ("l1_weight", l1_weight),
-            ("tv_weight", tv_weight),
-            ("blur_sigma", blur_sigma),
-            ("mask_sigma", mask_sigma),
-        ):
-            check_positive(name, value, allow_zero=True)
-        check_at_least("tv_beta", tv_beta, 1.0, "below 1, |∇m|^β has no gradient where m is flat")
-        if not 0.0 <= mask_init <= 1.0:
-            raise ValueError(f"mask_init must be in [0, 1], got {mask_init!r}")
-        settings = OptimizationSettings(
-            n_iter=n_iter,
-            lr=lr,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            tolerance=tolerance,
-            patience=patience,
-            internal_batch_size=internal_batch_size,
-            show_progress=show_progress,
-            progress_desc=f"Meaningful Perturbation ({game})",
+        _check_arguments(
+            game,
+            perturbation,
+            tv_beta,
+            mask_init,
+            seed,
+            non_negative={
+                "l1_weight": l1_weight,
+                "tv_weight": tv_weight,
+                "blur_sigma": blur_sigma,
+                "mask_sigma": mask_sigma,
+            },
         )
-        settings.validate()
+        settings = OptimizationSettings(  # the fields in order, named alike
+            n_iter, lr, optimizer, scheduler, tolerance, patience, internal_batch_size,
+            show_progress, f"Meaningful Perturbation ({game})",
+        )
         parametrisation = UpsampledMask(mask_factor, mask_sigma, jitter)
-        check_seed(seed)
         call = self._prepare(inputs, target, additional_forward_args, spatial_dims=2)
         baselines = per_input_baselines(baselines, len(call.inputs))
         work_inputs = call.work_inputs
@@ -227,8 +217,7 @@ class MeaningfulPerturbation(MaskAttribution):
         def build_problem(batch: slice) -> MaskProblem:
             images = [x[batch] for x in work_inputs]
             chunk_references = [r[batch] for r in references]
-            chunk_targets = call.targets[batch]
-            chunk_args = slice_batch(call.additional_args, batch, call.num_examples)
+            chunk_targets, chunk_args = call.chunk(batch)
             jitter_generator = make_generator(seed, call.device)  # E_τ: the same τ in any chunk
 
             def objective(params: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
@@ -249,14 +238,30 @@ class MeaningfulPerturbation(MaskAttribution):
             return MaskProblem(params, objective, project=UpsampledMask.clamp_)
 
         params, history = optimize_masks(build_problem, call.num_examples, settings)
-
         attributions = []
         for m, x in zip(params, call.inputs):
             mask = parametrisation(m, x.shape[2:])
             importance = (1.0 - mask if game == "deletion" else mask).clamp(0.0, 1.0)
             attributions.append(importance.expand_as(x).to(x.dtype).contiguous())
-        result = _format_output(call.is_inputs_tuple, tuple(attributions))
-        return (result, history) if return_history else result
+        return call.result(attributions, history, return_history)
+
+
+def _check_arguments(
+    game: str,
+    perturbation: str,
+    tv_beta: Any,
+    mask_init: Any,
+    seed: Any,
+    non_negative: dict[str, Any],
+) -> None:
+    check_seed(seed)
+    check_choice("game", game, GAMES)
+    check_choice("perturbation", perturbation, PERTURBATIONS)
+    for name, value in non_negative.items():
+        check_positive(name, value, allow_zero=True)
+    check_at_least("tv_beta", tv_beta, 1.0, "below 1, |∇m|^β has no gradient where m is flat")
+    if not 0.0 <= mask_init <= 1.0:
+        raise ValueError(f"mask_init must be in [0, 1], got {mask_init!r}")
 
 
 __all__ = ["MeaningfulPerturbation"]

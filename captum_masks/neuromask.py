@@ -10,12 +10,10 @@ from captum.log import log_usage
 from torch import Tensor
 
 from captum_masks._base import MaskAttribution, leaves_model_as_found, make_generator
-from captum_masks._compat import _format_output
 from captum_masks._inputs import (
     check_positive,
     per_input_baselines,
     select_log_scores,
-    slice_batch,
 )
 from captum_masks._layout import MaskLayout
 from captum_masks._optimize import (
@@ -55,18 +53,12 @@ class NeuroMaskAttr(MaskAttribution):
       sums (the paper's equations), so the λ do not depend on the input size.
     - ``init_range`` is separate from τ, and the defaults are not the authors' ImageNet setting
       (init U(−10, 10), T = 0.3, RMSProp lr 0.03, τ = 10, squared 5 × 5 Laplacian, 400
-      iterations). Measured with this implementation on the pretrained EfficientNet-Lite0 over
-      six pasted photo composites (the README's calibration table, reproducible with
-      ``python -m captum_masks benchmark --suite photos --n 6 --seed 100 --methods
-      NeuroMaskAttr --set ...``), that setting leaves the mask at chance: relevance mass inside
-      the object 0.19 and pointing 0/6, because weights drawn from U(−10, 10) and divided by 0.3
-      start saturated, where the sigmoid has no gradient. With init U(−1, 1) the mass was 0.79
-      (T = 0.3, lr 0.1), 0.87 (T = 1, lr 0.1), 0.92 (T = 1, lr 0.2) and 0.94 (T = 2, lr 0.2:
-      the defaults), with pointing 6/6 each time.
-    - 300 iterations: at the defaults the mass was 0.76 after 150 iterations, 0.85 after 200,
-      0.94 after 300 and 0.95 after 450. Early stopping (``tolerance``) is off by default because
-      the sparseness term keeps the loss falling steadily until the end, so a loss-based stop
-      would either never fire or change the mask.
+      iterations): weights drawn from U(−10, 10) and divided by 0.3 start saturated, where the
+      sigmoid has no gradient, and the mask stays at chance on the real model. The README's
+      calibration table measures it against the defaults (U(−1, 1), T = 2, lr 0.2).
+    - 300 iterations, where the README's table shows the mask settling. Early stopping
+      (``tolerance``) is off by default because the sparseness term keeps the loss falling
+      steadily until the end, so a loss-based stop would either never fire or change the mask.
     - τ = 20 (the paper's), with T = 2 still gives σ(−τ / T) ≈ 5e-5.
 
     Args:
@@ -176,28 +168,12 @@ class NeuroMaskAttr(MaskAttribution):
             >>> mask, history = neuromask.attribute(image, target=0, return_history=True)
             >>> history.probability[:, 0]   # the target's probability at every step
         """
-        for name, value in (
-            ("pred_weight", pred_weight),
-            ("sparse_weight", sparse_weight),
-            ("smooth_weight", smooth_weight),
-            ("tau", tau),
-        ):
-            check_positive(name, value, allow_zero=True)
-        if smooth_kernel_size not in (3, 5):
-            raise ValueError(f"smooth_kernel_size must be 3 or 5, got {smooth_kernel_size!r}")
+        _check_weights(pred_weight, sparse_weight, smooth_weight, tau, smooth_kernel_size)
         parametrisation = SigmoidMask(temperature, init_range)
-        settings = OptimizationSettings(
-            n_iter=n_iter,
-            lr=lr,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            tolerance=tolerance,
-            patience=patience,
-            internal_batch_size=internal_batch_size,
-            show_progress=show_progress,
-            progress_desc="NeuroMask",
+        settings = OptimizationSettings(  # the fields in order, named alike
+            n_iter, lr, optimizer, scheduler, tolerance, patience, internal_batch_size,
+            show_progress, "NeuroMask",
         )
-        settings.validate()
         layout = MaskLayout(channels_last)
         # the mask spans one axis (sequences) or two (images); the 5 × 5 kernel needs two
         call = self._prepare(
@@ -221,8 +197,7 @@ class NeuroMaskAttr(MaskAttribution):
         def build_problem(batch: slice) -> MaskProblem:
             chunk_images = [x[batch] for x in images]
             chunk_references = [r[batch] for r in references]
-            chunk_targets = call.targets[batch]
-            chunk_args = slice_batch(call.additional_args, batch, call.num_examples)
+            chunk_targets, chunk_args = call.chunk(batch)
 
             def objective(params: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
                 masked = [  # x̄ = σ(W / T)·x + (1 − σ(W / T))·b, Algorithm 1 line 5
@@ -242,13 +217,25 @@ class NeuroMaskAttr(MaskAttribution):
             return MaskProblem([w[batch] for w in initial], objective)
 
         weights, history = optimize_masks(build_problem, call.num_examples, settings)
-
         attributions = tuple(
             layout.to_caller(parametrisation(w).expand_as(x)).to(caller.dtype).contiguous()
             for w, x, caller in zip(weights, images, call.inputs)
         )
-        result = _format_output(call.is_inputs_tuple, attributions)
-        return (result, history) if return_history else result
+        return call.result(attributions, history, return_history)
+
+
+def _check_weights(
+    pred_weight: Any, sparse_weight: Any, smooth_weight: Any, tau: Any, smooth_kernel_size: Any
+) -> None:
+    for name, value in (
+        ("pred_weight", pred_weight),
+        ("sparse_weight", sparse_weight),
+        ("smooth_weight", smooth_weight),
+        ("tau", tau),
+    ):
+        check_positive(name, value, allow_zero=True)
+    if smooth_kernel_size not in (3, 5):
+        raise ValueError(f"smooth_kernel_size must be 3 or 5, got {smooth_kernel_size!r}")
 
 
 __all__ = ["NeuroMaskAttr"]

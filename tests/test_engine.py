@@ -1,5 +1,6 @@
 """The shared engine: perturbations, mask parametrisations, regularisers, optimisation loop."""
 
+import dataclasses
 import math
 
 import pytest
@@ -218,7 +219,7 @@ def test_chunking_and_batching_do_not_change_results():
     targets = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
     settings = OptimizationSettings(n_iter=30, lr=0.1)
     (whole,), history = optimize_masks(quadratic_problem(targets), 5, settings)
-    settings.internal_batch_size = 2
+    settings = dataclasses.replace(settings, internal_batch_size=2)
     (chunked,), chunked_history = optimize_masks(quadratic_problem(targets), 5, settings)
     torch.testing.assert_close(whole, chunked)
     torch.testing.assert_close(history.loss, chunked_history.loss)
@@ -267,7 +268,5 @@ def test_scheduler_and_projection_are_applied():
     ],
 )
 def test_settings_validation_names_the_argument(field, value, message):
-    settings = OptimizationSettings(n_iter=10, lr=0.1)
-    setattr(settings, field, value)
-    with pytest.raises(ValueError, match=message):
-        settings.validate()
+    with pytest.raises(ValueError, match=message):  # validated on construction
+        OptimizationSettings(**{"n_iter": 10, "lr": 0.1, field: value})
