@@ -158,16 +158,24 @@ def select_log_scores(output: Tensor, targets: Tensor, apply_softmax: bool) -> T
     return select_scores(output, targets, apply_softmax=False).clamp_min(1e-12).log()
 
 
-def slice_batch(args: tuple | None, batch: slice, batch_size: int) -> tuple | None:
-    """Slice the batch-first tensors of ``args``; pass everything else through unchanged."""
+def map_batch(
+    args: tuple | None, batch_size: int, function: Callable[[Tensor], Tensor]
+) -> tuple | None:
+    """Apply ``function`` to the batch-first tensors of ``args`` (the additional forward
+    arguments); pass everything else through unchanged."""
     if args is None:
         return None
     return tuple(
-        arg[batch]
+        function(arg)
         if isinstance(arg, Tensor) and arg.dim() > 0 and arg.shape[0] == batch_size
         else arg
         for arg in args
     )
+
+
+def slice_batch(args: tuple | None, batch: slice, batch_size: int) -> tuple | None:
+    """The additional arguments of the examples in ``batch``."""
+    return map_batch(args, batch_size, lambda arg: arg[batch])
 
 
 def per_input_baselines(baselines: Any, num_inputs: int) -> list:
@@ -226,6 +234,7 @@ __all__ = [
     "check_positive",
     "check_positive_int",
     "format_inputs",
+    "map_batch",
     "per_input_baselines",
     "resolve_targets",
     "run_forward",

@@ -65,6 +65,14 @@ class OptimizationHistory:
     probability: Tensor
     steps: Tensor
 
+    def followed_by(self, later: OptimizationHistory) -> OptimizationHistory:
+        """One history of two optimisations run one after the other (e.g. two stages)."""
+        return OptimizationHistory(
+            torch.cat([self.loss, later.loss]),
+            torch.cat([self.probability, later.probability]),
+            self.steps + later.steps,
+        )
+
 
 @dataclass(frozen=True)
 class OptimizationSettings:

@@ -21,6 +21,7 @@ from captum_masks._inputs import (
     check_choice,
     check_positive,
     check_positive_int,
+    map_batch,
     per_input_baselines,
     select_scores,
 )
@@ -241,7 +242,7 @@ class GuidedFeatureInversion(MaskAttribution):
                 call.num_examples,
                 target_settings,
             )
-            history = _concatenate(history, target_history)
+            history = history.followed_by(target_history)
         mask = stages.mask_of(omega[0]).clamp(0.0, 1.0)
         attribution = mask.expand_as(x).to(call.inputs[0].dtype).contiguous()
         return call.result([attribution], history, return_history)
@@ -323,7 +324,8 @@ class _Stages:
             kept = blend(images, mask, references)  # Eq. 2
             removed = blend(images, 1.0 - mask, references)  # Eq. 4
             both = torch.cat([kept, removed])  # one forward pass for both
-            scores = self._probability(both, targets.repeat(2, 1), _twice(args, images.shape[0]))
+            args_twice = map_batch(args, images.shape[0], lambda arg: torch.cat([arg, arg]))
+            scores = self._probability(both, targets.repeat(2, 1), args_twice)
             kept_score, removed_score = scores.chunk(2)
             loss = -kept_score + background_weight * removed_score  # Eq. 9
             return loss + target_l1 * weights.mean(dim=1), kept_score
@@ -389,25 +391,6 @@ def _feature_maps(features: Tensor, name: str, num_examples: int) -> Tensor:
         )
     return features
 
-
-def _twice(args: tuple | None, batch_size: int) -> tuple | None:
-    """Additional arguments for a batch of kept and removed images: batch-first tensors twice."""
-    if args is None:
-        return None
-    return tuple(
-        torch.cat([arg, arg])
-        if isinstance(arg, Tensor) and arg.dim() > 0 and arg.shape[0] == batch_size
-        else arg
-        for arg in args
-    )
-
-
-def _concatenate(first: OptimizationHistory, second: OptimizationHistory) -> OptimizationHistory:
-    return OptimizationHistory(
-        torch.cat([first.loss, second.loss]),
-        torch.cat([first.probability, second.probability]),
-        first.steps + second.steps,
-    )
 
 
 __all__ = ["GuidedFeatureInversion"]
