@@ -1,7 +1,7 @@
 """Mask parametrisations: how optimised parameters θ become a mask m(θ) at input resolution.
 
 A parametrisation is a small stateless object: ``init`` builds the parameters for a batch and
-``__call__`` maps parameters to a (N, 1, *spatial) mask in [0, 1] that broadcasts over channels.
+``__call__`` maps parameters to a ``(N, 1, *spatial)`` mask in [0, 1] that broadcasts over channels.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class UpsampledMask:
         spatial_shape: Sequence[int],
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """Full-resolution (N, 1, *spatial_shape) mask; jittered when a generator is given."""
+        """Full-resolution ``(N, 1, *spatial_shape)`` mask; jittered when a generator is given."""
         operators = [
             self._axis_operators(low, side, params)
             for low, side in zip(params.shape[2:], spatial_shape)
@@ -141,7 +141,7 @@ class SigmoidMask:
         self.init_range = (float(low), float(high))
 
     def init(self, inputs: Tensor, generator: torch.Generator) -> Tensor:
-        """Weights (N, 1, *spatial) for (N, C, *spatial) inputs, uniform in ``init_range``."""
+        """Weights ``(N, 1, *spatial)`` for ``(N, C, *spatial)`` inputs, uniform in ``init_range``."""
         shape = (inputs.shape[0], 1, *inputs.shape[2:])
         low, high = self.init_range
         uniform = torch.rand(shape, generator=generator, device=inputs.device, dtype=inputs.dtype)

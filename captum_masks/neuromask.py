@@ -131,7 +131,7 @@ class NeuroMaskAttr(MaskAttribution):
             tau (float, optional): τ, the value the sparseness term pulls W towards.
                 Default: 20
             pred_weight (float, optional): λ_p, weight of the cross-entropy. Default: 0.4
-            sparse_weight (float, optional): λ_sp, weight of mean |W + τ|. Default: 0.35
+            sparse_weight (float, optional): λ_sp, weight of mean ``|W + τ|``. Default: 0.35
             smooth_weight (float, optional): λ_sm, weight of the mean Laplacian response.
                 Default: 0.03
             smooth_kernel_size (int, optional): 3 (1-D [1, −2, 1] or 2-D with centre −8) or 5

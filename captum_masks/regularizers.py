@@ -1,6 +1,6 @@
 """Mask regularisers. Each returns one value per example, shape (N,), so examples never mix.
 
-Masks are (N, 1, *spatial) with one or two spatial axes (sequences or images).
+Masks are ``(N, 1, *spatial)`` with one or two spatial axes (sequences or images).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def l1(mask: Tensor) -> Tensor:
 
 
 def total_variation(mask: Tensor, beta: float = 1.0) -> Tensor:
-    r"""Σ_u Σ_axis |∂_axis m(u)|^β per example (Fong & Vedaldi's TV_β, anisotropic).
+    r"""``Σ_u Σ_axis |∂_axis m(u)|^β`` per example (Fong & Vedaldi's TV_β, anisotropic).
 
     Args:
         mask (Tensor): (N, 1, L) or (N, 1, H, W).
@@ -100,7 +100,7 @@ def laplacian(mask: Tensor, kernel_size: int = 3, squared: bool = False) -> Tens
 
 
 def area(mask: Tensor, fraction: float) -> Tensor:
-    r"""Area constraint of Fong, Patrick & Vedaldi (2019): ‖sort(m) − r_a‖² / |Λ| per example.
+    r"""Area constraint of Fong, Patrick & Vedaldi (2019): ``‖sort(m) − r_a‖² / |Λ|`` per example.
 
     ``r_a`` is the sorted vector of a mask whose ``fraction`` of pixels is 1 and the rest 0, so the
     term is zero exactly when the mask keeps that fraction of the input and is binary.

@@ -1,6 +1,6 @@
 """The training losses of the amortised explainer, as pure per-example functions.
 
-Each loss maps the explainer's class logits S (N, C, *spatial), the inputs and the classes each
+Each loss maps the explainer's class logits S ``(N, C, *spatial)``, the inputs and the classes each
 row is explained for to named per-example terms, each (N,); the training loss is their sum.
 """
 
@@ -67,7 +67,7 @@ def classification_loss(scores: Tensor, labels: Tensor, multilabel: bool) -> Ten
 
 
 def masked_max(logits: Tensor, selector: Tensor) -> Tensor:
-    """max over the selected classes, (N, 1, *spatial); -inf-free: no selection gives -1e4."""
+    """max over the selected classes, ``(N, 1, *spatial)``; -inf-free: no selection gives -1e4."""
     filled = logits.masked_fill(~selector.expand_as(logits), torch.finfo(logits.dtype).min)
     return filled.amax(dim=1, keepdim=True).clamp_min(-1e4)
 
@@ -89,8 +89,8 @@ def stalder_terms(
             + \lambda_{tv} \big(TV(m) + TV(n)\big)
 
     Args:
-        x (Tensor): (N, C, *spatial) inputs, channels first, in the logits' dtype.
-        logits (Tensor): (N, num_classes, *spatial) class logits S.
+        x (Tensor): ``(N, C, *spatial)`` inputs, channels first, in the logits' dtype.
+        logits (Tensor): ``(N, num_classes, *spatial)`` class logits S.
         is_target (Tensor): (N, num_classes) bool, the classes Y of each row.
         classify (callable): the frozen classifier on masked inputs.
         baselines (float): the value masked-out input takes.

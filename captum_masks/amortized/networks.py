@@ -3,7 +3,7 @@
 :class:`MaskNet` is the compact default of :class:`~captum_masks.AmortizedExplainer`: small enough
 to train on a CPU in minutes, for images (N, C, H, W) and sequences (N, C, L) alike.
 :func:`deeplab_explainer` is Stalder et al.'s choice. Any ``nn.Module`` returning
-(N, num_classes, *spatial) logits works too.
+``(N, num_classes, *spatial)`` logits works too.
 """
 
 from __future__ import annotations
@@ -157,8 +157,8 @@ def deeplab_explainer(num_classes: int) -> nn.Module:
 def checked_logits(
     explainer: nn.Module, explainer_input: Tensor, x: Tensor, num_classes: int
 ) -> Tensor:
-    """The explainer's logits for ``explainer_input``, checked to be (N, num_classes,
-    *spatial) for inputs ``x``."""
+    """The explainer's logits for ``explainer_input``, checked to be
+    ``(N, num_classes, *spatial)`` for inputs ``x``."""
     logits = explainer(explainer_input)
     expected = (x.shape[0], num_classes, *x.shape[2:])
     if not isinstance(logits, Tensor) or tuple(logits.shape) != expected:

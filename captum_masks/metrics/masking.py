@@ -104,7 +104,7 @@ def salient_object_scores(
     The positive part of the map (negative relevance counts as none, as in
     :func:`relevance_mass`) is min-max normalised to [0, 1] and binarised at twice its mean;
     precision, recall and F_β = (1 + β²)·P·R / (β²·P + R) with β² = 0.3 compare it with the
-    ground truth; MAE is the mean |s − g| of the normalised map.
+    ground truth; MAE is the mean ``|s − g|`` of the normalised map.
 
     Returns:
         dict of (N,) tensors: ``"precision"``, ``"recall"``, ``"f_measure"``, ``"mae"``.
