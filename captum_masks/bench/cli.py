@@ -6,11 +6,13 @@ import argparse
 import ast
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from captum_masks.bench.speed import SPEED_METHODS
-from captum_masks.bench.benchmark import ALL_METHODS, SUITES
+from captum_masks.bench.benchmark import ALL_METHODS
+from captum_masks.bench.suites import SUITES
 from captum_masks.bench.zoo import SAMPLE_IMAGES
 
 THREADS_HELP = (
@@ -21,11 +23,25 @@ THREADS_HELP = (
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse the arguments, set the threads and run the subcommand; exit code 0, or 2 with a
+    one-line error for a user's mistake."""
     parser = argparse.ArgumentParser(prog="python -m captum_masks", description=__doc__)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--threads", type=_positive_int, default=None, help=THREADS_HELP)
     commands = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_demo, _add_speed, _add_benchmark, _add_class_masking):
+        add(commands, common)
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        _run(args, argv)
+    except ValueError as error:  # a user's mistake the command could only see while running
+        parser.exit(2, f"{parser.prog} {args.command}: error: {error}\n")
+    return 0
 
+
+def _add_demo(commands: Any, common: argparse.ArgumentParser) -> None:
     demo = commands.add_parser(
         "demo",
         parents=[common],
@@ -43,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     demo.add_argument("--seed", type=int, default=0)
 
+
+def _add_speed(commands: Any, common: argparse.ArgumentParser) -> None:
     speed = commands.add_parser(
         "speed", parents=[common], help="per-iteration cost vs. bare forward+backward"
     )
@@ -57,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     speed.add_argument("--batch-size", type=_positive_int, default=1)
     speed.add_argument("--repeats", type=_positive_int, default=3)
 
+
+def _add_benchmark(commands: Any, common: argparse.ArgumentParser) -> None:
     bench = commands.add_parser(
         "benchmark",
         parents=[common],
@@ -74,15 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--n", type=_positive_int, default=20, help="number of images")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--out", default=None, help="figure path (default: benchmark_SUITE.png)")
-    bench.add_argument(
-        "--set",
-        nargs="+",
-        default=[],
-        metavar="NAME=VALUE",
-        type=_setting,
-        help="override an argument of this package's methods, e.g. --set temperature=1.0 n_iter=150",
+    _add_settings(
+        bench,
+        "override an argument of this package's methods, e.g. --set temperature=1.0 n_iter=150",
     )
 
+
+def _add_class_masking(commands: Any, common: argparse.ArgumentParser) -> None:
     masking = commands.add_parser(
         "class-masking",
         parents=[common],
@@ -91,23 +109,15 @@ def main(argv: list[str] | None = None) -> int:
     masking.add_argument("--n", type=_positive_int, default=200, help="number of test images")
     masking.add_argument("--seed", type=int, default=0)
     masking.add_argument("--retrain", action="store_true", help="train the explainer again")
-    masking.add_argument(
-        "--set",
-        nargs="+",
-        default=[],
-        metavar="NAME=VALUE",
-        type=_setting,
-        help="train with other settings, e.g. --set separate_classes=False epochs=8",
+    _add_settings(
+        masking, "train with other settings, e.g. --set separate_classes=False epochs=8"
     )
 
-    args = parser.parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    try:
-        _run(args, argv)
-    except ValueError as error:  # a user's mistake the command could only see while running
-        parser.exit(2, f"{parser.prog} {args.command}: error: {error}\n")
-    return 0
+
+def _add_settings(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument(
+        "--set", nargs="+", default=[], metavar="NAME=VALUE", type=_setting, help=help_text
+    )
 
 
 def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
@@ -128,7 +138,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
         save_figure(result, out)
         print(f"\nSaved {out}")
     elif args.command == "class-masking":
-        from captum_masks.bench.benchmark import class_masking_report, format_class_masking
+        from captum_masks.bench.class_masking import class_masking_report, format_class_masking
 
         report = class_masking_report(args.n, args.seed, args.retrain, dict(args.set))
         print(format_class_masking(report))

@@ -1,0 +1,209 @@
+"""The benchmark's suites: images with pasted ground truth, the model that explains them and
+the settings each method runs with on it (see :mod:`captum_masks.bench.benchmark`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from captum_masks.meaningful_perturbation import GAMES
+
+SUITES = ("synthetic", "photos", "synthetic-pairs", "photos-pairs")
+
+
+@dataclass
+class Suite:
+    """Images with ground truth, a model, and the scale-dependent settings of the methods.
+
+    ``masks`` hold the object to find in each row; pair suites also have ``other_masks``, the
+    object of the class that is not explained. ``gfi_layers`` are the (layer, mask_layer) of
+    :class:`GuidedFeatureInversion`.
+    """
+
+    name: str
+    model: nn.Module
+    inputs: Tensor
+    targets: Tensor
+    masks: Tensor
+    display: Tensor
+    last_conv: nn.Module
+    patch: int
+    pointing_tolerance: int
+    gfi_layers: tuple[nn.Module, nn.Module]
+    other_masks: Tensor | None = None
+    mp_settings: dict = field(default_factory=lambda: {game: {} for game in GAMES})
+    neuromask_settings: dict = field(default_factory=dict)
+    gfi_settings: dict = field(default_factory=dict)
+    blur_sigma: float = 10.0
+
+
+def _synthetic_settings(model: nn.Module, size: int) -> dict:
+    """The methods' settings for the 64 px synthetic images on a reference CNN."""
+    scale = size / 224
+    return {
+        "last_conv": model.last_conv,
+        "patch": 8,
+        "pointing_tolerance": max(1, round(15 * scale)),
+        # the last ReLU: 96 post-activation channels at 1/8 of the image, like VGG's conv5
+        "gfi_layers": (model.features[-1], model.features[-1]),
+        "gfi_settings": {"blur_sigma": 11 * scale},
+        "mp_settings": {
+            # the paper's spatial settings are for 224 px: scale them to the image
+            "deletion": {
+                "mask_factor": 4,
+                "mask_sigma": 5 * scale,
+                "blur_sigma": 10 * scale,
+                "jitter": 0,
+            },
+            # keeping a shape must keep all of it: a finer mask and a stronger area penalty,
+            # against a background blurred enough to erase the shapes
+            "preservation": {
+                "mask_factor": 2,
+                "mask_sigma": 0.7,
+                "l1_weight": 5e-3,
+                "blur_sigma": 10.0,
+                "jitter": 0,
+            },
+        },
+        "blur_sigma": 10 * scale,
+    }
+
+
+def synthetic_suite(n: int, seed: int = 0) -> Suite:
+    """``n`` single-label synthetic images on the reference CNN (trained on first use)."""
+    from captum_masks.bench.synthetic import load_reference_cnn, make_synthetic
+
+    model = load_reference_cnn(multilabel=False).model
+    batch = make_synthetic(n, seed=20_000 + seed)
+    return Suite(
+        name="synthetic",
+        model=model,
+        inputs=batch.images,
+        targets=batch.labels,
+        masks=batch.masks,
+        display=batch.images,
+        **_synthetic_settings(model, batch.images.shape[-1]),
+    )
+
+
+def synthetic_pairs_suite(n: int, seed: int = 0) -> Suite:
+    """``n`` two-object synthetic images on the multi-label reference CNN, each explained for
+    both of its classes (2n rows: every image for its first object, then for its second)."""
+    from captum_masks.bench.synthetic import load_reference_cnn, make_synthetic
+
+    model = load_reference_cnn(multilabel=True).model
+    batch = make_synthetic(n, seed=30_000 + seed, multilabel=True)
+    rows = torch.arange(n)
+    classes = torch.stack([classes[:2] for classes in batch.box_classes])
+    first, second = (batch.class_masks[rows, classes[:, k]].unsqueeze(1) for k in (0, 1))
+    return Suite(
+        name="synthetic-pairs",
+        model=model,
+        inputs=batch.images.repeat(2, 1, 1, 1),
+        targets=torch.cat([classes[:, 0], classes[:, 1]]),
+        masks=torch.cat([first, second]),
+        other_masks=torch.cat([second, first]),
+        display=batch.images.repeat(2, 1, 1, 1),
+        **_synthetic_settings(model, batch.images.shape[-1]),
+    )
+
+
+_OBJECTS, _BACKGROUNDS = ("cat", "coffee"), ("brick", "grass", "gravel")
+
+
+def _photos_settings(model: nn.Module) -> dict:
+    """The methods' settings for 224 px photos on EfficientNet-Lite0."""
+    return {
+        "last_conv": model._conv_head,
+        "patch": 16,
+        "pointing_tolerance": 15,
+        # the head's batch norm (1280 channels at 7 x 7) with the ReLU applied by the method:
+        # the activation module itself (`_swish`) is shared by every block and cannot be hooked
+        "gfi_layers": (model._bn1, model._bn1),
+    }
+
+
+def photos_suite(n: int, seed: int = 0) -> Suite:
+    """``n`` cat/espresso photos pasted on real textures, on the pretrained EfficientNet-Lite0."""
+    from captum_masks.bench import zoo
+
+    model = zoo.load_efficientnet_lite0()
+    composites = [
+        zoo.paste_composite(
+            _OBJECTS[i % 2],
+            _BACKGROUNDS[(i // 2) % 3],
+            object_size=80 + 16 * (i % 3),
+            seed=seed + i,
+        )
+        for i in range(n)
+    ]
+    display = torch.cat([c.image for c in composites])
+    inputs = zoo.normalize(display)
+    with torch.no_grad():
+        targets = model(inputs).argmax(dim=1)
+    return Suite(
+        name="photos",
+        model=model,
+        inputs=inputs,
+        targets=targets,
+        masks=torch.cat([c.mask for c in composites]),
+        display=display,
+        **_photos_settings(model),
+    )
+
+
+def photos_pairs_suite(n: int, seed: int = 0) -> Suite:
+    """``n`` photos holding a cat and an espresso cup, on EfficientNet-Lite0, each explained for
+    both objects (2n rows). An object's class is what the model predicts for that object pasted
+    alone at the same place on the same background."""
+    from captum_masks.bench import zoo
+
+    model = zoo.load_efficientnet_lite0()
+    images, masks, targets = [], [], []
+    for i in range(n):
+        background, size = _BACKGROUNDS[i % 3], 80 + 16 * (i % 3)
+        pair = zoo.paste_pair(*_OBJECTS, background, object_size=size, seed=1_000 + seed + i)
+        alone = torch.cat(
+            [
+                zoo.paste_composite(obj, background, size, position=box[:2]).image
+                for obj, box in zip(_OBJECTS, pair.boxes)
+            ]
+        )
+        with torch.no_grad():
+            targets.append(model(zoo.normalize(alone)).argmax(dim=1))
+        images.append(pair.image)
+        masks.append(pair.masks)
+    display = torch.cat(images).repeat(2, 1, 1, 1)
+    first, second = torch.cat(masks).split(1, dim=1)
+    return Suite(
+        name="photos-pairs",
+        model=model,
+        inputs=zoo.normalize(display),
+        targets=torch.stack(targets).T.flatten(),
+        masks=torch.cat([first, second]),
+        other_masks=torch.cat([second, first]),
+        display=display,
+        **_photos_settings(model),
+    )
+
+
+SUITE_BUILDERS: dict[str, Callable[[int, int], Suite]] = {
+    "synthetic": synthetic_suite,
+    "photos": photos_suite,
+    "synthetic-pairs": synthetic_pairs_suite,
+    "photos-pairs": photos_pairs_suite,
+}
+
+
+__all__ = [
+    "SUITES",
+    "SUITE_BUILDERS",
+    "Suite",
+    "photos_pairs_suite",
+    "photos_suite",
+    "synthetic_pairs_suite",
+    "synthetic_suite",
+]
