@@ -7,14 +7,8 @@ pytest.importorskip("captum_masks.bench.zoo")
 
 from conftest import run_cli
 
-from captum_masks.bench.benchmark import (
-    ALL_METHODS,
-    METRIC_COLUMNS,
-    format_table,
-    method_runners,
-    run_benchmark,
-    save_figure,
-)
+from captum_masks.bench.benchmark import METRIC_COLUMNS, format_table, run_benchmark, save_figure
+from captum_masks.bench.runners import ALL_METHODS, method_runners
 from captum_masks.bench.suites import photos_pairs_suite, synthetic_suite
 
 pytestmark = pytest.mark.real_model  # trains (or loads) the reference CNN

@@ -22,41 +22,24 @@ class-specific masking table for it (``python -m captum_masks class-masking``).
 
 from __future__ import annotations
 
-import inspect
 import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from captum_masks import metrics
-from captum_masks.amortized import AmortizedExplainer
-from captum_masks.guided_feature_inversion import GuidedFeatureInversion
-from captum_masks.meaningful_perturbation import GAMES, MeaningfulPerturbation
-from captum_masks.neuromask import NeuroMaskAttr
+from captum_masks.bench.runners import (
+    ALL_METHODS,
+    AMORTIZED_SUITES,
+    OUR_METHODS,
+    accepted,
+    method_runners,
+)
 from captum_masks.bench.suites import SUITE_BUILDERS, SUITES, Suite
 
-CAPTUM_METHODS = ("Saliency", "IntegratedGradients", "Occlusion", "FeatureAblation", "LayerGradCam")
-OUR_METHODS = (
-    *(f"MeaningfulPerturbation/{game}" for game in GAMES),
-    "NeuroMaskAttr",
-    "GuidedFeatureInversion",
-    "GuidedFeatureInversion/inversion",
-    "AmortizedExplainer",
-)
-ALL_METHODS = OUR_METHODS + CAPTUM_METHODS
-#: the suites whose model has a trained AmortizedExplainer
-AMORTIZED_SUITES = ("synthetic-pairs",)
-#: the class behind each of this package's rows (``--set`` checks its arguments against it)
-OUR_CLASSES = {
-    "MeaningfulPerturbation": MeaningfulPerturbation,
-    "NeuroMaskAttr": NeuroMaskAttr,
-    "GuidedFeatureInversion": GuidedFeatureInversion,
-    "AmortizedExplainer": AmortizedExplainer,
-}
 METRIC_COLUMNS = (
     "pointing",
     "relevance_mass",
@@ -83,99 +66,6 @@ HIGHER_IS_BETTER = {
     "map_tv": None,
     "seconds": False,
 }
-
-
-def _accepted(method: str, overrides: dict) -> dict:
-    """The overrides that ``method``'s ``attribute`` takes."""
-    parameters = inspect.signature(OUR_CLASSES[method.split("/")[0]].attribute).parameters
-    return {name: value for name, value in overrides.items() if name in parameters}
-
-
-def method_runners(
-    suite: Suite, seed: int = 0, overrides: dict | None = None
-) -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
-    """Each method as ``(inputs, targets) -> attributions`` with the suite's settings.
-
-    ``overrides`` are keyword arguments given, on top of the suite's settings, to every method of
-    this package whose ``attribute`` takes them (e.g. ``{"temperature": 1.0}`` reaches
-    NeuroMaskAttr only), to compare settings on the same images.
-    """
-    overrides = overrides or {}
-    from captum.attr import (
-        FeatureAblation,
-        IntegratedGradients,
-        LayerAttribution,
-        LayerGradCam,
-        Occlusion,
-        Saliency,
-    )
-
-    model, patch = suite.model, suite.patch
-
-    def grid_mask(x: Tensor) -> Tensor:
-        height, width = x.shape[2:]
-        rows = torch.arange(height, device=x.device) // patch
-        cols = torch.arange(width, device=x.device) // patch
-        return (rows.view(-1, 1) * ((width + patch - 1) // patch) + cols.view(1, -1)).view(
-            1, 1, height, width
-        )
-
-    def grad_cam(x: Tensor, t: Tensor) -> Tensor:
-        cam = LayerGradCam(model, suite.last_conv).attribute(x, target=t, relu_attributions=True)
-        return LayerAttribution.interpolate(cam, x.shape[2:], interpolate_mode="bilinear")
-
-    def needs_grad(x: Tensor) -> Tensor:
-        return x.clone().requires_grad_(True)
-
-    def meaningful_perturbation(game: str) -> Callable[[Tensor, Tensor], Tensor]:
-        settings = {**suite.mp_settings[game], **_accepted("MeaningfulPerturbation", overrides)}
-        return lambda x, t: MeaningfulPerturbation(model).attribute(
-            x, target=t, game=game, seed=seed, **settings
-        )
-
-    def guided_feature_inversion(stage: str) -> Callable[[Tensor, Tensor], Tensor]:
-        settings = {**suite.gfi_settings, **_accepted("GuidedFeatureInversion", overrides)}
-        return lambda x, t: GuidedFeatureInversion(model, *suite.gfi_layers).attribute(
-            x, target=t, stage=stage, seed=seed, **settings
-        )
-
-    def amortized(x: Tensor, t: Tensor) -> Tensor:
-        if suite.name not in AMORTIZED_SUITES:
-            raise ValueError(
-                f"AmortizedExplainer has a trained explainer only for the suites "
-                f"{AMORTIZED_SUITES}, not {suite.name!r}"
-            )
-        from captum_masks.bench.synthetic import load_synthetic_explainer
-
-        explainer, _ = load_synthetic_explainer(verbose=False)
-        return explainer.attribute(x, target=t)
-
-    neuromask_settings = {**suite.neuromask_settings, **_accepted("NeuroMaskAttr", overrides)}
-    return {
-        "AmortizedExplainer": amortized,
-        **{f"MeaningfulPerturbation/{game}": meaningful_perturbation(game) for game in GAMES},
-        "NeuroMaskAttr": lambda x, t: NeuroMaskAttr(model).attribute(
-            x, target=t, seed=seed, **neuromask_settings
-        ),
-        "GuidedFeatureInversion": guided_feature_inversion("target"),
-        "GuidedFeatureInversion/inversion": guided_feature_inversion("inversion"),
-        "Saliency": lambda x, t: Saliency(model).attribute(needs_grad(x), target=t),
-        "IntegratedGradients": lambda x, t: IntegratedGradients(model).attribute(
-            needs_grad(x), target=t, n_steps=32, internal_batch_size=max(64, x.shape[0])
-        ),
-        "Occlusion": lambda x, t: Occlusion(model).attribute(
-            x,
-            target=t,
-            sliding_window_shapes=(3, 2 * patch, 2 * patch),
-            strides=(3, patch, patch),
-            baselines=0.0,
-            perturbations_per_eval=16,
-        ),
-        "FeatureAblation": lambda x, t: FeatureAblation(model).attribute(
-            x, target=t, feature_mask=grid_mask(x), baselines=0.0, perturbations_per_eval=16
-        ),
-        "LayerGradCam": lambda x, t: grad_cam(needs_grad(x), t),
-    }
 
 
 @dataclass
@@ -232,6 +122,23 @@ def run_benchmark(
     """
     from captum_masks._compat import progress
 
+    methods = _chosen_methods(suite, methods, n, overrides or {})
+    data = SUITE_BUILDERS[suite](n, seed)
+    runners = method_runners(data, seed, overrides)
+    scores, attributions, curves = {}, {}, {}
+    for name in progress(
+        methods, desc=f"Benchmark ({suite})", total=len(methods), disable=not show_progress
+    ):
+        start = time.perf_counter()
+        attribution = runners[name](data.inputs, data.targets).detach()
+        seconds = (time.perf_counter() - start) / data.inputs.shape[0]
+        scores[name], curves[name] = _scores(data, attribution, seconds, deletion_steps)
+        attributions[name] = attribution
+    return BenchmarkResult(data, scores, attributions, curves)
+
+
+def _chosen_methods(suite: str, methods: Sequence[str] | None, n: int, overrides: dict) -> list:
+    """The methods to run, after checking the suite, the names, ``n`` and the overrides."""
     if suite not in SUITES:
         raise ValueError(f"suite must be one of {SUITES}, got {suite!r}")
     methods = list(
@@ -248,56 +155,49 @@ def run_benchmark(
         )
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    overrides = overrides or {}
     ours = [m for m in methods if m in OUR_METHODS]
-    unused = [k for k in overrides if not any(k in _accepted(m, overrides) for m in ours)]
+    unused = [k for k in overrides if not any(k in accepted(m, overrides) for m in ours)]
     if unused:
         raise ValueError(
             f"overrides {unused} are not arguments of any selected method of this package "
             f"({', '.join(ours) or 'none selected'})"
         )
-    data = SUITE_BUILDERS[suite](n, seed)
-    rows = data.inputs.shape[0]
-    runners = method_runners(data, seed, overrides)
-    scores, attributions, curves, aucs = {}, {}, {}, {}
-    for name in progress(
-        methods, desc=f"Benchmark ({suite})", total=len(methods), disable=not show_progress
-    ):
-        start = time.perf_counter()
-        attribution = runners[name](data.inputs, data.targets).detach()
-        seconds = (time.perf_counter() - start) / rows
-        curves[name] = {}
-        for mode in ("deletion", "insertion"):
-            aucs[mode], curves[name][mode] = metrics.deletion_insertion_curve(
-                data.model,
-                data.inputs,
-                attribution,
-                data.targets,
-                mode,
-                deletion_steps,
-                blur_sigma=data.blur_sigma,
-            )
-        salient = metrics.salient_object_scores(attribution, data.masks)
-        scores[name] = {
-            "pointing": metrics.pointing_game(
-                attribution, data.masks, data.pointing_tolerance
-            ).tolist(),
-            "relevance_mass": metrics.relevance_mass(attribution, data.masks).tolist(),
-            "iou": metrics.mask_iou(attribution, data.masks, 0.5).tolist(),
-            "f_measure": salient["f_measure"].tolist(),
-            "mae": salient["mae"].tolist(),
-            "deletion_auc": aucs["deletion"].tolist(),
-            "insertion_auc": aucs["insertion"].tolist(),
-            "map_mean": metrics.map_mean(attribution).tolist(),
-            "map_tv": metrics.map_total_variation(attribution).tolist(),
-            "seconds": [seconds],
-        }
-        if data.other_masks is not None:
-            scores[name]["discrimination"] = metrics.class_discrimination(
-                attribution, data.masks, data.other_masks
-            ).tolist()
-        attributions[name] = attribution
-    return BenchmarkResult(data, scores, attributions, curves)
+    return methods
+
+
+def _scores(
+    data: Suite, attribution: Tensor, seconds: float, deletion_steps: int
+) -> tuple[dict, dict]:
+    """One method's row of metrics (lists over rows) and its deletion / insertion curves."""
+    aucs, curves = {}, {}
+    for mode in ("deletion", "insertion"):
+        aucs[mode], curves[mode] = metrics.deletion_insertion_curve(
+            data.model,
+            data.inputs,
+            attribution,
+            data.targets,
+            mode,
+            deletion_steps,
+            blur_sigma=data.blur_sigma,
+        )
+    salient = metrics.salient_object_scores(attribution, data.masks)
+    scores = {
+        "pointing": metrics.pointing_game(attribution, data.masks, data.pointing_tolerance).tolist(),
+        "relevance_mass": metrics.relevance_mass(attribution, data.masks).tolist(),
+        "iou": metrics.mask_iou(attribution, data.masks, 0.5).tolist(),
+        "f_measure": salient["f_measure"].tolist(),
+        "mae": salient["mae"].tolist(),
+        "deletion_auc": aucs["deletion"].tolist(),
+        "insertion_auc": aucs["insertion"].tolist(),
+        "map_mean": metrics.map_mean(attribution).tolist(),
+        "map_tv": metrics.map_total_variation(attribution).tolist(),
+        "seconds": [seconds],
+    }
+    if data.other_masks is not None:
+        scores["discrimination"] = metrics.class_discrimination(
+            attribution, data.masks, data.other_masks
+        ).tolist()
+    return scores, curves
 
 
 def _mean_std(values: list) -> str:
@@ -373,12 +273,4 @@ def save_figure(result: BenchmarkResult, path: str | os.PathLike, rows: int = 4)
     plt.close(figure)
 
 
-__all__ = [
-    "ALL_METHODS",
-    "AMORTIZED_SUITES",
-    "BenchmarkResult",
-    "format_table",
-    "method_runners",
-    "run_benchmark",
-    "save_figure",
-]
+__all__ = ["METRIC_COLUMNS", "BenchmarkResult", "format_table", "run_benchmark", "save_figure"]

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from captum_masks.bench.speed import SPEED_METHODS
-from captum_masks.bench.benchmark import ALL_METHODS
+from captum_masks.bench.runners import ALL_METHODS
 from captum_masks.bench.suites import SUITES
 from captum_masks.bench.zoo import SAMPLE_IMAGES
 

@@ -1,0 +1,150 @@
+"""This package's methods and Captum's built-ins as ``(inputs, targets) -> attributions`` with a
+suite's settings: the rows of the benchmark."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from captum_masks.amortized import AmortizedExplainer
+from captum_masks.bench.suites import Suite
+from captum_masks.guided_feature_inversion import GuidedFeatureInversion
+from captum_masks.meaningful_perturbation import GAMES, MeaningfulPerturbation
+from captum_masks.neuromask import NeuroMaskAttr
+
+CAPTUM_METHODS = ("Saliency", "IntegratedGradients", "Occlusion", "FeatureAblation", "LayerGradCam")
+OUR_METHODS = (
+    *(f"MeaningfulPerturbation/{game}" for game in GAMES),
+    "NeuroMaskAttr",
+    "GuidedFeatureInversion",
+    "GuidedFeatureInversion/inversion",
+    "AmortizedExplainer",
+)
+ALL_METHODS = OUR_METHODS + CAPTUM_METHODS
+#: the suites whose model has a trained AmortizedExplainer
+AMORTIZED_SUITES = ("synthetic-pairs",)
+#: the class behind each of this package's rows (``--set`` checks its arguments against it)
+OUR_CLASSES = {
+    "MeaningfulPerturbation": MeaningfulPerturbation,
+    "NeuroMaskAttr": NeuroMaskAttr,
+    "GuidedFeatureInversion": GuidedFeatureInversion,
+    "AmortizedExplainer": AmortizedExplainer,
+}
+
+
+def accepted(method: str, overrides: dict) -> dict:
+    """The overrides that ``method``'s ``attribute`` takes."""
+    parameters = inspect.signature(OUR_CLASSES[method.split("/")[0]].attribute).parameters
+    return {name: value for name, value in overrides.items() if name in parameters}
+
+
+def method_runners(
+    suite: Suite, seed: int = 0, overrides: dict | None = None
+) -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
+    """Each method as ``(inputs, targets) -> attributions`` with the suite's settings.
+
+    ``overrides`` are keyword arguments given, on top of the suite's settings, to every method of
+    this package whose ``attribute`` takes them (e.g. ``{"temperature": 1.0}`` reaches
+    NeuroMaskAttr only), to compare settings on the same images.
+    """
+    return {**_our_runners(suite, seed, overrides or {}), **_captum_runners(suite)}
+
+
+def _our_runners(
+    suite: Suite, seed: int, overrides: dict
+) -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
+    model = suite.model
+
+    def meaningful_perturbation(game: str) -> Callable[[Tensor, Tensor], Tensor]:
+        settings = {**suite.mp_settings[game], **accepted("MeaningfulPerturbation", overrides)}
+        return lambda x, t: MeaningfulPerturbation(model).attribute(
+            x, target=t, game=game, seed=seed, **settings
+        )
+
+    def guided_feature_inversion(stage: str) -> Callable[[Tensor, Tensor], Tensor]:
+        settings = {**suite.gfi_settings, **accepted("GuidedFeatureInversion", overrides)}
+        return lambda x, t: GuidedFeatureInversion(model, *suite.gfi_layers).attribute(
+            x, target=t, stage=stage, seed=seed, **settings
+        )
+
+    def amortized(x: Tensor, t: Tensor) -> Tensor:
+        if suite.name not in AMORTIZED_SUITES:
+            raise ValueError(
+                f"AmortizedExplainer has a trained explainer only for the suites "
+                f"{AMORTIZED_SUITES}, not {suite.name!r}"
+            )
+        from captum_masks.bench.synthetic import load_synthetic_explainer
+
+        explainer, _ = load_synthetic_explainer(verbose=False)
+        return explainer.attribute(x, target=t)
+
+    neuromask_settings = {**suite.neuromask_settings, **accepted("NeuroMaskAttr", overrides)}
+    return {
+        "AmortizedExplainer": amortized,
+        **{f"MeaningfulPerturbation/{game}": meaningful_perturbation(game) for game in GAMES},
+        "NeuroMaskAttr": lambda x, t: NeuroMaskAttr(model).attribute(
+            x, target=t, seed=seed, **neuromask_settings
+        ),
+        "GuidedFeatureInversion": guided_feature_inversion("target"),
+        "GuidedFeatureInversion/inversion": guided_feature_inversion("inversion"),
+    }
+
+
+def _captum_runners(suite: Suite) -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
+    from captum.attr import (
+        FeatureAblation,
+        IntegratedGradients,
+        LayerAttribution,
+        LayerGradCam,
+        Occlusion,
+        Saliency,
+    )
+
+    model, patch = suite.model, suite.patch
+
+    def grid_mask(x: Tensor) -> Tensor:
+        height, width = x.shape[2:]
+        rows = torch.arange(height, device=x.device) // patch
+        cols = torch.arange(width, device=x.device) // patch
+        return (rows.view(-1, 1) * ((width + patch - 1) // patch) + cols.view(1, -1)).view(
+            1, 1, height, width
+        )
+
+    def grad_cam(x: Tensor, t: Tensor) -> Tensor:
+        cam = LayerGradCam(model, suite.last_conv).attribute(x, target=t, relu_attributions=True)
+        return LayerAttribution.interpolate(cam, x.shape[2:], interpolate_mode="bilinear")
+
+    def needs_grad(x: Tensor) -> Tensor:
+        return x.clone().requires_grad_(True)
+
+    return {
+        "Saliency": lambda x, t: Saliency(model).attribute(needs_grad(x), target=t),
+        "IntegratedGradients": lambda x, t: IntegratedGradients(model).attribute(
+            needs_grad(x), target=t, n_steps=32, internal_batch_size=max(64, x.shape[0])
+        ),
+        "Occlusion": lambda x, t: Occlusion(model).attribute(
+            x,
+            target=t,
+            sliding_window_shapes=(3, 2 * patch, 2 * patch),
+            strides=(3, patch, patch),
+            baselines=0.0,
+            perturbations_per_eval=16,
+        ),
+        "FeatureAblation": lambda x, t: FeatureAblation(model).attribute(
+            x, target=t, feature_mask=grid_mask(x), baselines=0.0, perturbations_per_eval=16
+        ),
+        "LayerGradCam": lambda x, t: grad_cam(needs_grad(x), t),
+    }
+
+
+__all__ = [
+    "ALL_METHODS",
+    "AMORTIZED_SUITES",
+    "CAPTUM_METHODS",
+    "OUR_METHODS",
+    "accepted",
+    "method_runners",
+]
