@@ -13,6 +13,15 @@ settings.register_profile("captum_masks", deadline=None, max_examples=15, derand
 settings.load_profile("captum_masks")
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (``-n auto``: one worker per core) each worker, and the notebook
+    kernels and command-line runs it starts, computes on one thread: two workers with two
+    threads each on two cores spin against each other."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def reference_model_cache(tmp_path_factory):
     """Train the synthetic suite's reference CNNs once per run, in a fresh directory, unless

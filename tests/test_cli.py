@@ -24,31 +24,36 @@ def test_unknown_image_is_a_clear_error(tmp_path):
     assert result.returncode != 0 and "image must be one of" in result.stderr
 
 
-def _speed_row(method):
-    result = run_cli("speed", "--methods", method, "--repeats", "1")
+@pytest.fixture(scope="module")
+def speed_rows():
+    """One ``speed`` run for three methods: each row's cells by method name."""
+    methods = ["MeaningfulPerturbation", "GuidedFeatureInversion", "AmortizedExplainer"]
+    result = run_cli("speed", "--methods", *methods, "--repeats", "1")
     assert result.returncode == 0, result.stderr
-    header, _, row = result.stdout.strip().splitlines()
+    header, _, *rows = result.stdout.strip().splitlines()[: 2 + len(methods)]
     assert header.startswith("| method | batch | images / iteration | forward+backward (s)")
-    return [cell.strip() for cell in row.strip("|").split("|")]
+    cells = [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+    assert [row[0] for row in cells] == methods
+    return {row[0]: row for row in cells}
 
 
-def test_speed_prints_one_row_per_method():
-    cells = _speed_row("MeaningfulPerturbation")
+def test_speed_prints_one_row_per_method(speed_rows):
+    cells = speed_rows["MeaningfulPerturbation"]
     assert cells[:3] == ["MeaningfulPerturbation", "1", "1"]
     bare, per_iteration, ratio = (float(cell) for cell in cells[3:6])
     assert ratio == pytest.approx(per_iteration / bare, rel=0.01)
     assert cells[6] == "300" and float(cells[7]) > 0
 
 
-def test_speed_of_guided_feature_inversion_counts_both_stages_and_passes():
-    cells = _speed_row("GuidedFeatureInversion")
+def test_speed_of_guided_feature_inversion_counts_both_stages_and_passes(speed_rows):
+    cells = speed_rows["GuidedFeatureInversion"]
     # stage 2 scores the kept and the removed image; a default run is 10 + 70 iterations
     assert cells[:3] == ["GuidedFeatureInversion", "1", "2"]
     assert cells[6] == "80" and float(cells[7]) > 0
 
 
-def test_speed_of_the_amortized_explainer_is_one_pass():
-    cells = _speed_row("AmortizedExplainer")
+def test_speed_of_the_amortized_explainer_is_one_pass(speed_rows):
+    cells = speed_rows["AmortizedExplainer"]
     assert cells[:3] == ["AmortizedExplainer", "1", "1"] and cells[6] == "1"
     _bare, whole, ratio = (float(cell) for cell in cells[3:6])
     # one explanation is the classifier pass plus the explainer pass: the same as the model's
