@@ -64,14 +64,13 @@ class MeaningfulPerturbation(MaskAttribution):
     the authors' code.
 
     Args:
-        forward_func (Callable): the model or any function returning scores of shape
-            (N, num_classes, ...) for a batch of inputs. It is used as given: call
-            ``model.eval()`` yourself if dropout or batch statistics should be frozen.
+        forward_func (Callable): the classifier f of Eq. 3: a model, or any function mapping a
+            batch of inputs to scores (N, num_classes, ...). Called as given, so its
+            ``model.eval()`` is yours to call when dropout or batch statistics should be frozen.
 
     Examples::
 
-        >>> net = ImageClassifier().eval()
-        >>> mp = MeaningfulPerturbation(net)
+        >>> mp = MeaningfulPerturbation(ImageClassifier().eval())
         >>> attribution = mp.attribute(images, target=3)          # (N, 3, H, W) in [0, 1]
         >>> attribution, history = mp.attribute(images, return_history=True)
         >>> history.probability[-1]        # target probability at the last step, per example

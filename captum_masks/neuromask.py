@@ -62,9 +62,8 @@ class NeuroMaskAttr(MaskAttribution):
     - τ = 20 (the paper's), with T = 2 still gives σ(−τ / T) ≈ 5e-5.
 
     Args:
-        forward_func (Callable): the model or any function returning scores of shape
-            (N, num_classes, ...) for a batch of inputs. It is used as given: call
-            ``model.eval()`` yourself if dropout or batch statistics should be frozen.
+        forward_func (Callable): the network F of Algorithm 1, or any function returning scores
+            (N, num_classes, ...) for a batch; its train or eval mode is left as you set it.
 
     Examples::
 

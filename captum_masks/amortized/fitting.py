@@ -17,7 +17,7 @@ from captum_masks._base import check_seed, modules_of, restored_buffers, warn_if
 from captum_masks._io import save_atomically
 from captum_masks._inputs import check_choice, check_positive, check_positive_int
 from captum_masks.amortized.distributed import rank_and_world_size, shard, wrap_distributed
-from captum_masks.amortized.losses import LOSSES, LossSettings
+from captum_masks.amortized.losses import LOSSES, ExplainedBatch, LossSettings
 from captum_masks.amortized.networks import checked_logits
 from captum_masks.amortized.persistence import read_checkpoint
 from captum_masks.amortized.training import (
@@ -103,16 +103,14 @@ class FittingMixin:
         """Per-example loss terms (each (N,)) of one batch, under ``settings.loss``."""
         x = batch.inputs
         logits = checked_logits(explainer, self._explainer_input(x), x, self.num_classes)
-        terms = LOSSES[settings.loss]
-        return terms(
+        explained = ExplainedBatch(
             x.to(logits.dtype),
-            logits,
             batch.is_target,
             lambda masked: self._classify(masked, x.dtype),  # the classifier in the data's dtype
             self.baselines,
             self.multilabel,
-            settings,
         )
+        return LOSSES[settings.loss](explained, logits, settings)
 
     def fit(
         self,

@@ -72,14 +72,33 @@ def masked_max(logits: Tensor, selector: Tensor) -> Tensor:
     return filled.amax(dim=1, keepdim=True).clamp_min(-1e4)
 
 
+@dataclass(frozen=True)
+class ExplainedBatch:
+    """What a loss needs besides the explainer's logits: the inputs, the classes each row is
+    explained for, and the frozen classifier.
+
+    Attributes:
+        x (Tensor): ``(N, C, *spatial)`` inputs, channels first, in the logits' dtype.
+        is_target (Tensor): (N, num_classes) bool, the classes Y of each row.
+        classify (callable): the frozen classifier on masked inputs.
+        baselines (float): the value masked-out input takes.
+        multilabel (bool): binary cross-entropy instead of cross-entropy.
+    """
+
+    x: Tensor
+    is_target: Tensor
+    classify: Classifier
+    baselines: float
+    multilabel: bool
+
+    def target_mask(self, logits: Tensor) -> Tensor:
+        """m = σ(max_{c∈Y} S_c), ``(N, 1, *spatial)``."""
+        selector = self.is_target.view(*self.is_target.shape, *([1] * (self.x.dim() - 2)))
+        return torch.sigmoid(masked_max(logits, selector))
+
+
 def stalder_terms(
-    x: Tensor,
-    logits: Tensor,
-    is_target: Tensor,
-    classify: Classifier,
-    baselines: float,
-    multilabel: bool,
-    settings: LossSettings,
+    batch: ExplainedBatch, logits: Tensor, settings: LossSettings
 ) -> dict[str, Tensor]:
     r"""Stalder et al.'s loss (Eq. 1–8), with m = σ(max_{c∈Y} S_c) and n = σ(max_{c∉Y} S_c):
 
@@ -89,25 +108,22 @@ def stalder_terms(
             + \lambda_{tv} \big(TV(m) + TV(n)\big)
 
     Args:
-        x (Tensor): ``(N, C, *spatial)`` inputs, channels first, in the logits' dtype.
+        batch (ExplainedBatch): the inputs, their classes and the classifier.
         logits (Tensor): ``(N, num_classes, *spatial)`` class logits S.
-        is_target (Tensor): (N, num_classes) bool, the classes Y of each row.
-        classify (callable): the frozen classifier on masked inputs.
-        baselines (float): the value masked-out input takes.
-        multilabel (bool): binary cross-entropy instead of cross-entropy.
         settings (LossSettings): the weights.
 
     Returns:
         dict of (N,) terms: classification, entropy, area, tv.
     """
-    selector = is_target.view(*is_target.shape, *([1] * (x.dim() - 2)))
-    target_mask = torch.sigmoid(masked_max(logits, selector))  # m
+    x, is_target = batch.x, batch.is_target
+    target_mask = batch.target_mask(logits)  # m
+    non_target = ~is_target.view(*is_target.shape, *([1] * (x.dim() - 2)))
     has_non_target = (~is_target).any(dim=1).view(-1, *[1] * (x.dim() - 1))
-    non_target_mask = torch.sigmoid(masked_max(logits, ~selector)) * has_non_target  # n
+    non_target_mask = torch.sigmoid(masked_max(logits, non_target)) * has_non_target  # n
     labels = is_target.to(x.dtype)
-    kept = blend(x, target_mask, baselines)
-    complement = blend(x, 1.0 - target_mask, baselines)
-    kept_scores, removed_scores = classify(torch.cat([kept, complement])).chunk(2)
+    kept = blend(x, target_mask, batch.baselines)
+    complement = blend(x, 1.0 - target_mask, batch.baselines)
+    kept_scores, removed_scores = batch.classify(torch.cat([kept, complement])).chunk(2)
     removed = removed_scores.log_softmax(dim=1)
     negative_entropy = (removed.exp() * removed).mean(dim=1)  # Eq. 3
     lower, upper = settings.area_bounds
@@ -121,7 +137,7 @@ def stalder_terms(
     )
     smoothness = total_variation(target_mask) + total_variation(non_target_mask)
     return {  # Eq. 1
-        "classification": classification_loss(kept_scores, labels, multilabel),
+        "classification": classification_loss(kept_scores, labels, batch.multilabel),
         "entropy": settings.entropy_weight * negative_entropy,
         "area": settings.area_weight * area,
         "tv": settings.tv_weight * smoothness / math.prod(x.shape[2:]),  # Eq. 7–8
@@ -129,21 +145,15 @@ def stalder_terms(
 
 
 def phillips_terms(
-    x: Tensor,
-    logits: Tensor,
-    is_target: Tensor,
-    classify: Classifier,
-    baselines: float,
-    multilabel: bool,
-    settings: LossSettings,
+    batch: ExplainedBatch, logits: Tensor, settings: LossSettings
 ) -> dict[str, Tensor]:
     r"""Phillips et al.'s loss: L_c(f(m ⊙ x), Y) + λ₁ mean(m) + λ₂ mean(m²), with m as in
     :func:`stalder_terms`; arguments and return as there (terms classification, l1, l2)."""
-    selector = is_target.view(*is_target.shape, *([1] * (x.dim() - 2)))
-    target_mask = torch.sigmoid(masked_max(logits, selector))
-    kept_scores = classify(blend(x, target_mask, baselines))
+    target_mask = batch.target_mask(logits)
+    kept_scores = batch.classify(blend(batch.x, target_mask, batch.baselines))
+    labels = batch.is_target.to(batch.x.dtype)
     return {
-        "classification": classification_loss(kept_scores, is_target.to(x.dtype), multilabel),
+        "classification": classification_loss(kept_scores, labels, batch.multilabel),
         "l1": settings.l1_weight * target_mask.flatten(1).mean(1),
         "l2": settings.l2_weight * target_mask.flatten(1).square().mean(1),
     }
@@ -154,6 +164,7 @@ LOSSES = {"stalder": stalder_terms, "phillips": phillips_terms}
 __all__ = [
     "LOSSES",
     "Classifier",
+    "ExplainedBatch",
     "LossSettings",
     "classification_loss",
     "masked_max",
