@@ -1,10 +1,12 @@
 import os
 import subprocess
 import sys
+import warnings
+from collections.abc import Callable
 
 import pytest
 import torch
-from hypothesis import settings
+from hypothesis import event, settings
 from torch import nn
 
 settings.register_profile("captum_masks", deadline=None, max_examples=15, derandomize=True)
@@ -123,3 +125,32 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     """``python -m captum_masks ARGS`` in a fresh interpreter."""
     command = [sys.executable, "-m", "captum_masks", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+
+
+def fail_on_call(n: int) -> Callable:
+    """A forward hook that raises ``RuntimeError("boom")`` on the n-th forward pass."""
+    calls = {"n": 0}
+
+    def hook(module, args, output):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise RuntimeError("boom")
+
+    return hook
+
+
+def assert_valid_mask_or_clear_error(call: Callable, like: torch.Tensor) -> None:
+    """``call()`` returns a finite mask in [0, 1] with ``like``'s shape and dtype, or raises
+    ``ValueError``/``TypeError`` with a message; any other exception fails the test."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            attribution = call()
+    except (ValueError, TypeError) as error:
+        assert str(error)
+        event(f"{type(error).__name__}: {str(error)[:40]}")
+    else:
+        event("a valid mask")
+        assert attribution.shape == like.shape and attribution.dtype == like.dtype
+        assert torch.isfinite(attribution).all()
+        assert attribution.min() >= 0 and attribution.max() <= 1
