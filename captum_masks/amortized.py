@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from captum_masks._base import (
     MaskAttribution,
+    check_seed,
     leaves_model_as_found,
     modules_of,
     restored_buffers,
@@ -563,8 +564,7 @@ class AmortizedExplainer(MaskAttribution):
             )
         if resume and checkpoint is None:
             raise ValueError("resume=True needs a checkpoint path")
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        check_seed(seed)
         if not isinstance(separate_classes, bool):
             raise TypeError(
                 f"separate_classes must be a bool, got {type(separate_classes).__name__}"
