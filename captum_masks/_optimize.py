@@ -4,12 +4,14 @@ A method describes, for a slice of its batch, the mask parameters to optimise an
 returns one loss and one target probability per example (:class:`MaskProblem`). The loop here owns
 everything generic: ``torch.enable_grad()`` (Captum calls methods under ``no_grad``), gradients
 with ``torch.autograd.grad`` w.r.t. the mask parameters only (the model's ``.grad`` is never
-touched), the optimiser and step schedule, projection after each step, early stopping, chunking of
-the batch (``internal_batch_size``), the progress bar and the loss history.
+touched), the optimiser and step schedule, projection after each step, per-example early
+stopping, chunking of the batch (``internal_batch_size``), the progress bar and the loss history.
 
 Examples stay independent: the loss that is differentiated is the *sum* of per-example losses, and
 Adam, RMSprop and SGD update each parameter element from its own gradient only, so an example's
-result does not depend on which other examples share its batch or chunk.
+result does not depend on which other examples share its batch or chunk. Early stopping keeps
+that: each example stops on its own loss, leaves the batch (the objective is evaluated on the
+examples still running, so a batch costs what its slowest example needs) and keeps its mask.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 from torch import Tensor
 
 from captum_masks._compat import progress
-from captum_masks._inputs import check_positive_int
+from captum_masks._inputs import check_positive_int, map_batch
 from captum_masks._warnings import warn_user
 
 OPTIMIZERS = {
@@ -34,20 +36,54 @@ OptimizerType = str | Callable[[list[Tensor], float], torch.optim.Optimizer]
 SchedulerType = Callable[[torch.optim.Optimizer], object] | None
 
 
+@dataclass(frozen=True)
+class ExampleRows:
+    """What an objective reads about the examples it scores, batch-first.
+
+    Attributes:
+        inputs (list of Tensor): the inputs, one tensor per input of the call.
+        references (list of Tensor): what a deleted region becomes, one per input.
+        targets (Tensor): the explained class of each example.
+        additional_args (tuple or None): Captum's additional forward arguments of the examples.
+        indices (Tensor): the examples' positions in the whole batch.
+    """
+
+    inputs: list[Tensor]
+    references: list[Tensor]
+    targets: Tensor
+    additional_args: tuple | None
+    indices: Tensor
+
+    def take(self, rows: Tensor) -> ExampleRows:
+        """The examples at positions ``rows`` of these."""
+        count = self.indices.shape[0]
+        return ExampleRows(
+            [x[rows] for x in self.inputs],
+            [r[rows] for r in self.references],
+            self.targets[rows],
+            map_batch(self.additional_args, count, lambda arg: arg[rows]),
+            self.indices[rows],
+        )
+
+
 @dataclass
 class MaskProblem:
     """The optimisation problem for one chunk of examples.
 
     Attributes:
         params: initial mask parameters, batch-first (copied; the copies are optimised).
-        objective: maps the current parameters to ``(loss, probability)``, both shape (n,): the
-            per-example loss to minimise and the per-example target probability to report.
+        objective: ``objective(params, rows)`` maps the parameters of some examples and their
+            :class:`ExampleRows` to ``(loss, probability)``, both (n,): the per-example loss
+            to minimise and the target probability to report.
+        examples: the chunk's :class:`ExampleRows`; the loop passes the objective those of
+            the examples still running.
         project: optional in-place projection applied to the parameters after every step
             (e.g. clipping to [0, 1]).
     """
 
     params: Sequence[Tensor]
-    objective: Callable[[Sequence[Tensor]], tuple[Tensor, Tensor]]
+    objective: Callable[[Sequence[Tensor], ExampleRows], tuple[Tensor, Tensor]]
+    examples: ExampleRows
     project: Callable[[Sequence[Tensor]], None] | None = None
 
 
@@ -58,7 +94,8 @@ class OptimizationHistory:
     Attributes:
         loss (Tensor): (n_iter, N) loss of each example before each step.
         probability (Tensor): (n_iter, N) the explained class's probability before each step.
-        steps (Tensor): (N,) steps each example ran; rows at or past it are NaN (early stop).
+        steps (Tensor): (N,) steps each example ran; its rows at or past that are NaN (it
+            stopped early).
     """
 
     loss: Tensor
@@ -186,41 +223,81 @@ def _optimize_chunk(
     problem: MaskProblem, settings: OptimizationSettings, bar
 ) -> tuple[list[Tensor], tuple[Tensor, Tensor, Tensor]]:
     params = [p.detach().clone().requires_grad_(True) for p in problem.params]
+    count = params[0].shape[0]
     optimizer = settings.make_optimizer(params)
     scheduler = settings.scheduler(optimizer) if settings.scheduler is not None else None
+    stopping = _PerExampleStopping(count, settings, params[0].device)
     losses: list[Tensor] = []
     probabilities: list[Tensor] = []
-    best = None
-    stale_steps = 0
     for _ in range(settings.n_iter):
-        loss, probability = problem.objective(params)
+        rows = stopping.running_rows()  # None while every example runs
+        if rows is None:
+            loss, probability = problem.objective(params, problem.examples)
+        else:
+            running = [p[rows] for p in params]
+            loss, probability = problem.objective(running, problem.examples.take(rows))
+            stopped_values = [p.detach().clone() for p in params]
         grads = torch.autograd.grad(loss.sum(), params)
         for param, grad in zip(params, grads):
             param.grad = grad
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        if problem.project is not None:
-            with torch.no_grad():
+        with torch.no_grad():
+            if problem.project is not None:
                 problem.project(params)
-        loss, probability = loss.detach(), probability.detach()
-        losses.append(loss)
-        probabilities.append(probability)
+            if rows is not None:  # the optimiser's momentum must not move a stopped example
+                for param, kept in zip(params, stopped_values):
+                    param[stopping.stopped] = kept[stopping.stopped]
+        losses.append(stopping.full_row(loss.detach(), rows))
+        probabilities.append(stopping.full_row(probability.detach(), rows))
         if bar is not None:
             bar.update()
-        if settings.tolerance is not None:
-            improved = best is None or bool((loss < best - settings.tolerance).any())
-            best = loss if best is None else torch.minimum(best, loss)
-            stale_steps = 0 if improved else stale_steps + 1
-            if stale_steps >= settings.patience:
-                if bar is not None:
-                    bar.update(settings.n_iter - len(losses))
-                break
-    steps_run = len(losses)
+        if stopping.update(losses[-1]):
+            if bar is not None:
+                bar.update(settings.n_iter - len(losses))
+            break
     loss_history = _pad_rows(torch.stack(losses), settings.n_iter)
     probability_history = _pad_rows(torch.stack(probabilities), settings.n_iter)
-    steps = torch.full((loss.shape[0],), steps_run, dtype=torch.long, device=loss.device)
-    return [p.detach() for p in params], (loss_history, probability_history, steps)
+    return [p.detach() for p in params], (loss_history, probability_history, stopping.steps)
+
+
+class _PerExampleStopping:
+    """Which examples of a chunk still run: one stops when its loss has not improved by more than
+    ``tolerance`` for ``patience`` steps (never without a tolerance)."""
+
+    def __init__(self, count: int, settings: OptimizationSettings, device: torch.device) -> None:
+        self.tolerance, self.patience = settings.tolerance, settings.patience
+        self.stopped = torch.zeros(count, dtype=torch.bool, device=device)
+        self.steps = torch.zeros(count, dtype=torch.long, device=device)
+        self.stale = torch.zeros(count, dtype=torch.long, device=device)
+        self.best: Tensor | None = None
+
+    def running_rows(self) -> Tensor | None:
+        return (~self.stopped).nonzero().flatten() if bool(self.stopped.any()) else None
+
+    def full_row(self, values: Tensor, rows: Tensor | None) -> Tensor:
+        """One value per example of the chunk: NaN for the stopped ones."""
+        if rows is None:
+            return values
+        row = values.new_full(self.stopped.shape, float("nan"))
+        row[rows] = values
+        return row
+
+    def update(self, loss: Tensor) -> bool:
+        """Count the step for the running examples; True when none is left running."""
+        running = ~self.stopped
+        self.steps += running.long()
+        if self.tolerance is None:
+            return False
+        if self.best is None:
+            self.best = loss.clone()
+            return False
+        improved = loss < self.best - self.tolerance  # False for the stopped (NaN) ones
+        self.best = torch.where(running, torch.minimum(self.best, loss), self.best)
+        self.stale = torch.where(improved, 0, self.stale + running.long())
+        self.stopped |= self.stale >= self.patience
+        return bool(self.stopped.all())
 
 
 def _pad_rows(rows: Tensor, total: int) -> Tensor:
@@ -232,6 +309,7 @@ def _pad_rows(rows: Tensor, total: int) -> Tensor:
 
 __all__ = [
     "OPTIMIZERS",
+    "ExampleRows",
     "MaskProblem",
     "OptimizationHistory",
     "OptimizationSettings",

@@ -26,6 +26,7 @@ from captum_masks._inputs import (
     select_scores,
 )
 from captum_masks._optimize import (
+    ExampleRows,
     MaskProblem,
     OptimizationHistory,
     OptimizationSettings,
@@ -284,53 +285,54 @@ class _Stages:
         self.clean_energy = clean_inverted.flatten(1).square().sum(dim=1)
         self.apply_softmax = apply_softmax
 
-    def _chunk(self, batch: slice) -> tuple[Tensor, Tensor, Tensor, tuple | None]:
-        targets, args = self.call.chunk(batch)
-        return self.call.work_inputs[0][batch], self.reference[batch], targets, args
+    def _examples(self, batch: slice) -> ExampleRows:
+        return self.call.examples(batch, self.call.work_inputs, [self.reference])
 
     def _probability(self, images: Tensor, targets: Tensor, args: tuple | None) -> Tensor:
         return select_scores(self.call.forward([images], args), targets, self.apply_softmax)
 
     def inversion(self, batch: slice, init_weight: float, inversion_l1: float) -> MaskProblem:
         """Algorithm 1: the part of the image that reproduces the features of ``layer``."""
-        images, references, targets, args = self._chunk(batch)
 
-        def objective(params: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        def objective(params: Sequence[Tensor], rows: ExampleRows) -> tuple[Tensor, Tensor]:
             (omega,) = params
-            kept = blend(images, self.mask_of(omega, batch), references)  # Eq. 2
+            images, references, args = rows.inputs[0], rows.references[0], rows.additional_args
+            kept = blend(images, self.mask_of(omega, rows.indices), references)  # Eq. 2
             (inverted,) = run_recording(
                 lambda: self.call.forward([kept], args), [self.layer], stop_after=True
             )
-            error = self.features_of(inverted).to(kept.dtype) - self.clean_inverted[batch]
-            relative = error.flatten(1).square().sum(1) / self.clean_energy[batch].clamp_min(1e-12)
+            error = self.features_of(inverted).to(kept.dtype) - self.clean_inverted[rows.indices]
+            energy = self.clean_energy[rows.indices].clamp_min(1e-12)
+            relative = error.flatten(1).square().sum(1) / energy
             loss = relative + inversion_l1 * omega.mean(dim=1)  # Eq. 8
             with torch.no_grad():
-                probability = self._probability(kept, targets, args)
+                probability = self._probability(kept, rows.targets, args)
             return loss, probability
 
         omega = self.mask_of.init(init_weight)[batch]
-        return MaskProblem([omega], objective, project=ChannelCombinationMask.clamp_)
+        return MaskProblem([omega], objective, self._examples(batch), ChannelCombinationMask.clamp_)
 
     def target(
         self, batch: slice, omega: Tensor, background_weight: float, target_l1: float
     ) -> MaskProblem:
         """Algorithm 2: ω fine-tuned so the kept part scores the class and the removed part
         does not, starting from stage 1's ``omega``."""
-        images, references, targets, args = self._chunk(batch)
 
-        def objective(params: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        def objective(params: Sequence[Tensor], rows: ExampleRows) -> tuple[Tensor, Tensor]:
             (weights,) = params
-            mask = self.mask_of(weights, batch)
+            images, references, args = rows.inputs[0], rows.references[0], rows.additional_args
+            mask = self.mask_of(weights, rows.indices)
             kept = blend(images, mask, references)  # Eq. 2
             removed = blend(images, 1.0 - mask, references)  # Eq. 4
             both = torch.cat([kept, removed])  # one forward pass for both
             args_twice = map_batch(args, images.shape[0], lambda arg: torch.cat([arg, arg]))
-            scores = self._probability(both, targets.repeat(2, 1), args_twice)
+            scores = self._probability(both, rows.targets.repeat(2, 1), args_twice)
             kept_score, removed_score = scores.chunk(2)
             loss = -kept_score + background_weight * removed_score  # Eq. 9
             return loss + target_l1 * weights.mean(dim=1), kept_score
 
-        return MaskProblem([omega[batch]], objective, project=ChannelCombinationMask.clamp_)
+        examples = self._examples(batch)
+        return MaskProblem([omega[batch]], objective, examples, ChannelCombinationMask.clamp_)
 
 
 def _stage_settings(

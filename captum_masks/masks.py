@@ -185,7 +185,7 @@ class ChannelCombinationMask:
             dtype=self.features.dtype,
         )
 
-    def __call__(self, weights: Tensor, batch: slice | None = None) -> Tensor:
+    def __call__(self, weights: Tensor, batch: slice | Tensor | None = None) -> Tensor:
         features = self.features if batch is None else self.features[batch]
         combined = torch.einsum("nk,nkhw->nhw", weights, features).unsqueeze(1)
         flat = combined.flatten(1)

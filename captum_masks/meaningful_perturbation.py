@@ -23,6 +23,7 @@ from captum_masks._inputs import (
     select_scores,
 )
 from captum_masks._optimize import (
+    ExampleRows,
     MaskProblem,
     OptimizationHistory,
     OptimizationSettings,
@@ -155,9 +156,11 @@ class MeaningfulPerturbation(MaskAttribution):
             apply_softmax (bool, optional): score the target by its softmax probability (the
                 paper's f_c); set False when ``forward_func`` already returns probabilities.
                 Default: True
-            tolerance (float, optional): early stopping: stop once no example's loss has
-                improved by more than ``tolerance`` for ``patience`` steps. None runs all
-                ``n_iter`` steps. Default: None
+            tolerance (float, optional): early stopping, per example: an example stops once
+                its loss has not improved by more than ``tolerance`` for ``patience`` steps, and
+                leaves the batch (the others run on without it; its mask is the one it had).
+                ``history.steps`` holds each example's own count. None runs all ``n_iter``
+                steps. Default: None
             patience (int, optional): see ``tolerance``. Default: 10
             internal_batch_size (int, optional): optimise at most this many examples at a time
                 to bound memory; results do not depend on it.
@@ -214,18 +217,15 @@ class MeaningfulPerturbation(MaskAttribution):
         score_sign = 1.0 if game == "deletion" else -1.0
 
         def build_problem(batch: slice) -> MaskProblem:
-            images = [x[batch] for x in work_inputs]
-            chunk_references = [r[batch] for r in references]
-            chunk_targets, chunk_args = call.chunk(batch)
             jitter_generator = make_generator(seed, call.device)  # E_τ: the same τ in any chunk
 
-            def objective(params: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+            def objective(params: Sequence[Tensor], rows: ExampleRows) -> tuple[Tensor, Tensor]:
                 perturbed = [  # Φ(x, M_τ), Eq. 2
                     blend(x, parametrisation(m, x.shape[2:], jitter_generator), r)
-                    for m, x, r in zip(params, images, chunk_references)
+                    for m, x, r in zip(params, rows.inputs, rows.references)
                 ]
-                output = call.forward(perturbed, chunk_args)
-                probability = select_scores(output, chunk_targets, apply_softmax)
+                output = call.forward(perturbed, rows.additional_args)
+                probability = select_scores(output, rows.targets, apply_softmax)
                 loss = score_sign * probability  # f_c(Φ(x, M_τ)), Eq. 3
                 for m in params:
                     deleted_or_kept = 1.0 - m if game == "deletion" else m
@@ -233,8 +233,9 @@ class MeaningfulPerturbation(MaskAttribution):
                     loss = loss + tv_weight * total_variation(m, tv_beta)  # λ₂ TV_β(m)
                 return loss, probability
 
-            params = [parametrisation.init(x, fill=mask_init) for x in images]
-            return MaskProblem(params, objective, project=UpsampledMask.clamp_)
+            examples = call.examples(batch, work_inputs, references)
+            params = [parametrisation.init(x, fill=mask_init) for x in examples.inputs]
+            return MaskProblem(params, objective, examples, project=UpsampledMask.clamp_)
 
         params, history = optimize_masks(build_problem, call.num_examples, settings)
         attributions = []

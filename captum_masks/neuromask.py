@@ -17,6 +17,7 @@ from captum_masks._inputs import (
 )
 from captum_masks._layout import MaskLayout
 from captum_masks._optimize import (
+    ExampleRows,
     MaskProblem,
     OptimizationHistory,
     OptimizationSettings,
@@ -141,9 +142,11 @@ class NeuroMaskAttr(MaskAttribution):
                 mask spans every axis but the first and last. Default: False
             apply_softmax (bool, optional): ``forward_func`` returns logits (True) or
                 probabilities (False). Default: True
-            tolerance (float, optional): early stopping: stop once no example's loss has
-                improved by more than ``tolerance`` for ``patience`` steps. None runs all
-                ``n_iter`` steps. Default: None
+            tolerance (float, optional): early stopping, per example: an example stops once
+                its loss has not improved by more than ``tolerance`` for ``patience`` steps, and
+                leaves the batch (the others run on without it; its mask is the one it had).
+                ``history.steps`` holds each example's own count. None runs all ``n_iter``
+                steps. Default: None
             patience (int, optional): see ``tolerance``. Default: 10
             internal_batch_size (int, optional): optimise at most this many examples at a time;
                 the result does not depend on it. Default: None (the whole batch)
@@ -194,17 +197,13 @@ class NeuroMaskAttr(MaskAttribution):
         ]
 
         def build_problem(batch: slice) -> MaskProblem:
-            chunk_images = [x[batch] for x in images]
-            chunk_references = [r[batch] for r in references]
-            chunk_targets, chunk_args = call.chunk(batch)
-
-            def objective(params: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+            def objective(params: Sequence[Tensor], rows: ExampleRows) -> tuple[Tensor, Tensor]:
                 masked = [  # x̄ = σ(W / T)·x + (1 − σ(W / T))·b, Algorithm 1 line 5
                     layout.to_caller(blend(x, parametrisation(w), b))
-                    for w, x, b in zip(params, chunk_images, chunk_references)
+                    for w, x, b in zip(params, rows.inputs, rows.references)
                 ]
-                output = call.forward(masked, chunk_args)
-                log_probability = select_log_scores(output, chunk_targets, apply_softmax)
+                output = call.forward(masked, rows.additional_args)
+                log_probability = select_log_scores(output, rows.targets, apply_softmax)
                 loss = -pred_weight * log_probability  # λ_p·L_pred, line 8
                 for w in params:
                     size = w[0].numel()
@@ -213,7 +212,8 @@ class NeuroMaskAttr(MaskAttribution):
                     loss = loss + smooth_weight * smoothness  # λ_sm·L_smooth, line 10
                 return loss, log_probability.exp()
 
-            return MaskProblem([w[batch] for w in initial], objective)
+            examples = call.examples(batch, images, references)
+            return MaskProblem([w[batch] for w in initial], objective, examples)
 
         weights, history = optimize_masks(build_problem, call.num_examples, settings)
         attributions = tuple(

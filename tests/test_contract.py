@@ -1,6 +1,7 @@
 """The Captum contract, side effects, determinism and bad input, for every mask-optimisation
 method alike, on tiny models and small inputs."""
 
+import inspect
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -296,6 +297,19 @@ def test_batch_equals_per_example(method, tiny_model, images):
     chunked = method(tiny_model, images, target=targets, internal_batch_size=2, **settings)
     torch.testing.assert_close(batched, single, atol=method.batch_atol, rtol=0)
     torch.testing.assert_close(batched, chunked, atol=method.batch_atol, rtol=0)
+
+
+def test_early_stopping_is_per_example_and_batch_equals_one_by_one(method, tiny_model, images):
+    if "tolerance" not in inspect.signature(method.cls.attribute).parameters:
+        pytest.skip(f"{method.cls.__name__} has no early stopping")
+    targets = [0, 3, 1]
+    settings = {"tolerance": 1e-3, "patience": 3, "return_history": True, **method.deterministic}
+    batched, history = method(tiny_model, images, n_iter=200, target=targets, **settings)
+    for i, t in enumerate(targets):
+        single, alone = method(tiny_model, images[i : i + 1], n_iter=200, target=t, **settings)
+        torch.testing.assert_close(batched[i : i + 1], single, atol=method.batch_atol, rtol=0)
+        assert history.steps[i] == alone.steps[0]
+    assert (history.steps < 200).all()  # the tiny model's losses settle well before the budget
 
 
 def test_same_seed_same_result_other_seed_other_result(method, tiny_model, images):

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from captum_masks import masks, perturbations, regularizers
-from captum_masks._optimize import MaskProblem, OptimizationSettings, optimize_masks
+from captum_masks._optimize import ExampleRows, MaskProblem, OptimizationSettings, optimize_masks
 
 
 # ---------------------------------------------------------------- perturbations
@@ -186,18 +186,21 @@ def test_area_is_zero_only_for_a_binary_mask_of_the_right_size():
 
 
 # ---------------------------------------------------------------- optimisation loop
-def quadratic_problem(targets):
-    """Each example minimises ‖θ − target‖²; the 'probability' is a stand-in that records θ."""
+def quadratic_problem(targets, rows_seen=None):
+    """Each example minimises ‖θ − target‖² from θ = 0; the 'probability' is a stand-in that
+    records θ. ``rows_seen`` collects how many examples each objective call scored."""
 
     def build(batch):
-        chunk_targets = targets[batch]
-
-        def objective(params):
+        def objective(params, rows):
             (theta,) = params
-            loss = (theta - chunk_targets).square().flatten(1).sum(1)
+            if rows_seen is not None:
+                rows_seen.append(theta.shape[0])
+            loss = (theta - rows.targets).square().flatten(1).sum(1)
             return loss, theta.flatten(1)[:, 0]
 
-        return MaskProblem([torch.zeros_like(chunk_targets)], objective)
+        indices = torch.arange(len(targets))[batch]
+        examples = ExampleRows([], [], targets[batch], None, indices)
+        return MaskProblem([torch.zeros_like(targets[batch])], objective, examples)
 
     return build
 
@@ -234,6 +237,53 @@ def test_early_stopping_stops_and_marks_the_rest_nan():
     steps = int(history.steps[0])
     assert steps < 100
     assert torch.isnan(history.loss[steps:]).all() and not torch.isnan(history.loss[:steps]).any()
+
+
+#: plain gradient descent on ‖θ − t‖² shrinks the error by 0.8 a step: the loss improves by less
+#: than the tolerance after a number of steps that grows with |t|
+SETTLING = OptimizationSettings(
+    n_iter=200, lr=0.1, optimizer="sgd", tolerance=1e-4, patience=3, warn_without_signal=False
+)
+
+
+def test_each_example_stops_on_its_own_and_leaves_the_batch():
+    targets = torch.tensor([[0.0], [0.1], [3.0]])  # already optimal, close, far
+    rows_seen = []
+    (theta,), history = optimize_masks(quadratic_problem(targets, rows_seen), 3, SETTLING)
+    steps = history.steps.tolist()
+    # the optimal one never improves: it stops once patience steps have passed without a gain
+    assert steps[0] == 1 + SETTLING.patience
+    assert steps[0] < steps[1] < steps[2] < SETTLING.n_iter
+    torch.testing.assert_close(theta, targets, atol=0.02, rtol=0)
+    # a stopped example is no longer scored: the objective sees 3, then 2, then 1 rows
+    assert rows_seen == [3] * steps[0] + [2] * (steps[1] - steps[0]) + [1] * (steps[2] - steps[1])
+    for k, ran in enumerate(steps):
+        assert not torch.isnan(history.loss[:ran, k]).any()
+        assert torch.isnan(history.loss[ran:, k]).all()
+
+
+@given(
+    targets=st.lists(st.floats(-4, 4), min_size=1, max_size=5),
+    chunk=st.integers(1, 5),
+    data=st.data(),
+)
+def test_early_stopping_keeps_batch_equal_to_one_by_one(targets, chunk, data):
+    targets = torch.tensor(targets, dtype=torch.float64).unsqueeze(1)
+    settings = dataclasses.replace(SETTLING, internal_batch_size=chunk)
+    (theta,), history = optimize_masks(quadratic_problem(targets), len(targets), settings)
+    k = data.draw(st.integers(0, len(targets) - 1))
+    (alone,), alone_history = optimize_masks(quadratic_problem(targets[k : k + 1]), 1, SETTLING)
+    torch.testing.assert_close(theta[k : k + 1], alone)
+    assert history.steps[k] == alone_history.steps[0]
+    torch.testing.assert_close(history.loss[:, k : k + 1], alone_history.loss, equal_nan=True)
+
+
+def test_without_a_tolerance_every_example_runs_every_step():
+    targets = torch.tensor([[0.0], [3.0]])
+    settings = dataclasses.replace(SETTLING, tolerance=None)
+    _, history = optimize_masks(quadratic_problem(targets), 2, settings)
+    assert history.steps.tolist() == [settings.n_iter] * 2
+    assert not torch.isnan(history.loss).any()
 
 
 def test_scheduler_and_projection_are_applied():
