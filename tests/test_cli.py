@@ -42,14 +42,26 @@ def test_speed_prints_one_row_per_method(speed_rows):
     assert cells[:3] == ["MeaningfulPerturbation", "1", "1"]
     bare, per_iteration, ratio = (float(cell) for cell in cells[3:6])
     assert ratio == pytest.approx(per_iteration / bare, rel=0.01)
-    assert cells[6] == "300" and float(cells[7]) > 0
+    assert cells[6] == cells[7] == "300" and float(cells[8]) > 0  # no early stop by default
+
+
+def test_speed_with_early_stopping_reports_the_iterations_run():
+    from captum_masks.bench.speed import measure_speed
+
+    result = measure_speed(
+        "NeuroMaskAttr", short_iters=2, long_iters=4, repeats=1, settings={"tolerance": 1e9}
+    )
+    # no step improves by 1e9: every image stops after its patience (10) plus the first step
+    assert result["iterations_run"] == 11 and result["default_iters"] == 300
+    with pytest.raises(ValueError, match=r"\['tolerance'\] are not arguments"):
+        measure_speed("GuidedFeatureInversion", settings={"tolerance": 1e-3})
 
 
 def test_speed_of_guided_feature_inversion_counts_both_stages_and_passes(speed_rows):
     cells = speed_rows["GuidedFeatureInversion"]
     # stage 2 scores the kept and the removed image; a default run is 10 + 70 iterations
     assert cells[:3] == ["GuidedFeatureInversion", "1", "2"]
-    assert cells[6] == "80" and float(cells[7]) > 0
+    assert cells[6] == cells[7] == "80" and float(cells[8]) > 0
 
 
 def test_speed_of_the_amortized_explainer_is_one_pass(speed_rows):
@@ -58,7 +70,7 @@ def test_speed_of_the_amortized_explainer_is_one_pass(speed_rows):
     _bare, whole, ratio = (float(cell) for cell in cells[3:6])
     # one explanation is the classifier pass plus the explainer pass: the same as the model's
     # cost, not the hundreds of passes of an optimisation
-    assert float(cells[7]) == pytest.approx(whole, rel=0.05) and ratio < 10
+    assert float(cells[8]) == pytest.approx(whole, rel=0.05) and ratio < 10
 
 
 def test_speed_table_states_the_amortized_speedup_per_batch_size():
@@ -74,6 +86,7 @@ def test_speed_table_states_the_amortized_speedup_per_batch_size():
             "ratio": 1.0,
             "default_iters": 1,
             "seconds_per_image": seconds_per_image,
+            "iterations_run": 1.0,
         }
 
     table = format_speed(

@@ -74,6 +74,11 @@ def _add_speed(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     speed.add_argument("--batch-size", type=_positive_int, default=1)
     speed.add_argument("--repeats", type=_positive_int, default=3)
+    _add_settings(
+        speed,
+        "other arguments for the run at default settings (s / image, iterations run), e.g. "
+        "--set tolerance=1e-3",
+    )
 
 
 def _add_benchmark(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -146,7 +151,9 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
         from captum_masks.bench.speed import SPEED_METHODS, format_speed, measure_speed
 
         results = [
-            measure_speed(method, batch_size=args.batch_size, repeats=args.repeats)
+            measure_speed(
+                method, batch_size=args.batch_size, repeats=args.repeats, settings=dict(args.set)
+            )
             for method in args.methods or SPEED_METHODS
         ]
         print(format_speed(results))

@@ -7,7 +7,8 @@ That is the batch size for most methods, twice it for GuidedFeatureInversion's s
 scores the kept and the removed part of every image in each iteration. The per-iteration time is
 the slope between a short and a long run, so one-off work (the clean forward pass, building the
 blurred reference, GuidedFeatureInversion's stage 1) is not counted in it; seconds per image at
-default settings are reported separately and include everything.
+default settings (or with ``settings``, e.g. an early-stopping ``tolerance``) are reported
+separately and include everything, next to the iterations that run actually ran per image.
 
 :class:`AmortizedExplainer` has no iterations: its row times one whole explanation (the classifier
 pass that checks the target, then one pass of the default explainer network) as its single
@@ -91,6 +92,7 @@ def measure_speed(
     short_iters: int = 10,
     long_iters: int = 60,
     repeats: int = 3,
+    settings: dict | None = None,
 ) -> dict:
     """Measure one optimisation method on EfficientNet-Lite0 at 224 px.
 
@@ -100,12 +102,15 @@ def measure_speed(
         short_iters, long_iters (int): the two run lengths whose difference gives the
             per-iteration time.
         repeats (int): interleaved repetitions; medians are reported.
+        settings (dict, optional): other arguments of the method's ``attribute`` for the run at
+            default settings (the per-iteration time is always measured at full length).
 
     Returns:
         dict with ``method``, ``batch_size``, ``passes`` (images the model scores per
         iteration), ``bare_seconds`` (forward + backward over ``passes`` images),
-        ``iteration_seconds``, ``ratio``, ``default_iters`` and ``seconds_per_image`` (a whole
-        explanation at default settings).
+        ``iteration_seconds``, ``ratio``, ``default_iters``, ``seconds_per_image`` (a whole
+        explanation at default settings, with ``settings``) and ``iterations_run`` (the mean
+        iterations per image of that run).
 
     Examples::
 
@@ -121,6 +126,12 @@ def measure_speed(
     explainer = spec.make(model)
     parameters = inspect.signature(explainer.attribute).parameters
     default_iters = sum(parameters[name].default for name in spec.default_arguments)
+    unknown = sorted(set(settings or {}) - set(parameters))
+    if unknown:
+        raise ValueError(
+            f"settings {unknown} are not arguments of {method}.attribute: time it without them "
+            "(--methods picks the methods to time)"
+        )
 
     def run(n_iter: int | None) -> Callable[[], object]:
         settings = {} if n_iter is None else {spec.iteration_argument: n_iter}
@@ -135,7 +146,7 @@ def measure_speed(
             whole.append(_seconds(run(None), 5))
         bare_seconds = statistics.median(bare)
         iteration_seconds = statistics.median(whole)
-        default_iters, per_image = 1, iteration_seconds / batch_size
+        default_iters, per_image, iterations_run = 1, iteration_seconds / batch_size, 1.0
     else:
         run(short_iters)()
         bare, short, long = [], [], []
@@ -147,7 +158,10 @@ def measure_speed(
         iteration_seconds = (statistics.median(long) - statistics.median(short)) / (
             long_iters - short_iters
         )
-        per_image = _seconds(run(None), 1) / batch_size
+        start = time.perf_counter()
+        _, history = explainer.attribute(x, target=target, return_history=True, **(settings or {}))
+        per_image = (time.perf_counter() - start) / batch_size
+        iterations_run = history.steps.double().mean().item()
     return {
         "method": method,
         "batch_size": batch_size,
@@ -157,6 +171,7 @@ def measure_speed(
         "ratio": iteration_seconds / bare_seconds,
         "default_iters": default_iters,
         "seconds_per_image": per_image,
+        "iterations_run": iterations_run,
     }
 
 
@@ -165,14 +180,15 @@ def format_speed(results: list[dict]) -> str:
     times less time per image AmortizedExplainer takes than each optimisation method measured at
     the same batch size."""
     columns = ("method", "batch", "images / iteration", "forward+backward (s)")
-    columns += ("per iteration (s)", "ratio", "iterations", "s / image")
+    columns += ("per iteration (s)", "ratio", "iterations", "iterations run", "s / image")
     lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for result in results:
         lines.append(
             f"| {result['method']} | {result['batch_size']} | {result['passes']} | "
             f"{result['bare_seconds']:.4f} | "
             f"{result['iteration_seconds']:.4f} | {result['ratio']:.3f} | "
-            f"{result['default_iters']} | {result['seconds_per_image']:.3g} |"
+            f"{result['default_iters']} | {result['iterations_run']:.4g} | "
+            f"{result['seconds_per_image']:.3g} |"
         )
     amortized = {r["batch_size"]: r for r in results if r["method"] == "AmortizedExplainer"}
     for result in results:
