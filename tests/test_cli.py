@@ -6,16 +6,28 @@ from conftest import run_cli
 pytest.importorskip("captum_masks.bench.zoo")
 pytestmark = pytest.mark.real_model
 
-METHODS = ["MeaningfulPerturbation", "Saliency", "IntegratedGradients", "Occlusion", "LayerGradCam"]
 
+def test_demo_explains_each_object_of_the_photo_and_saves_the_figure(tmp_path):
+    from captum_masks.bench.demo import DEMO_METHODS
 
-def test_demo_prints_predictions_timings_and_saves_the_figure(tmp_path):
     out = tmp_path / "demo.png"
-    result = run_cli("demo", "--image", "coffee", "--out", str(out), "--n-iter", "20")
+    result = run_cli("demo", "--out", str(out), "--n-iter", "20")
     assert result.returncode == 0, result.stderr
-    assert "Top-5 predictions for coffee" in result.stdout and "espresso" in result.stdout
-    assert all(method in result.stdout for method in METHODS)
+    explaining = next(line for line in result.stdout.splitlines() if line.startswith("Explaining"))
+    assert "cat" in explaining and "espresso" in explaining
+    rows = [line for line in result.stdout.splitlines() if "relevance on its object" in line]
+    assert [row.split()[0] for row in rows] == list(DEMO_METHODS)
     assert out.stat().st_size > 10_000
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_of_one_photo_explains_its_top_class(tmp_path):
+    out = tmp_path / "coffee.png"
+    result = run_cli("demo", "--image", "coffee", "--out", str(out), "--n-iter", "5")
+    assert result.returncode == 0, result.stderr
+    assert "Top-5 predictions for coffee" in result.stdout
+    assert "Explaining: espresso" in result.stdout
+    assert "relevance on its object" not in result.stdout  # no ground truth for a plain photo
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -45,17 +45,21 @@ def _add_demo(commands: Any, common: argparse.ArgumentParser) -> None:
     demo = commands.add_parser(
         "demo",
         parents=[common],
-        help="explain a photo with MeaningfulPerturbation and Captum's built-ins",
+        help="explain a cat and a cup in one photo with this package's methods and Captum's",
     )
     demo.add_argument(
         "--image",
-        default="cat",
+        default=None,
         type=_image,
-        help=f"a sample image ({', '.join(SAMPLE_IMAGES)}) or an image file's path",
+        help=f"explain this photo's top class instead: a sample image ({', '.join(SAMPLE_IMAGES)})"
+        " or an image file's path",
     )
     demo.add_argument("--out", default="demo.png", help="where to save the figure")
     demo.add_argument(
-        "--n-iter", type=_positive_int, default=300, help="MeaningfulPerturbation iterations"
+        "--n-iter",
+        type=_positive_int,
+        default=300,
+        help="MeaningfulPerturbation and NeuroMask iterations",
     )
     demo.add_argument("--seed", type=int, default=0)
 

@@ -1,106 +1,117 @@
-"""``python -m captum_masks demo``: explain a real photo with the real ImageNet model."""
+"""``python -m captum_masks demo``: a cat and an espresso cup in one photo, each explained for its
+own class by this package's methods next to Captum's built-ins, on the real ImageNet model."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import torch
-from torch import Tensor
 
-from captum_masks.bench import zoo
 from captum_masks._compat import progress
-from captum_masks.meaningful_perturbation import MeaningfulPerturbation
-from captum_masks.visualization import attribution_to_image, image_to_numpy
+from captum_masks.bench import zoo
+from captum_masks.bench.runners import method_runners
+from captum_masks.bench.suites import Suite, image_suite, photos_pairs_suite
+from captum_masks.metrics import class_discrimination, relevance_mass
+from captum_masks.visualization import attribution_to_image
 
-
-def captum_builtins(model: torch.nn.Module) -> dict[str, Callable[[Tensor, int], Tensor]]:
-    """Captum's built-in methods with the settings the demo and benchmarks use."""
-    from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Occlusion, Saliency
-
-    def grad_cam(x: Tensor, target: int) -> Tensor:
-        cam = LayerGradCam(model, model._conv_head).attribute(
-            x, target=target, relu_attributions=True
-        )
-        return LayerAttribution.interpolate(cam, x.shape[2:], interpolate_mode="bilinear")
-
-    return {
-        "Saliency": lambda x, t: Saliency(model).attribute(x, target=t),
-        "IntegratedGradients": lambda x, t: IntegratedGradients(model).attribute(
-            x, target=t, n_steps=32, internal_batch_size=16
-        ),
-        "Occlusion": lambda x, t: Occlusion(model).attribute(
-            x, target=t, sliding_window_shapes=(3, 32, 32), strides=(3, 16, 16), baselines=0.0
-        ),
-        "LayerGradCam": grad_cam,
-    }
+#: the demo's columns: this package's methods, then Captum's (as the benchmark runs them)
+DEMO_METHODS = (
+    "MeaningfulPerturbation/deletion",
+    "NeuroMaskAttr",
+    "GuidedFeatureInversion",
+    "Saliency",
+    "IntegratedGradients",
+    "Occlusion",
+    "LayerGradCam",
+)
+#: methods whose maps are relevance (positive); the gradient methods' sign is shown as magnitude
+POSITIVE_MAPS = (
+    "MeaningfulPerturbation",
+    "NeuroMaskAttr",
+    "GuidedFeatureInversion",
+    "LayerGradCam",
+)
 
 
 def run_demo(
-    image: str = "cat", out: str = "demo.png", n_iter: int = 300, seed: int = 0
+    image: str | None = None, out: str = "demo.png", n_iter: int = 300, seed: int = 0
 ) -> list[tuple[str, float]]:
-    """Print the top-5 classes of ``image``, explain the top one with every method, save a figure.
+    """Explain a photo with every method of :data:`DEMO_METHODS`, print what each took and save
+    a figure: by default a cat and an espresso cup pasted on a real texture, each object explained
+    for its own class (with the share of relevance each map puts on it); with ``image``, that
+    photo for its top class.
+
+    Args:
+        image (str, optional): a sample image's name or a file path. Default: None (the pair)
+        out (str): where the figure goes.
+        n_iter (int): iterations of MeaningfulPerturbation and NeuroMask.
+        seed (int): the methods' seed and the pair's layout.
 
     Returns:
         ``[(method, seconds), ...]`` in the order the figure shows them.
     """
+    suite = photos_pairs_suite(1, seed) if image is None else image_suite(image)
+    categories = zoo.imagenet_categories()
+    _print_top5(suite, image or "the cat and espresso photo", categories)
+    runners = method_runners(suite, seed, overrides={"n_iter": n_iter})
+    attributions, timings = {}, []
+    for name in progress(DEMO_METHODS, desc="Methods", total=len(DEMO_METHODS)):
+        start = time.perf_counter()
+        attributions[name] = runners[name](suite.inputs, suite.targets).detach()
+        timings.append((name, time.perf_counter() - start))
+    print("Seconds per method (all rows):")
+    for name, seconds in timings:
+        line = f"  {name:<34}{seconds:8.2f}"
+        if suite.other_masks is not None:
+            mass = relevance_mass(attributions[name], suite.masks).tolist()
+            wins = class_discrimination(attributions[name], suite.masks, suite.other_masks)
+            line += f"   relevance on its object {', '.join(f'{m:.2f}' for m in mass)}"
+            line += f"; more on it than on the other: {int(wins.sum())}/{len(wins)}"
+        print(line)
+    _save_figure(suite, attributions, timings, categories, out)
+    print(f"Saved {out}")
+    return timings
+
+
+def _print_top5(suite: Suite, label: str, categories: list) -> None:
+    with torch.no_grad():
+        probabilities = suite.model(suite.inputs[:1]).softmax(dim=1)[0]
+    top = probabilities.topk(5)
+    print(f"Top-5 predictions for {label}:")
+    for p, index in zip(top.values.tolist(), top.indices.tolist()):
+        print(f"  {p:6.3f}  {categories[index]} ({index})")
+    print("Explaining: " + ", ".join(categories[t] for t in suite.targets.tolist()))
+
+
+def _save_figure(
+    suite: Suite, attributions: dict, timings: list, categories: list, out: str
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from captum.attr import visualization as viz
 
-    model = zoo.load_efficientnet_lite0()
-    categories = zoo.imagenet_categories()
-    x = zoo.preprocess(zoo.sample_image(image))
-    with torch.no_grad():
-        probabilities = model(x).softmax(dim=1)[0]
-    top = probabilities.topk(5)
-    print(f"Top-5 predictions for {image}:")
-    for p, index in zip(top.values.tolist(), top.indices.tolist()):
-        print(f"  {p:6.3f}  {categories[index]} ({index})")
-    target = int(top.indices[0])
-
-    mp = MeaningfulPerturbation(model)
-    methods = {
-        "MeaningfulPerturbation": lambda x, t: mp.attribute(
-            x, target=t, n_iter=n_iter, seed=seed, show_progress=True
-        ),
-        **captum_builtins(model),
-    }
-    attributions, timings = {}, []
-    for name, explain in progress(methods.items(), desc="Methods", total=len(methods)):
-        start = time.perf_counter()
-        # Captum's gradient methods warn unless the input already requires grad
-        attributions[name] = explain(x.clone().requires_grad_(True), target).detach()
-        timings.append((name, time.perf_counter() - start))
-
-    original = image_to_numpy(x, zoo.IMAGENET_MEAN, zoo.IMAGENET_STD)
-    figure, axes = plt.subplots(1, len(methods) + 1, figsize=(3 * (len(methods) + 1), 3.8))
-    axes[0].imshow(original)
-    axes[0].set_title(f"{categories[target]}\np = {float(top.values[0]):.2f}", fontsize=9)
-    axes[0].axis("off")
-    for axis, (name, seconds) in zip(axes[1:], timings):
-        sign = (
-            "positive" if name in ("MeaningfulPerturbation", "LayerGradCam") else "absolute_value"
-        )
-        viz.visualize_image_attr(
-            attribution_to_image(attributions[name]),
-            original,
-            method="blended_heat_map",
-            sign=sign,
-            plt_fig_axis=(figure, axis),
-            use_pyplot=False,
-            title=f"{name}\n{seconds:.1f} s",
-        )
+    rows, columns = len(suite.targets), len(timings) + 1
+    figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.9 * rows), squeeze=False)
+    for row, target in enumerate(suite.targets.tolist()):
+        original = suite.display[row].permute(1, 2, 0).numpy()
+        axes[row, 0].imshow(original)
+        axes[row, 0].set_title(f"explaining\n{categories[target]}", fontsize=9)
+        axes[row, 0].axis("off")
+        for axis, (name, seconds) in zip(axes[row, 1:], timings):
+            viz.visualize_image_attr(
+                attribution_to_image(attributions[name][row : row + 1]),
+                original,
+                method="blended_heat_map",
+                sign="positive" if name.split("/")[0] in POSITIVE_MAPS else "absolute_value",
+                plt_fig_axis=(figure, axis),
+                use_pyplot=False,
+                title=f"{name.split('/')[0]}\n{seconds:.1f} s" if row == 0 else None,
+            )
     figure.tight_layout()
-    figure.savefig(out, dpi=100)
+    figure.savefig(out, dpi=90)
     plt.close(figure)
-    print("Seconds per method:")
-    for name, seconds in timings:
-        print(f"  {name:<24}{seconds:8.2f}")
-    print(f"Saved {out}")
-    return timings
 
 
-__all__ = ["captum_builtins", "run_demo"]
+__all__ = ["DEMO_METHODS", "run_demo"]

@@ -190,6 +190,28 @@ def photos_pairs_suite(n: int, seed: int = 0) -> Suite:
     )
 
 
+def image_suite(image: str) -> Suite:
+    """One photo (a name of :data:`~captum_masks.bench.zoo.SAMPLE_IMAGES` or an image file) on
+    EfficientNet-Lite0, explained for its top class; it has no ground truth (empty masks)."""
+    from captum_masks.bench import zoo
+
+    model = zoo.load_efficientnet_lite0()
+    inputs = zoo.preprocess(zoo.sample_image(image))
+    with torch.no_grad():
+        targets = model(inputs).argmax(dim=1)
+    mean = inputs.new_tensor(zoo.IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = inputs.new_tensor(zoo.IMAGENET_STD).view(1, 3, 1, 1)
+    return Suite(
+        name=f"image {image}",
+        model=model,
+        inputs=inputs,
+        targets=targets,
+        masks=torch.zeros_like(inputs[:, :1]),
+        display=(inputs * std + mean).clamp(0, 1),
+        **_photos_settings(model),
+    )
+
+
 SUITE_BUILDERS: dict[str, Callable[[int, int], Suite]] = {
     "synthetic": synthetic_suite,
     "photos": photos_suite,
@@ -202,6 +224,7 @@ __all__ = [
     "SUITES",
     "SUITE_BUILDERS",
     "Suite",
+    "image_suite",
     "photos_pairs_suite",
     "photos_suite",
     "synthetic_pairs_suite",
