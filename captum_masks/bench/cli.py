@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,14 @@ THREADS_HELP = (
     "when other work shares the cores: threads that outnumber the free cores spin against each "
     "other (measured in the README's command-line section)"
 )
+#: each subcommand and what it does (its --help line)
+COMMANDS = {
+    "demo": "explain a cat and a cup in one photo with this package's methods and Captum's",
+    "speed": "per-iteration cost vs. bare forward+backward",
+    "benchmark": "compare the methods with Captum's built-ins on ground-truth images",
+    "class-masking": "Stalder et al.'s class-specific masking table for the trained "
+    "AmortizedExplainer",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,11 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _add_demo(commands: Any, common: argparse.ArgumentParser) -> None:
-    demo = commands.add_parser(
-        "demo",
-        parents=[common],
-        help="explain a cat and a cup in one photo with this package's methods and Captum's",
-    )
+    demo = commands.add_parser("demo", parents=[common], help=COMMANDS["demo"])
     demo.add_argument(
         "--image",
         default=None,
@@ -65,17 +70,8 @@ def _add_demo(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _add_speed(commands: Any, common: argparse.ArgumentParser) -> None:
-    speed = commands.add_parser(
-        "speed", parents=[common], help="per-iteration cost vs. bare forward+backward"
-    )
-    speed.add_argument(
-        "--methods",
-        nargs="+",
-        default=None,
-        choices=list(SPEED_METHODS),
-        metavar="METHOD",
-        help=f"methods to time, of {', '.join(SPEED_METHODS)} (default: all)",
-    )
+    speed = commands.add_parser("speed", parents=[common], help=COMMANDS["speed"])
+    _add_methods(speed, SPEED_METHODS, f"methods to time, of {', '.join(SPEED_METHODS)}", "all")
     speed.add_argument("--batch-size", type=_positive_int, default=1)
     speed.add_argument("--repeats", type=_positive_int, default=3)
     _add_settings(
@@ -86,19 +82,10 @@ def _add_speed(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _add_benchmark(commands: Any, common: argparse.ArgumentParser) -> None:
-    bench = commands.add_parser(
-        "benchmark",
-        parents=[common],
-        help="compare the methods with Captum's built-ins on ground-truth images",
-    )
+    bench = commands.add_parser("benchmark", parents=[common], help=COMMANDS["benchmark"])
     bench.add_argument("--suite", choices=SUITES, default="synthetic")
-    bench.add_argument(
-        "--methods",
-        nargs="+",
-        default=None,
-        choices=ALL_METHODS,
-        metavar="METHOD",
-        help=f"methods to run, of {', '.join(ALL_METHODS)} (default: all the suite has)",
+    _add_methods(
+        bench, ALL_METHODS, f"methods to run, of {', '.join(ALL_METHODS)}", "all the suite has"
     )
     bench.add_argument("--n", type=_positive_int, default=20, help="number of images")
     bench.add_argument("--seed", type=int, default=0)
@@ -110,16 +97,25 @@ def _add_benchmark(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _add_class_masking(commands: Any, common: argparse.ArgumentParser) -> None:
-    masking = commands.add_parser(
-        "class-masking",
-        parents=[common],
-        help="Stalder et al.'s class-specific masking table for the trained AmortizedExplainer",
-    )
+    masking = commands.add_parser("class-masking", parents=[common], help=COMMANDS["class-masking"])
     masking.add_argument("--n", type=_positive_int, default=200, help="number of test images")
     masking.add_argument("--seed", type=int, default=0)
     masking.add_argument("--retrain", action="store_true", help="train the explainer again")
     _add_settings(
         masking, "train with other settings, e.g. --set separate_classes=False epochs=8"
+    )
+
+
+def _add_methods(
+    parser: argparse.ArgumentParser, choices: Iterable[str], help_text: str, default_text: str
+) -> None:
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        choices=list(choices),
+        metavar="METHOD",
+        help=f"{help_text} (default: {default_text})",
     )
 
 
