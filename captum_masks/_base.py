@@ -22,7 +22,7 @@ from captum.attr import PerturbationAttribution
 from torch import Tensor, nn
 
 from captum_masks._compat import _format_additional_forward_args, _format_output
-from captum_masks._inputs import format_inputs, resolve_targets, run_forward, slice_batch
+from captum_masks._inputs import format_inputs, resolve_targets, run_forward
 from captum_masks._optimize import ExampleRows
 from captum_masks._warnings import warn_user
 
@@ -63,20 +63,16 @@ class PreparedCall:
     def work_inputs(self) -> tuple[Tensor, ...]:
         return tuple(x.to(self.work_dtype) for x in self.inputs)
 
-    def chunk(self, batch: slice) -> tuple[Tensor, tuple | None]:
-        """The targets and the (sliced) additional arguments of the examples in ``batch``."""
-        return self.targets[batch], slice_batch(self.additional_args, batch, self.num_examples)
-
     def examples(
         self, batch: slice, inputs: Sequence[Tensor], references: Sequence[Tensor]
     ) -> ExampleRows:
         """The examples in ``batch``: their rows of ``inputs`` and ``references`` (one per input,
         in the method's working form), targets, additional arguments and positions."""
-        targets, args = self.chunk(batch)
-        indices = torch.arange(self.num_examples, device=self.device)[batch]
-        return ExampleRows(
-            [x[batch] for x in inputs], [r[batch] for r in references], targets, args, indices
+        positions = torch.arange(self.num_examples, device=self.device)
+        everyone = ExampleRows(
+            list(inputs), list(references), self.targets, self.additional_args, positions
         )
+        return everyone.take(positions[batch])
 
     def result(self, attributions: Sequence[Tensor], history: Any, return_history: bool) -> Any:
         """Captum's output form (a tensor for a tensor input, a tuple for a tuple), with the

@@ -173,11 +173,6 @@ def map_batch(
     )
 
 
-def slice_batch(args: tuple | None, batch: slice, batch_size: int) -> tuple | None:
-    """The additional arguments of the examples in ``batch``."""
-    return map_batch(args, batch_size, lambda arg: arg[batch])
-
-
 def per_input_baselines(baselines: Any, num_inputs: int) -> list:
     """Captum's ``baselines`` as one entry per input tensor (a tuple gives one each; anything
     else is shared by all)."""
@@ -240,5 +235,4 @@ __all__ = [
     "run_forward",
     "select_log_scores",
     "select_scores",
-    "slice_batch",
 ]
