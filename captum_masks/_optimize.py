@@ -263,8 +263,9 @@ def _optimize_chunk(
 
 
 class _PerExampleStopping:
-    """Which examples of a chunk still run: one stops when its loss has not improved by more than
-    ``tolerance`` for ``patience`` steps (never without a tolerance)."""
+    """Which examples of a chunk still run: one stops when its loss has not fallen below its best
+    by more than ``tolerance`` × |best| for ``patience`` steps (never without a tolerance). The
+    tolerance is relative so that one value fits losses of any scale."""
 
     def __init__(self, count: int, settings: OptimizationSettings, device: torch.device) -> None:
         self.tolerance, self.patience = settings.tolerance, settings.patience
@@ -293,7 +294,8 @@ class _PerExampleStopping:
         if self.best is None:
             self.best = loss.clone()
             return False
-        improved = loss < self.best - self.tolerance  # False for the stopped (NaN) ones
+        # False for the stopped (NaN) ones
+        improved = loss < self.best - self.tolerance * self.best.abs()
         self.best = torch.where(running, torch.minimum(self.best, loss), self.best)
         self.stale = torch.where(improved, 0, self.stale + running.long())
         self.stopped |= self.stale >= self.patience

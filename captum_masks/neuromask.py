@@ -143,7 +143,8 @@ class NeuroMaskAttr(MaskAttribution):
             apply_softmax (bool, optional): ``forward_func`` returns logits (True) or
                 probabilities (False). Default: True
             tolerance (float, optional): early stopping, per example: an example stops once
-                its loss has not improved by more than ``tolerance`` for ``patience`` steps, and
+                its loss has not fallen below its best by more than ``tolerance`` × |best| for
+                ``patience`` steps (a relative tolerance: one value fits any loss scale), and
                 leaves the batch (the others run on without it; its mask is the one it had).
                 ``history.steps`` holds each example's own count. None runs all ``n_iter``
                 steps. Default: None

@@ -186,17 +186,19 @@ def test_area_is_zero_only_for_a_binary_mask_of_the_right_size():
 
 
 # ---------------------------------------------------------------- optimisation loop
-def quadratic_problem(targets, rows_seen=None):
-    """Each example minimises ‖θ − target‖² from θ = 0; the 'probability' is a stand-in that
-    records θ. ``rows_seen`` collects how many examples each objective call scored."""
+def quadratic_problem(targets, rows_seen=None, scale=1.0):
+    """Each example minimises 1 + ‖θ − target‖² from θ = 0: like a mask objective, whose
+    regularisers keep it above 0, its minimum is not 0, so the relative tolerance of early
+    stopping applies. The 'probability' is a stand-in that records θ. ``rows_seen`` collects how
+    many examples each objective call scored; ``scale`` multiplies the loss."""
 
     def build(batch):
         def objective(params, rows):
             (theta,) = params
             if rows_seen is not None:
                 rows_seen.append(theta.shape[0])
-            loss = (theta - rows.targets).square().flatten(1).sum(1)
-            return loss, theta.flatten(1)[:, 0]
+            loss = 1.0 + (theta - rows.targets).square().flatten(1).sum(1)
+            return scale * loss, theta.flatten(1)[:, 0]
 
         indices = torch.arange(len(targets))[batch]
         examples = ExampleRows([], [], targets[batch], None, indices)
@@ -239,8 +241,8 @@ def test_early_stopping_stops_and_marks_the_rest_nan():
     assert torch.isnan(history.loss[steps:]).all() and not torch.isnan(history.loss[:steps]).any()
 
 
-#: plain gradient descent on ‖θ − t‖² shrinks the error by 0.8 a step: the loss improves by less
-#: than the tolerance after a number of steps that grows with |t|
+#: plain gradient descent on 1 + ‖θ − t‖² shrinks the error by 0.8 a step: the loss improves by
+#: less than the tolerance (relative to a loss near 1) after a number of steps that grows with |t|
 SETTLING = OptimizationSettings(
     n_iter=200, lr=0.1, optimizer="sgd", tolerance=1e-4, patience=3, warn_without_signal=False
 )
@@ -276,6 +278,16 @@ def test_early_stopping_keeps_batch_equal_to_one_by_one(targets, chunk, data):
     torch.testing.assert_close(theta[k : k + 1], alone)
     assert history.steps[k] == alone_history.steps[0]
     torch.testing.assert_close(history.loss[:, k : k + 1], alone_history.loss, equal_nan=True)
+
+
+def test_the_tolerance_is_relative_to_the_loss():
+    """A loss a thousand times larger (with SGD's step scaled back) stops at the same steps."""
+    targets = torch.tensor([[0.1], [3.0]], dtype=torch.float64)
+    _, history = optimize_masks(quadratic_problem(targets), 2, SETTLING)
+    larger = dataclasses.replace(SETTLING, lr=SETTLING.lr / 1000)
+    _, scaled = optimize_masks(quadratic_problem(targets, scale=1000.0), 2, larger)
+    assert history.steps.tolist() == scaled.steps.tolist()
+    assert (history.steps < SETTLING.n_iter).all()
 
 
 def test_without_a_tolerance_every_example_runs_every_step():
