@@ -95,11 +95,11 @@ def test_pair_suite_explains_every_image_for_both_objects():
 def test_photos_pairs_suite_targets_each_objects_own_class():
     from captum_masks.bench import zoo
 
-    suite = photos_pairs_suite(3)
+    suite = photos_pairs_suite(3, split="calibration", objects=("cat", "coffee"))
     categories = zoo.imagenet_categories()
-    cats = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}
-    assert all(categories[t] in cats for t in suite.targets[:3].tolist())
-    assert not any(categories[t] in cats for t in suite.targets[3:].tolist())
+    assert all(categories[t] in zoo.OBJECTS["cat"].classes for t in suite.targets[:3].tolist())
+    assert all(categories[t] in zoo.OBJECTS["coffee"].classes for t in suite.targets[3:].tolist())
+    assert all(text.startswith("cat next to coffee on ") for text in suite.descriptions[:3])
     torch.testing.assert_close(suite.masks[:3], suite.other_masks[3:])
     assert not (suite.masks.bool() & suite.other_masks.bool()).any()
 

@@ -90,6 +90,18 @@ def test_pointing_game_breaks_ties_at_the_middle_of_the_tied_pixels():
     assert metrics.pointing_game(heat, mask, tolerance=0).item() == 0.0
 
 
+def test_pointing_game_smoothing_points_where_relevance_concentrates():
+    heat = torch.zeros(1, 1, 32, 32)
+    heat[..., 2, 2] = 1.0  # one isolated speckle, the raw maximum
+    heat[..., 20:28, 20:28] = 0.9  # the evidence: a block just below it
+    mask = torch.zeros(1, 32, 32)
+    mask[:, 20:28, 20:28] = 1
+    assert metrics.pointing_game(heat, mask, tolerance=0).item() == 0.0
+    assert metrics.pointing_game(heat, mask, tolerance=0, sigma=2.0).item() == 1.0
+    with pytest.raises(ValueError, match="sigma must be >= 0"):
+        metrics.pointing_game(heat, mask, sigma=-1.0)
+
+
 def test_relevance_mass_and_iou_by_hand():
     heat = torch.tensor([[[3.0, 1.0], [-5.0, 0.0]]])
     mask = torch.tensor([[[1, 0], [1, 0]]])

@@ -118,7 +118,7 @@ def test_guided_feature_inversion_separates_two_objects_in_one_photo(model):
     from captum_masks import GuidedFeatureInversion, metrics
     from captum_masks.bench.suites import photos_pairs_suite
 
-    suite = photos_pairs_suite(2, seed=100)
+    suite = photos_pairs_suite(2, seed=100, split="calibration", objects=("cat", "coffee"))
     gfi = GuidedFeatureInversion(model, layer=model._bn1)
     before = {name: value.clone() for name, value in model.state_dict().items()}
     attribution = gfi.attribute(suite.inputs, target=suite.targets)

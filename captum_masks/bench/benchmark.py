@@ -6,13 +6,17 @@ on time. Four suites:
 
 - ``synthetic``: shapes on real backgrounds (:mod:`captum_masks.bench.synthetic`), explained on the
   reference CNN for their true class; 64 px images.
-- ``photos``: real object photos pasted on real textures (:func:`captum_masks.bench.zoo.paste_composite`),
-  explained on the pretrained EfficientNet-Lite0 for its predicted class; 224 px images.
+- ``photos``: real object photos pasted on real textures at varied scales and positions
+  (:mod:`captum_masks.bench.layouts`), explained on the pretrained EfficientNet-Lite0 for the
+  object's predicted class; 224 px images.
 - ``synthetic-pairs`` and ``photos-pairs``: two objects of different classes in each image
-  (the multi-label reference CNN; a cat and an espresso cup, :func:`captum_masks.bench.zoo.paste_pair`),
+  (the multi-label reference CNN; two different photo objects, :func:`captum_masks.bench.zoo.paste_pair`),
   each image explained once for each object's class. The ground truth is the explained object,
   and the ``discrimination`` column is the share of explanations with more relevance on it than
   on the other object.
+
+Each suite has a ``"calibration"`` split, where settings are chosen, and a ``"held-out"`` split,
+which the README reports; the photo splits have disjoint backgrounds.
 
 ``AmortizedExplainer`` needs an explainer trained for the suite's model; the one for the
 multi-label reference CNN (:func:`captum_masks.bench.synthetic.load_synthetic_explainer`) makes it a
@@ -92,6 +96,7 @@ def run_benchmark(
     methods: Sequence[str] | None = None,
     n: int = 20,
     seed: int = 0,
+    split: str = "held-out",
     deletion_steps: int = 16,
     show_progress: bool = True,
     overrides: dict | None = None,
@@ -106,6 +111,9 @@ def run_benchmark(
             that apply to the suite (AmortizedExplainer only on :data:`AMORTIZED_SUITES`).
         n (int): number of images; the same ``n`` and ``seed`` give the same images.
         seed (int): picks the images and seeds the stochastic methods.
+        split (str): ``"held-out"`` (what the README reports) or ``"calibration"`` (where
+            settings are chosen): disjoint backgrounds for the photos
+            (:mod:`captum_masks.bench.layouts`), disjoint generator seeds for the synthetic images.
         deletion_steps (int): steps of the deletion and insertion curves.
         show_progress (bool): a progress bar over the methods.
         overrides (dict, optional): keyword arguments for this package's methods on top of the
@@ -123,7 +131,7 @@ def run_benchmark(
     from captum_masks._compat import progress
 
     methods = _chosen_methods(suite, methods, n, overrides or {})
-    data = SUITE_BUILDERS[suite](n, seed)
+    data = SUITE_BUILDERS[suite](n, seed, split)
     runners = method_runners(data, seed, overrides)
     scores, attributions, curves = {}, {}, {}
     for name in progress(
@@ -182,7 +190,9 @@ def _scores(
         )
     salient = metrics.salient_object_scores(attribution, data.masks)
     scores = {
-        "pointing": metrics.pointing_game(attribution, data.masks, data.pointing_tolerance).tolist(),
+        "pointing": metrics.pointing_game(
+            attribution, data.masks, data.pointing_tolerance, data.pointing_sigma
+        ).tolist(),
         "relevance_mass": metrics.relevance_mass(attribution, data.masks).tolist(),
         "iou": metrics.mask_iou(attribution, data.masks, 0.5).tolist(),
         "f_measure": salient["f_measure"].tolist(),

@@ -14,6 +14,7 @@ import torch
 from captum_masks.bench.speed import SPEED_METHODS
 from captum_masks.bench.runners import ALL_METHODS
 from captum_masks.bench.suites import SUITES
+from captum_masks.bench.layouts import SPLITS
 from captum_masks.bench.zoo import SAMPLE_IMAGES
 
 THREADS_HELP = (
@@ -89,6 +90,12 @@ def _add_benchmark(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     bench.add_argument("--n", type=_positive_int, default=20, help="number of images")
     bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument(
+        "--split",
+        choices=SPLITS,
+        default="held-out",
+        help="held-out (reported) or calibration (where settings are chosen) images",
+    )
     bench.add_argument("--out", default=None, help="figure path (default: benchmark_SUITE.png)")
     _add_settings(
         bench,
@@ -134,10 +141,10 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
         from captum_masks.bench.benchmark import format_table, run_benchmark, save_figure
 
         result = run_benchmark(
-            args.suite, args.methods, args.n, args.seed, overrides=dict(args.set)
+            args.suite, args.methods, args.n, args.seed, args.split, overrides=dict(args.set)
         )
         command = " ".join(["python -m captum_masks", *(sys.argv[1:] if argv is None else argv)])
-        print(f"\n{args.suite} suite, {args.n} images ({command}):\n")
+        print(f"\n{args.suite} suite, {args.split} split, {args.n} images ({command}):\n")
         print(format_table(result))
         out = args.out or f"benchmark_{args.suite}.png"
         save_figure(result, out)

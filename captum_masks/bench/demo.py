@@ -50,7 +50,8 @@ def run_demo(
     Returns:
         ``[(method, seconds), ...]`` in the order the figure shows them.
     """
-    suite = photos_pairs_suite(1, seed) if image is None else image_suite(image)
+    pair = ("cat", "coffee")
+    suite = photos_pairs_suite(1, seed, objects=pair) if image is None else image_suite(image)
     categories = zoo.imagenet_categories()
     _print_top5(suite, image or "the cat and espresso photo", categories)
     runners = method_runners(suite, seed, overrides={"n_iter": n_iter})

@@ -20,7 +20,8 @@ class Suite:
 
     ``masks`` hold the object to find in each row; pair suites also have ``other_masks``, the
     object of the class that is not explained. ``gfi_layers`` are the (layer, mask_layer) of
-    :class:`GuidedFeatureInversion`.
+    :class:`GuidedFeatureInversion`. The pointing game looks for the maximum of the map smoothed
+    at ``pointing_sigma`` pixels (0: the raw map). ``descriptions`` name each row's content.
     """
 
     name: str
@@ -34,6 +35,8 @@ class Suite:
     pointing_tolerance: int
     gfi_layers: tuple[nn.Module, nn.Module]
     other_masks: Tensor | None = None
+    pointing_sigma: float = 0.0
+    descriptions: tuple[str, ...] = ()
     mp_settings: dict = field(default_factory=lambda: {game: {} for game in GAMES})
     neuromask_settings: dict = field(default_factory=dict)
     gfi_settings: dict = field(default_factory=dict)
@@ -72,12 +75,24 @@ def _synthetic_settings(model: nn.Module, size: int) -> dict:
     }
 
 
-def synthetic_suite(n: int, seed: int = 0) -> Suite:
-    """``n`` single-label synthetic images on the reference CNN (trained on first use)."""
+#: the synthetic images of each split come from disjoint ranges of generator seeds
+_SYNTHETIC_SEEDS = {"calibration": 20_000, "held-out": 60_000}
+
+
+def _synthetic_seed(split: str, seed: int) -> int:
+    from captum_masks.bench.layouts import check_split
+
+    check_split(split)
+    return _SYNTHETIC_SEEDS[split] + seed
+
+
+def synthetic_suite(n: int, seed: int = 0, split: str = "held-out") -> Suite:
+    """``n`` single-label synthetic images of the ``split`` on the reference CNN (trained on
+    first use)."""
     from captum_masks.bench.synthetic import load_reference_cnn, make_synthetic
 
     model = load_reference_cnn(multilabel=False).model
-    batch = make_synthetic(n, seed=20_000 + seed)
+    batch = make_synthetic(n, seed=_synthetic_seed(split, seed))
     return Suite(
         name="synthetic",
         model=model,
@@ -89,13 +104,14 @@ def synthetic_suite(n: int, seed: int = 0) -> Suite:
     )
 
 
-def synthetic_pairs_suite(n: int, seed: int = 0) -> Suite:
-    """``n`` two-object synthetic images on the multi-label reference CNN, each explained for
-    both of its classes (2n rows: every image for its first object, then for its second)."""
+def synthetic_pairs_suite(n: int, seed: int = 0, split: str = "held-out") -> Suite:
+    """``n`` two-object synthetic images of the ``split`` on the multi-label reference CNN, each
+    explained for both of its classes (2n rows: every image for its first object, then for its
+    second)."""
     from captum_masks.bench.synthetic import load_reference_cnn, make_synthetic
 
     model = load_reference_cnn(multilabel=True).model
-    batch = make_synthetic(n, seed=30_000 + seed, multilabel=True)
+    batch = make_synthetic(n, seed=10_000 + _synthetic_seed(split, seed), multilabel=True)
     rows = torch.arange(n)
     classes = torch.stack([classes[:2] for classes in batch.box_classes])
     first, second = (batch.class_masks[rows, classes[:, k]].unsqueeze(1) for k in (0, 1))
@@ -111,81 +127,65 @@ def synthetic_pairs_suite(n: int, seed: int = 0) -> Suite:
     )
 
 
-_OBJECTS, _BACKGROUNDS = ("cat", "coffee"), ("brick", "grass", "gravel")
-
-
 def _photos_settings(model: nn.Module) -> dict:
     """The methods' settings for 224 px photos on EfficientNet-Lite0."""
     return {
         "last_conv": model._conv_head,
         "patch": 16,
         "pointing_tolerance": 15,
+        "pointing_sigma": 4.0,
         # the head's batch norm (1280 channels at 7 x 7) with the ReLU applied by the method:
         # the activation module itself (`_swish`) is shared by every block and cannot be hooked
         "gfi_layers": (model._bn1, model._bn1),
     }
 
 
-def photos_suite(n: int, seed: int = 0) -> Suite:
-    """``n`` cat/espresso photos pasted on real textures, on the pretrained EfficientNet-Lite0."""
+def photos_suite(n: int, seed: int = 0, split: str = "held-out") -> Suite:
+    """``n`` real objects pasted one per image on the ``split``'s textures, on the pretrained
+    EfficientNet-Lite0, each explained for its predicted class (see
+    :mod:`captum_masks.bench.layouts`)."""
     from captum_masks.bench import zoo
+    from captum_masks.bench.layouts import recognised_layouts
 
     model = zoo.load_efficientnet_lite0()
-    composites = [
-        zoo.paste_composite(
-            _OBJECTS[i % 2],
-            _BACKGROUNDS[(i // 2) % 3],
-            object_size=80 + 16 * (i % 3),
-            seed=seed + i,
-        )
-        for i in range(n)
-    ]
-    display = torch.cat([c.image for c in composites])
-    inputs = zoo.normalize(display)
-    with torch.no_grad():
-        targets = model(inputs).argmax(dim=1)
+    layouts = recognised_layouts(model, n, 1, split, seed)
+    display = torch.cat([layout.image for layout in layouts])
     return Suite(
         name="photos",
         model=model,
-        inputs=inputs,
-        targets=targets,
-        masks=torch.cat([c.mask for c in composites]),
+        inputs=zoo.normalize(display),
+        targets=torch.tensor([layout.targets[0] for layout in layouts]),
+        masks=torch.cat([layout.masks for layout in layouts]),
         display=display,
+        descriptions=tuple(layout.describe() for layout in layouts),
         **_photos_settings(model),
     )
 
 
-def photos_pairs_suite(n: int, seed: int = 0) -> Suite:
-    """``n`` photos holding a cat and an espresso cup, on EfficientNet-Lite0, each explained for
-    both objects (2n rows). An object's class is what the model predicts for that object pasted
-    alone at the same place on the same background."""
+def photos_pairs_suite(
+    n: int, seed: int = 0, split: str = "held-out", objects: tuple[str, str] | None = None
+) -> Suite:
+    """``n`` photos holding two different real objects on the ``split``'s textures, on
+    EfficientNet-Lite0, each explained for both objects (2n rows: every image for its first
+    object, then for its second). An object's class is what the model predicts for that object
+    pasted alone at the same place on the same background; ``objects`` fixes the two objects
+    (e.g. ``("cat", "coffee")``), drawn per image by default."""
     from captum_masks.bench import zoo
+    from captum_masks.bench.layouts import recognised_layouts
 
     model = zoo.load_efficientnet_lite0()
-    images, masks, targets = [], [], []
-    for i in range(n):
-        background, size = _BACKGROUNDS[i % 3], 80 + 16 * (i % 3)
-        pair = zoo.paste_pair(*_OBJECTS, background, object_size=size, seed=1_000 + seed + i)
-        alone = torch.cat(
-            [
-                zoo.paste_composite(obj, background, size, position=box[:2]).image
-                for obj, box in zip(_OBJECTS, pair.boxes)
-            ]
-        )
-        with torch.no_grad():
-            targets.append(model(zoo.normalize(alone)).argmax(dim=1))
-        images.append(pair.image)
-        masks.append(pair.masks)
-    display = torch.cat(images).repeat(2, 1, 1, 1)
-    first, second = torch.cat(masks).split(1, dim=1)
+    layouts = recognised_layouts(model, n, 2, split, seed, objects)
+    display = torch.cat([layout.image for layout in layouts]).repeat(2, 1, 1, 1)
+    first, second = torch.cat([layout.masks for layout in layouts]).split(1, dim=1)
     return Suite(
         name="photos-pairs",
         model=model,
         inputs=zoo.normalize(display),
-        targets=torch.stack(targets).T.flatten(),
+        targets=torch.tensor([layout.targets[k] for k in (0, 1) for layout in layouts]),
         masks=torch.cat([first, second]),
         other_masks=torch.cat([second, first]),
         display=display,
+        descriptions=tuple(layout.describe(k) for k in (0, 1) for layout in layouts),
         **_photos_settings(model),
     )
 
@@ -212,7 +212,7 @@ def image_suite(image: str) -> Suite:
     )
 
 
-SUITE_BUILDERS: dict[str, Callable[[int, int], Suite]] = {
+SUITE_BUILDERS: dict[str, Callable[[int, int, str], Suite]] = {
     "synthetic": synthetic_suite,
     "photos": photos_suite,
     "synthetic-pairs": synthetic_pairs_suite,
