@@ -55,17 +55,28 @@ def test_speed_prints_one_row_per_method(speed_rows):
     assert cells[:3] == ["MeaningfulPerturbation", "1", "1"]
     bare, per_iteration, ratio = (float(cell) for cell in cells[3:6])
     assert ratio == pytest.approx(per_iteration / bare, rel=0.01)
-    assert cells[6] == cells[7] == "300" and float(cells[8]) > 0  # no early stop by default
+    # at most 300 iterations; each image stops once its loss settles
+    assert cells[6] == "300" and 20 < float(cells[7]) <= 300 and float(cells[8]) > 0
 
 
 def test_speed_with_early_stopping_reports_the_iterations_run():
-    from captum_masks.bench.speed import measure_speed
+    from captum_masks.bench.speed import format_speed, measure_speed
 
     result = measure_speed(
-        "NeuroMaskAttr", short_iters=2, long_iters=4, repeats=1, settings={"tolerance": 1e9}
+        "NeuroMaskAttr",
+        short_iters=2,
+        long_iters=4,
+        repeats=1,
+        settings={"tolerance": 1e9},
+        before={"tolerance": None, "n_iter": 15},
     )
     # no step improves by 1e9: every image stops after its patience (10) plus the first step
     assert result["iterations_run"] == 11 and result["default_iters"] == 300
+    # the run to compare with, in the same call, ran its own settings to the end
+    assert result["iterations_run_before"] == 15 and result["seconds_per_image_before"] > 0
+    table = format_speed([result]).splitlines()
+    assert table[0].endswith("| iterations run (before) | s / image (before) |")
+    assert table[2].split("|")[-3].strip() == "15"
     with pytest.raises(ValueError, match=r"\['tolerance'\] are not arguments"):
         measure_speed("GuidedFeatureInversion", settings={"tolerance": 1e-3})
 

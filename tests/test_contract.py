@@ -548,7 +548,8 @@ def test_half_precision_as_mixed_precision_does_it(method, dtype):
     assert torch.isfinite(attribution).all()
     assert attribution.min() >= 0 and attribution.max() <= 1
     assert history.loss.dtype == history.probability.dtype == torch.float32
-    assert torch.isfinite(history.loss).all()
+    for k, steps in enumerate(history.steps.tolist()):  # NaN only after an early stop
+        assert torch.isfinite(history.loss[:steps, k]).all()
     torch.testing.assert_close(attribution.float(), reference, atol=0.05, rtol=0)
 
 

@@ -46,8 +46,14 @@ def test_history_records_the_decreasing_target_probability(tiny_model, images):
         images, target=0, return_history=True, n_iter=40, lr=0.2
     )
     assert history.loss.shape == history.probability.shape == (40, 3)
-    assert (history.steps == 40).all()
-    assert (history.probability[-1] < history.probability[0]).all()
+    # early stopping is on by default: each example's record ends where it stopped
+    for k, steps in enumerate(history.steps.tolist()):
+        assert 1 < steps <= 40 and torch.isnan(history.probability[steps:, k]).all()
+        assert history.probability[steps - 1, k] < history.probability[0, k]
+    _, full = MeaningfulPerturbation(tiny_model).attribute(
+        images, target=0, return_history=True, n_iter=40, lr=0.2, tolerance=None
+    )
+    assert (full.steps == 40).all() and not torch.isnan(full.probability).any()
 
 
 @given(

@@ -80,6 +80,15 @@ def _add_speed(commands: Any, common: argparse.ArgumentParser) -> None:
         "other arguments for the run at default settings (s / image, iterations run), e.g. "
         "--set tolerance=1e-3",
     )
+    speed.add_argument(
+        "--before",
+        nargs="+",
+        default=None,
+        metavar="NAME=VALUE",
+        type=_setting,
+        help="also time a whole run with these arguments, e.g. the previous defaults "
+        "--before tolerance=None, and print its iterations run and s / image alongside",
+    )
 
 
 def _add_benchmark(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -159,7 +168,11 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
 
         results = [
             measure_speed(
-                method, batch_size=args.batch_size, repeats=args.repeats, settings=dict(args.set)
+                method,
+                batch_size=args.batch_size,
+                repeats=args.repeats,
+                settings=dict(args.set),
+                before=None if args.before is None else dict(args.before),
             )
             for method in args.methods or SPEED_METHODS
         ]

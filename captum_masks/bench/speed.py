@@ -7,8 +7,9 @@ That is the batch size for most methods, twice it for GuidedFeatureInversion's s
 scores the kept and the removed part of every image in each iteration. The per-iteration time is
 the slope between a short and a long run, so one-off work (the clean forward pass, building the
 blurred reference, GuidedFeatureInversion's stage 1) is not counted in it; seconds per image at
-default settings (or with ``settings``, e.g. an early-stopping ``tolerance``) are reported
-separately and include everything, next to the iterations that run actually ran per image.
+default settings (or with ``settings``) are reported separately and include everything, next to
+the iterations that run actually ran per image; ``before`` adds the same two figures for other
+settings (such as the previous defaults) measured in the same run.
 
 :class:`AmortizedExplainer` has no iterations: its row times one whole explanation (the classifier
 pass that checks the target, then one pass of the default explainer network) as its single
@@ -93,6 +94,7 @@ def measure_speed(
     long_iters: int = 60,
     repeats: int = 3,
     settings: dict | None = None,
+    before: dict | None = None,
 ) -> dict:
     """Measure one optimisation method on EfficientNet-Lite0 at 224 px.
 
@@ -104,13 +106,16 @@ def measure_speed(
         repeats (int): interleaved repetitions; medians are reported.
         settings (dict, optional): other arguments of the method's ``attribute`` for the run at
             default settings (the per-iteration time is always measured at full length).
+        before (dict, optional): arguments of a second whole run in the same process, such as
+            the previous defaults (``{"tolerance": None}``), to compare with.
 
     Returns:
         dict with ``method``, ``batch_size``, ``passes`` (images the model scores per
         iteration), ``bare_seconds`` (forward + backward over ``passes`` images),
         ``iteration_seconds``, ``ratio``, ``default_iters``, ``seconds_per_image`` (a whole
         explanation at default settings, with ``settings``) and ``iterations_run`` (the mean
-        iterations per image of that run).
+        iterations per image of that run); with ``before``, also ``seconds_per_image_before``
+        and ``iterations_run_before``.
 
     Examples::
 
@@ -126,12 +131,19 @@ def measure_speed(
     explainer = spec.make(model)
     parameters = inspect.signature(explainer.attribute).parameters
     default_iters = sum(parameters[name].default for name in spec.default_arguments)
-    unknown = sorted(set(settings or {}) - set(parameters))
+    unknown = sorted((set(settings or {}) | set(before or {})) - set(parameters))
     if unknown:
         raise ValueError(
             f"settings {unknown} are not arguments of {method}.attribute: time it without them "
             "(--methods picks the methods to time)"
         )
+
+    def whole_run(arguments: dict) -> tuple[float, float]:
+        """Seconds per image and mean iterations run of one explanation with ``arguments``."""
+        start = time.perf_counter()
+        _, history = explainer.attribute(x, target=target, return_history=True, **arguments)
+        per_image = (time.perf_counter() - start) / batch_size
+        return per_image, history.steps.double().mean().item()
 
     def run(n_iter: int | None) -> Callable[[], object]:
         settings = {} if n_iter is None else {spec.iteration_argument: n_iter}
@@ -158,11 +170,8 @@ def measure_speed(
         iteration_seconds = (statistics.median(long) - statistics.median(short)) / (
             long_iters - short_iters
         )
-        start = time.perf_counter()
-        _, history = explainer.attribute(x, target=target, return_history=True, **(settings or {}))
-        per_image = (time.perf_counter() - start) / batch_size
-        iterations_run = history.steps.double().mean().item()
-    return {
+        per_image, iterations_run = whole_run(settings or {})
+    result = {
         "method": method,
         "batch_size": batch_size,
         "passes": passes.shape[0],
@@ -173,6 +182,9 @@ def measure_speed(
         "seconds_per_image": per_image,
         "iterations_run": iterations_run,
     }
+    if before is not None and spec.iteration_argument is not None:
+        result["seconds_per_image_before"], result["iterations_run_before"] = whole_run(before)
+    return result
 
 
 def format_speed(results: list[dict]) -> str:
@@ -181,15 +193,25 @@ def format_speed(results: list[dict]) -> str:
     the same batch size."""
     columns = ("method", "batch", "images / iteration", "forward+backward (s)")
     columns += ("per iteration (s)", "ratio", "iterations", "iterations run", "s / image")
+    compared = any("seconds_per_image_before" in result for result in results)
+    if compared:
+        columns += ("iterations run (before)", "s / image (before)")
     lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for result in results:
-        lines.append(
+        line = (
             f"| {result['method']} | {result['batch_size']} | {result['passes']} | "
             f"{result['bare_seconds']:.4f} | "
             f"{result['iteration_seconds']:.4f} | {result['ratio']:.3f} | "
             f"{result['default_iters']} | {result['iterations_run']:.4g} | "
             f"{result['seconds_per_image']:.3g} |"
         )
+        if compared:
+            line += (
+                f" {result['iterations_run_before']:.4g} | {result['seconds_per_image_before']:.3g} |"
+                if "seconds_per_image_before" in result
+                else " – | – |"
+            )
+        lines.append(line)
     amortized = {r["batch_size"]: r for r in results if r["method"] == "AmortizedExplainer"}
     for result in results:
         one_pass = amortized.get(result["batch_size"])
