@@ -264,7 +264,7 @@ def _optimize_chunk(
 
 class _PerExampleStopping:
     """Which examples of a chunk still run: one stops when its loss has not fallen below its best
-    by more than ``tolerance`` × |best| for ``patience`` steps (never without a tolerance). The
+    by more than ``tolerance`` × abs(best) for ``patience`` steps (never without a tolerance). The
     tolerance is relative so that one value fits losses of any scale."""
 
     def __init__(self, count: int, settings: OptimizationSettings, device: torch.device) -> None:

@@ -160,8 +160,9 @@ class MeaningfulPerturbation(MaskAttribution):
                 paper's f_c); set False when ``forward_func`` already returns probabilities.
                 Default: True
             tolerance (float, optional): early stopping, per example: an example stops once
-                its loss has not fallen below its best by more than ``tolerance`` × |best| for
-                ``patience`` steps (a relative tolerance: one value fits any loss scale), and
+                its loss has not fallen below its best by more than ``tolerance`` times the
+                best's magnitude for ``patience`` steps (a relative tolerance: one value fits
+                any loss scale), and
                 leaves the batch (the others run on without it; its mask is the one it had).
                 ``history.steps`` holds each example's own count. None runs all ``n_iter``
                 steps (the paper's schedule). Default: 3e-3

@@ -57,9 +57,17 @@ class NeuroMaskAttr(MaskAttribution):
       iterations): weights drawn from U(−10, 10) and divided by 0.3 start saturated, where the
       sigmoid has no gradient, and the mask stays at chance on the real model. The README's
       calibration table measures it against the defaults (U(−1, 1), T = 2, lr 0.2).
-    - 300 iterations, where the README's table shows the mask settling. Early stopping
-      (``tolerance``) is off by default because the sparseness term keeps the loss falling
-      steadily until the end, so a loss-based stop would either never fire or change the mask.
+    - λ_sp = 35, a hundred times the authors' 0.35. With the mean, each pixel's pull towards −τ
+      is λ_sp / (H·W); at 0.35 it is weaker than the cross-entropy's gradient even once the
+      probability has saturated, and RMSProp, which moves each weight by about ``lr`` whatever
+      its gradient's size, then keeps every pixel whose gradient leans towards the class: on
+      photos with two objects a third of the mask lay on the other object. At 35 only the
+      pixels the class needs stay (README, calibration table: relevance mass on the explained
+      object 0.67 → 0.85 on the calibration pairs, 0.84 → 0.89 on single objects).
+    - 100 iterations: at λ_sp = 35 the weights reach −τ within about 100 steps and the masks of
+      100 and 300 iterations score the same on the calibration photos. Early stopping
+      (``tolerance``) stays off by default: the weights' tail keeps the loss falling slowly, so
+      the relative test fires only near the end and saves nothing.
     - τ = 20 (the paper's), with T = 2 still gives σ(−τ / T) ≈ 5e-5.
 
     Args:
@@ -82,7 +90,7 @@ class NeuroMaskAttr(MaskAttribution):
         target: Any = None,
         additional_forward_args: Any = None,
         baselines: Any = None,
-        n_iter: int = 300,
+        n_iter: int = 100,
         lr: float = 0.2,
         optimizer: OptimizerType = "rmsprop",
         scheduler: SchedulerType = None,
@@ -90,7 +98,7 @@ class NeuroMaskAttr(MaskAttribution):
         init_range: tuple[float, float] = (-1.0, 1.0),
         tau: float = 20.0,
         pred_weight: float = 0.4,
-        sparse_weight: float = 0.35,
+        sparse_weight: float = 35.0,
         smooth_weight: float = 0.03,
         smooth_kernel_size: int = 3,
         squared_smoothness: bool = False,
@@ -119,7 +127,7 @@ class NeuroMaskAttr(MaskAttribution):
                 becomes: a scalar, one value per channel, or a tensor broadcastable to the input
                 (in the input's own layout). A tuple gives one per input tensor. None is 0 in the
                 caller's input space, the paper's x̄ = m·x. Default: None
-            n_iter (int, optional): optimisation steps T of Algorithm 1. Default: 300
+            n_iter (int, optional): optimisation steps T of Algorithm 1. Default: 100
             lr (float, optional): learning rate α. Default: 0.2
             optimizer (str or callable, optional): ``"rmsprop"`` (the paper's), ``"adam"``,
                 ``"sgd"`` or ``(params, lr) -> torch.optim.Optimizer``. Default: "rmsprop"
@@ -131,7 +139,7 @@ class NeuroMaskAttr(MaskAttribution):
             tau (float, optional): τ, the value the sparseness term pulls W towards.
                 Default: 20
             pred_weight (float, optional): λ_p, weight of the cross-entropy. Default: 0.4
-            sparse_weight (float, optional): λ_sp, weight of mean ``|W + τ|``. Default: 0.35
+            sparse_weight (float, optional): λ_sp, weight of mean ``|W + τ|``. Default: 35
             smooth_weight (float, optional): λ_sm, weight of the mean Laplacian response.
                 Default: 0.03
             smooth_kernel_size (int, optional): 3 (1-D [1, −2, 1] or 2-D with centre −8) or 5
@@ -143,8 +151,9 @@ class NeuroMaskAttr(MaskAttribution):
             apply_softmax (bool, optional): ``forward_func`` returns logits (True) or
                 probabilities (False). Default: True
             tolerance (float, optional): early stopping, per example: an example stops once
-                its loss has not fallen below its best by more than ``tolerance`` × |best| for
-                ``patience`` steps (a relative tolerance: one value fits any loss scale), and
+                its loss has not fallen below its best by more than ``tolerance`` times the
+                best's magnitude for ``patience`` steps (a relative tolerance: one value fits
+                any loss scale), and
                 leaves the batch (the others run on without it; its mask is the one it had).
                 ``history.steps`` holds each example's own count. None runs all ``n_iter``
                 steps. Default: None
