@@ -75,6 +75,12 @@ def _add_speed(commands: Any, common: argparse.ArgumentParser) -> None:
     _add_methods(speed, SPEED_METHODS, f"methods to time, of {', '.join(SPEED_METHODS)}", "all")
     speed.add_argument("--batch-size", type=_positive_int, default=1)
     speed.add_argument("--repeats", type=_positive_int, default=3)
+    speed.add_argument(
+        "--images",
+        type=_positive_int,
+        default=4,
+        help="held-out photos the whole runs (s / image, iterations run) explain",
+    )
     _add_settings(
         speed,
         "other arguments for the run at default settings (s / image, iterations run), e.g. "
@@ -173,6 +179,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
                 repeats=args.repeats,
                 settings=dict(args.set),
                 before=None if args.before is None else dict(args.before),
+                images=args.images,
             )
             for method in args.methods or SPEED_METHODS
         ]

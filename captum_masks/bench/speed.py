@@ -28,7 +28,8 @@ import torch
 from captum.attr import Attribution
 from torch import Tensor, nn
 
-from captum_masks.bench import zoo
+from captum_masks._inputs import check_positive_int
+from captum_masks.bench.suites import photos_suite
 from captum_masks.amortized import AmortizedExplainer
 from captum_masks.guided_feature_inversion import GuidedFeatureInversion
 from captum_masks.meaningful_perturbation import MeaningfulPerturbation
@@ -81,10 +82,11 @@ def _seconds(work: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def bare_forward_backward(model: nn.Module, inputs: Tensor, target: int) -> None:
+def bare_forward_backward(model: nn.Module, inputs: Tensor, target: Tensor) -> None:
+    """One forward pass and a backward pass to the input, scoring ``target`` (one class per row)."""
     with torch.enable_grad():
         x = inputs.detach().requires_grad_(True)
-        torch.autograd.grad(model(x)[:, target].sum(), x)
+        torch.autograd.grad(model(x).gather(1, target.view(-1, 1)).sum(), x)
 
 
 def measure_speed(
@@ -95,8 +97,9 @@ def measure_speed(
     repeats: int = 3,
     settings: dict | None = None,
     before: dict | None = None,
+    images: int = 4,
 ) -> dict:
-    """Measure one optimisation method on EfficientNet-Lite0 at 224 px.
+    """Measure one optimisation method on EfficientNet-Lite0 at 224 px, on held-out photos.
 
     Args:
         method (str): a key of :data:`SPEED_METHODS`.
@@ -108,13 +111,15 @@ def measure_speed(
             default settings (the per-iteration time is always measured at full length).
         before (dict, optional): arguments of a second whole run in the same process, such as
             the previous defaults (``{"tolerance": None}``), to compare with.
+        images (int): held-out photos the whole runs explain, ``batch_size`` at a time (at
+            least one batch): with early stopping the iterations depend on the image.
 
     Returns:
         dict with ``method``, ``batch_size``, ``passes`` (images the model scores per
         iteration), ``bare_seconds`` (forward + backward over ``passes`` images),
         ``iteration_seconds``, ``ratio``, ``default_iters``, ``seconds_per_image`` (a whole
-        explanation at default settings, with ``settings``) and ``iterations_run`` (the mean
-        iterations per image of that run); with ``before``, also ``seconds_per_image_before``
+        explanation at default settings, with ``settings``, averaged over ``images``) and
+        ``iterations_run`` (the mean iterations per image of that run); with ``before``, also ``seconds_per_image_before``
         and ``iterations_run_before``.
 
     Examples::
@@ -123,11 +128,14 @@ def measure_speed(
     """
     if method not in SPEED_METHODS:
         raise ValueError(f"method must be one of {sorted(SPEED_METHODS)}, got {method!r}")
-    model = zoo.load_efficientnet_lite0()
     spec = SPEED_METHODS[method]
-    x = torch.cat([zoo.normalize(zoo.paste_composite(seed=i).image) for i in range(batch_size)])
+    check_positive_int("images", images)
+    # held-out photos: how soon an explanation settles depends on the image
+    suite = photos_suite(max(images, batch_size), split="held-out")
+    x, target = suite.inputs[:batch_size], suite.targets[:batch_size]
     passes = x.repeat(spec.passes_per_iteration, 1, 1, 1)
-    target = 285  # Egyptian cat
+    passes_target = target.repeat(spec.passes_per_iteration)
+    model = suite.model
     explainer = spec.make(model)
     parameters = inspect.signature(explainer.attribute).parameters
     default_iters = sum(parameters[name].default for name in spec.default_arguments)
@@ -139,22 +147,30 @@ def measure_speed(
         )
 
     def whole_run(arguments: dict) -> tuple[float, float]:
-        """Seconds per image and mean iterations run of one explanation with ``arguments``."""
+        """Seconds per image and mean iterations run explaining the photos with ``arguments``."""
+        steps = []
         start = time.perf_counter()
-        _, history = explainer.attribute(x, target=target, return_history=True, **arguments)
-        per_image = (time.perf_counter() - start) / batch_size
-        return per_image, history.steps.double().mean().item()
+        batches = zip(suite.inputs.split(batch_size), suite.targets.split(batch_size))
+        for inputs, targets in batches:
+            _, history = explainer.attribute(
+                inputs, target=targets, return_history=True, **arguments
+            )
+            steps.append(history.steps.double())
+        per_image = (time.perf_counter() - start) / suite.inputs.shape[0]
+        return per_image, torch.cat(steps).mean().item()
 
     def run(n_iter: int | None) -> Callable[[], object]:
         settings = {} if n_iter is None else {spec.iteration_argument: n_iter}
+        if "tolerance" in parameters:  # every timed iteration must run
+            settings["tolerance"] = None
         return lambda: explainer.attribute(x, target=target, **settings)
 
-    bare_forward_backward(model, passes, target)  # warm-up
+    bare_forward_backward(model, passes, passes_target)  # warm-up
     if spec.iteration_argument is None:
         run(None)()
         bare, whole = [], []
         for _ in range(repeats):
-            bare.append(_seconds(lambda: bare_forward_backward(model, passes, target), 5))
+            bare.append(_seconds(lambda: bare_forward_backward(model, passes, passes_target), 5))
             whole.append(_seconds(run(None), 5))
         bare_seconds = statistics.median(bare)
         iteration_seconds = statistics.median(whole)
@@ -163,7 +179,7 @@ def measure_speed(
         run(short_iters)()
         bare, short, long = [], [], []
         for _ in range(repeats):  # interleaved, so drifts in machine load hit all three alike
-            bare.append(_seconds(lambda: bare_forward_backward(model, passes, target), 5))
+            bare.append(_seconds(lambda: bare_forward_backward(model, passes, passes_target), 5))
             short.append(_seconds(run(short_iters), 1))
             long.append(_seconds(run(long_iters), 1))
         bare_seconds = statistics.median(bare)
