@@ -76,7 +76,8 @@ class MeaningfulPerturbation(MaskAttribution):
         >>> mp = MeaningfulPerturbation(ImageClassifier().eval())
         >>> attribution = mp.attribute(images, target=3)          # (N, 3, H, W) in [0, 1]
         >>> attribution, history = mp.attribute(images, return_history=True)
-        >>> history.probability[-1]        # target probability at the last step, per example
+        >>> history.steps                  # iterations each example ran before it settled
+        >>> history.probability[history.steps - 1, torch.arange(len(images))]  # at its last step
     """
 
     @log_usage()

@@ -140,7 +140,7 @@ def test_command_prints_a_table_and_saves_the_grid(tmp_path):
         "benchmark", "--suite", "photos", "--methods", *FAST_METHODS, "--n", "2", "--out", str(out)
     )
     assert result.returncode == 0, result.stderr
-    assert "photos suite, 2 images" in result.stdout
+    assert "photos suite, held-out split, 2 images" in result.stdout
     assert all(f"| {name} |" in result.stdout for name in FAST_METHODS)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
