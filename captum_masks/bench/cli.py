@@ -64,8 +64,8 @@ def _add_demo(commands: Any, common: argparse.ArgumentParser) -> None:
     demo.add_argument(
         "--n-iter",
         type=_positive_int,
-        default=300,
-        help="MeaningfulPerturbation and NeuroMask iterations",
+        default=None,
+        help="MeaningfulPerturbation and NeuroMask iterations (default: each method's own)",
     )
     demo.add_argument("--seed", type=int, default=0)
 

@@ -34,7 +34,7 @@ POSITIVE_MAPS = (
 
 
 def run_demo(
-    image: str | None = None, out: str = "demo.png", n_iter: int = 300, seed: int = 0
+    image: str | None = None, out: str = "demo.png", n_iter: int | None = None, seed: int = 0
 ) -> list[tuple[str, float]]:
     """Explain a photo with every method of :data:`DEMO_METHODS`, print what each took and save
     a figure: by default a cat and an espresso cup pasted on a real texture, each object explained
@@ -44,7 +44,9 @@ def run_demo(
     Args:
         image (str, optional): a sample image's name or a file path. Default: None (the pair)
         out (str): where the figure goes.
-        n_iter (int): iterations of MeaningfulPerturbation and NeuroMask.
+        n_iter (int, optional): iterations of MeaningfulPerturbation and NeuroMask; None keeps
+            each method's default (MeaningfulPerturbation's budget of 300 with early stopping,
+            NeuroMask's 100).
         seed (int): the methods' seed and the pair's layout.
 
     Returns:
@@ -54,7 +56,7 @@ def run_demo(
     suite = photos_pairs_suite(1, seed, objects=pair) if image is None else image_suite(image)
     categories = zoo.imagenet_categories()
     _print_top5(suite, image or "the cat and espresso photo", categories)
-    runners = method_runners(suite, seed, overrides={"n_iter": n_iter})
+    runners = method_runners(suite, seed, overrides={} if n_iter is None else {"n_iter": n_iter})
     attributions, timings = {}, []
     for name in progress(DEMO_METHODS, desc="Methods", total=len(DEMO_METHODS)):
         start = time.perf_counter()
