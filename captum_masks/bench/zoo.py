@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from captum_masks.bench.objects import OBJECTS, PhotoObject
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INPUT_SIZE = 224
@@ -170,49 +172,6 @@ SAMPLE_IMAGES: dict[str, Callable[[], np.ndarray]] = {
     "text": _skimage("text"),
     "page": _skimage("page"),
     "retina": _skimage("retina"),
-}
-
-
-@dataclass(frozen=True)
-class PhotoObject:
-    """An object to paste: a crop (``rows``, ``columns``) of the sample photo ``image``, and the
-    ImageNet ``classes`` that name it (EfficientNet-Lite0 recognises it when its top class is
-    one of them)."""
-
-    image: str
-    rows: slice
-    columns: slice
-    classes: frozenset
-
-
-#: the objects EfficientNet-Lite0 recognises when pasted at a quarter to a half of the image side
-#: (the astronaut, the rocket and the flower are not recognised at that size)
-OBJECTS: dict[str, PhotoObject] = {
-    "cat": PhotoObject(
-        "cat", slice(0, 300), slice(60, 400), frozenset({"tabby", "tiger cat", "Egyptian cat"})
-    ),
-    "coffee": PhotoObject(
-        "coffee", slice(20, 380), slice(180, 560), frozenset({"espresso", "coffee mug", "cup"})
-    ),
-    "tripod": PhotoObject("camera", slice(40, 512), slice(160, 440), frozenset({"tripod"})),
-    "motorcycle": PhotoObject(
-        "motorcycle",
-        slice(150, 500),
-        slice(100, 741),
-        frozenset({"moped", "motor scooter", "crash helmet", "disk brake"}),
-    ),
-    "officer": PhotoObject(
-        "grace_hopper",
-        slice(40, 600),
-        slice(0, 512),
-        frozenset({"mortarboard", "military uniform", "academic gown"}),
-    ),
-    "palace": PhotoObject(
-        "china",
-        slice(0, 427),
-        slice(0, 400),
-        frozenset({"palace", "bell cote", "castle", "stupa", "monastery"}),
-    ),
 }
 
 
