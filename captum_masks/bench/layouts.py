@@ -92,11 +92,11 @@ def recognised_layouts(
     if objects is not None and len(objects) != objects_per_image:
         raise ValueError(f"objects must name {objects_per_image} objects, got {objects!r}")
     rng = np.random.default_rng([SPLITS.index(split), objects_per_image, seed])
-    names = list(zoo.OBJECTS)
+    names, categories = list(zoo.OBJECTS), zoo.imagenet_categories()
     layouts: list[Layout] = []
     for _draw in range(MAX_DRAWS_PER_LAYOUT * n):
-        chosen = objects or tuple(str(o) for o in rng.choice(names, objects_per_image, replace=False))
-        layout = _draw_layout(model, rng, chosen, BACKGROUNDS[split])
+        chosen = objects or tuple(map(str, rng.choice(names, objects_per_image, replace=False)))
+        layout = _draw_layout(model, rng, chosen, BACKGROUNDS[split], categories)
         if layout is not None:
             layouts.append(layout)
             if len(layouts) == n:
@@ -108,7 +108,11 @@ def recognised_layouts(
 
 
 def _draw_layout(
-    model: nn.Module, rng: np.random.Generator, objects: tuple[str, ...], backgrounds: tuple
+    model: nn.Module,
+    rng: np.random.Generator,
+    objects: tuple[str, ...],
+    backgrounds: tuple,
+    categories: list,
 ) -> Layout | None:
     """One drawn composite, or None when the model misses one of its objects."""
     background = str(rng.choice(backgrounds))
@@ -129,7 +133,6 @@ def _draw_layout(
         )
     with torch.no_grad():
         targets = model(zoo.normalize(alone)).argmax(dim=1).tolist()
-    categories = zoo.imagenet_categories()
     if not all(categories[t] in zoo.OBJECTS[o].classes for o, t in zip(objects, targets)):
         return None
     return Layout(image, masks, tuple(objects), tuple(targets), background, size)
