@@ -94,7 +94,7 @@ class MeaningfulPerturbation(MaskAttribution):
         lr: float = 0.1,
         optimizer: OptimizerType = "adam",
         scheduler: SchedulerType = None,
-        l1_weight: float = 1e-4,
+        l1_weight: float = 5e-4,
         tv_weight: float = 1e-2,
         tv_beta: float = 3.0,
         mask_factor: int = 8,
@@ -143,7 +143,8 @@ class MeaningfulPerturbation(MaskAttribution):
                 ``lambda opt: torch.optim.lr_scheduler.StepLR(opt, 100, 0.5)``), stepped once per
                 iteration. Default: None
             l1_weight (float, optional): λ₁, weight of the L1 norm of the deleted (deletion) or
-                kept (preservation) low-resolution mask. Default: 1e-4
+                kept (preservation) low-resolution mask. The paper's 1e-4 put less of the mask on
+                the object of the calibration photos (see the README's Calibration). Default: 5e-4
             tv_weight (float, optional): λ₂, weight of the total variation. Default: 1e-2
             tv_beta (float, optional): exponent β ≥ 1 of the total variation. Default: 3
             mask_factor (int, optional): upsampling factor δ; the mask has ⌈H/δ⌉ × ⌈W/δ⌉ cells
