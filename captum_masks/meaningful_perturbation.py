@@ -63,8 +63,8 @@ class MeaningfulPerturbation(MaskAttribution):
     paper's search for the smallest suppressing circle; the jitter shifts the mask rather than the
     image (the same expectation up to the border); L1 and TV act on the low-resolution mask as in
     the authors' code. Each example stops once its loss has settled (``tolerance``): on the
-    calibration photos the masks settle in about 40% of the 300 iterations and keep the same
-    quality (the README's calibration table).
+    held-out photos the masks settle in about a third of the 300 iterations (the README's speed
+    table) and keep the quality of the full schedule (its calibration table).
 
     Args:
         forward_func (Callable): the classifier f of Eq. 3: a model, or any function mapping a
