@@ -47,6 +47,10 @@ def test_every_object_is_recognised_where_it_is_pasted(model, split):
             assert categories[target] in zoo.OBJECTS[obj].classes
             assert int(layout.masks[0, k].sum()) == layout.size**2
         assert layout.describe(1).startswith(f"{layout.objects[1]} next to {layout.objects[0]}")
+        with torch.no_grad():
+            composite = model(zoo.normalize(layout.image))[0]
+        seen = composite.topk(layouts.COMPOSITE_TOP_K).indices.tolist()
+        assert set(layout.targets) <= set(seen)
 
 
 def test_fixed_objects_and_bad_arguments(model):

@@ -5,7 +5,9 @@ Settings are chosen on the ``"calibration"`` split; the README reports the ``"he
 whose backgrounds are never seen while choosing them. A layout is kept only when
 EfficientNet-Lite0 recognises each of its objects pasted alone at the same place (its top class
 is one of the object's :attr:`~captum_masks.bench.zoo.PhotoObject.classes`), so that every
-explanation is of a class the object really carries.
+explanation is of a class the object really carries; a pair is kept only when, in the composite
+itself, each object's class is also among the model's :data:`COMPOSITE_TOP_K` classes, so that no
+row asks for the evidence of a class the model does not see in the image it explains.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ SINGLE_SIZES = (80, 96, 112, 128, 144)
 PAIR_SIZES = (80, 96, 112)
 #: draws allowed per kept layout before the split is declared unable to give ``n`` of them
 MAX_DRAWS_PER_LAYOUT = 50
+#: a pair's classes must rank this high in the composite: next to a dominant object, the other
+#: one's class can fall to p ~ 0.01, where neither keeping nor deleting it moves the model
+COMPOSITE_TOP_K = 5
 
 
 @dataclass
@@ -69,7 +74,8 @@ def recognised_layouts(
 
     Each draw picks a background of the split, distinct objects (``objects`` if given), a size
     and positions; it is kept when every object, pasted alone at its place on the same
-    background, is recognised. The first ``m`` layouts of ``n > m`` are those of ``m``.
+    background, is recognised, and its class is among the model's :data:`COMPOSITE_TOP_K`
+    classes for the composite. The first ``m`` layouts of ``n > m`` are those of ``m``.
 
     Args:
         model (nn.Module): EfficientNet-Lite0 (:func:`~captum_masks.bench.zoo.load_efficientnet_lite0`).
@@ -132,14 +138,19 @@ def _draw_layout(
             ]
         )
     with torch.no_grad():
-        targets = model(zoo.normalize(alone)).argmax(dim=1).tolist()
+        logits = model(zoo.normalize(torch.cat([alone, image])))
+    targets = logits[:-1].argmax(dim=1).tolist()
     if not all(categories[t] in zoo.OBJECTS[o].classes for o, t in zip(objects, targets)):
+        return None
+    seen = set(logits[-1].topk(COMPOSITE_TOP_K).indices.tolist())
+    if not seen.issuperset(targets):
         return None
     return Layout(image, masks, tuple(objects), tuple(targets), background, size)
 
 
 __all__ = [
     "BACKGROUNDS",
+    "COMPOSITE_TOP_K",
     "PAIR_SIZES",
     "SINGLE_SIZES",
     "SPLITS",
