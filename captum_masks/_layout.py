@@ -2,31 +2,56 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor
 
+from captum_masks._warnings import warn_user
+
 
 class MaskLayout:
     """Moves the feature axis of channels-last inputs to position 1 and back (views only), so
-    masks are always (N, 1, *mask_axes) internally."""
+    masks are always (N, 1, *mask_axes) internally.
 
-    def __init__(self, channels_last: bool) -> None:
-        if not isinstance(channels_last, bool):
-            raise TypeError(f"channels_last must be a bool, got {type(channels_last).__name__}")
-        self.channels_last = channels_last
+    ``channels_last=None`` means channels first, with a warning when a 3-D input looks like
+    (N, L, D) token embeddings (more channels than positions): masking it channels first would
+    give every position of a sequence the same value across its embedding and mask the embedding
+    dimensions instead of the tokens.
+    """
+
+    def __init__(self, channels_last: bool | None) -> None:
+        if channels_last is not None and not isinstance(channels_last, bool):
+            raise TypeError(
+                f"channels_last must be a bool or None, got {type(channels_last).__name__}"
+            )
+        self.explicit = channels_last is not None
+        self.channels_last = bool(channels_last)
+
+    def check(self, inputs: Sequence[Tensor], method: str) -> None:
+        """Warn about (N, L, D)-looking inputs when ``channels_last`` was left to its default."""
+        if self.explicit:
+            return
+        for x in inputs:
+            if x.dim() == 3 and x.shape[1] > x.shape[2]:
+                warn_user(
+                    f"{method} masks the last axis of a 3-D input as positions (N, C, L); this "
+                    f"input {tuple(x.shape)} has more channels ({x.shape[1]}) than positions "
+                    f"({x.shape[2]}), like (N, L, D) embeddings. Pass channels_last=True to "
+                    "mask its positions (axis 1), or channels_last=False to keep (N, C, L) "
+                    "and silence this warning."
+                )
+                return
 
     def to_channels_first(self, x: Tensor) -> Tensor:
-        return x.movedim(-1, 1) if self.channels_last else x
+        return x.movedim(-1, 1) if self.channels_last and x.dim() > 2 else x
 
     def to_caller(self, x: Tensor) -> Tensor:
-        return x.movedim(1, -1) if self.channels_last else x
+        return x.movedim(1, -1) if self.channels_last and x.dim() > 2 else x
 
     def baseline_to_channels_first(self, baseline: Any, x: Tensor) -> Any:
-        """None becomes 0 (the paper's x̄ = m·x); a full tensor in the caller's layout is moved
-        like the input; scalars and per-channel values pass through."""
-        if baseline is None:
-            return 0.0
+        """A full baseline tensor in the caller's layout is moved like the input; None, scalars
+        and per-channel values pass through."""
         if isinstance(baseline, Tensor) and baseline.dim() == x.dim():
             return self.to_channels_first(baseline)
         return baseline

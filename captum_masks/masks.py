@@ -78,11 +78,13 @@ class UpsampledMask:
         else:
             shifts = torch.zeros(len(operators), dtype=torch.long, device=params.device)
         shifted = [ops[shift] for ops, shift in zip(operators, shifts)]
-        low_res = params[:, 0]
-        if len(shifted) == 1:
-            return torch.einsum("il,nl->ni", shifted[0], low_res).unsqueeze(1)
-        rows, cols = shifted
-        return torch.einsum("ih,nhw,jw->nij", rows, low_res, cols).unsqueeze(1)
+        # one (side × low) matrix per axis: "ia,nab,jb->nij" for images, likewise in 1-D and
+        # 3-D; in this operand order an example rounds alike alone and in a batch (the contract
+        # tests compare the two)
+        full, low = "ijk"[: len(shifted)], "abc"[: len(shifted)]
+        operators = [f"{f}{l}" for f, l in zip(full, low)]
+        equation = ",".join([operators[0], f"n{low}", *operators[1:]]) + f"->n{full}"
+        return torch.einsum(equation, shifted[0], params[:, 0], *shifted[1:]).unsqueeze(1)
 
     def _axis_operators(self, low: int, side: int, like: Tensor) -> Tensor:
         """(max(jitter, 1), side, low): the linear map low-res → full-res for each shift."""
@@ -142,9 +144,15 @@ class SigmoidMask:
 
     def init(self, inputs: Tensor, generator: torch.Generator) -> Tensor:
         """Weights ``(N, 1, *spatial)`` for ``(N, C, *spatial)`` inputs, uniform in ``init_range``."""
-        shape = (inputs.shape[0], 1, *inputs.shape[2:])
+        return self.draw((inputs.shape[0], 1, *inputs.shape[2:]), generator, inputs)
+
+    def draw(self, shape: Sequence[int], generator: torch.Generator, like: Tensor) -> Tensor:
+        """Weights of any ``shape`` (e.g. one per feature group), uniform in ``init_range``, on
+        the device and dtype of ``like``."""
         low, high = self.init_range
-        uniform = torch.rand(shape, generator=generator, device=inputs.device, dtype=inputs.dtype)
+        uniform = torch.rand(
+            tuple(shape), generator=generator, device=like.device, dtype=like.dtype
+        )
         return low + (high - low) * uniform
 
     def __call__(self, weights: Tensor) -> Tensor:

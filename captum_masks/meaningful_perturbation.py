@@ -16,6 +16,7 @@ from captum_masks._base import (
     make_generator,
 )
 from captum_masks._inputs import (
+    format_inputs,
     check_at_least,
     check_choice,
     check_positive,
@@ -31,8 +32,10 @@ from captum_masks._optimize import (
     SchedulerType,
     optimize_masks,
 )
+from captum_masks._groups import resolve_groups
+from captum_masks._layout import MaskLayout
 from captum_masks.masks import UpsampledMask
-from captum_masks.perturbations import PERTURBATIONS, blend, make_reference
+from captum_masks.perturbations import blend, choose_perturbation, make_reference
 from captum_masks.regularizers import l1, total_variation
 
 GAMES = ("deletion", "preservation")
@@ -88,8 +91,9 @@ class MeaningfulPerturbation(MaskAttribution):
         target: Any = None,
         additional_forward_args: Any = None,
         baselines: Any = None,
+        feature_mask: Tensor | tuple[Tensor, ...] | None = None,
         game: str = "deletion",
-        perturbation: str = "blur",
+        perturbation: str | None = None,
         n_iter: int = 300,
         lr: float = 0.1,
         optimizer: OptimizerType = "adam",
@@ -103,6 +107,7 @@ class MeaningfulPerturbation(MaskAttribution):
         jitter: int = 4,
         blur_sigma: float = 10.0,
         noise_std: float | None = None,
+        channels_last: bool | None = None,
         apply_softmax: bool = True,
         tolerance: float | None = 3e-3,
         patience: int = 20,
@@ -195,7 +200,6 @@ class MeaningfulPerturbation(MaskAttribution):
         """
         _check_arguments(
             game,
-            perturbation,
             tv_beta,
             mask_init,
             seed,
@@ -210,52 +214,86 @@ class MeaningfulPerturbation(MaskAttribution):
             n_iter, lr, optimizer, scheduler, tolerance, patience, internal_batch_size,
             show_progress, f"Meaningful Perturbation ({game})",
         )
-        parametrisation = UpsampledMask(mask_factor, mask_sigma, jitter)
-        call = self._prepare(inputs, target, additional_forward_args, spatial_dims=2)
-        baselines = per_input_baselines(baselines, len(call.inputs))
-        work_inputs = call.work_inputs
+        layout = MaskLayout(channels_last)
+        # shapes, groups and the perturbation are checked before the model runs on the inputs
+        formatted = format_inputs(inputs)
+        groups = resolve_groups(feature_mask, formatted, "MeaningfulPerturbation")
+        baselines = per_input_baselines(baselines, len(formatted))
+        perturbation = choose_perturbation(perturbation, formatted, baselines)
+        call = self._prepare(inputs, target, additional_forward_args)
+        layout.check(call.inputs, "MeaningfulPerturbation")
+        work_inputs = [layout.to_channels_first(x) for x in call.work_inputs]
         references = [
             make_reference(
-                x, perturbation, make_generator(seed, call.device), b, blur_sigma, noise_std
+                x,
+                perturbation,
+                make_generator(seed, call.device),
+                layout.baseline_to_channels_first(b, x),
+                blur_sigma,
+                noise_std,
             )
             for x, b in zip(work_inputs, baselines)
         ]
+        # with groups the mask has one value per group; otherwise it is smooth over the grid
+        parametrisation = UpsampledMask(mask_factor, mask_sigma, jitter) if groups is None else None
         # deletion minimises f_c, preservation maximises it (Eq. 3 and its symmetric form)
         score_sign = 1.0 if game == "deletion" else -1.0
+
+        def masks(
+            params: Sequence[Tensor], rows: ExampleRows, jitter_generator=None
+        ) -> list[Tensor]:
+            """M_τ of each input of ``rows``, channels first; jittered when given a generator."""
+            if groups is not None:
+                expanded = groups.expand(params[0], rows.indices)
+                return [layout.to_channels_first(m) for m in expanded]
+            return [
+                parametrisation(m, x.shape[2:], jitter_generator)
+                for m, x in zip(params, rows.inputs)
+            ]
 
         def build_problem(batch: slice) -> MaskProblem:
             jitter_generator = make_generator(seed, call.device)  # E_τ: the same τ in any chunk
 
             def objective(params: Sequence[Tensor], rows: ExampleRows) -> tuple[Tensor, Tensor]:
+                jittered = masks(params, rows, jitter_generator)
                 perturbed = [  # Φ(x, M_τ), Eq. 2
-                    blend(x, parametrisation(m, x.shape[2:], jitter_generator), r)
-                    for m, x, r in zip(params, rows.inputs, rows.references)
+                    blend(x, mask, r) for mask, x, r in zip(jittered, rows.inputs, rows.references)
                 ]
-                output = call.forward(perturbed, rows.additional_args)
+                output = call.forward(
+                    [layout.to_caller(p) for p in perturbed], rows.additional_args
+                )
                 probability = select_scores(output, rows.targets, apply_softmax)
                 loss = score_sign * probability  # f_c(Φ(x, M_τ)), Eq. 3
                 for m in params:
                     deleted_or_kept = 1.0 - m if game == "deletion" else m
-                    loss = loss + l1_weight * l1(deleted_or_kept)  # λ₁‖1 − m‖₁, Eq. 4
-                    loss = loss + tv_weight * total_variation(m, tv_beta)  # λ₂ TV_β(m)
+                    if groups is None:
+                        loss = loss + l1_weight * l1(deleted_or_kept)  # λ₁‖1 − m‖₁, Eq. 4
+                        loss = loss + tv_weight * total_variation(m, tv_beta)  # λ₂ TV_β(m)
+                    else:  # a group weighs its share of the input; no grid, no TV
+                        area = groups.weighted_mean(deleted_or_kept, rows.indices)
+                        loss = loss + l1_weight * area * groups.used(rows.indices)
                 return loss, probability
 
             examples = call.examples(batch, work_inputs, references)
-            params = [parametrisation.init(x, fill=mask_init) for x in examples.inputs]
+            if groups is None:
+                params = [parametrisation.init(x, fill=mask_init) for x in examples.inputs]
+            else:
+                shape = (len(examples.indices), groups.count)
+                params = [examples.inputs[0].new_full(shape, mask_init)]
             return MaskProblem(params, objective, examples, project=UpsampledMask.clamp_)
 
         params, history = optimize_masks(build_problem, call.num_examples, settings)
+        everyone = call.examples(slice(None), work_inputs, references)
         attributions = []
-        for m, x in zip(params, call.inputs):
-            mask = parametrisation(m, x.shape[2:])
+        for mask, x, caller in zip(masks(params, everyone), work_inputs, call.inputs):
             importance = (1.0 - mask if game == "deletion" else mask).clamp(0.0, 1.0)
-            attributions.append(importance.expand_as(x).to(x.dtype).contiguous())
+            expanded = layout.to_caller(importance.expand_as(x))
+            attributions.append(expanded.to(caller.dtype).contiguous())
         return call.result(attributions, history, return_history)
 
 
 def _check_arguments(
     game: str,
-    perturbation: str,
     tv_beta: Any,
     mask_init: Any,
     seed: Any,
@@ -263,7 +301,6 @@ def _check_arguments(
 ) -> None:
     check_seed(seed)
     check_choice("game", game, GAMES)
-    check_choice("perturbation", perturbation, PERTURBATIONS)
     for name, value in non_negative.items():
         check_positive(name, value, allow_zero=True)
     check_at_least("tv_beta", tv_beta, 1.0, "below 1, |∇m|^β has no gradient where m is flat")

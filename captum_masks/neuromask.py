@@ -11,10 +11,12 @@ from torch import Tensor
 
 from captum_masks._base import MaskAttribution, leaves_model_as_found, make_generator
 from captum_masks._inputs import (
+    format_inputs,
     check_positive,
     per_input_baselines,
     select_log_scores,
 )
+from captum_masks._groups import resolve_groups
 from captum_masks._layout import MaskLayout
 from captum_masks._optimize import (
     ExampleRows,
@@ -90,6 +92,7 @@ class NeuroMaskAttr(MaskAttribution):
         target: Any = None,
         additional_forward_args: Any = None,
         baselines: Any = None,
+        feature_mask: Tensor | tuple[Tensor, ...] | None = None,
         n_iter: int = 100,
         lr: float = 0.2,
         optimizer: OptimizerType = "rmsprop",
@@ -102,7 +105,7 @@ class NeuroMaskAttr(MaskAttribution):
         smooth_weight: float = 0.03,
         smooth_kernel_size: int = 3,
         squared_smoothness: bool = False,
-        channels_last: bool = False,
+        channels_last: bool | None = None,
         apply_softmax: bool = True,
         tolerance: float | None = None,
         patience: int = 10,
@@ -187,35 +190,45 @@ class NeuroMaskAttr(MaskAttribution):
             show_progress, "NeuroMask",
         )
         layout = MaskLayout(channels_last)
-        # the mask spans one axis (sequences) or two (images); the 5 × 5 kernel needs two
-        call = self._prepare(
-            inputs,
-            target,
-            additional_forward_args,
-            spatial_dims=(2,) if smooth_kernel_size == 5 else (1, 2),
-        )
+        # shapes and groups are checked before the model runs on the inputs
+        groups = resolve_groups(feature_mask, format_inputs(inputs), "NeuroMaskAttr")
+        call = self._prepare(inputs, target, additional_forward_args)
+        layout.check(call.inputs, "NeuroMaskAttr")
         images = [layout.to_channels_first(x) for x in call.work_inputs]
         references = [
-            constant_reference(x, layout.baseline_to_channels_first(b, x))
+            constant_reference(x, 0.0 if b is None else layout.baseline_to_channels_first(b, x))
             for x, b in zip(images, per_input_baselines(baselines, len(images)))
         ]
         generator = make_generator(seed, call.device)
-        # every example starts from the same draw: a batch gives one-by-one results
-        initial = [
-            parametrisation.init(x[:1], generator).expand(x.shape[0], -1, *x.shape[2:]).clone()
-            for x in images
-        ]
+        # every example starts from the same draw: a batch gives one-by-one results; with groups,
+        # W has one weight per group and the Laplacian, defined on a grid, is off
+        if groups is None:
+            first = [parametrisation.init(x[:1], generator) for x in images]
+        else:
+            first = [parametrisation.draw((1, groups.count), generator, images[0])]
+        initial = [w.expand(call.num_examples, *w.shape[1:]).clone() for w in first]
+
+        def masks(params: Sequence[Tensor], rows: ExampleRows) -> list[Tensor]:
+            """σ(W / T) of each input of ``rows``, channels first."""
+            if groups is None:
+                return [parametrisation(w) for w in params]
+            expanded = groups.expand(parametrisation(params[0]), rows.indices)
+            return [layout.to_channels_first(m) for m in expanded]
 
         def build_problem(batch: slice) -> MaskProblem:
             def objective(params: Sequence[Tensor], rows: ExampleRows) -> tuple[Tensor, Tensor]:
                 masked = [  # x̄ = σ(W / T)·x + (1 − σ(W / T))·b, Algorithm 1 line 5
-                    layout.to_caller(blend(x, parametrisation(w), b))
-                    for w, x, b in zip(params, rows.inputs, rows.references)
+                    layout.to_caller(blend(x, m, b))
+                    for m, x, b in zip(masks(params, rows), rows.inputs, rows.references)
                 ]
                 output = call.forward(masked, rows.additional_args)
                 log_probability = select_log_scores(output, rows.targets, apply_softmax)
                 loss = -pred_weight * log_probability  # λ_p·L_pred, line 8
                 for w in params:
+                    if groups is not None:  # λ_sp·L_sparse, line 9, each group by its share
+                        sparseness = groups.weighted_mean((w + tau).abs(), rows.indices)
+                        loss = loss + sparse_weight * sparseness
+                        continue
                     size = w[0].numel()
                     loss = loss + sparse_weight * l1(w + tau) / size  # λ_sp·L_sparse, line 9
                     smoothness = laplacian(w, smooth_kernel_size, squared_smoothness) / size
@@ -226,9 +239,10 @@ class NeuroMaskAttr(MaskAttribution):
             return MaskProblem([w[batch] for w in initial], objective, examples)
 
         weights, history = optimize_masks(build_problem, call.num_examples, settings)
+        everyone = call.examples(slice(None), images, references)
         attributions = tuple(
-            layout.to_caller(parametrisation(w).expand_as(x)).to(caller.dtype).contiguous()
-            for w, x, caller in zip(weights, images, call.inputs)
+            layout.to_caller(m.expand_as(x)).to(caller.dtype).contiguous()
+            for m, x, caller in zip(masks(weights, everyone), images, call.inputs)
         )
         return call.result(attributions, history, return_history)
 

@@ -43,45 +43,40 @@ def gaussian_kernel1d(sigma: float, like: Tensor) -> Tensor:
 
 
 def gaussian_blur(inputs: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of every channel of a (N, C, L) or (N, C, H, W) tensor.
+    """Separable Gaussian blur of every channel along every spatial axis of a (N, C, *spatial)
+    tensor: (N, C, L) signals, (N, C, H, W) images, (N, C, D, H, W) volumes.
 
     Args:
-        inputs (Tensor): batch-first, channel-second signal with 1 or 2 spatial axes.
-        sigma (float): standard deviation of the kernel in pixels; below 0.01 (where the
+        inputs (Tensor): batch-first, channel-second tensor with at least one spatial axis.
+        sigma (float): standard deviation of the kernel in samples; below 0.01 (where the
             kernel is a delta to float precision) ``inputs`` is returned as it is.
 
     Returns:
-        Tensor of the same shape, device and dtype. Borders are reflected (replicated when the
-        signal is shorter than the kernel radius), so a constant image stays constant.
+        Tensor of the same shape, device and dtype. Borders are reflected (replicated when an
+        axis is shorter than the kernel radius), so a constant input stays constant.
 
     Examples::
 
         >>> blurred = gaussian_blur(torch.rand(2, 3, 64, 64), sigma=10.0)
     """
+    if inputs.dim() < 3:
+        raise ValueError(
+            "gaussian_blur needs inputs with spatial axes, (N, C, L), (N, C, H, W) or "
+            f"(N, C, D, H, W); got shape {tuple(inputs.shape)}"
+        )
     if sigma < NEGLIGIBLE_SIGMA:
         return inputs
-    spatial_dims = inputs.dim() - 2
-    if spatial_dims not in (1, 2):
-        raise ValueError(
-            f"gaussian_blur needs (N, C, L) or (N, C, H, W) input, got shape {tuple(inputs.shape)}"
-        )
-    kernel = gaussian_kernel1d(sigma, inputs)
-    radius = kernel.numel() // 2
-    channels = inputs.shape[1]
+    kernel = gaussian_kernel1d(sigma, inputs).view(1, 1, -1)
+    radius = kernel.shape[-1] // 2
     out = inputs
-    for axis in range(spatial_dims):
-        size = out.shape[2 + axis]
-        mode = "reflect" if radius < size else "replicate"
-        if spatial_dims == 1:
-            padded = F.pad(out, (radius, radius), mode=mode)
-            weight = kernel.view(1, 1, -1).expand(channels, 1, -1)
-            out = F.conv1d(padded, weight, groups=channels)
-        else:
-            pad = (0, 0, radius, radius) if axis == 0 else (radius, radius, 0, 0)
-            shape = (1, 1, -1, 1) if axis == 0 else (1, 1, 1, -1)
-            padded = F.pad(out, pad, mode=mode)
-            weight = kernel.view(shape).expand(channels, 1, *kernel.view(shape).shape[2:])
-            out = F.conv2d(padded, weight, groups=channels)
+    for axis in range(2, inputs.dim()):
+        # every line along ``axis`` becomes one row of a single-channel 1-D convolution
+        lines = out.movedim(axis, -1)
+        shape = lines.shape
+        flat = lines.reshape(-1, 1, shape[-1])
+        mode = "reflect" if radius < shape[-1] else "replicate"
+        blurred = F.conv1d(F.pad(flat, (radius, radius), mode=mode), kernel)
+        out = blurred.reshape(shape).movedim(-1, axis)
     return out
 
 
@@ -92,11 +87,15 @@ def constant_reference(inputs: Tensor, value: BaselineType = None) -> Tensor:
         inputs (Tensor): (N, C, ...) input the reference replaces.
         value (float, sequence of float, Tensor or None): a scalar; C per-channel values; or a
             tensor broadcastable to ``inputs`` (a Captum ``baselines`` tensor, (C,) per channel
-            included). None uses each example's mean colour per channel (the paper's µ0).
+            included). None uses each example's mean colour per channel (the paper's µ0), and 0
+            (Captum's default baseline) for (N,) or (N, F) rows, whose features have no common
+            scale to average over.
 
     Returns:
         Tensor with the shape, device and dtype of ``inputs``.
     """
+    if value is None and inputs.dim() <= 2:
+        return torch.zeros_like(inputs)
     if value is None:
         spatial = tuple(range(2, inputs.dim()))
         return inputs.mean(dim=spatial, keepdim=True).expand_as(inputs)
@@ -150,7 +149,8 @@ def noise_reference(
     centre = constant_reference(inputs, mean)
     if std is None:
         spatial = tuple(range(2, inputs.dim()))
-        scale = inputs.std(dim=spatial, keepdim=True) if inputs[0, 0].numel() > 1 else 1.0
+        has_spread = inputs.dim() > 2 and inputs[0, 0].numel() > 1
+        scale = inputs.std(dim=spatial, keepdim=True) if has_spread else 1.0
     else:
         scale = std
     # one draw for the whole batch: an example gets the same noise alone as in any batch
@@ -202,6 +202,28 @@ def make_reference(
     raise ValueError(f"perturbation must be one of {PERTURBATIONS}, got {perturbation!r}")
 
 
+def choose_perturbation(
+    perturbation: str | None, inputs: Sequence[Tensor], baselines: Sequence[BaselineType]
+) -> str:
+    """The perturbation a call uses: ``perturbation`` itself, or for None ``"blur"`` when every
+    input has spatial axes and no ``baselines`` are given, ``"constant"`` (the baselines, as
+    Captum's perturbation methods use them) otherwise. A blur of (N,) or (N, F) rows is refused:
+    their features have no neighbours."""
+    if perturbation is None:
+        spatial = all(x.dim() > 2 for x in inputs)
+        given = any(b is not None for b in baselines)
+        return "blur" if spatial and not given else "constant"
+    if perturbation not in PERTURBATIONS:
+        raise ValueError(f"perturbation must be one of {PERTURBATIONS}, got {perturbation!r}")
+    if perturbation == "blur" and any(x.dim() <= 2 for x in inputs):
+        raise ValueError(
+            "perturbation='blur' needs inputs with spatial axes to blur along; (N, F) rows have "
+            "none: use perturbation='constant' (deleted features take baselines, default 0) or "
+            "'noise'"
+        )
+    return perturbation
+
+
 def blend(inputs: Tensor, mask: Tensor, reference: Tensor) -> Tensor:
     """Φ(x, m) = m·x + (1 − m)·reference: keep the input where m = 1, show the reference at 0.
 
@@ -223,6 +245,7 @@ def blend(inputs: Tensor, mask: Tensor, reference: Tensor) -> Tensor:
 __all__ = [
     "PERTURBATIONS",
     "blend",
+    "choose_perturbation",
     "constant_reference",
     "gaussian_blur",
     "gaussian_kernel1d",

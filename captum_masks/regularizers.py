@@ -1,6 +1,6 @@
 """Mask regularisers. Each returns one value per example, shape (N,), so examples never mix.
 
-Masks are ``(N, 1, *spatial)`` with one or two spatial axes (sequences or images).
+Masks are ``(N, 1, *spatial)`` with one, two or three spatial axes (sequences, images, volumes).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def total_variation(mask: Tensor, beta: float = 1.0) -> Tensor:
     r"""``Σ_u Σ_axis |∂_axis m(u)|^β`` per example (Fong & Vedaldi's TV_β, anisotropic).
 
     Args:
-        mask (Tensor): (N, 1, L) or (N, 1, H, W).
+        mask (Tensor): (N, 1, *spatial), any number of spatial axes.
         beta (float): exponent β ≥ 1 (below 1 the gradient is infinite where m is flat); 1 is
             the usual anisotropic TV, 3 the paper's setting.
 
@@ -50,15 +50,9 @@ def total_variation(mask: Tensor, beta: float = 1.0) -> Tensor:
     return total
 
 
-_LAPLACIANS = ((1, 3), (2, 3), (2, 5))
-
-
 def _window_sum(mask: Tensor, size: int, axis: int) -> Tensor:
-    """Sum of ``size`` consecutive values along ``axis`` (valid positions only: none, an empty
-    axis, when the axis is shorter than the window)."""
+    """Sum of ``size`` consecutive values along ``axis`` (valid positions only)."""
     length = mask.shape[axis] - size + 1
-    if length <= 0:
-        return mask.narrow(axis, 0, 0)
     return sum(mask.narrow(axis, offset, length) for offset in range(size))
 
 
@@ -66,11 +60,13 @@ def laplacian(mask: Tensor, kernel_size: int = 3, squared: bool = False) -> Tens
     r"""‖m ⊛ Δ‖₁ (or Σ(m ⊛ Δ)² if ``squared``) per example, over valid positions only (a mask
     with a side shorter than the kernel has none: the term is 0).
 
+    The kernel is a k × … × k block of ones whose centre is 1 − k^d, for d spatial axes: [1, −2, 1]
+    for sequences, centre −8 (k = 3) or −24 (k = 5, NeuroMask's ImageNet choice) for images,
+    centre −26 (k = 3) for volumes.
+
     Args:
-        mask (Tensor): (N, 1, L) uses the 1-D kernel [1, −2, 1]; (N, 1, H, W) the 2-D kernel of
-            ones with centre −8 (``kernel_size=3``) or −24 (``kernel_size=5``, NeuroMask's
-            ImageNet choice).
-        kernel_size (int): 3, or 5 for images.
+        mask (Tensor): (N, 1, *spatial) with one, two or three spatial axes.
+        kernel_size (int): 3 or 5.
         squared (bool): sum of squares instead of absolute values.
 
     Returns:
@@ -80,22 +76,19 @@ def laplacian(mask: Tensor, kernel_size: int = 3, squared: bool = False) -> Tens
 
         >>> laplacian(weights, kernel_size=5, squared=True)   # NeuroMask authors' smoothness
     """
-    spatial_dims = mask.dim() - 2
-    if (spatial_dims, kernel_size) not in _LAPLACIANS:
-        raise ValueError(
-            f"no Laplacian of size {kernel_size} for {spatial_dims} spatial dims; "
-            "use kernel_size=3 (1-D or 2-D) or 5 (2-D)"
-        )
+    if kernel_size not in (3, 5):
+        raise ValueError(f"kernel_size must be 3 or 5, got {kernel_size!r}")
     # shifted slices instead of a convolution: a 1-channel conv2d takes PyTorch's slow path on
     # the CPU and costs ten times more, forward and backward
-    if spatial_dims == 1:
-        response = mask[..., :-2] - 2 * mask[..., 1:-1] + mask[..., 2:]
-    else:
-        # a kernel of ones with centre 1 − k²: the k × k window sum minus k² times the centre
-        border = kernel_size // 2
-        window = _window_sum(_window_sum(mask, kernel_size, 2), kernel_size, 3)
-        centre = mask[..., border:-border, border:-border]
-        response = window - kernel_size**2 * centre
+    if any(side < kernel_size for side in mask.shape[2:]):
+        return mask.new_zeros(mask.shape[0])
+    window = mask
+    centre = mask
+    border = kernel_size // 2
+    for axis in range(2, mask.dim()):
+        window = _window_sum(window, kernel_size, axis)
+        centre = centre.narrow(axis, border, mask.shape[axis] - 2 * border)
+    response = window - kernel_size ** (mask.dim() - 2) * centre
     return _flat(response.square() if squared else response.abs()).sum(dim=1)
 
 

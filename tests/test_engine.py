@@ -29,12 +29,20 @@ def test_blur_spreads_an_impulse_like_a_gaussian():
     assert blurred.argmax().item() == 20 * 41 + 20
 
 
-def test_blur_1d_and_bad_rank():
-    signal = torch.zeros(1, 2, 21)
-    signal[..., 10] = 1.0
-    assert perturbations.gaussian_blur(signal, 1.5)[0, 0].argmax().item() == 10
-    with pytest.raises(ValueError, match="gaussian_blur"):
-        perturbations.gaussian_blur(torch.zeros(1, 1, 2, 2, 2), 1.0)
+def test_blur_along_one_two_and_three_axes_and_bad_rank():
+    for spatial in (1, 2, 3):
+        impulse = torch.zeros(1, 2, *[15] * spatial, dtype=torch.float64)
+        impulse[(0, 0, *[7] * spatial)] = 1.0
+        blurred = perturbations.gaussian_blur(impulse, 1.5)
+        # a separable Gaussian: the product of the 1-D kernel (radius 5) along every axis
+        kernel = torch.nn.functional.pad(perturbations.gaussian_kernel1d(1.5, impulse), (2, 2))
+        expected = kernel
+        for _ in range(spatial - 1):
+            expected = expected.unsqueeze(-1) * kernel
+        torch.testing.assert_close(blurred[0, 0], expected)
+        assert blurred[0, 1].abs().max() == 0
+    with pytest.raises(ValueError, match="gaussian_blur needs inputs with spatial axes"):
+        perturbations.gaussian_blur(torch.zeros(4, 3), 1.0)
 
 
 def test_constant_reference_forms():
@@ -153,8 +161,11 @@ def test_regularizers_hand_computed():
     image[0, 0, 1, 1] = 1.0
     assert regularizers.laplacian(image).tolist() == [8.0]
     assert regularizers.laplacian(torch.ones(1, 1, 5, 5), kernel_size=5).tolist() == [0.0]
+    volume = torch.zeros(1, 1, 3, 3, 3)
+    volume[0, 0, 1, 1, 1] = 1.0
+    assert regularizers.laplacian(volume).tolist() == [26.0]
     with pytest.raises(ValueError, match="kernel_size"):
-        regularizers.laplacian(sequence, kernel_size=5)
+        regularizers.laplacian(sequence, kernel_size=4)
 
 
 @given(

@@ -91,7 +91,7 @@ def test_any_shape_and_setting_gives_finite_values_in_unit_range(
     [
         ({"game": "hide"}, "game"),
         ({"perturbation": "pixelate"}, "perturbation"),
-        ({"baselines": 0.0}, "baselines"),
+        ({"perturbation": "blur", "baselines": 0.0}, "baselines"),
         ({"perturbation": "constant", "baselines": torch.zeros(2, 2)}, "baselines"),
         ({"mask_init": 2.0}, "mask_init"),
         ({"mask_factor": 0}, "mask_factor"),
@@ -107,6 +107,22 @@ def test_bad_option_is_a_clear_error_and_changes_nothing(tiny_model, images, kwa
     assert_same_state(before, model_state(tiny_model))
 
 
-def test_images_only(tiny_model, images):
-    with pytest.raises(ValueError, match=r"inputs must have 4 dimensions \(N, C, H, W\)"):
-        MeaningfulPerturbation(tiny_model).attribute(images[:, 0], n_iter=2)
+@pytest.mark.parametrize(
+    "make_inputs, kwargs, message",
+    [
+        (lambda x: x[:, 0, 0], {"perturbation": "blur"}, r"perturbation='blur' needs inputs with"),
+        (lambda x: (x, x[:, 0, 0]), {}, r"mixing \(N, F\) rows .* pass a feature_mask"),
+        (lambda x: x[..., None, None], {}, r"at most 3 spatial axes .* feature_mask"),
+        (lambda x: x, {"feature_mask": torch.zeros(3, 3)}, r"feature_mask must hold integer"),
+        (lambda x: x, {"feature_mask": torch.zeros(1, 1, 5, 5, dtype=torch.long)}, r"broadcast"),
+        (lambda x: x, {"feature_mask": (torch.zeros(1, dtype=torch.long),) * 2}, r"one integer"),
+    ],
+)
+def test_input_kinds_it_cannot_mask_are_a_clear_error_before_the_model_runs(
+    images, make_inputs, kwargs, message
+):
+    def model(*args):
+        raise AssertionError("the model ran before the arguments were checked")
+
+    with pytest.raises((ValueError, TypeError), match=message):
+        MeaningfulPerturbation(model).attribute(make_inputs(images), n_iter=2, **kwargs)
