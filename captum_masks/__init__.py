@@ -4,6 +4,7 @@ from captum_masks._optimize import OptimizationHistory
 from captum_masks.amortized import AmortizedExplainer, FitHistory
 from captum_masks.amortized.networks import MaskNet, deeplab_explainer
 from captum_masks.guided_feature_inversion import GuidedFeatureInversion
+from captum_masks.layer import LayerMeaningfulPerturbation, LayerNeuroMask
 from captum_masks.masks import ChannelCombinationMask, SigmoidMask, UpsampledMask
 from captum_masks.meaningful_perturbation import MeaningfulPerturbation
 from captum_masks.neuromask import NeuroMaskAttr
@@ -17,6 +18,8 @@ __all__ = [
     "ChannelCombinationMask",
     "FitHistory",
     "GuidedFeatureInversion",
+    "LayerMeaningfulPerturbation",
+    "LayerNeuroMask",
     "MaskNet",
     "MeaningfulPerturbation",
     "NeuroMaskAttr",

@@ -112,4 +112,25 @@ def single_outputs(outputs: dict[nn.Module, list[Tensor]], layers: Sequence[nn.M
     return [outputs[layer][0] for layer in layers]
 
 
-__all__ = ["check_layers", "recording", "run_recording", "single_outputs"]
+@contextlib.contextmanager
+def replacing_output(layer: nn.Module, value: Tensor) -> Iterator[None]:
+    """Make ``layer`` return ``value`` instead of its output during the forward passes inside
+    the block (the hook is removed on exit, also when the model raises)."""
+
+    def hook(module: nn.Module, args: tuple, output: object) -> Tensor:
+        if not isinstance(output, Tensor) or output.shape != value.shape:
+            shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+            raise ValueError(
+                f"layer {type(layer).__name__} returned {shape} where its masked output has shape "
+                f"{tuple(value.shape)}; the layer must return one tensor, once per forward pass"
+            )
+        return value
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+__all__ = ["check_layers", "recording", "replacing_output", "run_recording", "single_outputs"]

@@ -16,12 +16,13 @@ from torch import Tensor
 
 
 def format_inputs(
-    inputs: Any, spatial_dims: int | tuple[int, ...] | None = None
+    inputs: Any, spatial_dims: int | tuple[int, ...] | None = None, masked: bool = True
 ) -> tuple[Tensor, ...]:
     """Return ``inputs`` as a tuple of tensors after checking type, dtype, batch and values.
 
     ``spatial_dims`` (if given) is the number of axes after (batch, channel) each tensor must have,
-    or a tuple of the allowed numbers.
+    or a tuple of the allowed numbers. ``masked=False`` is for inputs that only go to the model
+    (the Layer methods mask a layer's output): any dtype, token ids included.
     """
     allowed = (spatial_dims,) if isinstance(spatial_dims, int) else spatial_dims
     if isinstance(inputs, Tensor):
@@ -34,10 +35,13 @@ def format_inputs(
         where = "inputs" if len(inputs) == 1 else f"inputs[{index}]"
         if not isinstance(tensor, Tensor):
             raise TypeError(f"{where} must be a torch.Tensor, got {type(tensor).__name__}")
-        if not tensor.is_floating_point():
+        if masked and not tensor.is_floating_point():
             raise TypeError(
                 f"{where} must have a floating-point dtype to be blended with a mask, got "
-                f"{tensor.dtype}; convert it first, e.g. inputs.float()"
+                f"{tensor.dtype}. Token ids are explained through their embedding: "
+                "LayerMeaningfulPerturbation(model, model.embedding) or LayerNeuroMask mask the "
+                "embedding's output; other integer features: convert them first, e.g. "
+                "inputs.float()"
             )
         if tensor.dim() == 0 or tensor.shape[0] == 0:
             raise ValueError(
@@ -49,7 +53,7 @@ def format_inputs(
                 f"{2 + d} dimensions {names.get(d, '')}".rstrip() for d in allowed
             )
             raise ValueError(f"{where} must have {expected}, got shape {tuple(tensor.shape)}")
-        if not torch.isfinite(tensor).all():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise ValueError(f"{where} contains NaN or Inf values")
         if tensor.shape[0] != inputs[0].shape[0]:
             raise ValueError(

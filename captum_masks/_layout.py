@@ -14,10 +14,9 @@ class MaskLayout:
     """Moves the feature axis of channels-last inputs to position 1 and back (views only), so
     masks are always (N, 1, *mask_axes) internally.
 
-    ``channels_last=None`` means channels first, with a warning when a 3-D input looks like
-    (N, L, D) token embeddings (more channels than positions): masking it channels first would
-    give every position of a sequence the same value across its embedding and mask the embedding
-    dimensions instead of the tokens.
+    ``channels_last=None`` means channels first, with a warning for 3-D inputs: (N, C, L) signals
+    and (N, L, D) token embeddings have the same rank, and masking embeddings channels first
+    would mask their embedding dimensions instead of their tokens.
     """
 
     def __init__(self, channels_last: bool | None) -> None:
@@ -29,17 +28,16 @@ class MaskLayout:
         self.channels_last = bool(channels_last)
 
     def check(self, inputs: Sequence[Tensor], method: str) -> None:
-        """Warn about (N, L, D)-looking inputs when ``channels_last`` was left to its default."""
+        """Warn about 3-D inputs when ``channels_last`` was left to its default."""
         if self.explicit:
             return
         for x in inputs:
-            if x.dim() == 3 and x.shape[1] > x.shape[2]:
+            if x.dim() == 3:
                 warn_user(
-                    f"{method} masks the last axis of a 3-D input as positions (N, C, L); this "
-                    f"input {tuple(x.shape)} has more channels ({x.shape[1]}) than positions "
-                    f"({x.shape[2]}), like (N, L, D) embeddings. Pass channels_last=True to "
-                    "mask its positions (axis 1), or channels_last=False to keep (N, C, L) "
-                    "and silence this warning."
+                    f"{method} masks the last axis of the 3-D input {tuple(x.shape)} as "
+                    "positions, reading it as (N, C, L). If it is (N, L, D), e.g. token "
+                    "embeddings, pass channels_last=True to mask its positions (axis 1); pass "
+                    "channels_last=False to confirm (N, C, L) and silence this warning."
                 )
                 return
 

@@ -118,9 +118,11 @@ class MeaningfulPerturbation(MaskAttribution):
     ) -> Tensor | tuple[Tensor, ...] | tuple[Tensor | tuple[Tensor, ...], OptimizationHistory]:
         r"""
         Args:
-            inputs (Tensor or tuple[Tensor, ...]): images (N, C, H, W), batch first; a tuple
-                gets one mask per tensor. Each example is optimised independently, so a batch
-                gives the same masks as explaining its images one by one.
+            inputs (Tensor or tuple[Tensor, ...]): batch first, of any rank: (N, F) rows
+                get one mask value per feature; (N, C, L) sequences, (N, C, H, W) images and
+                (N, C, D, H, W) volumes a smooth mask over their 1, 2 or 3 spatial axes (the
+                README's input table). A tuple gets one mask per tensor. Each example is
+                optimised independently, so a batch gives the same masks as one-by-one calls.
             target (int, tuple, Tensor, list or None, optional): the output index to explain,
                 in any Captum form: one int (or tuple for multi-dimensional outputs) for every
                 example, or a 1-d tensor or list with one entry per example. None explains each
@@ -131,14 +133,23 @@ class MeaningfulPerturbation(MaskAttribution):
             baselines (scalar, sequence, Tensor or tuple, optional): the content of deleted
                 regions for ``perturbation="constant"`` (or the centre of the noise for
                 ``"noise"``): a scalar, one value per channel, or a tensor broadcastable to the
-                input. None uses each image's mean colour. A tuple gives one per input tensor.
-                Not used by ``"blur"``. Default: None
+                input. None uses each image's mean colour (0 for rows). A tuple gives one per
+                input tensor. Not used by ``"blur"``. Default: None
+            feature_mask (Tensor or tuple[Tensor, ...], optional): Captum's feature groups:
+                integer ids broadcastable to each input (batch axis 1, or N for one grouping per
+                example); elements with one id, in any tensor of the tuple, share one mask
+                value, e.g. superpixels. With groups the L1 term weighs each group by its share
+                of the input, and ``mask_factor``, ``mask_sigma``, ``jitter`` and the total
+                variation, defined on a grid, do not apply. Default: None
             game (str, optional): ``"deletion"`` (smallest region whose deletion destroys the
                 score) or ``"preservation"`` (smallest region that alone keeps it).
                 Default: "deletion"
             perturbation (str, optional): the reference shown where the mask is 0: ``"blur"``
-                (Gaussian blur with ``blur_sigma``), ``"constant"`` or ``"noise"`` (i.i.d.
-                Gaussian, drawn once from ``seed``). Default: "blur"
+                (Gaussian blur with ``blur_sigma`` along the spatial axes), ``"constant"`` (the
+                ``baselines``) or ``"noise"`` (i.i.d. Gaussian, drawn once from ``seed``). None
+                blurs when every input has spatial axes and no ``baselines`` are given, and uses
+                the baselines (``"constant"``) otherwise, as Captum's perturbation methods do;
+                rows cannot be blurred. Default: None
             n_iter (int, optional): the most optimisation steps an example runs (it stops
                 earlier once its loss settles, see ``tolerance``). Default: 300
             lr (float, optional): learning rate γ. Default: 0.1
@@ -163,6 +174,9 @@ class MeaningfulPerturbation(MaskAttribution):
             blur_sigma (float, optional): σ₀ of the blur perturbation, in pixels. Default: 10
             noise_std (float, optional): standard deviation of the noise perturbation; None uses
                 each image's per-channel standard deviation. Default: None
+            channels_last (bool, optional): the inputs are (N, L, D) (or (N, H, W, C)): the
+                mask spans every axis but the first and last. None reads them channels first and
+                warns about 3-D inputs, which may be either. Default: None
             apply_softmax (bool, optional): score the target by its softmax probability (the
                 paper's f_c); set False when ``forward_func`` already returns probabilities.
                 Default: True

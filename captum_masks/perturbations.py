@@ -43,8 +43,8 @@ def gaussian_kernel1d(sigma: float, like: Tensor) -> Tensor:
 
 
 def gaussian_blur(inputs: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of every channel along every spatial axis of a (N, C, *spatial)
-    tensor: (N, C, L) signals, (N, C, H, W) images, (N, C, D, H, W) volumes.
+    """Separable Gaussian blur of every channel along every spatial axis of a
+    ``(N, C, *spatial)`` tensor: (N, C, L) signals, (N, C, H, W) images, (N, C, D, H, W) volumes.
 
     Args:
         inputs (Tensor): batch-first, channel-second tensor with at least one spatial axis.

@@ -33,7 +33,7 @@ def total_variation(mask: Tensor, beta: float = 1.0) -> Tensor:
     r"""``Σ_u Σ_axis |∂_axis m(u)|^β`` per example (Fong & Vedaldi's TV_β, anisotropic).
 
     Args:
-        mask (Tensor): (N, 1, *spatial), any number of spatial axes.
+        mask (Tensor): ``(N, 1, *spatial)``, any number of spatial axes.
         beta (float): exponent β ≥ 1 (below 1 the gradient is infinite where m is flat); 1 is
             the usual anisotropic TV, 3 the paper's setting.
 
@@ -65,7 +65,7 @@ def laplacian(mask: Tensor, kernel_size: int = 3, squared: bool = False) -> Tens
     centre −26 (k = 3) for volumes.
 
     Args:
-        mask (Tensor): (N, 1, *spatial) with one, two or three spatial axes.
+        mask (Tensor): ``(N, 1, *spatial)`` with one, two or three spatial axes.
         kernel_size (int): 3 or 5.
         squared (bool): sum of squares instead of absolute values.
 
