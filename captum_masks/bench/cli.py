@@ -1,4 +1,4 @@
-"""Command line: ``python -m captum_masks {demo,speed,benchmark,class-masking} ...``."""
+"""Command line: ``python -m captum_masks {demo,speed,benchmark,class-masking,tabular} ...``."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ COMMANDS = {
     "benchmark": "compare the methods with Captum's built-ins on ground-truth images",
     "class-masking": "Stalder et al.'s class-specific masking table for the trained "
     "AmortizedExplainer",
+    "tabular": "breast-cancer rows: each method's feature ranking against ShapleyValueSampling",
 }
 
 
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--threads", type=_positive_int, default=None, help=THREADS_HELP)
     commands = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_demo, _add_speed, _add_benchmark, _add_class_masking):
+    for add in (_add_demo, _add_speed, _add_benchmark, _add_class_masking, _add_tabular):
         add(commands, common)
     args = parser.parse_args(argv)
     if args.threads is not None:
@@ -128,6 +129,15 @@ def _add_class_masking(commands: Any, common: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_tabular(commands: Any, common: argparse.ArgumentParser) -> None:
+    tabular = commands.add_parser("tabular", parents=[common], help=COMMANDS["tabular"])
+    tabular.add_argument("--split", choices=SPLITS, default="held-out")
+    tabular.add_argument(
+        "--n", type=_positive_int, default=None, help="explain the first n rows (default: all)"
+    )
+    tabular.add_argument("--seed", type=int, default=0, help="training and split seed")
+
+
 def _add_methods(
     parser: argparse.ArgumentParser, choices: Iterable[str], help_text: str, default_text: str
 ) -> None:
@@ -164,6 +174,10 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
         out = args.out or f"benchmark_{args.suite}.png"
         save_figure(result, out)
         print(f"\nSaved {out}")
+    elif args.command == "tabular":
+        from captum_masks.bench.tabular import format_tabular, tabular_report
+
+        print(format_tabular(tabular_report(args.split, args.n, args.seed)))
     elif args.command == "class-masking":
         from captum_masks.bench.class_masking import class_masking_report, format_class_masking
 
