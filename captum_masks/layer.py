@@ -53,6 +53,7 @@ class _LayerMask(LayerAttribution, PerturbationAttribution):
         additional_forward_args: Any,
         layer_baselines: Any,
         layer_mask: Any,
+        padding_mask: Tensor | None,
         options: dict[str, Any],
     ) -> Any:
         model_inputs = format_inputs(inputs, masked=False)
@@ -63,20 +64,54 @@ class _LayerMask(LayerAttribution, PerturbationAttribution):
             )
         if isinstance(self.layer, nn.Embedding):
             options.setdefault("channels_last", True)  # (N, L, D): mask the tokens
+        padding = _padding_positions(padding_mask, activation)
 
-        def masked_forward(layer_output: Tensor, *rest: Any) -> Any:
-            with replacing_output(self.layer, layer_output):
+        def masked_forward(layer_output: Tensor, clean: Tensor, pad: Tensor, *rest: Any) -> Any:
+            # padding keeps its clean output whatever the mask says: it cannot be evidence
+            kept = torch.where(pad, clean.to(layer_output.dtype), layer_output)
+            with replacing_output(self.layer, kept):
                 return self.forward_func(*rest)
 
-        return self.method(masked_forward).attribute(
+        result = self.method(masked_forward).attribute(
             activation,
             target=target,
-            # the caller's inputs and arguments ride along, sliced with the examples they belong to
-            additional_forward_args=(*model_inputs, *extra),
+            # the clean output, the padding and the caller's inputs and arguments ride along,
+            # sliced with the examples they belong to
+            additional_forward_args=(activation, padding, *model_inputs, *extra),
             baselines=layer_baselines,
             feature_mask=layer_mask,
             **{**self.layer_defaults, **options},
         )
+        attribution, *history = result if isinstance(result, tuple) else (result,)
+        attribution = attribution.masked_fill(padding, 0.0)
+        return (attribution, *history) if history else attribution
+
+
+def _padding_positions(padding_mask: Any, activation: Tensor) -> Tensor:
+    """``padding_mask`` as a bool tensor broadcastable to the layer's output (an (N, L) mask of
+    an (N, L, D) output gets a trailing axis); all False when None."""
+    if padding_mask is None:
+        return torch.zeros(
+            (activation.shape[0],) + (1,) * (activation.dim() - 1),
+            dtype=torch.bool,
+            device=activation.device,
+        ).expand_as(activation)
+    if not isinstance(padding_mask, Tensor) or padding_mask.dtype != torch.bool:
+        raise TypeError(
+            f"padding_mask must be a bool tensor (True at padding), got "
+            f"{getattr(padding_mask, 'dtype', type(padding_mask).__name__)}"
+        )
+    pad = padding_mask.to(activation.device)
+    if pad.dim() == activation.dim() - 1:
+        pad = pad.unsqueeze(-1)
+    try:
+        return torch.broadcast_to(pad, activation.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"padding_mask of shape {tuple(padding_mask.shape)} does not fit the layer's output "
+            f"{tuple(activation.shape)}: give (N, L) for an (N, L, D) output, or a shape "
+            "broadcastable to the output"
+        ) from None
 
 
 class LayerMeaningfulPerturbation(_LayerMask):
@@ -125,6 +160,7 @@ class LayerMeaningfulPerturbation(_LayerMask):
         additional_forward_args: Any = None,
         layer_baselines: Any = None,
         layer_mask: Tensor | tuple[Tensor, ...] | None = None,
+        padding_mask: Tensor | None = None,
         **kwargs: Any,
     ) -> Tensor | tuple[Tensor, Any]:
         r"""
@@ -143,6 +179,10 @@ class LayerMeaningfulPerturbation(_LayerMask):
             layer_mask (Tensor, optional): Captum's ``layer_mask``: integer group ids
                 broadcastable to the layer's output; positions with one id share one mask value
                 (e.g. the tokens of one word). Default: None
+            padding_mask (Tensor, optional): bool, True at padding positions: (N, L) for an
+                (N, L, D) output (e.g. ``token_ids == pad_id``) or broadcastable to the output.
+                Padding keeps its own output whatever the mask, so it is never evidence, and
+                gets attribution 0. Default: None
             **kwargs: any other argument of :meth:`MeaningfulPerturbation.attribute`
                 (``game``, ``n_iter``, ``l1_weight``, ``return_history``, ...); the defaults
                 differ only as the class docstring says.
@@ -158,7 +198,13 @@ class LayerMeaningfulPerturbation(_LayerMask):
             >>> attribution = explainer.attribute(token_ids, target=1, layer_baselines=pad)
         """
         return self._attribute_layer(
-            inputs, target, additional_forward_args, layer_baselines, layer_mask, kwargs
+            inputs,
+            target,
+            additional_forward_args,
+            layer_baselines,
+            layer_mask,
+            padding_mask,
+            kwargs,
         )
 
 
@@ -201,6 +247,7 @@ class LayerNeuroMask(_LayerMask):
         additional_forward_args: Any = None,
         layer_baselines: Any = None,
         layer_mask: Tensor | tuple[Tensor, ...] | None = None,
+        padding_mask: Tensor | None = None,
         **kwargs: Any,
     ) -> Tensor | tuple[Tensor, Any]:
         r"""
@@ -218,6 +265,9 @@ class LayerNeuroMask(_LayerMask):
             layer_mask (Tensor, optional): Captum's ``layer_mask``: integer group ids
                 broadcastable to the layer's output; positions with one id share one mask
                 value. Default: None
+            padding_mask (Tensor, optional): bool, True at padding positions: (N, L) for an
+                (N, L, D) output or broadcastable to the output. Padding keeps its own output
+                whatever the mask and gets attribution 0. Default: None
             **kwargs: any other argument of :meth:`NeuroMaskAttr.attribute` (``n_iter``,
                 ``sparse_weight``, ``return_history``, ...).
 
@@ -231,7 +281,13 @@ class LayerNeuroMask(_LayerMask):
             >>> attribution = explainer.attribute(token_ids, target=1)
         """
         return self._attribute_layer(
-            inputs, target, additional_forward_args, layer_baselines, layer_mask, kwargs
+            inputs,
+            target,
+            additional_forward_args,
+            layer_baselines,
+            layer_mask,
+            padding_mask,
+            kwargs,
         )
 
 

@@ -291,6 +291,58 @@ def test_layer_methods_take_baselines_groups_history_and_reject_tuple_outputs(me
         method(wrapper, wrapper.pair).attribute(torch.randn(2, 4), target=0, n_iter=2)
 
 
+@pytest.mark.parametrize("method", LAYER_METHODS)
+def test_padding_is_left_out_of_the_mask_even_when_the_model_reads_it(method):
+    model = EvidenceToken().eval()
+    with torch.no_grad():
+        model.embedding.weight[0, 0] = 1.0  # the pad token counts, below the evidence's 3
+    ids, where = token_batch(12)
+    ids[:, -3:] = 0
+    keep = where < 7
+    ids, where = ids[keep], where[keep]
+    padding = ids == 0
+    attribution = method(model, model.embedding).attribute(ids, target=1, padding_mask=padding)
+    assert (attribution[padding] == 0).all()
+    assert (attribution[..., 0].argmax(dim=1) == where).all()
+    with pytest.raises(ValueError, match="padding_mask of shape"):
+        method(model, model.embedding).attribute(ids, target=1, padding_mask=padding[:, :4])
+    with pytest.raises(TypeError, match="padding_mask must be a bool"):
+        method(model, model.embedding).attribute(ids, target=1, padding_mask=padding.long())
+
+
+@pytest.mark.parametrize("method", LAYER_METHODS)
+def test_layer_methods_take_every_target_form_and_follow_the_dtype(method):
+    model = EvidenceToken().eval()
+    ids, _ = token_batch(3)
+    explainer = method(model, model.embedding)
+    targets = [1, 0, 1]
+    batch = explainer.attribute(ids, target=targets, n_iter=5)
+    for form in (torch.tensor(targets), targets):
+        torch.testing.assert_close(explainer.attribute(ids, target=form, n_iter=5), batch)
+    alone = torch.cat(
+        [explainer.attribute(ids[i : i + 1], target=t, n_iter=5) for i, t in enumerate(targets)]
+    )
+    torch.testing.assert_close(batch, alone, atol=1e-5, rtol=0)
+    double = method(model.double(), model.embedding).attribute(ids, target=1, n_iter=5)
+    assert double.dtype == torch.float64
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_one_id_across_the_tensors_of_a_tuple_is_one_group(method):
+    class TwoInputs(nn.Module):
+        def forward(self, first, second):
+            return torch.stack([first.sum(dim=1), 3 * second[:, 0] + first[:, 0]], dim=1)
+
+    first = torch.randn(2, 4, generator=torch.Generator().manual_seed(8))
+    second = torch.randn(2, 3, generator=torch.Generator().manual_seed(9))
+    feature_mask = (torch.tensor([[0, 1, 2, 3]]), torch.tensor([[0, 4, 5]]))
+    attribution = method(TwoInputs()).attribute(
+        (first, second), target=1, feature_mask=feature_mask, n_iter=20
+    )
+    assert isinstance(attribution, tuple) and [a.shape for a in attribution] == [(2, 4), (2, 3)]
+    torch.testing.assert_close(attribution[0][:, 0], attribution[1][:, 0], atol=0, rtol=0)
+
+
 def test_integer_inputs_point_at_the_layer_methods():
     model = EvidenceToken()
     ids, _ = token_batch(2)
