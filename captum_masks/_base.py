@@ -106,9 +106,10 @@ class MaskAttribution(PerturbationAttribution):
         target: Any,
         additional_forward_args: Any,
         spatial_dims: int | tuple[int, ...] | None = None,
+        masked: bool = True,
     ) -> PreparedCall:
         is_inputs_tuple = isinstance(inputs, tuple)
-        formatted = format_inputs(inputs, spatial_dims)
+        formatted = format_inputs(inputs, spatial_dims, masked)
         additional_args = _format_additional_forward_args(additional_forward_args)
         with torch.no_grad():
             clean_output = run_forward(self.forward_func, formatted, additional_args)

@@ -48,7 +48,7 @@ def format_inputs(
                 f"{where} must hold at least one example, got shape {tuple(tensor.shape)}"
             )
         if allowed is not None and tensor.dim() - 2 not in allowed:
-            names = {1: "(N, C, L)", 2: "(N, C, H, W)"}
+            names = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}
             expected = " or ".join(
                 f"{2 + d} dimensions {names.get(d, '')}".rstrip() for d in allowed
             )

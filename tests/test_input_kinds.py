@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from captum_masks import (
+    AmortizedExplainer,
     LayerMeaningfulPerturbation,
     LayerNeuroMask,
     MeaningfulPerturbation,
@@ -341,6 +342,70 @@ def test_one_id_across_the_tensors_of_a_tuple_is_one_group(method):
     )
     assert isinstance(attribution, tuple) and [a.shape for a in attribution] == [(2, 4), (2, 3)]
     torch.testing.assert_close(attribution[0][:, 0], attribution[1][:, 0], atol=0, rtol=0)
+
+
+def labelled_tokens(count: int, seed: int):
+    """Sentences of which half hold the evidence token: (ids, labels, evidence position)."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 20, (count, 10), generator=generator)
+    ids[ids == EvidenceToken.TOKEN] = 3
+    where = torch.randint(0, 10, (count,), generator=generator)
+    positive = torch.rand(count, generator=generator) < 0.5
+    ids[positive, where[positive]] = EvidenceToken.TOKEN
+    return ids, positive.long(), where
+
+
+def test_the_amortized_explainer_learns_the_evidence_token_through_the_embedding(tmp_path):
+    model = EvidenceToken().eval()
+    ids, labels, _ = labelled_tokens(1024, seed=0)
+    batches = [(ids[i : i + 64], labels[i : i + 64]) for i in range(0, len(ids), 64)]
+    explainer = AmortizedExplainer(model, num_classes=2, layer=model.embedding)
+    explainer.fit(batches, epochs=5, show_progress=False)
+    test, test_labels, where = labelled_tokens(200, seed=1)
+    positive = test_labels == 1
+    attribution = explainer.attribute(test[positive], target=1)
+    assert attribution.shape == (int(positive.sum()), 10, 8)  # the embedding's output
+    found = attribution[..., 0].argmax(dim=1) == where[positive]
+    assert found.float().mean() >= 0.95
+    explainer.save(tmp_path / "tokens.pt")
+    again = AmortizedExplainer.load(tmp_path / "tokens.pt", model)
+    assert again.layer is model.embedding
+    torch.testing.assert_close(again.attribute(test[positive], target=1), attribution)
+
+
+def test_the_amortized_explainer_points_at_a_volume_models_evidence():
+    class Cube(nn.Module):
+        """(N, 1, 16, 16, 16) -> 2 logits: class 1 is the brightness of the cube [4:8]³."""
+
+        def forward(self, x):
+            evidence = x[:, :, 4:8, 4:8, 4:8].mean(dim=(1, 2, 3, 4)) - 0.5
+            return torch.stack([-6 * evidence, 6 * evidence], dim=1)
+
+    def volumes(count, seed):
+        generator = torch.Generator().manual_seed(seed)
+        data = 0.2 * torch.rand(count, 1, 16, 16, 16, generator=generator)
+        positive = torch.rand(count, generator=generator) < 0.5
+        data[positive, :, 4:8, 4:8, 4:8] += 1.0
+        return data, positive.long()
+
+    data, labels = volumes(256, seed=0)
+    explainer = AmortizedExplainer(Cube().eval(), num_classes=2)
+    explainer.fit(
+        [(data[i : i + 32], labels[i : i + 32]) for i in range(0, 256, 32)],
+        epochs=3,
+        show_progress=False,
+    )
+    test, test_labels = volumes(50, seed=1)
+    attribution = explainer.attribute(test[test_labels == 1], target=1)
+    assert attribution.shape == test[test_labels == 1].shape
+    peaks = [divmod_3d(a[0].argmax().item(), side=16) for a in attribution]
+    assert sum(all(4 <= c < 8 for c in peak) for peak in peaks) / len(peaks) >= 0.9
+
+
+def test_the_amortized_explainer_takes_layer_or_feature_layer_not_both():
+    model = EvidenceToken()
+    with pytest.raises(ValueError, match="layer and feature_layer cannot be combined"):
+        AmortizedExplainer(model, 2, layer=model.embedding, feature_layer=model.embedding)
 
 
 def test_integer_inputs_point_at_the_layer_methods():

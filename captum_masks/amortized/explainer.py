@@ -20,7 +20,7 @@ from captum_masks._base import (
     work_dtype,
 )
 from captum_masks._compat import _format_output
-from captum_masks._hooks import check_layers, run_recording
+from captum_masks._hooks import check_layers, replacing_output, run_recording
 from captum_masks._inputs import check_choice, check_positive_int, format_inputs, run_forward
 from captum_masks._layout import MaskLayout
 from captum_masks._warnings import warn_user
@@ -78,11 +78,18 @@ class AmortizedExplainer(FittingMixin, PersistenceMixin, MaskAttribution):
         feature_layer (nn.Module, optional): a module of the classifier whose output on the clean
             input (channels first, any resolution) is resized to the input and fed to the
             explainer next to the input. Default: None
-        channels_last (bool, optional): inputs are (N, L, D) sequences with the features last;
-            the mask spans the positions. Default: False
+        channels_last (bool, optional): inputs (or ``layer``'s output) are (N, L, D) sequences
+            with the features last; the mask spans the positions. None: True for an
+            ``nn.Embedding`` layer, False otherwise. Default: None
         width (int, optional): width of the default :class:`MaskNet`. Default: 16
         depth (int, optional): number of halvings of the default :class:`MaskNet`. Default: 2
         baselines (float, optional): the value masked-out input takes. Default: 0
+        layer (nn.Module, optional): explain through this module's output instead of the
+            input, in Captum's Layer convention: the explainer sees and masks the output of
+            ``layer`` (for a token-id model, its ``nn.Embedding``: one mask value per token),
+            the classifier runs on the caller's inputs with that output swapped in, and
+            :meth:`attribute` returns attributions shaped like it. Inputs may then be token
+            ids. Default: None
 
     Examples::
 
@@ -101,10 +108,11 @@ class AmortizedExplainer(FittingMixin, PersistenceMixin, MaskAttribution):
         explainer: nn.Module | str | None = None,
         multilabel: bool = False,
         feature_layer: nn.Module | None = None,
-        channels_last: bool = False,
+        channels_last: bool | None = None,
         width: int = 16,
         depth: int = 2,
         baselines: float = 0.0,
+        layer: nn.Module | None = None,
     ) -> None:
         super().__init__(forward_func)
         for name, value in (("num_classes", num_classes), ("width", width), ("depth", depth)):
@@ -124,9 +132,19 @@ class AmortizedExplainer(FittingMixin, PersistenceMixin, MaskAttribution):
             raise TypeError(f"baselines must be a number, got {type(baselines).__name__}")
         if feature_layer is not None:
             check_layers(forward_func, [feature_layer], ["feature_layer"])
+        if layer is not None:
+            check_layers(forward_func, [layer], ["layer"])
+            if feature_layer is not None:
+                raise ValueError(
+                    "layer and feature_layer cannot be combined: with layer the explainer "
+                    "already sees the model's own representation"
+                )
         self.num_classes = num_classes
         self.multilabel = multilabel
         self.feature_layer = feature_layer
+        self.layer = layer
+        if channels_last is None:  # an embedding's (N, L, D) output: mask the tokens
+            channels_last = isinstance(layer, nn.Embedding)
         self.layout = MaskLayout(channels_last)
         self.width = width
         self.depth = depth
@@ -154,7 +172,7 @@ class AmortizedExplainer(FittingMixin, PersistenceMixin, MaskAttribution):
                 f"resized to inputs of shape {tuple(x.shape)}: it needs the same number of axes "
                 "(N, C, *spatial), channels first"
             )
-        mode = "linear" if x.dim() == 3 else "bilinear"
+        mode = {3: "linear", 4: "bilinear", 5: "trilinear"}[x.dim()]
         return F.interpolate(features, size=x.shape[2:], mode=mode, align_corners=False)
 
     def _explainer_input(self, x: Tensor) -> Tensor:
@@ -210,8 +228,26 @@ class AmortizedExplainer(FittingMixin, PersistenceMixin, MaskAttribution):
         self._build(explainer_input, x.shape[1])
         return checked_logits(self.explainer, explainer_input, x, self.num_classes)
 
-    def _check_inputs(self, inputs: Any) -> Tensor:
-        (x,) = format_inputs(inputs if isinstance(inputs, Tensor) else tuple(inputs), (1, 2))
+    def _check_inputs(self, inputs: Any) -> tuple[Tensor, Tensor | None]:
+        """The tensor the explainer masks, channels first, and (with ``layer``) the caller's
+        inputs that the classifier runs on."""
+        if self.layer is None:
+            (x,) = format_inputs(
+                inputs if isinstance(inputs, Tensor) else tuple(inputs), (1, 2, 3)
+            )
+            model_inputs = None
+        else:
+            (model_inputs,) = format_inputs(
+                inputs if isinstance(inputs, Tensor) else tuple(inputs), masked=False
+            )
+            with torch.no_grad():
+                (x,) = run_recording(lambda: self.forward_func(model_inputs), [self.layer])
+            if x.dim() not in (3, 4, 5):
+                raise ValueError(
+                    f"layer {type(self.layer).__name__} returns shape {tuple(x.shape)}; the "
+                    "explainer masks outputs with 1 to 3 axes of positions: (N, L, D), "
+                    "(N, C, L), (N, C, H, W) or (N, C, D, H, W)"
+                )
         x = self.layout.to_channels_first(x)
         if self._input_shape is not None and (x.shape[1], x.dim() - 2) != self._input_shape:
             channels, dims = self._input_shape
@@ -219,7 +255,7 @@ class AmortizedExplainer(FittingMixin, PersistenceMixin, MaskAttribution):
                 f"inputs must have {channels} channels and {dims} spatial axes like the data "
                 f"the explainer was built for, got shape {tuple(x.shape)}"
             )
-        return x
+        return x, model_inputs
 
     # ------------------------------------------------------------------ inference
     @log_usage()
@@ -234,8 +270,9 @@ class AmortizedExplainer(FittingMixin, PersistenceMixin, MaskAttribution):
         The target class's mask, in one forward pass of the explainer.
 
         Args:
-            inputs (Tensor or 1-tuple of Tensor): (N, C, H, W) images, (N, C, L) sequences, or
-                (N, L, D) with ``channels_last=True``.
+            inputs (Tensor or 1-tuple of Tensor): (N, C, H, W) images, (N, C, L) sequences,
+                (N, C, D, H, W) volumes, or (N, L, D) with ``channels_last=True``; with
+                ``layer``, whatever the model takes (token ids included).
             target (int, Tensor, list or None, optional): the class to explain, in any Captum
                 form; None explains each input's predicted class (one classifier pass).
                 Default: None
@@ -244,7 +281,8 @@ class AmortizedExplainer(FittingMixin, PersistenceMixin, MaskAttribution):
 
         Returns:
             *Tensor* (or a 1-tuple for a 1-tuple input) of **attributions** with the input's
-            shape, in [0, 1]: the mask σ(S_target), the same for every feature channel.
+            shape (``layer``'s output's with ``layer``), in [0, 1]: the mask σ(S_target), the
+            same for every feature channel.
 
         Examples::
 
@@ -252,13 +290,19 @@ class AmortizedExplainer(FittingMixin, PersistenceMixin, MaskAttribution):
         """
         if isinstance(inputs, tuple) and len(inputs) != 1:
             raise ValueError(f"inputs must be one tensor (or a 1-tuple), got {len(inputs)}")
-        call = self._prepare(inputs, target, additional_forward_args, spatial_dims=(1, 2))
+        call = self._prepare(
+            inputs,
+            target,
+            additional_forward_args,
+            spatial_dims=(1, 2, 3) if self.layer is None else None,
+            masked=self.layer is None,
+        )
         if call.targets.shape[1] != 1 or call.clean_output.shape[1] != self.num_classes:
             raise ValueError(
                 f"forward_func must return (N, {self.num_classes}) scores for num_classes="
                 f"{self.num_classes}, got {tuple(call.clean_output.shape)}"
             )
-        x = self._check_inputs(call.inputs[0])
+        x, _ = self._check_inputs(call.inputs[0])
         self._warn_if_untrained()
         with torch.no_grad(), evaluating(self.explainer):
             mask = torch.sigmoid(self._target_logits(x, call.targets[:, 0]))
@@ -280,7 +324,7 @@ class AmortizedExplainer(FittingMixin, PersistenceMixin, MaskAttribution):
 
             >>> masks = explainer.explain_all(images)     # masks[:, c] explains class c
         """
-        x = self._check_inputs(inputs)
+        x, _ = self._check_inputs(inputs)
         self._warn_if_untrained()
         with torch.no_grad(), evaluating(self.explainer):
             return torch.sigmoid(self._logits(x)).to(x.dtype)
@@ -293,19 +337,25 @@ class AmortizedExplainer(FittingMixin, PersistenceMixin, MaskAttribution):
                 "first"
             )
 
-    def _classify(self, x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    def _classify(
+        self, x: Tensor, dtype: torch.dtype | None = None, model_inputs: Tensor | None = None
+    ) -> Tensor:
         """The classifier's scores for channels-first ``x``, which is cast to ``dtype`` (the
-        data's own) first; the scores come back in the work dtype."""
+        data's own) first; the scores come back in the work dtype. With ``layer``, ``x`` is that
+        layer's (masked) output and the classifier runs on ``model_inputs`` with it swapped in."""
         caller = self.layout.to_caller(x if dtype is None else x.to(dtype))
-        scores = run_forward(self.forward_func, (caller,), None).to(work_dtype(x.dtype))
+        if self.layer is None:
+            scores = run_forward(self.forward_func, (caller,), None)
+        else:
+            with replacing_output(self.layer, caller):
+                scores = run_forward(self.forward_func, (model_inputs,), None)
+        scores = scores.to(work_dtype(x.dtype))
         if scores.dim() != 2 or scores.shape[1] != self.num_classes:
             raise ValueError(
                 f"forward_func must return (N, {self.num_classes}) scores for num_classes="
                 f"{self.num_classes}, got {tuple(scores.shape)}"
             )
         return scores
-
-
 
 
 __all__ = ["AmortizedExplainer"]

@@ -35,18 +35,21 @@ TARGET_SOURCES = ("labels", "predictions")
 
 @dataclass
 class _Batch:
-    inputs: Tensor  # channels first, (N, C, *spatial)
+    inputs: Tensor  # what the explainer masks, channels first, (N, C, *spatial)
     is_target: Tensor  # (N, num_classes) bool
+    model_inputs: Tensor | None = None  # with ``layer``: the classifier's own inputs, row by row
 
 
 class FittingMixin:
     """The training half of :class:`~captum_masks.AmortizedExplainer`."""
 
-    def _targets_of(self, x: Tensor, labels: Tensor | None, source: str) -> Tensor:
+    def _targets_of(
+        self, x: Tensor, labels: Tensor | None, source: str, model_inputs: Tensor | None
+    ) -> Tensor:
         """(N, num_classes) bool: the classes Y each input is explained for."""
         if source == "predictions":
             with torch.no_grad():
-                scores = self._classify(x)
+                scores = self._classify(x, model_inputs=model_inputs)
             if not self.multilabel:
                 return F.one_hot(scores.argmax(dim=1), self.num_classes).bool()
             present = scores.sigmoid() > 0.5
@@ -90,12 +93,16 @@ class FittingMixin:
                 "each batch must be an inputs tensor or an (inputs, labels) pair, got "
                 f"{type(batch).__name__}"
             )
-        x = self._check_inputs(inputs)
-        is_target = self._targets_of(x, labels, source)
+        x, model_inputs = self._check_inputs(inputs)
+        is_target = self._targets_of(x, labels, source, model_inputs)
         if separate_classes:  # one row per (input, class of that input)
             rows, classes = is_target.nonzero(as_tuple=True)
-            return _Batch(x[rows], F.one_hot(classes, self.num_classes).bool())
-        return _Batch(x, is_target)
+            return _Batch(
+                x[rows],
+                F.one_hot(classes, self.num_classes).bool(),
+                None if model_inputs is None else model_inputs[rows],
+            )
+        return _Batch(x, is_target, model_inputs)
 
     def _loss_terms(
         self, batch: _Batch, settings: LossSettings, explainer: nn.Module
@@ -106,7 +113,8 @@ class FittingMixin:
         explained = ExplainedBatch(
             x.to(logits.dtype),
             batch.is_target,
-            lambda masked: self._classify(masked, x.dtype),  # the classifier in the data's dtype
+            # the classifier in the data's dtype, on the rows' own inputs with ``layer``
+            lambda masked: self._classify(masked, x.dtype, _rows_of(batch.model_inputs, masked)),
             self.baselines,
             self.multilabel,
         )
@@ -267,6 +275,15 @@ class FittingMixin:
         """Build the explainer from the first batch and check its output shape once."""
         with torch.no_grad():
             self._logits(batch.inputs[:1])
+
+
+def _rows_of(model_inputs: Tensor | None, masked: Tensor) -> Tensor | None:
+    """The classifier's inputs for a stack of masked copies of the batch (the loss classifies
+    the kept and the removed parts in one pass): the batch's inputs repeated to match."""
+    if model_inputs is None:
+        return None
+    copies = masked.shape[0] // model_inputs.shape[0]
+    return model_inputs.repeat(copies, *[1] * (model_inputs.dim() - 1))
 
 
 def _check_fit_arguments(

@@ -1,7 +1,8 @@
 """Networks that map an input to one mask logit per class at the input's resolution.
 
 :class:`MaskNet` is the compact default of :class:`~captum_masks.AmortizedExplainer`: small enough
-to train on a CPU in minutes, for images (N, C, H, W) and sequences (N, C, L) alike.
+to train on a CPU in minutes, for images (N, C, H, W), sequences (N, C, L) and volumes
+(N, C, D, H, W) alike.
 :func:`deeplab_explainer` is Stalder et al.'s choice. Any ``nn.Module`` returning
 ``(N, num_classes, *spatial)`` logits works too.
 """
@@ -14,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-_CONV = {1: nn.Conv1d, 2: nn.Conv2d}
-_POOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d}
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_POOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
 
 
 class MaskNet(nn.Module):
@@ -31,7 +32,7 @@ class MaskNet(nn.Module):
     Args:
         in_channels (int): channels of the input (plus those of any features fed with it).
         num_classes (int): output channels, one mask logit per class.
-        spatial_dims (int): 2 for images, 1 for sequences.
+        spatial_dims (int): 2 for images, 1 for sequences, 3 for volumes.
         width (int): channels of the first level; each level down doubles them.
         depth (int): number of halvings.
         initial_logit (float): the output bias at initialisation.
@@ -54,7 +55,7 @@ class MaskNet(nn.Module):
     ) -> None:
         super().__init__()
         if spatial_dims not in _CONV:
-            raise ValueError(f"spatial_dims must be 1 or 2, got {spatial_dims!r}")
+            raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims!r}")
         conv = _CONV[spatial_dims]
 
         def block(inputs: int, outputs: int) -> nn.Sequential:

@@ -51,13 +51,6 @@ class PersistenceMixin:
 
     def _config(self) -> dict:
         channels, dims = self._input_shape or (None, None)
-        layer_name = None
-        if self.feature_layer is not None and isinstance(self.forward_func, nn.Module):
-            layer_name = next(
-                name
-                for name, module in self.forward_func.named_modules()
-                if module is self.feature_layer
-            )
         return {
             "num_classes": self.num_classes,
             "multilabel": self.multilabel,
@@ -68,8 +61,17 @@ class PersistenceMixin:
             "explainer": self._kind,
             "input_channels": channels,
             "spatial_dims": dims,
-            "feature_layer": layer_name,
+            "feature_layer": self._module_name(self.feature_layer),
+            "layer": self._module_name(self.layer),
         }
+
+    def _module_name(self, layer: nn.Module | None) -> str | None:
+        """The name of ``layer`` inside the classifier, the form a checkpoint stores it in."""
+        if layer is None or not isinstance(self.forward_func, nn.Module):
+            return None
+        return next(
+            name for name, module in self.forward_func.named_modules() if module is layer
+        )
 
     def _checkpoint_header(self) -> dict:
         return {
@@ -137,13 +139,12 @@ class PersistenceMixin:
                 f"{os.fspath(path)} holds a custom explainer network: pass an instance of it as "
                 "explainer="
             )
-        feature_layer = None
-        if config["feature_layer"] is not None:
-            if not isinstance(forward_func, nn.Module):
-                raise ValueError(
-                    "the explainer used a feature_layer: forward_func must be the model"
-                )
-            feature_layer = forward_func.get_submodule(config["feature_layer"])
+        layers = {}
+        for key in ("feature_layer", "layer"):  # checkpoints before layer= have no "layer"
+            if config.get(key) is not None:
+                if not isinstance(forward_func, nn.Module):
+                    raise ValueError(f"the explainer used a {key}: forward_func must be the model")
+                layers[key] = forward_func.get_submodule(config[key])
         restored = cls(
             forward_func,
             config["num_classes"],
@@ -151,7 +152,8 @@ class PersistenceMixin:
                 config["explainer"], config["explainer"]
             ),
             multilabel=config["multilabel"],
-            feature_layer=feature_layer,
+            feature_layer=layers.get("feature_layer"),
+            layer=layers.get("layer"),
             channels_last=config["channels_last"],
             width=config["width"],
             depth=config["depth"],
