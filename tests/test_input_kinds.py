@@ -222,6 +222,59 @@ def test_every_rank_gives_an_input_shaped_mask_that_depends_only_on_its_example(
     torch.testing.assert_close(batch.float(), alone.float(), atol=atol, rtol=0)
 
 
+class NormalisedAnyRank(AnyRank):
+    """AnyRank with a batch norm in front: in training mode every call updates its buffers."""
+
+    def __init__(self, shape):
+        super().__init__(shape)
+        self.norm = nn.BatchNorm1d(int(torch.tensor(shape).prod()))
+
+    def forward(self, x):
+        flat = self.norm(x.reshape(x.shape[0], -1))
+        return super().forward(flat)
+
+
+#: two groupings of an 8 × 8 image: four horizontal bands, and four interleaved columns
+PER_EXAMPLE_GROUPS = torch.stack([torch.arange(64) // 16, torch.arange(64) % 4]).view(2, 1, 8, 8)
+INPUT_KINDS = {
+    "rows": ((12,), {}),
+    "sequence": ((2, 16), {"channels_last": False}),
+    "volume": ((1, 6, 6, 6), {}),
+    "rows, grouped": ((12,), {"feature_mask": torch.arange(12).view(1, 12) // 3}),
+    "image, per-example groups": (
+        (1, 8, 8),
+        {"feature_mask": PER_EXAMPLE_GROUPS},
+    ),
+}
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("kind", list(INPUT_KINDS))
+def test_the_captum_contract_holds_for_every_input_kind(method, kind):
+    shape, options = INPUT_KINDS[kind]
+    inputs = torch.randn(2, *shape, generator=torch.Generator().manual_seed(10))
+    model = NormalisedAnyRank(shape).train()  # buffers that a forward pass would change
+    before = model_state(model)
+    explainer = method(model)
+    with pytest.warns(UserWarning, match="training mode"):
+        single = explainer.attribute(inputs, target=[0, 2], n_iter=5, **options)
+    assert_same_state(before, model_state(model))
+    assert isinstance(single, torch.Tensor) and single.shape == inputs.shape
+    model.eval()
+    single = explainer.attribute(inputs, target=[0, 2], n_iter=5, **options)
+    for target in (torch.tensor([0, 2]), [0, 2]):
+        assert torch.equal(explainer.attribute(inputs, target=target, n_iter=5, **options), single)
+    tuple_options = {k: (v,) if k == "feature_mask" else v for k, v in options.items()}
+    as_tuple = explainer.attribute((inputs,), target=[0, 2], n_iter=5, **tuple_options)
+    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], single)
+    double = method(model.double()).attribute(inputs.double(), target=[0, 2], n_iter=5, **options)
+    assert double.dtype == torch.float64 and double.shape == inputs.shape
+    tunnel = NoiseTunnel(explainer).attribute(
+        inputs.double(), target=[0, 2], nt_samples=2, stdevs=0.0, n_iter=5, **options
+    )
+    torch.testing.assert_close(tunnel, double, atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_three_dimensional_inputs_without_a_layout_are_warned_about(method):
     embeddings = torch.randn(2, 5, 16)  # (N, L, D) or (N, C, L): the shape cannot tell
