@@ -8,6 +8,7 @@ from captum_masks.layer import LayerMeaningfulPerturbation, LayerNeuroMask
 from captum_masks.masks import ChannelCombinationMask, SigmoidMask, UpsampledMask
 from captum_masks.meaningful_perturbation import MeaningfulPerturbation
 from captum_masks.neuromask import NeuroMaskAttr
+from captum_masks.rise import RISE
 from captum_masks.perturbations import blend, constant_reference, gaussian_blur, noise_reference
 from captum_masks.visualization import attribution_to_image, image_to_numpy
 
@@ -24,6 +25,7 @@ __all__ = [
     "MeaningfulPerturbation",
     "NeuroMaskAttr",
     "OptimizationHistory",
+    "RISE",
     "SigmoidMask",
     "UpsampledMask",
     "attribution_to_image",

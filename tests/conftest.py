@@ -54,6 +54,63 @@ class TinyCNN(nn.Module):
         return logits if scale is None else logits * scale
 
 
+class TwoInputs(nn.Module):
+    """An RGB and a grey image in, one score vector out: a model of a tuple of inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = TinyCNN(), TinyCNN(in_channels=1)
+
+    def forward(self, rgb, gray):
+        return self.a(rgb) + self.b(gray)
+
+
+def explicit_targets(target, model: nn.Module, images: torch.Tensor) -> list:
+    """Any Captum ``target`` form for ``images`` as one int per example."""
+    if target is None:
+        return model(images).argmax(1).tolist()
+    if isinstance(target, torch.Tensor) and target.dim() == 0:
+        return [int(target)] * images.shape[0]
+    if isinstance(target, int):
+        return [target] * images.shape[0]
+    return [int(t) for t in target]
+
+
+def assert_captum_metrics_run(model, explainer, images, settings: dict) -> None:
+    """Captum's ``infidelity`` and ``sensitivity_max`` accept ``explainer``'s attributions of
+    ``images`` for target 1 (computed with ``settings``) and give one finite value per image."""
+    from captum.metrics import infidelity, sensitivity_max
+
+    attribution = explainer.attribute(images, target=1, **settings)
+
+    def perturb(inputs):
+        noise = torch.randn_like(inputs) * 0.1
+        return noise, inputs - noise
+
+    score = infidelity(model, perturb, images, attribution, target=1, n_perturb_samples=2)
+    assert score.shape == (images.shape[0],) and torch.isfinite(score).all()
+    sensitivity = sensitivity_max(
+        explainer.attribute, images, target=1, n_perturb_samples=2, **settings
+    )
+    assert sensitivity.shape == (images.shape[0],) and torch.isfinite(sensitivity).all()
+
+
+def assert_feeds_captum_visualization(attribution: torch.Tensor, images: torch.Tensor) -> None:
+    """Captum's ``visualize_image_attr`` draws the first attribution over its image."""
+    from captum.attr import visualization as viz
+
+    from captum_masks import attribution_to_image, image_to_numpy
+
+    figure, _ = viz.visualize_image_attr(
+        attribution_to_image(attribution),
+        image_to_numpy(images[:1], [0.5] * 3, [0.2] * 3),
+        method="blended_heat_map",
+        sign="positive",
+        use_pyplot=False,
+    )
+    assert figure is not None
+
+
 class SpotDetector(nn.Module):
     """Class 1's logit is the mean brightness of a fixed square, class 0's its negation.
 

@@ -13,13 +13,16 @@ matplotlib.use("Agg")
 import pytest
 import torch
 from captum.attr import NoiseTunnel
-from captum.attr import visualization as viz
-from captum.metrics import infidelity, sensitivity_max
+from captum.metrics import sensitivity_max
 from conftest import (
     NormCNN,
     TinyCNN,
+    TwoInputs,
+    assert_captum_metrics_run,
+    assert_feeds_captum_visualization,
     assert_same_state,
     assert_valid_mask_or_clear_error,
+    explicit_targets,
     fail_on_call,
     model_state,
 )
@@ -32,8 +35,6 @@ from captum_masks import (
     GuidedFeatureInversion,
     MeaningfulPerturbation,
     NeuroMaskAttr,
-    attribution_to_image,
-    image_to_numpy,
 )
 
 
@@ -173,14 +174,6 @@ def test_tuple_in_tuple_out(method):
     if not method.takes_tuples:
         pytest.skip("explains one image tensor")
 
-    class TwoInputs(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b = TinyCNN(), TinyCNN(in_channels=1)
-
-        def forward(self, rgb, gray):
-            return self.a(rgb) + self.b(gray)
-
     torch.manual_seed(0)
     rgb, gray = torch.randn(2, 3, 16, 16), torch.randn(2, 1, 24, 24)
     result = method(TwoInputs().eval(), (rgb, gray), target=0)
@@ -195,14 +188,7 @@ def test_every_target_form_matches_explicit_per_example_targets(method, tiny_mod
     _, history = method(
         tiny_model, images, target=target, return_history=True, **method.deterministic
     )
-    if target is None:
-        expected = tiny_model(images).argmax(1).tolist()
-    elif isinstance(target, torch.Tensor) and target.dim() == 0:
-        expected = [int(target)] * 3
-    elif isinstance(target, int):
-        expected = [target] * 3
-    else:
-        expected = [int(t) for t in target]
+    expected = explicit_targets(target, tiny_model, images)
     _, reference = method(
         tiny_model, images, target=expected, return_history=True, **method.deterministic
     )
@@ -255,30 +241,11 @@ def test_noise_tunnel_wraps_it(method, tiny_model, images):
 
 def test_captum_metrics_run_on_it(method, tiny_model, images):
     explainer = method.explainer(tiny_model)
-    attribution = explainer.attribute(images, target=1, **method.iterations(8))
-
-    def perturb(inputs):
-        noise = torch.randn_like(inputs) * 0.1
-        return noise, inputs - noise
-
-    score = infidelity(tiny_model, perturb, images, attribution, target=1, n_perturb_samples=2)
-    assert score.shape == (3,) and torch.isfinite(score).all()
-    sensitivity = sensitivity_max(
-        explainer.attribute, images, target=1, n_perturb_samples=2, **method.iterations(4)
-    )
-    assert sensitivity.shape == (3,) and torch.isfinite(sensitivity).all()
+    assert_captum_metrics_run(tiny_model, explainer, images, method.iterations(4))
 
 
 def test_output_feeds_captum_visualization(method, tiny_model, images):
-    attribution = method(tiny_model, images[:1], target=1)
-    figure, _ = viz.visualize_image_attr(
-        attribution_to_image(attribution),
-        image_to_numpy(images[:1], [0.5] * 3, [0.2] * 3),
-        method="blended_heat_map",
-        sign="positive",
-        use_pyplot=False,
-    )
-    assert figure is not None
+    assert_feeds_captum_visualization(method(tiny_model, images[:1], target=1), images)
 
 
 def test_multiplies_by_inputs_and_no_convergence_delta(method, tiny_model):

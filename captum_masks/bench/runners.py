@@ -4,6 +4,7 @@ suite's settings: the rows of the benchmark."""
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 
 import torch
@@ -14,6 +15,7 @@ from captum_masks.bench.suites import Suite
 from captum_masks.guided_feature_inversion import GuidedFeatureInversion
 from captum_masks.meaningful_perturbation import GAMES, MeaningfulPerturbation
 from captum_masks.neuromask import NeuroMaskAttr
+from captum_masks.rise import RISE
 
 CAPTUM_METHODS = ("Saliency", "IntegratedGradients", "Occlusion", "FeatureAblation", "LayerGradCam")
 OUR_METHODS = (
@@ -22,6 +24,7 @@ OUR_METHODS = (
     "GuidedFeatureInversion",
     "GuidedFeatureInversion/inversion",
     "AmortizedExplainer",
+    "RISE",
 )
 ALL_METHODS = OUR_METHODS + CAPTUM_METHODS
 #: the suites whose model has a trained AmortizedExplainer
@@ -32,6 +35,7 @@ OUR_CLASSES = {
     "NeuroMaskAttr": NeuroMaskAttr,
     "GuidedFeatureInversion": GuidedFeatureInversion,
     "AmortizedExplainer": AmortizedExplainer,
+    "RISE": RISE,
 }
 
 
@@ -81,6 +85,12 @@ def _our_runners(
         explainer, _ = load_synthetic_explainer(verbose=False)
         return explainer.attribute(x, target=t)
 
+    def rise(x: Tensor, t: Tensor) -> Tensor:
+        # as many forward passes as FeatureAblation's grid of patches has cells
+        cells = math.ceil(x.shape[2] / suite.patch) * math.ceil(x.shape[3] / suite.patch)
+        settings = {"n_samples": cells, **accepted("RISE", overrides)}
+        return RISE(model).attribute(x, target=t, seed=seed, **settings)
+
     neuromask_settings = {**suite.neuromask_settings, **accepted("NeuroMaskAttr", overrides)}
     return {
         "AmortizedExplainer": amortized,
@@ -90,6 +100,7 @@ def _our_runners(
         ),
         "GuidedFeatureInversion": guided_feature_inversion("target"),
         "GuidedFeatureInversion/inversion": guided_feature_inversion("inversion"),
+        "RISE": rise,
     }
 
 
