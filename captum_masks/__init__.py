@@ -3,9 +3,10 @@
 from captum_masks._optimize import OptimizationHistory
 from captum_masks.amortized import AmortizedExplainer, FitHistory
 from captum_masks.amortized.networks import MaskNet, deeplab_explainer
+from captum_masks.extremal_perturbation import ExtremalPerturbation
 from captum_masks.guided_feature_inversion import GuidedFeatureInversion
 from captum_masks.layer import LayerMeaningfulPerturbation, LayerNeuroMask
-from captum_masks.masks import ChannelCombinationMask, SigmoidMask, UpsampledMask
+from captum_masks.masks import ChannelCombinationMask, SigmoidMask, SmoothMaxMask, UpsampledMask
 from captum_masks.meaningful_perturbation import MeaningfulPerturbation
 from captum_masks.neuromask import NeuroMaskAttr
 from captum_masks.rise import RISE
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AmortizedExplainer",
     "ChannelCombinationMask",
+    "ExtremalPerturbation",
     "FitHistory",
     "GuidedFeatureInversion",
     "LayerMeaningfulPerturbation",
@@ -27,6 +29,7 @@ __all__ = [
     "OptimizationHistory",
     "RISE",
     "SigmoidMask",
+    "SmoothMaxMask",
     "UpsampledMask",
     "attribution_to_image",
     "blend",

@@ -202,6 +202,51 @@ def make_reference(
     raise ValueError(f"perturbation must be one of {PERTURBATIONS}, got {perturbation!r}")
 
 
+def blur_pyramid(inputs: Tensor, levels: int = 8, max_sigma: float = 20.0) -> Tensor:
+    """Increasingly sharp copies of ``inputs`` (Fong, Patrick & Vedaldi 2019): level l of L is
+    blurred with σ_l = ``max_sigma``·(1 − l / (L − 1)), so level 0 is the most blurred and level
+    L − 1 the input itself.
+
+    Args:
+        inputs (Tensor): ``(N, C, *spatial)`` with at least one spatial axis.
+        levels (int): L, at least 2.
+        max_sigma (float): σ of level 0, in pixels.
+
+    Returns:
+        Tensor ``(N, L, C, *spatial)`` on the input's device and dtype.
+
+    Examples::
+
+        >>> pyramid = blur_pyramid(images)                 # (N, 8, 3, H, W)
+        >>> perturbed = pyramid_blend(pyramid, mask)       # the input where mask = 1
+    """
+    if levels < 2:
+        raise ValueError(f"levels must be at least 2, got {levels!r}")
+    sigmas = [max_sigma * (1 - level / (levels - 1)) for level in range(levels)]
+    return torch.stack([gaussian_blur(inputs, sigma) for sigma in sigmas], dim=1)
+
+
+def pyramid_blend(pyramid: Tensor, mask: Tensor) -> Tensor:
+    """Each position shows the pyramid level its mask value points at, interpolated linearly
+    between the two nearest levels: 1 keeps the input, 0 shows the most blurred copy.
+
+    Args:
+        pyramid (Tensor): ``(N, L, C, *spatial)`` from :func:`blur_pyramid`.
+        mask (Tensor): ``(N, 1, *spatial)`` in [0, 1]; differentiable.
+
+    Returns:
+        Tensor ``(N, C, *spatial)``.
+    """
+    levels = pyramid.shape[1]
+    position = mask.unsqueeze(1) * (levels - 1)  # (N, 1, 1, *spatial)
+    lower = position.detach().floor().clamp(0, levels - 2)
+    fraction = position - lower
+    index = lower.long().expand(-1, 1, *pyramid.shape[2:])
+    below = pyramid.gather(1, index)
+    above = pyramid.gather(1, index + 1)
+    return ((1 - fraction) * below + fraction * above).squeeze(1)
+
+
 def choose_perturbation(
     perturbation: str | None, inputs: Sequence[Tensor], baselines: Sequence[BaselineType]
 ) -> str:
@@ -245,10 +290,12 @@ def blend(inputs: Tensor, mask: Tensor, reference: Tensor) -> Tensor:
 __all__ = [
     "PERTURBATIONS",
     "blend",
+    "blur_pyramid",
     "choose_perturbation",
     "constant_reference",
     "gaussian_blur",
     "gaussian_kernel1d",
     "make_reference",
     "noise_reference",
+    "pyramid_blend",
 ]

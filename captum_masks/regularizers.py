@@ -92,15 +92,17 @@ def laplacian(mask: Tensor, kernel_size: int = 3, squared: bool = False) -> Tens
     return _flat(response.square() if squared else response.abs()).sum(dim=1)
 
 
-def area(mask: Tensor, fraction: float) -> Tensor:
-    r"""Area constraint of Fong, Patrick & Vedaldi (2019): ``‖sort(m) − r_a‖² / |Λ|`` per example.
+def area(mask: Tensor, fraction: float | Tensor) -> Tensor:
+    r"""Area constraint of Fong, Patrick & Vedaldi (2019, Eq. 8): ``‖sort(m) − r_a‖² / |Λ|`` per
+    example.
 
     ``r_a`` is the sorted vector of a mask whose ``fraction`` of pixels is 1 and the rest 0, so the
     term is zero exactly when the mask keeps that fraction of the input and is binary.
 
     Args:
         mask (Tensor): (N, ...) mask in [0, 1].
-        fraction (float): target area a in [0, 1].
+        fraction (float or Tensor): target area a in [0, 1], one for every example or (N,)
+            one each.
 
     Returns:
         Tensor (N,).
@@ -109,12 +111,14 @@ def area(mask: Tensor, fraction: float) -> Tensor:
 
         >>> area(mask, fraction=0.1)     # pull the mask towards keeping 10 % of the image
     """
-    if not 0.0 <= fraction <= 1.0:
+    fractions = torch.as_tensor(fraction, dtype=mask.dtype, device=mask.device)
+    if not bool(((fractions >= 0) & (fractions <= 1)).all()):
         raise ValueError(f"fraction must be in [0, 1], got {fraction!r}")
     values = _flat(mask).sort(dim=1).values
     size = values.shape[1]
-    ones = round(fraction * size)
-    reference = torch.cat([values.new_zeros(size - ones), values.new_ones(ones)])
+    ones = torch.round(fractions * size).view(-1, 1)
+    rank = torch.arange(size, device=mask.device, dtype=mask.dtype)
+    reference = (rank >= size - ones).to(mask.dtype)  # the last ``ones`` sorted values are 1
     return (values - reference).square().mean(dim=1)
 
 

@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from captum_masks import (
+    ExtremalPerturbation,
     GuidedFeatureInversion,
     MeaningfulPerturbation,
     NeuroMaskAttr,
@@ -58,6 +59,8 @@ class Method:
     keep_all: dict | None = field(default_factory=dict)
     #: settings under which the seed changes the result
     seeded: dict = field(default_factory=dict)
+    #: the method draws random numbers (a seed changes its result under ``seeded``)
+    draws_random: bool = True
     #: hypothesis strategies for the method's own options, valid and invalid values alike
     fuzzed: dict = field(default_factory=dict)
 
@@ -150,6 +153,29 @@ METHODS = {
             "lr_step": iterations(4),
             "init_weight": mostly(numbers(0, 1), numbers(-1, -1e-3)),
             "background_weight": mostly(numbers(0, 2), numbers(-1, -1e-3)),
+            "internal_batch_size": CHUNKS,
+        },
+    ),
+    "ExtremalPerturbation": Method(
+        ExtremalPerturbation,
+        takes_tuples=False,
+        keep_all=None,  # the smooth maximum of parameters at 1 is just below 1
+        draws_random=False,
+        fuzzed={
+            "n_iter": iterations(3),
+            "game": mostly(st.sampled_from(["preservation", "deletion", "dual"]), st.just("both")),
+            "reward": mostly(st.sampled_from(["simple", "contrastive"]), st.just("soft")),
+            "areas": mostly(
+                numbers(0.01, 0.9) | st.lists(numbers(0.01, 0.9), min_size=1, max_size=3),
+                numbers(1.0, 2.0),
+            ),
+            "perturbation": mostly(st.sampled_from(["blur", "constant"]), st.just("noise")),
+            "step": mostly(st.integers(1, 9), st.integers(-1, 0)),
+            "sigma": mostly(numbers(0.5, 30), numbers(-1, 0)),
+            "stride": mostly(st.integers(1, 5), st.just(0)),
+            "levels": mostly(st.integers(2, 9), st.integers(0, 1)),
+            "max_blur": mostly(numbers(0, 20), numbers(-1, -1e-3)),
+            "jitter": st.booleans(),
             "internal_batch_size": CHUNKS,
         },
     ),
@@ -280,6 +306,8 @@ def test_early_stopping_is_per_example_and_batch_equals_one_by_one(method, tiny_
 
 
 def test_same_seed_same_result_other_seed_other_result(method, tiny_model, images):
+    if not method.draws_random:
+        pytest.skip(f"{method.cls.__name__} draws no random numbers")
     first = method(tiny_model, images, target=1, seed=7, **method.seeded)
     again = method(tiny_model, images, target=1, seed=7, **method.seeded)
     other = method(tiny_model, images, target=1, seed=8, **method.seeded)

@@ -17,6 +17,7 @@ TUTORIALS = sorted((Path(__file__).parent.parent / "tutorials").glob("*.ipynb"))
 QUICK = {
     "amortized_explainer.ipynb": {"TRAIN_SIZE": 256, "EPOCHS": 1, "TEST_SIZE": 8},
     "beyond_images.ipynb": {"N_ROWS": 12, "N_ITER": 20, "TRAIN_STEPS": 100},
+    "extremal_perturbation_and_rise.ipynb": {"N_ITER": 10, "N_SAMPLES": 64},
     "comparing_with_captum.ipynb": {
         "N_SYNTHETIC": 3,
         "N_PHOTOS": 1,

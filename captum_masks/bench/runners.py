@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from captum_masks.amortized import AmortizedExplainer
+from captum_masks.extremal_perturbation import ExtremalPerturbation
 from captum_masks.bench.suites import Suite
 from captum_masks.guided_feature_inversion import GuidedFeatureInversion
 from captum_masks.meaningful_perturbation import GAMES, MeaningfulPerturbation
@@ -24,6 +25,7 @@ OUR_METHODS = (
     "GuidedFeatureInversion",
     "GuidedFeatureInversion/inversion",
     "AmortizedExplainer",
+    "ExtremalPerturbation",
     "RISE",
 )
 ALL_METHODS = OUR_METHODS + CAPTUM_METHODS
@@ -36,6 +38,7 @@ OUR_CLASSES = {
     "GuidedFeatureInversion": GuidedFeatureInversion,
     "AmortizedExplainer": AmortizedExplainer,
     "RISE": RISE,
+    "ExtremalPerturbation": ExtremalPerturbation,
 }
 
 
@@ -101,6 +104,9 @@ def _our_runners(
         "GuidedFeatureInversion": guided_feature_inversion("target"),
         "GuidedFeatureInversion/inversion": guided_feature_inversion("inversion"),
         "RISE": rise,
+        "ExtremalPerturbation": lambda x, t: ExtremalPerturbation(model).attribute(
+            x, target=t, seed=seed, **accepted("ExtremalPerturbation", overrides)
+        ),
     }
 
 

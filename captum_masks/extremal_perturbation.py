@@ -1,0 +1,324 @@
+"""Extremal Perturbation (Fong, Patrick & Vedaldi, "Understanding Deep Networks via Extremal
+Perturbations and Smooth Masks", ICCV 2019)."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from captum.log import log_usage
+from torch import Tensor
+
+from captum_masks._base import MaskAttribution, check_seed, leaves_model_as_found
+from captum_masks._inputs import (
+    check_at_least,
+    check_choice,
+    check_positive_int,
+    format_inputs,
+    map_batch,
+    per_input_baselines,
+    select_scores,
+)
+from captum_masks._optimize import (
+    ExampleRows,
+    MaskProblem,
+    OptimizationHistory,
+    OptimizationSettings,
+    OptimizerType,
+    SchedulerType,
+    optimize_masks,
+)
+from captum_masks.masks import SmoothMaxMask
+from captum_masks.perturbations import (
+    blend,
+    blur_pyramid,
+    choose_perturbation,
+    constant_reference,
+    pyramid_blend,
+)
+from captum_masks.regularizers import area
+
+GAMES = ("preservation", "deletion", "dual")
+REWARDS = ("simple", "contrastive")
+#: how much the area weight λ grows over a run: TorchRay's 1.0035 per step over its 800 steps
+AREA_WEIGHT_GROWTH = 1.0035**800
+
+
+class ExtremalPerturbation(MaskAttribution):
+    r"""
+    Extremal Perturbation finds, for each input and each target area a, the smooth mask of area
+    a whose preserved region scores the target highest [Fong, Patrick & Vedaldi, ICCV 2019]:
+
+    .. math::
+        m_a = \arg\max_{m}\; \Phi(m \otimes x) - \lambda\, R_a(m), \qquad
+        R_a(m) = \lVert \mathrm{vecsort}(m) - r_a \rVert^2 / |\Omega|
+
+    (Eq. 7–8), where m ⊗ x shows the input where m = 1 and a blurred copy where m = 0 (the blur
+    pyramid: each value of m picks, by linear interpolation, one of 8 copies blurred with σ from
+    20 px down to 0), Φ is the target's score (the logit, as in the authors' code; or the
+    *contrastive* reward, the target minus the best other class), r_a the sorted vector of a
+    binary mask of area a, and m the smooth max-pooling of a 7-px grid of parameters
+    (:class:`~captum_masks.SmoothMaxMask`, σ = 21 px). The *deletion* game maximises
+    −Φ((1 − m) ⊗ x) instead, the *dual* game the difference of the two. λ grows geometrically
+    during the run, so the area is met by the end: it starts at 300 and ends 16.4 times
+    higher, the factor the authors' code reaches in its 800 steps.
+
+    Every (input, area) pair is one row of one batch: images × areas are optimised together,
+    each row independent of the others, so a batch gives the one-by-one result. The attribution
+    is the mask (its importance is its value: the region kept, or the region whose deletion
+    destroys the score); with several areas, their mean, as the paper's figures sum the masks
+    over areas.
+
+    Differences from the paper and the authors' code, by design:
+
+    - Adam with lr 0.1 for 150 steps instead of SGD with momentum (lr 0.01) for 800; λ's
+      schedule is stretched to the run, whatever its length. Chosen on the calibration photos
+      (README, Calibration): relevance mass 0.88 with every photo pointed at, against 0.81
+      for 300 steps at lr 0.05; lr 0.2 missed 4 of 6 photos.
+    - The mask is evaluated every 4 pixels and bilinearly upsampled (``stride``), a sixteenth
+      of the exact generator's cost at the same smoothness.
+    - The area term acts on the mask inside the image (the authors' code adds a margin of σ).
+    - Jitter flips the perturbed image horizontally every other step, as their code does.
+
+    Args:
+        forward_func (Callable): the model, returning scores (N, num_classes) (logits, for
+            the default reward).
+
+    Examples::
+
+        >>> ep = ExtremalPerturbation(model.eval())
+        >>> mask = ep.attribute(images, target=3)                     # (N, 3, H, W), area 0.1
+        >>> masks = ep.attribute(images, target=3, areas=(0.05, 0.1, 0.2))  # their mean
+    """
+
+    @log_usage()
+    @leaves_model_as_found
+    def attribute(
+        self,
+        inputs: Tensor | tuple[Tensor],
+        target: Any = None,
+        additional_forward_args: Any = None,
+        baselines: Any = None,
+        areas: float | Sequence[float] = 0.1,
+        game: str = "preservation",
+        reward: str = "simple",
+        perturbation: str | None = None,
+        n_iter: int = 150,
+        lr: float = 0.1,
+        optimizer: OptimizerType = "adam",
+        scheduler: SchedulerType = None,
+        area_weight: float = 300.0,
+        area_weight_growth: float = AREA_WEIGHT_GROWTH,
+        step: int = 7,
+        sigma: float = 21.0,
+        stride: int = 4,
+        levels: int = 8,
+        max_blur: float = 20.0,
+        jitter: bool = True,
+        apply_softmax: bool = False,
+        tolerance: float | None = None,
+        patience: int = 20,
+        internal_batch_size: int | None = None,
+        seed: int = 0,
+        show_progress: bool = False,
+        return_history: bool = False,
+    ) -> Tensor | tuple[Tensor] | tuple[Tensor | tuple[Tensor], OptimizationHistory]:
+        r"""
+        Args:
+            inputs (Tensor or 1-tuple of Tensor): images (N, C, H, W), batch first.
+            target (int, tuple, Tensor, list or None, optional): the output index to explain,
+                in any Captum form; None explains each image's predicted class. Default: None
+            additional_forward_args (Any, optional): passed to ``forward_func`` after the
+                inputs. Default: None
+            baselines (scalar, sequence or Tensor, optional): with ``perturbation="constant"``
+                (chosen when baselines are given), what the masked-out image shows: a scalar,
+                one value per channel, or a tensor broadcastable to the input. Default: None
+            areas (float or sequence of float, optional): the target areas a, each in (0, 1);
+                every image is explained at each. Default: 0.1
+            game (str, optional): ``"preservation"`` (the region that alone keeps the score),
+                ``"deletion"`` (the region whose blurring destroys it) or ``"dual"`` (both at
+                once: two model passes per step). Default: "preservation"
+            reward (str, optional): ``"simple"`` (the target's score) or ``"contrastive"``
+                (the target's score minus the highest other class's). Default: "simple"
+            perturbation (str, optional): ``"blur"`` (the blur pyramid) or ``"constant"`` (the
+                ``baselines``); None picks ``"constant"`` when baselines are given, ``"blur"``
+                otherwise. Default: None
+            n_iter (int, optional): optimisation steps. Default: 150
+            lr (float, optional): learning rate. Default: 0.1
+            optimizer (str or callable, optional): ``"adam"``, ``"rmsprop"``, ``"sgd"`` or
+                ``(params, lr) -> torch.optim.Optimizer`` (the authors' SGD:
+                ``lambda p, lr: torch.optim.SGD(p, lr, momentum=0.9, dampening=0.9)``).
+                Default: "adam"
+            scheduler (callable, optional): ``optimizer -> scheduler``, stepped every step.
+                Default: None
+            area_weight (float, optional): λ at the first step (the paper's 300). Default: 300
+            area_weight_growth (float, optional): λ at the last step ÷ λ at the first; λ grows
+                geometrically in between. Default: 1.0035⁸⁰⁰ ≈ 16.4
+            step (int, optional): spacing of the mask's parameter grid, in pixels. Default: 7
+            sigma (float, optional): width σ of the smooth-max kernel, in pixels. Default: 21
+            stride (int, optional): the mask is evaluated every ``stride`` pixels and
+                upsampled (1: every pixel). Default: 4
+            levels (int, optional): copies in the blur pyramid. Default: 8
+            max_blur (float, optional): σ of the most blurred copy, in pixels. Default: 20
+            jitter (bool, optional): flip the perturbed image horizontally every other step.
+                Default: True
+            apply_softmax (bool, optional): score the target by its softmax probability
+                instead of the raw output. Default: False (the authors' code uses logits)
+            tolerance (float, optional): per-example early stopping, as in
+                :class:`~captum_masks.MeaningfulPerturbation`; λ keeps growing, so it is off by
+                default. Default: None
+            patience (int, optional): see ``tolerance``. Default: 20
+            internal_batch_size (int, optional): optimise at most this many (image, area) rows
+                at a time; the result does not depend on it. Default: None (all at once)
+            seed (int, optional): checked for Captum's interface; the method draws no random
+                numbers (the jitter is a fixed flip). Default: 0
+            show_progress (bool, optional): a progress bar over the steps. Default: False
+            return_history (bool, optional): also return the
+                :class:`~captum_masks.OptimizationHistory`, one column per (image, area) row,
+                image-major. Default: False
+
+        Returns:
+            *Tensor* (a 1-tuple for a 1-tuple input) of **attributions** with the input's
+            shape, in [0, 1]: the mask at the one area, or the mean of the masks over
+            ``areas``. With ``return_history=True``, ``(attributions, history)``.
+
+        Examples::
+
+            >>> ep = ExtremalPerturbation(model)
+            >>> mask = ep.attribute(image, target=281, areas=0.05, game="dual")
+        """
+        check_seed(seed)
+        fractions = _check_arguments(
+            areas, game, reward, area_weight, area_weight_growth, levels, max_blur, jitter
+        )
+        settings = OptimizationSettings(  # the fields in order, named alike
+            n_iter, lr, optimizer, scheduler, tolerance, patience, internal_batch_size,
+            show_progress, f"Extremal Perturbation ({game})",
+        )
+        parametrisation = SmoothMaxMask(step, sigma, stride=stride)
+        if isinstance(inputs, tuple) and len(inputs) != 1:
+            raise ValueError(f"inputs must be one image tensor (or a 1-tuple), got {len(inputs)}")
+        # the perturbation is checked before the model runs on the inputs
+        (baseline,) = per_input_baselines(baselines, 1)
+        perturbation = choose_perturbation(perturbation, format_inputs(inputs, 2), [baseline])
+        check_choice("perturbation", perturbation, ("blur", "constant"))
+        if perturbation == "blur" and baseline is not None:
+            raise ValueError(
+                "baselines is only used by perturbation='constant'; the blur perturbation "
+                "replaces content by blurred copies of the input"
+            )
+        call = self._prepare(inputs, target, additional_forward_args, spatial_dims=2)
+        (image,) = call.work_inputs
+        num_areas = len(fractions)
+        # one row per (image, area), image-major; the reference is the pyramid or the baseline
+        if perturbation == "blur":
+            reference = blur_pyramid(image, levels, max_blur)
+        else:
+            reference = constant_reference(image, baseline)
+        everyone = ExampleRows(
+            [image.repeat_interleave(num_areas, dim=0)],
+            [reference.repeat_interleave(num_areas, dim=0)],
+            call.targets.repeat_interleave(num_areas, dim=0),
+            map_batch(
+                call.additional_args,
+                call.num_examples,
+                lambda arg: arg.repeat_interleave(num_areas, dim=0),
+            ),
+            torch.arange(call.num_examples * num_areas, device=call.device),
+        )
+        row_areas = torch.tensor(fractions, device=call.device).repeat(call.num_examples)
+        spatial = image.shape[2:]
+
+        def perturb(rows: ExampleRows, mask: Tensor) -> Tensor:
+            if perturbation == "blur":
+                return pyramid_blend(rows.references[0], mask)
+            return blend(rows.inputs[0], mask, rows.references[0])
+
+        def build_problem(batch: slice) -> MaskProblem:
+            steps_taken = [0]
+
+            def objective(params: Sequence[Tensor], rows: ExampleRows) -> tuple[Tensor, Tensor]:
+                mask = parametrisation(params[0], spatial)
+                shown = []  # m ⊗ x and (1 − m) ⊗ x, Eq. 7 and its deletion form
+                if game != "deletion":
+                    shown.append(perturb(rows, mask))
+                if game != "preservation":
+                    shown.append(perturb(rows, 1.0 - mask))
+                perturbed = torch.cat(shown)
+                if jitter and steps_taken[0] % 2 == 0:
+                    perturbed = perturbed.flip(-1)
+                args = map_batch(
+                    rows.additional_args,
+                    len(rows.indices),
+                    lambda arg: arg.repeat(len(shown), *[1] * (arg.dim() - 1)),
+                )
+                output = call.forward([perturbed], args)
+                targets = rows.targets.repeat(len(shown), 1)
+                scores = _reward(output, targets, reward, apply_softmax).chunk(len(shown))
+                # Φ: the preserved region's score, minus the deleted one's (deletion, dual)
+                phi = scores[0] if game != "deletion" else 0.0
+                if game != "preservation":
+                    phi = phi - scores[-1]
+                progress = steps_taken[0] / max(n_iter - 1, 1)
+                weight = area_weight * area_weight_growth**progress  # λ, grown to the step
+                steps_taken[0] += 1
+                loss = -phi + weight * area(mask, row_areas[rows.indices])  # Eq. 7–8
+                kept = select_scores(output[: len(rows.indices)], rows.targets, True)
+                return loss, kept
+
+            examples = everyone.take(torch.arange(len(row_areas), device=call.device)[batch])
+            params = [parametrisation.init(examples.inputs[0], fill=1.0)]
+            return MaskProblem(params, objective, examples, project=SmoothMaxMask.clamp_)
+
+        params, history = optimize_masks(build_problem, len(row_areas), settings)
+        masks = parametrisation(params[0], spatial)  # (N·A, 1, H, W)
+        per_image = masks.view(call.num_examples, num_areas, 1, *spatial).mean(dim=1)
+        attribution = per_image.expand_as(image).to(call.inputs[0].dtype).contiguous()
+        return call.result([attribution], history, return_history)
+
+
+def _reward(output: Tensor, targets: Tensor, reward: str, apply_softmax: bool) -> Tensor:
+    """Φ per row: the target's score, or (contrastive) minus the best other class's."""
+    if apply_softmax:
+        output = output.softmax(dim=1)
+    score = select_scores(output, targets, apply_softmax=False)
+    if reward == "simple":
+        return score
+    rows = torch.arange(output.shape[0], device=output.device)
+    others = output.clone()
+    others[(rows, *targets.unbind(dim=1))] = -torch.inf
+    return score - others.flatten(1).amax(dim=1)
+
+
+def _check_arguments(
+    areas: Any,
+    game: Any,
+    reward: Any,
+    area_weight: Any,
+    area_weight_growth: Any,
+    levels: Any,
+    max_blur: Any,
+    jitter: Any,
+) -> tuple[float, ...]:
+    """Validate the options and return the areas as a tuple of floats."""
+    fractions = (areas,) if isinstance(areas, numbers.Real) else tuple(areas)
+    if not fractions or not all(
+        isinstance(a, numbers.Real) and not isinstance(a, bool) and 0 < a < 1 for a in fractions
+    ):
+        raise ValueError(f"areas must be a number or a sequence of numbers in (0, 1), got {areas!r}")
+    check_choice("game", game, GAMES)
+    check_choice("reward", reward, REWARDS)
+    check_at_least("area_weight", area_weight, 0.0, "the weight of the area term")
+    check_at_least("area_weight_growth", area_weight_growth, 1e-6, "λ's last ÷ first value")
+    check_positive_int("levels", levels)
+    if levels < 2:
+        raise ValueError(f"levels must be at least 2, got {levels!r}")
+    check_at_least("max_blur", max_blur, 0.0, "σ of the most blurred copy")
+    if not isinstance(jitter, bool):
+        raise TypeError(f"jitter must be a bool, got {type(jitter).__name__}")
+    return tuple(float(a) for a in fractions)
+
+
+__all__ = ["ExtremalPerturbation"]

@@ -1,0 +1,102 @@
+"""Extremal Perturbation on a model whose evidence is a known square of a 224-px image, the
+smooth mask generator and the area constraint; the Captum contract is in test_contract.py."""
+
+import pytest
+import torch
+from torch import nn
+
+from captum_masks import ExtremalPerturbation, SmoothMaxMask
+from captum_masks.regularizers import area
+
+# the evidence: a 48-px square, 4.6% of the image, centred left to right so that the default
+# jitter (a horizontal flip every other step, harmless to a photo classifier) leaves it in place
+SIDE, TOP, LEFT, SQUARE = 224, 40, 88, 48
+
+
+class BrightSquare(nn.Module):
+    """Class 1's logit grows with the brightness of the square (slope 40, so that a pixel of
+    the square moves the logit about as much as an object's pixel moves an ImageNet
+    classifier's, against which λ = 300 was set); class 0's is its negation."""
+
+    def forward(self, x):
+        evidence = x[:, :, TOP : TOP + SQUARE, LEFT : LEFT + SQUARE].mean(dim=(1, 2, 3)) - 0.6
+        return torch.stack([-40 * evidence, 40 * evidence], dim=1)
+
+
+def images(count: int = 2) -> torch.Tensor:
+    x = 0.2 * torch.rand(count, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(0))
+    x[:, :, TOP : TOP + SQUARE, LEFT : LEFT + SQUARE] += 1.0
+    return x
+
+
+def mass_on_square(attribution: torch.Tensor) -> torch.Tensor:
+    inside = attribution[:, 0, TOP : TOP + SQUARE, LEFT : LEFT + SQUARE].sum(dim=(1, 2))
+    return inside / attribution[:, 0].sum(dim=(1, 2))
+
+
+@pytest.mark.parametrize("game", ["preservation", "deletion", "dual"])
+def test_each_game_finds_the_square_at_its_area(game):
+    attribution = ExtremalPerturbation(BrightSquare().eval()).attribute(
+        images(), target=1, areas=0.05, game=game
+    )
+    assert attribution.shape == (2, 3, SIDE, SIDE)
+    # ten times the square's share of the image (a smooth mask's soft edge, σ = 21 px, spills
+    # around a square this small)
+    assert (mass_on_square(attribution) >= 10 * SQUARE**2 / SIDE**2).all()
+    # the area constraint is met: about 5% of the image is kept
+    torch.testing.assert_close(
+        attribution[:, 0].mean(dim=(1, 2)), torch.full((2,), 0.05), atol=0.02, rtol=0
+    )
+
+
+def test_several_areas_are_rows_of_one_batch_and_their_masks_are_averaged():
+    explainer = ExtremalPerturbation(BrightSquare().eval())
+    x = images(1)
+    both, history = explainer.attribute(
+        x, target=1, areas=(0.03, 0.08), n_iter=60, return_history=True
+    )
+    alone = [explainer.attribute(x, target=1, areas=a, n_iter=60) for a in (0.03, 0.08)]
+    torch.testing.assert_close(both, (alone[0] + alone[1]) / 2, atol=1e-5, rtol=0)
+    assert history.loss.shape == (60, 2)  # one column per (image, area)
+    assert alone[0][:, 0].mean() < alone[1][:, 0].mean()
+
+
+def test_the_smooth_mask_is_one_across_a_region_of_ones_and_follows_its_parameters():
+    generator = SmoothMaxMask(step=7, sigma=21.0, stride=1)
+    params = torch.zeros(1, 1, 32, 32)
+    params[0, 0, 10:20, 12:22] = 1.0  # pixels 70-140 by 84-154
+    mask = generator(params, (SIDE, SIDE))[0, 0]
+    assert mask[95:115, 110:130].min() > 0.95  # deep inside the region
+    assert mask[:20].max() < 0.05 and mask[:, 200:].max() < 0.05  # far outside it
+    # evaluated every 4 px and upsampled: close to the exact mask
+    fast = SmoothMaxMask(step=7, sigma=21.0)(params, (SIDE, SIDE))[0, 0]
+    assert (fast - mask).abs().mean() < 0.01
+
+
+def test_the_area_term_is_zero_for_a_binary_mask_of_its_area_and_takes_one_area_per_row():
+    mask = torch.zeros(2, 1, 10, 10)
+    mask[0, 0, :2] = 1.0  # 20% of the pixels
+    mask[1, 0, :5] = 1.0  # 50%
+    torch.testing.assert_close(area(mask, torch.tensor([0.2, 0.5])), torch.zeros(2))
+    assert (area(mask, torch.tensor([0.5, 0.2])) > 0).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"areas": 0.0}, "areas"),
+        ({"areas": (0.1, 1.2)}, "areas"),
+        ({"game": "both"}, "game"),
+        ({"reward": "soft"}, "reward"),
+        ({"perturbation": "noise"}, "perturbation"),
+        ({"perturbation": "blur", "baselines": 0.0}, "baselines"),
+        ({"levels": 1}, "levels"),
+        ({"stride": 0}, "stride"),
+    ],
+)
+def test_bad_options_are_clear_errors_before_the_model_runs(kwargs, message):
+    def model(x):
+        raise AssertionError("the model ran before the arguments were checked")
+
+    with pytest.raises(ValueError, match=message):
+        ExtremalPerturbation(model).attribute(torch.rand(1, 3, 16, 16), target=0, **kwargs)
