@@ -165,15 +165,25 @@ class SmoothMaxMask:
 
     def __call__(self, params: Tensor, spatial_shape: Sequence[int]) -> Tensor:
         """The ``(N, 1, H, W)`` mask of grid parameters ``(N, 1, h, w)``, in [0, 1]."""
+        return self.upsample(self.evaluated(params, spatial_shape), spatial_shape)
+
+    def evaluated(self, params: Tensor, spatial_shape: Sequence[int]) -> Tensor:
+        """The mask at the evaluated points only, ``(N, 1, ⌈H / stride⌉, ⌈W / stride⌉)``: the
+        same distribution of values as the full mask, at a fraction of the size (an area
+        term can sort it instead)."""
         rows, cols, kernel = self._neighbourhood(params, spatial_shape)
         padded = F.pad(params[:, 0], (self.radius,) * 4)  # no grid point outside: 0
         # (N, K, K, h', w'): each evaluated point's neighbouring grid values
         neighbours = padded[:, rows[:, None, :, None], cols[None, :, None, :]]
         weighted = neighbours.flatten(1, 2) * kernel
         pooled = (weighted * torch.softmax(self.temperature * weighted, dim=1)).sum(dim=1)
-        mask = pooled.unsqueeze(1)
-        if self.stride > 1:
-            mask = F.interpolate(mask, size=tuple(spatial_shape), mode="bilinear")
+        return pooled.unsqueeze(1).clamp(0.0, 1.0)
+
+    def upsample(self, evaluated: Tensor, spatial_shape: Sequence[int]) -> Tensor:
+        """The full ``(N, 1, H, W)`` mask from :meth:`evaluated`'s."""
+        if self.stride == 1:
+            return evaluated
+        mask = F.interpolate(evaluated, size=tuple(spatial_shape), mode="bilinear")
         return mask.clamp(0.0, 1.0)
 
     def _neighbourhood(

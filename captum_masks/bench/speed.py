@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from captum_masks._inputs import check_positive_int
 from captum_masks.bench.suites import photos_suite
 from captum_masks.amortized import AmortizedExplainer
+from captum_masks.extremal_perturbation import ExtremalPerturbation
 from captum_masks.guided_feature_inversion import GuidedFeatureInversion
 from captum_masks.meaningful_perturbation import MeaningfulPerturbation
 from captum_masks.neuromask import NeuroMaskAttr
@@ -65,6 +66,7 @@ SPEED_METHODS: dict[str, SpeedSpec] = {
         default_arguments=("inversion_iters", "target_iters"),
         passes_per_iteration=2,
     ),
+    "ExtremalPerturbation": SpeedSpec(ExtremalPerturbation),
     "AmortizedExplainer": SpeedSpec(
         lambda model: AmortizedExplainer(model, num_classes=1000),
         iteration_argument=None,
