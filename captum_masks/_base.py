@@ -107,9 +107,14 @@ class MaskAttribution(PerturbationAttribution):
         additional_forward_args: Any,
         spatial_dims: int | tuple[int, ...] | None = None,
         masked: bool = True,
+        formatted: tuple[Tensor, ...] | None = None,
     ) -> PreparedCall:
+        """Validate the call and run the clean forward pass; ``formatted`` is
+        :func:`format_inputs`'s result when the method already checked the inputs with it
+        (to validate its own options before the model runs), so they are not checked twice."""
         is_inputs_tuple = isinstance(inputs, tuple)
-        formatted = format_inputs(inputs, spatial_dims, masked)
+        if formatted is None:
+            formatted = format_inputs(inputs, spatial_dims, masked)
         additional_args = _format_additional_forward_args(additional_forward_args)
         with torch.no_grad():
             clean_output = run_forward(self.forward_func, formatted, additional_args)

@@ -203,14 +203,15 @@ class ExtremalPerturbation(MaskAttribution):
             raise ValueError(f"inputs must be one image tensor (or a 1-tuple), got {len(inputs)}")
         # the perturbation is checked before the model runs on the inputs
         (baseline,) = per_input_baselines(baselines, 1)
-        perturbation = choose_perturbation(perturbation, format_inputs(inputs, 2), [baseline])
+        formatted = format_inputs(inputs, 2)
+        perturbation = choose_perturbation(perturbation, formatted, [baseline])
         check_choice("perturbation", perturbation, ("blur", "constant"))
         if perturbation == "blur" and baseline is not None:
             raise ValueError(
                 "baselines is only used by perturbation='constant'; the blur perturbation "
                 "replaces content by blurred copies of the input"
             )
-        call = self._prepare(inputs, target, additional_forward_args, spatial_dims=2)
+        call = self._prepare(inputs, target, additional_forward_args, formatted=formatted)
         (image,) = call.work_inputs
         num_areas = len(fractions)
         # one row per (image, area), image-major; the reference is the pyramid or the baseline

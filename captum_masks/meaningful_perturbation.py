@@ -234,7 +234,7 @@ class MeaningfulPerturbation(MaskAttribution):
         groups = resolve_groups(feature_mask, formatted, "MeaningfulPerturbation")
         baselines = per_input_baselines(baselines, len(formatted))
         perturbation = choose_perturbation(perturbation, formatted, baselines)
-        call = self._prepare(inputs, target, additional_forward_args)
+        call = self._prepare(inputs, target, additional_forward_args, formatted=formatted)
         layout.check(call.inputs, "MeaningfulPerturbation")
         work_inputs = [layout.to_channels_first(x) for x in call.work_inputs]
         references = [

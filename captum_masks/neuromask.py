@@ -204,10 +204,11 @@ class NeuroMaskAttr(MaskAttribution):
         )
         layout = MaskLayout(channels_last)
         # shapes and groups are checked before the model runs on the inputs
-        groups = resolve_groups(feature_mask, format_inputs(inputs), "NeuroMaskAttr")
+        formatted = format_inputs(inputs)
+        groups = resolve_groups(feature_mask, formatted, "NeuroMaskAttr")
         if sparse_weight is None:
             sparse_weight = GRID_SPARSE_WEIGHT if groups is None else GROUP_SPARSE_WEIGHT
-        call = self._prepare(inputs, target, additional_forward_args)
+        call = self._prepare(inputs, target, additional_forward_args, formatted=formatted)
         layout.check(call.inputs, "NeuroMaskAttr")
         images = [layout.to_channels_first(x) for x in call.work_inputs]
         references = [

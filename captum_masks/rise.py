@@ -140,8 +140,9 @@ class RISE(MaskAttribution):
                 f"normalisation N·p underflows), got {keep_probability!r}"
             )
         layout = MaskLayout(channels_last)
-        groups = resolve_groups(feature_mask, format_inputs(inputs), "RISE")
-        call = self._prepare(inputs, target, additional_forward_args)
+        formatted = format_inputs(inputs)
+        groups = resolve_groups(feature_mask, formatted, "RISE")
+        call = self._prepare(inputs, target, additional_forward_args, formatted=formatted)
         layout.check(call.inputs, "RISE")
         images = [layout.to_channels_first(x) for x in call.work_inputs]
         references = [
