@@ -3,6 +3,7 @@
 from captum_masks._optimize import OptimizationHistory
 from captum_masks.amortized import AmortizedExplainer, FitHistory
 from captum_masks.amortized.networks import MaskNet, deeplab_explainer
+from captum_masks.dataset_explanation import DatasetExplanations, explain_dataset
 from captum_masks.extremal_perturbation import ExtremalPerturbation
 from captum_masks.guided_feature_inversion import GuidedFeatureInversion
 from captum_masks.layer import LayerMeaningfulPerturbation, LayerNeuroMask
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AmortizedExplainer",
     "ChannelCombinationMask",
+    "DatasetExplanations",
     "ExtremalPerturbation",
     "FitHistory",
     "GuidedFeatureInversion",
@@ -35,6 +37,7 @@ __all__ = [
     "blend",
     "constant_reference",
     "deeplab_explainer",
+    "explain_dataset",
     "gaussian_blur",
     "image_to_numpy",
     "noise_reference",

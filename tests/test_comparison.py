@@ -1,5 +1,7 @@
 """The comparison harness and ``python -m captum_masks benchmark``, on few images."""
 
+import sys
+
 import pytest
 import torch
 
@@ -8,7 +10,7 @@ pytest.importorskip("captum_masks.bench.zoo")
 from conftest import run_cli
 
 from captum_masks.bench.benchmark import METRIC_COLUMNS, format_table, run_benchmark, save_figure
-from captum_masks.bench.runners import ALL_METHODS, method_runners
+from captum_masks.bench.runners import ALL_METHODS, REFERENCE_METHODS, method_runners
 from captum_masks.bench.suites import photos_pairs_suite, synthetic_suite
 
 pytestmark = pytest.mark.real_model  # trains (or loads) the reference CNN
@@ -65,9 +67,51 @@ def test_every_runner_gives_input_sized_maps_on_the_same_suite():
     for name, runner in runners.items():
         if name.startswith("MeaningfulPerturbation") or name == "AmortizedExplainer":
             continue  # covered below: with the suite's settings, on the pair suite
+        if name in REFERENCE_METHODS:
+            continue  # covered below: installed in the benchmark's environment only
         attribution = runner(suite.inputs, suite.targets)
         assert attribution.shape[0] == 2 and attribution.shape[-2:] == (64, 64), name
         assert torch.isfinite(attribution).all(), name
+
+
+def test_torchray_row_without_torchray_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchray", None)
+    monkeypatch.setitem(sys.modules, "torchray.attribution", None)
+    monkeypatch.setitem(sys.modules, "torchray.attribution.extremal_perturbation", None)
+    suite = synthetic_suite(1, seed=3)
+    runner = method_runners(suite)["TorchRay/ExtremalPerturbation"]
+    with pytest.raises(ImportError, match="pip install --no-deps torchray"):
+        runner(suite.inputs, suite.targets)
+
+
+def test_torchray_row_gives_maps_and_leaves_the_model_trainable():
+    """TorchRay freezes the parameters it is given; its row must not change the later rows."""
+    pytest.importorskip("torchray.attribution.extremal_perturbation")
+    suite = synthetic_suite(2, seed=3)
+    before = [p.requires_grad for p in suite.model.parameters()]
+    from torchray.attribution import extremal_perturbation as torchray_ep
+
+    calls = []
+    real = torchray_ep.extremal_perturbation
+
+    def few_steps(*args, **kwargs):
+        calls.append(args[2])
+        return real(*args, **kwargs, max_iter=3)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torchray_ep, "extremal_perturbation", few_steps)
+        maps = method_runners(suite)["TorchRay/ExtremalPerturbation"](suite.inputs, suite.targets)
+    assert calls == suite.targets.tolist()
+    assert maps.shape == (2, 1, 64, 64) and torch.isfinite(maps).all()
+    assert [p.requires_grad for p in suite.model.parameters()] == before
+
+
+def test_default_benchmark_leaves_out_the_reference_implementations():
+    from captum_masks.bench.benchmark import _chosen_methods
+
+    chosen = _chosen_methods("photos", None, 1, {})
+    assert not set(chosen) & set(REFERENCE_METHODS)
+    assert _chosen_methods("photos", list(REFERENCE_METHODS), 1, {}) == list(REFERENCE_METHODS)
 
 
 def test_pair_suite_explains_every_image_for_both_objects():

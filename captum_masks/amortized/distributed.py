@@ -1,20 +1,11 @@
-"""Training under ``torchrun``: ranks, the wrapped explainer and each process's share of the
-data."""
+"""Training under ``torchrun``: the wrapped explainer and each process's share of the data."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
 
-import torch
 from torch import Tensor, nn
-
-
-def rank_and_world_size() -> tuple[int, int]:
-    """This process's rank and the number of processes (0 and 1 outside ``torchrun``)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def wrap_distributed(module: nn.Module) -> nn.Module:
@@ -63,4 +54,4 @@ def _rows(batch: Any, rank: int, world_size: int) -> Any:
     return type(batch)(item[rank::world_size] for item in batch)
 
 
-__all__ = ["rank_and_world_size", "shard", "wrap_distributed"]
+__all__ = ["shard", "wrap_distributed"]

@@ -38,6 +38,7 @@ from captum_masks import metrics
 from captum_masks.bench.runners import (
     ALL_METHODS,
     AMORTIZED_SUITES,
+    DEFAULT_METHODS,
     OUR_METHODS,
     accepted,
     method_runners,
@@ -107,8 +108,10 @@ def run_benchmark(
         suite (str): ``"synthetic"`` (reference CNN, 64 px shapes), ``"photos"``
             (EfficientNet-Lite0, 224 px composites), or their two-object versions
             ``"synthetic-pairs"`` and ``"photos-pairs"`` (each image explained for both objects).
-        methods (sequence of str, optional): a subset of :data:`ALL_METHODS`; by default all
-            that apply to the suite (AmortizedExplainer only on :data:`AMORTIZED_SUITES`).
+        methods (sequence of str, optional): a subset of :data:`ALL_METHODS`; by default the
+            :data:`DEFAULT_METHODS` that apply to the suite (AmortizedExplainer only on
+            :data:`AMORTIZED_SUITES`). Other libraries' implementations
+            (:data:`REFERENCE_METHODS`) run only when named, and need installing.
         n (int): number of images; the same ``n`` and ``seed`` give the same images.
         seed (int): picks the images and seeds the stochastic methods.
         split (str): ``"held-out"`` (what the README reports) or ``"calibration"`` (where
@@ -151,7 +154,7 @@ def _chosen_methods(suite: str, methods: Sequence[str] | None, n: int, overrides
         raise ValueError(f"suite must be one of {SUITES}, got {suite!r}")
     methods = list(
         methods
-        or (m for m in ALL_METHODS if m != "AmortizedExplainer" or suite in AMORTIZED_SUITES)
+        or (m for m in DEFAULT_METHODS if m != "AmortizedExplainer" or suite in AMORTIZED_SUITES)
     )
     unknown = [m for m in methods if m not in ALL_METHODS]
     if unknown:

@@ -102,7 +102,11 @@ def _add_benchmark(commands: Any, common: argparse.ArgumentParser) -> None:
     bench = commands.add_parser("benchmark", parents=[common], help=COMMANDS["benchmark"])
     bench.add_argument("--suite", choices=SUITES, default="synthetic")
     _add_methods(
-        bench, ALL_METHODS, f"methods to run, of {', '.join(ALL_METHODS)}", "all the suite has"
+        bench,
+        ALL_METHODS,
+        f"methods to run, of {', '.join(ALL_METHODS)}; TorchRay's only when named, after "
+        "pip install --no-deps torchray==1.0.0.2",
+        "all the suite has",
     )
     bench.add_argument("--n", type=_positive_int, default=20, help="number of images")
     bench.add_argument("--seed", type=int, default=0)

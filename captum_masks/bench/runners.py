@@ -28,7 +28,11 @@ OUR_METHODS = (
     "ExtremalPerturbation",
     "RISE",
 )
-ALL_METHODS = OUR_METHODS + CAPTUM_METHODS
+#: other libraries' implementations, run side by side when installed (never a dependency of the
+#: package), and left out of the default list: TorchRay's takes about a minute per image
+REFERENCE_METHODS = ("TorchRay/ExtremalPerturbation",)
+DEFAULT_METHODS = OUR_METHODS + CAPTUM_METHODS
+ALL_METHODS = DEFAULT_METHODS + REFERENCE_METHODS
 #: the suites whose model has a trained AmortizedExplainer
 AMORTIZED_SUITES = ("synthetic-pairs",)
 #: the class behind each of this package's rows (``--set`` checks its arguments against it)
@@ -57,7 +61,11 @@ def method_runners(
     this package whose ``attribute`` takes them (e.g. ``{"temperature": 1.0}`` reaches
     NeuroMaskAttr only), to compare settings on the same images.
     """
-    return {**_our_runners(suite, seed, overrides or {}), **_captum_runners(suite)}
+    return {
+        **_our_runners(suite, seed, overrides or {}),
+        **_captum_runners(suite),
+        **_reference_runners(suite),
+    }
 
 
 def _our_runners(
@@ -157,11 +165,41 @@ def _captum_runners(suite: Suite) -> dict[str, Callable[[Tensor, Tensor], Tensor
     }
 
 
+def _reference_runners(suite: Suite) -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
+    model = suite.model
+
+    def torchray_extremal_perturbation(x: Tensor, t: Tensor) -> Tensor:
+        try:
+            from torchray.attribution.extremal_perturbation import extremal_perturbation
+        except ImportError as error:
+            raise ImportError(
+                "TorchRay/ExtremalPerturbation needs TorchRay in the benchmark's environment "
+                "only: pip install --no-deps torchray==1.0.0.2 (its attribution code needs "
+                "nothing else that the bench lacks; it is CC-BY-NC, so never a dependency)"
+            ) from error
+        # TorchRay explains one image per call and sets requires_grad=False on every
+        # parameter without undoing it: keep the model as it was for the methods after it
+        requires_grad = [p.requires_grad for p in model.parameters()]
+        try:
+            masks = [
+                extremal_perturbation(model, x[i : i + 1], int(t[i]), resize=True)[0]
+                for i in range(x.shape[0])
+            ]
+        finally:
+            for parameter, flag in zip(model.parameters(), requires_grad):
+                parameter.requires_grad_(flag)
+        return torch.cat(masks)
+
+    return {"TorchRay/ExtremalPerturbation": torchray_extremal_perturbation}
+
+
 __all__ = [
     "ALL_METHODS",
     "AMORTIZED_SUITES",
     "CAPTUM_METHODS",
+    "DEFAULT_METHODS",
     "OUR_METHODS",
+    "REFERENCE_METHODS",
     "accepted",
     "method_runners",
 ]

@@ -1,0 +1,592 @@
+"""Explaining a whole dataset: in batches, on one process or sharded over ``torchrun``'s, each
+batch written to its own file as soon as it is done, resumable, and scored where ground truth is
+given."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import math
+import os
+import statistics
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from captum_masks import metrics
+from captum_masks._base import modules_of
+from captum_masks._compat import progress
+from captum_masks._distributed import rank_and_world_size
+from captum_masks._inputs import check_choice, check_positive, check_positive_int
+from captum_masks._io import save_atomically
+
+#: bump when the files' layout changes, so that old folders are refused rather than misread
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TARGETS = ("predicted", "label")
+PRECISIONS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: what a dataset item may hold besides its input (see :func:`explain_dataset`)
+ITEM_KEYS = ("inputs", "label", "mask", "other_mask")
+SCORES = ("pointing", "relevance_mass", "discrimination", "deletion_auc", "insertion_auc")
+
+
+def explain_dataset(
+    method: Any,
+    data: Any,
+    out: str | os.PathLike,
+    target: int | str | None = "predicted",
+    batch_size: int = 8,
+    attribute_kwargs: Mapping[str, Any] | None = None,
+    precision: str | None = None,
+    settings: Mapping[str, Any] | None = None,
+    deletion_steps: int = 16,
+    pointing_tolerance: int = 15,
+    pointing_sigma: float = 0.0,
+    blur_sigma: float = 10.0,
+    device: torch.device | str | None = None,
+    num_workers: int = 0,
+    show_progress: bool = True,
+) -> DatasetExplanations:
+    r"""Explain every example of ``data`` with ``method`` and write the results to ``out``.
+
+    The dataset is cut into batches of ``batch_size`` consecutive examples, and each batch's
+    results go to their own file in ``out`` (``batch-0000012.pt``), written to a temporary name
+    and then renamed, so a file that exists is complete. Started again on the same ``out``, only
+    the batches without a file are explained: a run that was interrupted, killed or ran with
+    another number of processes carries on where it stopped.
+
+    Under ``torchrun`` (``torch.distributed`` initialised: gloo on CPU, NCCL on GPU), rank 0
+    lists the batches still to do and each rank takes every ``world_size``-th of them, so no
+    example is explained twice and none is skipped. ``out`` must then be a folder that every rank
+    can write (on several machines, a shared file system; batch files from separate folders can
+    also be merged by copying, since their names do not depend on the rank). Because every method
+    of this package gives a batch the result of its examples one by one, the results do not
+    depend on the number of processes.
+
+    Each batch file holds tensors only, read back with ``torch.load(weights_only=True)`` (see
+    :class:`DatasetExplanations`): ``ids`` (dataset indices), ``targets``, ``probabilities``
+    (softmax of the target on the clean input), ``attributions`` (at ``precision``), the method's
+    optimisation history where it returns one (``history.loss``, ``history.probability``: one row
+    per example and step; ``history.steps``), and ``scores.*`` where the dataset gives masks.
+    ``manifest.json`` records the method, its arguments and fingerprints of the model and the
+    data; a later run with other settings on the same ``out`` is refused.
+
+    Args:
+        method (Attribution): a Captum attribution, this package's or Captum's
+            (e.g. ``MeaningfulPerturbation(model)``, ``Occlusion(model)``); its
+            ``forward_func`` is the model that gives the targets and the scores.
+        data (Dataset): a map-style dataset (``len`` and indexing), read one batch at a time
+            through a ``DataLoader``, so it is never loaded whole. An item is the input
+            (Tensor), a tuple ``(input, label)`` or ``(input, label, mask)`` as torchvision's
+            datasets give, or a dict with ``"inputs"`` (a Tensor or a tuple of them) and any of
+            ``"label"``, ``"mask"`` (ground truth, (H, W) or (1, H, W)) and ``"other_mask"`` (a
+            second object, of another class, for the discrimination score).
+        out (str or path): the results' folder; created if missing.
+        target (int, str or None, optional): ``"predicted"`` (default) explains each example's
+            top class, ``"label"`` the item's label, an int that class for every example, and
+            None passes Captum's ``target=None`` (models with one output per example).
+        batch_size (int, optional): examples per call of ``method.attribute`` and per file.
+            Part of the files' layout: a resumed run must use the same one.
+        attribute_kwargs (dict, optional): other arguments of ``method.attribute``, such as
+            ``{"n_iter": 150, "seed": 0}``; ``inputs`` and ``target`` are set here.
+        precision (str, optional): the stored attributions' dtype: ``"float32"``,
+            ``"float16"`` or ``"bfloat16"`` (half the size of float32), or None (default) for
+            the dtype the method returns. Scores are computed before any reduction.
+        settings (dict, optional): anything else that tells runs apart (e.g. a suite's name),
+            recorded in the manifest and compared like the rest.
+        deletion_steps (int, optional): steps of the deletion and insertion curves scored where
+            the dataset gives masks (:func:`captum_masks.metrics.deletion_insertion_curve`).
+        pointing_tolerance (int, optional): pixels; see :func:`captum_masks.metrics.pointing_game`.
+        pointing_sigma (float, optional): smoothing of the map before pointing, in pixels.
+        blur_sigma (float, optional): the insertion and deletion curves' blurred substrate.
+        device (torch.device or str, optional): where each batch goes; by default the device of
+            the model's parameters (the rank's GPU under ``torchrun`` when the model is there).
+        num_workers (int, optional): the ``DataLoader``'s worker processes.
+        show_progress (bool, optional): one progress bar (rank 0) over the whole dataset, with
+            images per second and the time left (under ``torchrun`` projected from rank 0's pace).
+
+    Returns:
+        :class:`DatasetExplanations`: the results in ``out``, complete on every rank once this
+        returns.
+
+    Examples::
+
+        >>> from captum_masks import MeaningfulPerturbation, explain_dataset
+        >>> results = explain_dataset(
+        ...     MeaningfulPerturbation(model), val_set, "runs/mp", batch_size=16,
+        ...     attribute_kwargs={"seed": 0}, precision="float16",
+        ... )
+        >>> print(results.table())           # where the dataset gives masks
+        >>> maps = results.load()["attributions"]
+
+        Under ``torchrun --nproc_per_node=4 explain.py``, the same call after
+        ``torch.distributed.init_process_group("gloo")`` splits the batches over the 4 processes.
+    """
+    kwargs = _checked_arguments(method, data, target, batch_size, attribute_kwargs, precision)
+    check_positive_int("deletion_steps", deletion_steps)
+    check_positive("pointing_tolerance", pointing_tolerance, allow_zero=True)
+    check_positive("pointing_sigma", pointing_sigma, allow_zero=True)
+    check_positive("blur_sigma", blur_sigma)
+    if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
+        raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
+    out = Path(out)
+    model = _model_of(method)
+    device = torch.device(device) if device is not None else _device_of(model)
+    manifest = {
+        "format": FORMAT_VERSION,
+        "method": _method_description(method, model),
+        "attribute_kwargs": _describe(kwargs),
+        "model": _fingerprint_model(model),
+        "data": _fingerprint_data(data),
+        "target": target,
+        "batch_size": batch_size,
+        "precision": precision,
+        "scoring": {
+            "deletion_steps": deletion_steps,
+            "pointing_tolerance": pointing_tolerance,
+            "pointing_sigma": pointing_sigma,
+            "blur_sigma": blur_sigma,
+        },
+        "settings": _describe(dict(settings or {})),
+    }
+    rank, world_size = rank_and_world_size()
+    _agree_on_manifest(out, manifest, rank, world_size)
+
+    n_batches = math.ceil(len(data) / batch_size)
+    pending = _pending_batches(out, n_batches, rank, world_size, device)
+    mine = pending[rank::world_size]
+    batches = [list(range(b * batch_size, min((b + 1) * batch_size, len(data)))) for b in mine]
+    loader = torch.utils.data.DataLoader(
+        data, batch_sampler=batches, num_workers=num_workers, collate_fn=_collate
+    )
+    done_before = len(data) - sum(
+        min(batch_size, len(data) - b * batch_size) for b in pending
+    )
+    bar = progress(
+        desc=f"Explaining ({type(method).__name__})",
+        total=len(data),
+        initial=done_before,
+        unit="image",
+        disable=not show_progress or rank != 0,
+    )
+    scoring = manifest["scoring"]
+    for index, ids, batch in zip(mine, batches, loader):
+        record = _explain_batch(method, model, batch, target, kwargs, device, scoring)
+        record["ids"] = torch.tensor(ids, dtype=torch.long)
+        if precision is not None:
+            record = {
+                name: value.to(PRECISIONS[precision]) if name.startswith("attributions") else value
+                for name, value in record.items()
+            }
+        save_atomically(record, out / _batch_file(index))
+        # under torchrun, rank 0 projects the others' progress from its own
+        bar.update(min(len(ids) * world_size, len(data) - bar.n))
+    bar.update(len(data) - bar.n)
+    bar.close()
+    if world_size > 1:
+        torch.distributed.barrier()
+    return DatasetExplanations(out)
+
+
+class DatasetExplanations:
+    r"""The results of :func:`explain_dataset` in a folder, read without unpickling code.
+
+    Args:
+        out (str or path): the folder :func:`explain_dataset` wrote.
+
+    Attributes:
+        manifest (dict): the settings the folder was written with.
+
+    Examples::
+
+        >>> results = DatasetExplanations("runs/mp")
+        >>> results.is_complete(), len(results)
+        (True, 50000)
+        >>> for batch in results.batches():     # one file at a time: any size of dataset
+        ...     heat = batch["attributions"].float().sum(1)
+        >>> print(results.table())
+    """
+
+    def __init__(self, out: str | os.PathLike) -> None:
+        self.out = Path(out)
+        manifest = self.out / MANIFEST
+        if not manifest.is_file():
+            raise ValueError(f"out {str(self.out)!r} holds no {MANIFEST}: not a results folder")
+        self.manifest = json.loads(manifest.read_text())
+
+    def files(self) -> list[Path]:
+        """The finished batch files, in batch order."""
+        return sorted(self.out.glob("batch-*.pt"))
+
+    def __len__(self) -> int:
+        """Examples explained so far."""
+        return sum(_batch_length(self.manifest, int(f.stem.split("-")[1])) for f in self.files())
+
+    def is_complete(self) -> bool:
+        """Whether every example of the dataset has been explained."""
+        return len(self) == self.manifest["data"]["length"]
+
+    def batches(self) -> Iterator[dict[str, Tensor]]:
+        """Each finished batch's tensors (see :func:`explain_dataset`), one file at a time."""
+        for path in self.files():
+            yield torch.load(path, map_location="cpu", weights_only=True)
+
+    def load(self, keys: Sequence[str] | None = None) -> dict[str, Tensor]:
+        """Every finished batch's tensors concatenated in the order of the example ids.
+
+        Args:
+            keys (sequence of str, optional): only these entries (e.g. ``["ids", "scores.pointing"]``),
+                to keep large attributions out of memory.
+
+        Returns:
+            dict of Tensor, one row per example explained.
+        """
+        parts: dict[str, list[Tensor]] = {}
+        for batch in self.batches():
+            for name, value in batch.items():
+                if keys is None or name in keys or name == "ids":
+                    parts.setdefault(name, []).append(value)
+        if not parts:
+            return {}
+        merged = {name: _concatenate(values) for name, values in parts.items()}
+        order = torch.argsort(merged["ids"])
+        return {
+            name: value[order]
+            for name, value in merged.items()
+            if keys is None or name in keys or name == "ids"
+        }
+
+    def scores(self) -> dict[str, Tensor]:
+        """Each score over the examples explained so far (empty without ground truth)."""
+        loaded = self.load([f"scores.{name}" for name in SCORES])
+        return {name.split(".", 1)[1]: v for name, v in loaded.items() if name != "ids"}
+
+    def table(self) -> str:
+        """The scores as one markdown table: mean ± standard deviation over the examples."""
+        scores = self.scores()
+        if not scores:
+            return "no scores: the dataset gives no ground-truth masks"
+        lines = ["| score | mean ± std | examples |", "|---|---|---|"]
+        for name in SCORES:
+            if name in scores:
+                values = scores[name].double().tolist()
+                spread = statistics.stdev(values) if len(values) > 1 else 0.0
+                lines.append(f"| {name} | {statistics.fmean(values):.3f} ± {spread:.3f} | {len(values)} |")
+        return "\n".join(lines)
+
+
+def _checked_arguments(
+    method: Any,
+    data: Any,
+    target: Any,
+    batch_size: Any,
+    attribute_kwargs: Mapping[str, Any] | None,
+    precision: Any,
+) -> dict:
+    """The checks that run before anything is written; returns the ``attribute`` kwargs."""
+    if not callable(getattr(method, "attribute", None)) or not callable(
+        getattr(method, "forward_func", None)
+    ):
+        raise ValueError(
+            f"method must be a Captum attribution (with attribute and forward_func), such as "
+            f"MeaningfulPerturbation(model); got {type(method).__name__}"
+        )
+    if not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
+        raise ValueError(
+            f"data must be a map-style dataset (len and indexing), so that processes can share "
+            f"it and a restart can find what is missing; got {type(data).__name__}"
+        )
+    if len(data) == 0:
+        raise ValueError("data is empty: nothing to explain")
+    valid_target = target is None or target in TARGETS
+    valid_target |= isinstance(target, int) and not isinstance(target, bool) and target >= 0
+    if not valid_target:
+        raise ValueError(
+            f"target must be 'predicted', 'label', a class index >= 0 or None, got {target!r}"
+        )
+    check_positive_int("batch_size", batch_size)
+    if precision is not None:
+        check_choice("precision", precision, tuple(PRECISIONS))
+    kwargs = dict(attribute_kwargs or {})
+    reserved = sorted({"inputs", "target"} & set(kwargs))
+    if reserved:
+        raise ValueError(
+            f"attribute_kwargs must not set {reserved}: explain_dataset passes each batch's "
+            f"inputs and targets (choose them with target=)"
+        )
+    return kwargs
+
+
+def _model_of(method: Any) -> nn.Module | None:
+    modules = modules_of(method.forward_func)
+    return modules[0] if modules else None
+
+
+def _device_of(model: nn.Module | None) -> torch.device:
+    tensors = [] if model is None else [*model.parameters(), *model.buffers()]
+    return tensors[0].device if tensors else torch.device("cpu")
+
+
+def _method_description(method: Any, model: nn.Module | None) -> dict:
+    """The method's class, and the modules and plain settings it was built with (a Layer
+    method's layer, by its name in the model)."""
+    names = {} if model is None else {id(m): name for name, m in model.named_modules()}
+    built_with = {}
+    for name, value in sorted(vars(method).items()):
+        if name == "forward_func" or name.startswith("_"):
+            continue
+        if isinstance(value, nn.Module):
+            built_with[name] = f"module {names.get(id(value), type(value).__name__)}"
+        elif isinstance(value, (bool, int, float, str)) or value is None:
+            built_with[name] = value
+    return {"class": f"{type(method).__module__}.{type(method).__qualname__}", **built_with}
+
+
+def _describe(value: Any) -> Any:
+    """``value`` as JSON that changes whenever the value does (tensors by a hash of their
+    contents, other objects by their repr)."""
+    if isinstance(value, Mapping):
+        return {str(k): _describe(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [_describe(v) for v in value]
+    if isinstance(value, Tensor):
+        return f"tensor {tuple(value.shape)} {value.dtype} sha256:{_hash_tensors([value])}"
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    return repr(value)
+
+
+def _hash_tensors(tensors: Sequence[Tensor]) -> str:
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(str((tuple(tensor.shape), tensor.dtype)).encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
+def _fingerprint_model(model: nn.Module | None) -> str | None:
+    if model is None:
+        return None
+    state = model.state_dict()
+    return f"{type(model).__qualname__} sha256:{_hash_tensors([state[k] for k in sorted(state)])}"
+
+
+def _fingerprint_data(data: Any) -> dict:
+    """The dataset's type and length, and a hash of its first, middle and last items: enough to
+    tell datasets apart without reading a large one."""
+    probes = sorted({0, len(data) // 2, len(data) - 1})
+    items = _collate([data[i] for i in probes])
+    tensors = [t for key in ITEM_KEYS if key in items for t in _as_tuple(items[key])]
+    return {
+        "type": type(data).__qualname__,
+        "length": len(data),
+        "sha256": _hash_tensors(tensors),
+    }
+
+
+def _agree_on_manifest(out: Path, manifest: dict, rank: int, world_size: int) -> None:
+    """Rank 0 writes the manifest of a new folder; then every rank compares it with its own
+    settings, so that all of them refuse a folder of other settings alike."""
+    path = out / MANIFEST
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob("batch-*.pt.tmp"):  # left by a process killed while writing
+            stale.unlink()
+        if not path.exists():
+            temporary = path.with_name(MANIFEST + ".tmp")
+            temporary.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+            os.replace(temporary, path)
+    if world_size > 1:
+        torch.distributed.barrier()
+    recorded = json.loads(path.read_text())
+    expected = json.loads(json.dumps(manifest))  # as JSON reads it back: tuples become lists
+    different = sorted(k for k in expected.keys() | recorded.keys() if recorded.get(k) != expected.get(k))
+    if different:
+        details = "; ".join(
+            f"{k}: {json.dumps(recorded.get(k))} there, {json.dumps(expected.get(k))} now"
+            for k in different
+        )
+        raise ValueError(
+            f"out {str(out)!r} holds results of other settings ({details}); use another out "
+            f"folder, or remove this one to start again"
+        )
+
+
+def _pending_batches(
+    out: Path, n_batches: int, rank: int, world_size: int, device: torch.device
+) -> list[int]:
+    """The batches without a finished file, as rank 0 sees them, so that every rank splits
+    the same list."""
+    pending = [None]
+    if rank == 0:
+        done = {int(f.stem.split("-")[1]) for f in out.glob("batch-*.pt")}
+        pending = [[b for b in range(n_batches) if b not in done]]
+    if world_size > 1:
+        torch.distributed.broadcast_object_list(
+            pending, src=0, device=device if device.type != "cpu" else None
+        )
+    return pending[0]
+
+
+def _batch_file(index: int) -> str:
+    return f"batch-{index:07d}.pt"
+
+
+def _batch_length(manifest: dict, index: int) -> int:
+    size, length = manifest["batch_size"], manifest["data"]["length"]
+    return min(size, length - index * size)
+
+
+def _as_tuple(value: Any) -> tuple:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+
+
+def _collate(items: list) -> dict:
+    """A list of dataset items (see :func:`explain_dataset`) as one dict of stacked tensors."""
+    parsed = [_item_dict(item) for item in items]
+    keys = set(parsed[0])
+    if any(set(p) != keys for p in parsed):
+        raise ValueError("every item of data must hold the same entries (inputs, label, mask)")
+    batch = {}
+    for key in ITEM_KEYS:
+        if key not in keys:
+            continue
+        values = [p[key] for p in parsed]
+        if key == "inputs" and isinstance(values[0], (tuple, list)):
+            batch[key] = tuple(torch.stack(parts) for parts in zip(*values))
+        else:
+            batch[key] = torch.stack([torch.as_tensor(v) for v in values])
+    return batch
+
+
+def _item_dict(item: Any) -> dict:
+    if isinstance(item, Tensor):
+        return {"inputs": item}
+    if isinstance(item, Mapping):
+        unknown = sorted(set(item) - set(ITEM_KEYS))
+        if "inputs" not in item or unknown:
+            raise ValueError(
+                f"a dict item of data needs 'inputs' and may hold {ITEM_KEYS[1:]}; got keys "
+                f"{sorted(item)}"
+            )
+        return dict(item)
+    if isinstance(item, (tuple, list)) and 1 <= len(item) <= 4:
+        return dict(zip(ITEM_KEYS, item))
+    raise ValueError(
+        f"an item of data must be a Tensor, a tuple (input, label[, mask[, other_mask]]) or a "
+        f"dict; got {type(item).__name__}"
+    )
+
+
+def _explain_batch(
+    method: Any,
+    model: nn.Module | None,
+    batch: dict,
+    target: Any,
+    kwargs: dict,
+    device: torch.device,
+    scoring: dict,
+) -> dict[str, Tensor]:
+    inputs = tuple(t.to(device) for t in _as_tuple(batch["inputs"]))
+    single = not isinstance(batch["inputs"], tuple)
+    with torch.no_grad():
+        extra = _as_tuple(kwargs.get("additional_forward_args") or ())
+        output = method.forward_func(*inputs, *extra)
+    targets = _targets(target, batch, output)
+    record: dict[str, Tensor] = {
+        "targets": torch.full((output.shape[0],), -1) if targets is None else targets.cpu(),
+        "probabilities": _probabilities(output, targets).float().cpu(),
+    }
+    wants_history = "return_history" in _parameters(method) and "return_history" not in kwargs
+    result = method.attribute(
+        inputs[0] if single else inputs,
+        target=None if targets is None else targets.to(device),
+        **kwargs,
+        **({"return_history": True} if wants_history else {}),
+    )
+    attributions, history = result if wants_history else (result, None)
+    for position, attribution in enumerate(_as_tuple(attributions)):
+        name = "attributions" if single else f"attributions.{position}"
+        record[name] = attribution.detach().cpu()
+    if history is not None and is_dataclass(history):
+        for field in fields(history):
+            value = getattr(history, field.name)
+            if isinstance(value, Tensor):
+                # histories are (steps, N): store one row per example, like everything else
+                record[f"history.{field.name}"] = (value.mT if value.dim() == 2 else value).cpu()
+    if "mask" in batch and single and inputs[0].dim() == 4 and targets is not None:
+        record.update(_scores(method, inputs[0], attributions, targets, batch, scoring))
+    return record
+
+
+def _parameters(method: Any) -> set[str]:
+    return set(inspect.signature(method.attribute).parameters)
+
+
+def _targets(target: Any, batch: dict, output: Tensor) -> Tensor | None:
+    if target is None:
+        return None
+    if target == "predicted":
+        if output.dim() != 2:
+            raise ValueError(
+                f"target='predicted' needs (N, classes) outputs; the model returned "
+                f"{tuple(output.shape)}: pass target=None or a class index"
+            )
+        return output.argmax(1)
+    if target == "label":
+        if "label" not in batch:
+            raise ValueError("target='label' needs items with a label, such as (input, label)")
+        return batch["label"].to(device=output.device, dtype=torch.long).reshape(-1)
+    return torch.full((output.shape[0],), target, dtype=torch.long, device=output.device)
+
+
+def _probabilities(output: Tensor, targets: Tensor | None) -> Tensor:
+    if targets is None or output.dim() != 2:
+        return torch.full((output.shape[0],), math.nan)
+    return output.float().softmax(1).gather(1, targets.view(-1, 1)).view(-1)
+
+
+def _scores(
+    method: Any, inputs: Tensor, attributions: Tensor, targets: Tensor, batch: dict, scoring: dict
+) -> dict[str, Tensor]:
+    maps = attributions.detach().float()
+    masks = batch["mask"].to(maps.device)
+    scores = {
+        "scores.pointing": metrics.pointing_game(
+            maps, masks, scoring["pointing_tolerance"], scoring["pointing_sigma"]
+        ),
+        "scores.relevance_mass": metrics.relevance_mass(maps, masks),
+    }
+    if "other_mask" in batch:
+        scores["scores.discrimination"] = metrics.class_discrimination(
+            maps, masks, batch["other_mask"].to(maps.device)
+        )
+    for mode in ("deletion", "insertion"):
+        scores[f"scores.{mode}_auc"] = metrics.deletion_insertion_curve(
+            method.forward_func,
+            inputs,
+            maps,
+            targets,
+            mode,
+            scoring["deletion_steps"],
+            blur_sigma=scoring["blur_sigma"],
+        )[0]
+    return {name: value.detach().float().cpu() for name, value in scores.items()}
+
+
+def _concatenate(values: list[Tensor]) -> Tensor:
+    """Batches' rows as one tensor; histories of batches that ran different numbers of steps
+    are padded with NaN, the value of a step an example did not run."""
+    if values[0].dim() == 2 and len({v.shape[1] for v in values}) > 1:
+        width = max(v.shape[1] for v in values)
+        values = [torch.nn.functional.pad(v, (0, width - v.shape[1]), value=math.nan) for v in values]
+    return torch.cat(values)
+
+
+__all__ = ["DatasetExplanations", "explain_dataset"]

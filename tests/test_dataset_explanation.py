@@ -1,0 +1,259 @@
+"""``explain_dataset``: one process and ``torchrun``, resuming after a crash, refusing mixed
+settings, storage, scores and bad arguments."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from distributed_explain import (
+    ATTRIBUTE_KWARGS,
+    N_EXAMPLES,
+    SeededImages,
+    run,
+    tiny_model,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from captum_masks import RISE, DatasetExplanations, MeaningfulPerturbation, explain_dataset
+from captum_masks.dataset_explanation import MANIFEST
+
+SCRIPT = Path(__file__).parent / "distributed_explain.py"
+
+
+def torchrun(nproc: int, *arguments: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += [f"--nproc_per_node={nproc}", str(SCRIPT), *map(str, arguments)]
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env=environment, check=False
+    )
+
+
+def logged_examples(log: Path) -> int:
+    return sum(int(line) for f in log.glob("rank-*.txt") for line in f.read_text().split())
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    return run(tmp_path_factory.mktemp("one")).load()
+
+
+def assert_same_results(results: dict, expected: dict) -> None:
+    assert results["ids"].tolist() == list(range(N_EXAMPLES))
+    assert set(results) == set(expected)
+    for name in expected:
+        torch.testing.assert_close(results[name], expected[name], equal_nan=True, msg=name)
+
+
+def test_one_process_gives_each_example_what_the_method_gives_it(one_process):
+    data = SeededImages()
+    images = torch.stack([data[i][0] for i in range(N_EXAMPLES)])
+    labels = torch.tensor([data[i][1] for i in range(N_EXAMPLES)])
+    direct = MeaningfulPerturbation(tiny_model()).attribute(
+        images, target=labels, **ATTRIBUTE_KWARGS
+    )
+    torch.testing.assert_close(one_process["attributions"], direct)
+    assert one_process["targets"].tolist() == labels.tolist()
+    probabilities = tiny_model()(images).softmax(1)[torch.arange(N_EXAMPLES), labels]
+    torch.testing.assert_close(one_process["probabilities"], probabilities.float())
+    assert one_process["history.loss"].shape == (N_EXAMPLES, ATTRIBUTE_KWARGS["n_iter"])
+    for score in ("pointing", "relevance_mass", "deletion_auc", "insertion_auc"):
+        values = one_process[f"scores.{score}"]
+        assert values.shape == (N_EXAMPLES,) and ((values >= 0) & (values <= 1)).all()
+
+
+def test_torchrun_two_processes_match_one_process(tmp_path, one_process):
+    result = torchrun(2, tmp_path / "two", "--journal", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_results(DatasetExplanations(tmp_path / "two").load(), one_process)
+    # the batches were split: both ranks worked, and no example was explained twice
+    assert logged_examples(tmp_path) == N_EXAMPLES
+    assert all((tmp_path / f"rank-{r}.txt").read_text() for r in (0, 1))
+
+
+def test_run_killed_by_a_rank_resumes_on_three_processes(tmp_path, one_process):
+    out, log = tmp_path / "out", tmp_path / "log"
+    log.mkdir()
+    killed = torchrun(2, out, "--kill-rank", 1, "--kill-after", 2, "--journal", log)
+    assert killed.returncode != 0
+    partial = DatasetExplanations(out)
+    assert 0 < len(partial) < N_EXAMPLES and not partial.is_complete()
+    done_before = len(partial)
+    for previous in log.glob("*.txt"):
+        previous.unlink()
+    resumed = torchrun(3, out, "--journal", log)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert logged_examples(log) == N_EXAMPLES - done_before  # only what was missing
+    assert not list(out.glob("*.tmp"))
+    assert_same_results(DatasetExplanations(out).load(), one_process)
+
+
+class Interrupted(Exception):
+    pass
+
+
+class FailsAfter(torch.utils.data.Dataset):
+    """SeededImages that raises once ``limit`` items have been read, like a run cut short."""
+
+    def __init__(self, limit: int) -> None:
+        self.data, self.limit, self.reads = SeededImages(), limit, 0
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int):
+        self.reads += 1
+        if self.reads > self.limit:
+            raise Interrupted
+        return self.data[index]
+
+
+def test_interrupted_run_resumes_and_an_unfinished_file_is_not_taken_as_done(tmp_path):
+    model = tiny_model()
+    kwargs = {"batch_size": 4, "attribute_kwargs": {"n_samples": 16}, "show_progress": False}
+    expected = explain_dataset(RISE(model), SeededImages(), tmp_path / "whole", **kwargs).load()
+    out = tmp_path / "cut"
+    # the first read is the data's fingerprint (3 items), then batches of 4: two batches done
+    with pytest.raises(Interrupted):
+        explain_dataset(RISE(model), FailsAfter(3 + 8 + 1), out, **kwargs)
+    assert [f.name for f in DatasetExplanations(out).files()] == [
+        "batch-0000000.pt",
+        "batch-0000001.pt",
+    ]
+    (out / "batch-0000002.pt.tmp").write_bytes(b"half a file")
+    resumed_data = FailsAfter(limit=10**6)
+    results = explain_dataset(RISE(model), resumed_data, out, **kwargs)
+    assert resumed_data.reads == 3 + N_EXAMPLES - 8  # the fingerprint, then the missing rows
+    assert not (out / "batch-0000002.pt.tmp").exists()
+    assert results.is_complete()
+    torch.testing.assert_close(results.load(), expected)
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ({"attribute_kwargs": {"n_samples": 32}}, "attribute_kwargs"),
+        ({"batch_size": 3}, "batch_size"),
+        ({"target": 1}, "target"),
+        ({"precision": "float16"}, "precision"),
+        ({"settings": {"suite": "other"}}, "settings"),
+    ],
+)
+def test_other_settings_on_the_same_out_are_refused(tmp_path, change, key):
+    model = tiny_model()
+    kwargs = {"batch_size": 11, "attribute_kwargs": {"n_samples": 16}, "show_progress": False}
+    explain_dataset(RISE(model), SeededImages(), tmp_path, **kwargs)
+    before = {f.name: f.read_bytes() for f in tmp_path.iterdir()}
+    with pytest.raises(ValueError, match=f"other settings.*{key}"):
+        explain_dataset(RISE(model), SeededImages(), tmp_path, **{**kwargs, **change})
+    assert {f.name: f.read_bytes() for f in tmp_path.iterdir()} == before
+
+
+def test_another_model_method_or_dataset_on_the_same_out_is_refused(tmp_path):
+    kwargs = {"batch_size": 11, "show_progress": False}
+    explain_dataset(RISE(tiny_model()), SeededImages(), tmp_path, **kwargs)
+    retrained = tiny_model()
+    with torch.no_grad():
+        retrained[0].bias.add_(1e-3)
+    with pytest.raises(ValueError, match="other settings.*model"):
+        explain_dataset(RISE(retrained), SeededImages(), tmp_path, **kwargs)
+    with pytest.raises(ValueError, match="other settings.*method"):
+        explain_dataset(MeaningfulPerturbation(tiny_model()), SeededImages(), tmp_path, **kwargs)
+    other_data = [SeededImages()[i + 1] for i in range(N_EXAMPLES)]
+    with pytest.raises(ValueError, match="other settings.*data"):
+        explain_dataset(RISE(tiny_model()), other_data, tmp_path, **kwargs)
+
+
+def test_half_precision_storage_halves_the_files(tmp_path):
+    sizes = {}
+    for precision in ("float32", "float16", "bfloat16"):
+        results = explain_dataset(
+            RISE(tiny_model()),
+            SeededImages(),
+            tmp_path / precision,
+            batch_size=N_EXAMPLES,
+            precision=precision,
+            attribute_kwargs={"n_samples": 16},
+            show_progress=False,
+        )
+        attributions = results.load()["attributions"]
+        assert attributions.dtype == getattr(torch, precision)
+        sizes[precision] = attributions.element_size() * attributions.numel()
+    assert sizes["float16"] == sizes["bfloat16"] == sizes["float32"] // 2
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    n=st.integers(1, 9),
+    batch_size=st.integers(1, 5),
+    kind=st.sampled_from(["tensor", "tuple", "dict"]),
+)
+def test_every_item_form_and_batch_size_explains_every_example_once(tmp_path_factory, n, batch_size, kind):
+    data = SeededImages()
+    items = {
+        "tensor": lambda i: data[i][0],
+        "tuple": lambda i: data[i][:2],
+        "dict": lambda i: {"inputs": data[i][0], "mask": data[i][2]},
+    }[kind]
+    dataset = [items(i) for i in range(n)]
+    out = tmp_path_factory.mktemp("forms")
+    results = explain_dataset(
+        RISE(tiny_model()),
+        dataset,
+        out,
+        batch_size=batch_size,
+        attribute_kwargs={"n_samples": 8},
+        show_progress=False,
+    )
+    loaded = results.load()
+    assert loaded["ids"].tolist() == list(range(n))
+    assert loaded["attributions"].shape == (n, 3, 12, 12)
+    assert len(results.files()) == -(-n // batch_size)
+    assert ("scores.pointing" in loaded) == (kind == "dict")
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["data"]["length"] == n and manifest["batch_size"] == batch_size
+
+
+def test_table_summarises_the_scores_over_the_dataset(tmp_path):
+    results = run(tmp_path)
+    table = results.table().splitlines()
+    assert table[0] == "| score | mean ± std | examples |"
+    assert {line.split("|")[1].strip() for line in table[2:]} == {
+        "pointing",
+        "relevance_mass",
+        "deletion_auc",
+        "insertion_auc",
+    }
+    assert all(line.rstrip(" |").endswith(str(N_EXAMPLES)) for line in table[2:])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"method": tiny_model()}, "method must be a Captum attribution"),
+        ({"data": iter([torch.rand(3, 12, 12)])}, "data must be a map-style dataset"),
+        ({"data": []}, "data is empty"),
+        ({"target": "top"}, "target must be 'predicted', 'label'"),
+        ({"batch_size": 0}, "batch_size must be a positive int"),
+        ({"precision": "int8"}, "precision must be one of"),
+        ({"attribute_kwargs": {"target": 1}}, r"attribute_kwargs must not set \['target'\]"),
+        ({"num_workers": -1}, "num_workers must be an int >= 0"),
+    ],
+)
+def test_bad_arguments_are_clear_errors_and_write_nothing(tmp_path, kwargs, message):
+    arguments = {"method": RISE(tiny_model()), "data": SeededImages(), "out": tmp_path / "out"}
+    with pytest.raises(ValueError, match=message):
+        explain_dataset(**{**arguments, **kwargs})
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_without_manifest_is_not_read_as_results(tmp_path):
+    with pytest.raises(ValueError, match="holds no manifest.json"):
+        DatasetExplanations(tmp_path)
