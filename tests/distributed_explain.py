@@ -51,6 +51,11 @@ def tiny_model() -> nn.Module:
     return model.double().eval()
 
 
+def tiny_float_model() -> nn.Module:
+    """The same network in float32, for images read from files."""
+    return tiny_model().float()
+
+
 class RecordedMeaningfulPerturbation(MeaningfulPerturbation):
     """MeaningfulPerturbation that can log its batches and die; the private attributes keep the
     manifest the same as a run without them."""

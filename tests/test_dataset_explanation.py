@@ -25,6 +25,7 @@ from captum_masks import RISE, DatasetExplanations, MeaningfulPerturbation, expl
 from captum_masks.dataset_explanation import MANIFEST
 
 SCRIPT = Path(__file__).parent / "distributed_explain.py"
+TESTS = Path(__file__).parent
 
 
 def torchrun(nproc: int, *arguments: str) -> subprocess.CompletedProcess:
@@ -257,3 +258,89 @@ def test_bad_arguments_are_clear_errors_and_write_nothing(tmp_path, kwargs, mess
 def test_a_folder_without_manifest_is_not_read_as_results(tmp_path):
     with pytest.raises(ValueError, match="holds no manifest.json"):
         DatasetExplanations(tmp_path)
+
+
+def explain_command(*arguments, nproc: int | None = None) -> subprocess.CompletedProcess:
+    """``python -m captum_masks explain ...``, or under ``torchrun`` with ``nproc`` processes."""
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path])}
+    environment["OMP_NUM_THREADS"] = "1"
+    launcher = [sys.executable]
+    if nproc is not None:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    command = [*launcher, "-m", "captum_masks", *map(str, arguments), "--threads", "1"]
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env=environment, check=False
+    )
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    (folder / "nested").mkdir(parents=True)
+    generator = torch.Generator().manual_seed(0)
+    for k, name in enumerate(["a.png", "b.jpg", "nested/c.png"]):
+        pixels = (torch.rand(40 + k, 50, 3, generator=generator) * 255).to(torch.uint8)
+        Image.fromarray(pixels.numpy()).save(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_explain_command_explains_a_folder_of_images_and_resumes(tmp_path, image_folder):
+    arguments = ["explain", "RISE", "--data", image_folder, "--out", tmp_path / "out"]
+    arguments += ["--model", "distributed_explain:tiny_float_model", "--batch-size", "2"]
+    arguments += ["--set", "n_samples=8", "seed=1", "--precision", "float16"]
+    first = explain_command(*arguments)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "3 of 3 examples" in first.stdout
+    results = DatasetExplanations(tmp_path / "out")
+    loaded = results.load()
+    assert loaded["attributions"].shape == (3, 3, 224, 224)
+    assert loaded["attributions"].dtype == torch.float16
+    assert results.manifest["attribute_kwargs"] == {"n_samples": 8, "seed": 1}
+    stamps = {f.name: f.stat().st_mtime_ns for f in results.files()}
+    again = explain_command(*arguments)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {f.name: f.stat().st_mtime_ns for f in results.files()} == stamps  # nothing redone
+    other = explain_command(*arguments[:-4], "n_samples=16", "seed=1")
+    assert other.returncode == 2 and "other settings (attribute_kwargs" in other.stderr
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["NoSuchMethod"], "method must be one of MeaningfulPerturbation"),
+        (["RISE", "--model", "nowhere"], "model must be 'module:function'"),
+        (["RISE", "--model", "no_module_here:f"], "cannot be imported"),
+        (["LayerGradCam", "--layer", "no.such"], "layer 'no.such' is not a submodule"),
+    ],
+)
+def test_explain_command_errors_name_the_argument(tmp_path, image_folder, arguments, message):
+    arguments = [*arguments, "--data", image_folder, "--out", tmp_path / "out"]
+    if "--model" not in arguments:
+        arguments += ["--model", "distributed_explain:tiny_float_model"]
+    result = explain_command("explain", *arguments)
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.real_model  # the reference CNN of the synthetic suite
+def test_benchmark_under_torchrun_matches_one_process(tmp_path):
+    from captum_masks.bench.benchmark import format_table, run_benchmark
+
+    methods = ["Saliency", "RISE"]
+    result = explain_command(
+        "benchmark", "--suite", "synthetic", "--n-images", 3, "--methods", *methods,
+        "--workdir", tmp_path / "work", "--out", tmp_path / "figure.png", nproc=2,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    single = format_table(run_benchmark("synthetic", methods, n=3, show_progress=False))
+
+    def without_seconds(table: str) -> list:
+        return [line.rsplit("|", 2)[0] for line in table.splitlines()]
+
+    printed = [line for line in result.stdout.splitlines() if line.startswith("|")]
+    assert without_seconds("\n".join(printed)) == without_seconds(single)
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == sorted(methods)

@@ -26,15 +26,19 @@ class-specific masking table for it (``python -m captum_masks class-masking``).
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from torch import Tensor
+from captum.attr import Attribution
+from torch import Tensor, nn
 
-from captum_masks import metrics
+from captum_masks import explain_dataset, metrics
+from captum_masks._distributed import rank_and_world_size
 from captum_masks.bench.runners import (
     ALL_METHODS,
     AMORTIZED_SUITES,
@@ -43,7 +47,7 @@ from captum_masks.bench.runners import (
     accepted,
     method_runners,
 )
-from captum_masks.bench.suites import SUITE_BUILDERS, SUITES, Suite
+from captum_masks.bench.suites import SUITE_BUILDERS, SUITES, Suite, SuiteDataset
 
 METRIC_COLUMNS = (
     "pointing",
@@ -101,6 +105,7 @@ def run_benchmark(
     deletion_steps: int = 16,
     show_progress: bool = True,
     overrides: dict | None = None,
+    workdir: str | None = None,
 ) -> BenchmarkResult:
     """Explain ``n`` images of ``suite`` with every method and score them.
 
@@ -122,6 +127,10 @@ def run_benchmark(
         overrides (dict, optional): keyword arguments for this package's methods on top of the
             suite's settings, such as ``{"temperature": 1.0, "n_iter": 150}``; each goes to the
             selected methods that take it, and one that none of them takes is an error.
+        workdir (str, optional): explain through :func:`captum_masks.explain_dataset` into
+            ``workdir/<method>``, so that a run can be resumed and, under ``torchrun``, the rows
+            are shared by the processes (each method's batch is its rows ÷ processes). Rank 0
+            scores and returns the table; the other ranks return their result without scores.
 
     Returns:
         :class:`BenchmarkResult`; :func:`format_table` turns it into markdown.
@@ -136,16 +145,60 @@ def run_benchmark(
     methods = _chosen_methods(suite, methods, n, overrides or {})
     data = SUITE_BUILDERS[suite](n, seed, split)
     runners = method_runners(data, seed, overrides)
+    rank, world_size = rank_and_world_size()
     scores, attributions, curves = {}, {}, {}
     for name in progress(
-        methods, desc=f"Benchmark ({suite})", total=len(methods), disable=not show_progress
+        methods,
+        desc=f"Benchmark ({suite})",
+        total=len(methods),
+        disable=not show_progress or rank != 0,
     ):
         start = time.perf_counter()
-        attribution = runners[name](data.inputs, data.targets).detach()
+        if workdir is None and world_size == 1:
+            attribution = runners[name](data.inputs, data.targets).detach()
+        else:
+            run = {"suite": suite, "n": n, "seed": seed, "split": split, "overrides": overrides}
+            attribution = _explained(name, runners[name], data, workdir, run, world_size)
         seconds = (time.perf_counter() - start) / data.inputs.shape[0]
-        scores[name], curves[name] = _scores(data, attribution, seconds, deletion_steps)
+        if rank == 0:
+            scores[name], curves[name] = _scores(data, attribution, seconds, deletion_steps)
         attributions[name] = attribution
     return BenchmarkResult(data, scores, attributions, curves)
+
+
+class _Row(Attribution):
+    """A benchmark row as the Captum attribution :func:`explain_dataset` takes."""
+
+    def __init__(self, model: nn.Module, runner: Callable[[Tensor, Tensor], Tensor]) -> None:
+        super().__init__(model)
+        self.runner = runner
+
+    def attribute(self, inputs: Tensor, target: Tensor) -> Tensor:
+        return self.runner(inputs, target)
+
+
+def _explained(
+    name: str,
+    runner: Callable[[Tensor, Tensor], Tensor],
+    data: Suite,
+    workdir: str | None,
+    run: dict,
+    world_size: int,
+) -> Tensor:
+    """One row's maps through :func:`explain_dataset`, each process explaining its share."""
+    if workdir is None:
+        raise ValueError("under torchrun the benchmark needs workdir, a folder every rank shares")
+    rows = data.inputs.shape[0]
+    results = explain_dataset(
+        _Row(data.model, runner),
+        SuiteDataset(data, ground_truth=False),
+        Path(workdir) / name.replace("/", "-"),
+        target="label",
+        batch_size=math.ceil(rows / world_size),
+        settings={"row": name, **run},
+        show_progress=False,
+    )
+    return results.load(["attributions"])["attributions"]
 
 
 def _chosen_methods(suite: str, methods: Sequence[str] | None, n: int, overrides: dict) -> list:

@@ -1,4 +1,5 @@
-"""Command line: ``python -m captum_masks {demo,speed,benchmark,class-masking,tabular} ...``."""
+"""Command line: ``python -m captum_masks {demo,speed,benchmark,class-masking,tabular,explain}
+...``."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ COMMANDS = {
     "class-masking": "Stalder et al.'s class-specific masking table for the trained "
     "AmortizedExplainer",
     "tabular": "breast-cancer rows: each method's feature ranking against ShapleyValueSampling",
+    "explain": "explain a whole dataset into a folder, resumable, on one process or under torchrun",
 }
 
 
@@ -40,7 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--threads", type=_positive_int, default=None, help=THREADS_HELP)
     commands = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_demo, _add_speed, _add_benchmark, _add_class_masking, _add_tabular):
+    for add in (
+        _add_demo,
+        _add_speed,
+        _add_benchmark,
+        _add_class_masking,
+        _add_tabular,
+        _add_explain,
+    ):
         add(commands, common)
     args = parser.parse_args(argv)
     if args.threads is not None:
@@ -108,7 +117,21 @@ def _add_benchmark(commands: Any, common: argparse.ArgumentParser) -> None:
         "pip install --no-deps torchray==1.0.0.2",
         "all the suite has",
     )
-    bench.add_argument("--n", type=_positive_int, default=20, help="number of images")
+    bench.add_argument(
+        "--n",
+        "--n-images",
+        dest="n",
+        type=_positive_int,
+        default=20,
+        help="number of images (under torchrun write --n-images: torchrun takes --n for one of "
+        "its own options)",
+    )
+    bench.add_argument(
+        "--workdir",
+        default=None,
+        help="explain through captum_masks.explain_dataset into this folder: resumable, and "
+        "needed under torchrun, where the processes share each method's rows",
+    )
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument(
         "--split",
@@ -161,6 +184,75 @@ def _add_settings(parser: argparse.ArgumentParser, help_text: str) -> None:
     )
 
 
+def _add_explain(commands: Any, common: argparse.ArgumentParser) -> None:
+    explain = commands.add_parser(
+        "explain",
+        parents=[common],
+        help=COMMANDS["explain"],
+        description="Explain every example of a dataset with one method and write the results "
+        "to --out, one file per batch (captum_masks.explain_dataset). Run it again on the same "
+        "--out to finish an interrupted run; under torchrun (e.g. torchrun --nproc_per_node=2 "
+        "-m captum_masks explain ...) the processes share the batches.",
+    )
+    explain.add_argument(
+        "method",
+        help="MeaningfulPerturbation, NeuroMaskAttr, ExtremalPerturbation, RISE, "
+        "LayerMeaningfulPerturbation, LayerNeuroMask, or any captum.attr attribution "
+        "(e.g. Occlusion, IntegratedGradients, LayerGradCam with --layer)",
+    )
+    explain.add_argument(
+        "--data",
+        required=True,
+        help="a folder of images (preprocessed for the zoo's ImageNet models), or "
+        "module:function returning a map-style dataset",
+    )
+    explain.add_argument("--out", required=True, help="the results' folder")
+    explain.add_argument(
+        "--model",
+        default="efficientnet_lite0",
+        help="efficientnet_lite0 (the zoo's, pretrained) or module:function returning a model",
+    )
+    explain.add_argument("--layer", default=None, help="a layer method's layer, by its name")
+    explain.add_argument("--batch-size", type=_positive_int, default=8)
+    explain.add_argument(
+        "--target",
+        type=_target,
+        default="predicted",
+        help="predicted (the top class), label (the dataset's), a class index, or none",
+    )
+    explain.add_argument(
+        "--precision",
+        choices=("float32", "float16", "bfloat16"),
+        default=None,
+        help="the stored attributions' dtype (default: the method's)",
+    )
+    explain.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
+    explain.add_argument(
+        "--pointing-sigma",
+        type=float,
+        default=0.0,
+        help="smoothing (px) of the map before the pointing game, where the data has masks; "
+        "the README's photo tables use 4",
+    )
+    _add_settings(explain, "the method's attribute arguments, e.g. --set n_iter=150 seed=0")
+
+
+def _target(text: str) -> int | str | None:
+    if text in ("predicted", "label"):
+        return text
+    if text == "none":
+        return None
+    try:
+        index = int(text)
+    except ValueError:
+        index = -1
+    if index < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected predicted, label, none or a class index >= 0, got {text!r}"
+        )
+    return index
+
+
 def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
     if args.command == "demo":
         from captum_masks.bench.demo import run_demo
@@ -168,16 +260,45 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
         run_demo(image=args.image, out=args.out, n_iter=args.n_iter, seed=args.seed)
     elif args.command == "benchmark":
         from captum_masks.bench.benchmark import format_table, run_benchmark, save_figure
+        from captum_masks.bench.explain import process_group_from_environment
 
-        result = run_benchmark(
-            args.suite, args.methods, args.n, args.seed, args.split, overrides=dict(args.set)
-        )
+        with process_group_from_environment() as rank:
+            result = run_benchmark(
+                args.suite,
+                args.methods,
+                args.n,
+                args.seed,
+                args.split,
+                overrides=dict(args.set),
+                workdir=args.workdir,
+            )
+        if rank != 0:
+            return
         command = " ".join(["python -m captum_masks", *(sys.argv[1:] if argv is None else argv)])
         print(f"\n{args.suite} suite, {args.split} split, {args.n} images ({command}):\n")
         print(format_table(result))
         out = args.out or f"benchmark_{args.suite}.png"
         save_figure(result, out)
         print(f"\nSaved {out}")
+    elif args.command == "explain":
+        from captum_masks.bench.explain import process_group_from_environment, run_explain
+
+        with process_group_from_environment():
+            report = run_explain(
+                args.method,
+                args.data,
+                args.out,
+                model=args.model,
+                layer=args.layer,
+                settings=dict(args.set),
+                target=args.target,
+                batch_size=args.batch_size,
+                precision=args.precision,
+                num_workers=args.num_workers,
+                pointing_sigma=args.pointing_sigma,
+            )
+        if report:
+            print(report)
     elif args.command == "tabular":
         from captum_masks.bench.tabular import format_tabular, tabular_report
 

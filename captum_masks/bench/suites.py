@@ -220,10 +220,52 @@ SUITE_BUILDERS: dict[str, Callable[[int, int, str], Suite]] = {
 }
 
 
+class SuiteDataset(torch.utils.data.Dataset):
+    """A suite's rows as a dataset for :func:`captum_masks.explain_dataset`: each item is a dict
+    with the row's ``inputs`` and ``label`` (the class the suite explains) and, with
+    ``ground_truth``, its ``mask`` (and ``other_mask`` on the pair suites), which
+    ``explain_dataset`` scores.
+
+    Args:
+        suite (Suite): the rows.
+        ground_truth (bool): include the masks.
+    """
+
+    def __init__(self, suite: Suite, ground_truth: bool = True) -> None:
+        self.suite, self.ground_truth = suite, ground_truth
+
+    def __len__(self) -> int:
+        return self.suite.inputs.shape[0]
+
+    def __getitem__(self, index: int) -> dict:
+        suite = self.suite
+        item = {"inputs": suite.inputs[index], "label": suite.targets[index]}
+        if self.ground_truth:
+            item["mask"] = suite.masks[index]
+            if suite.other_masks is not None:
+                item["other_mask"] = suite.other_masks[index]
+        return item
+
+
+def held_out_photos() -> SuiteDataset:
+    """The README's 12 held-out single-object photos with their masks, for
+    ``python -m captum_masks explain --data captum_masks.bench.suites:held_out_photos``
+    (EfficientNet-Lite0, ``--target label``)."""
+    return SuiteDataset(photos_suite(12))
+
+
+def held_out_photo_pairs() -> SuiteDataset:
+    """The README's 8 held-out two-object photos (16 rows) with both objects' masks."""
+    return SuiteDataset(photos_pairs_suite(8))
+
+
 __all__ = [
     "SUITES",
     "SUITE_BUILDERS",
     "Suite",
+    "SuiteDataset",
+    "held_out_photo_pairs",
+    "held_out_photos",
     "image_suite",
     "photos_pairs_suite",
     "photos_suite",
