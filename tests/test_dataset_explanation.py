@@ -344,3 +344,16 @@ def test_benchmark_under_torchrun_matches_one_process(tmp_path):
     printed = [line for line in result.stdout.splitlines() if line.startswith("|")]
     assert without_seconds("\n".join(printed)) == without_seconds(single)
     assert sorted(p.name for p in (tmp_path / "work").iterdir()) == sorted(methods)
+
+
+def test_scaling_table_shows_the_rates_and_the_imagenet_arithmetic():
+    from captum_masks.bench.scaling import IMAGENET_VAL, ScalingRow, format_scaling
+
+    rows = [ScalingRow("RISE", images=6, seconds={1: 12.0, 2: 8.0})]
+    table = format_scaling(rows, machines=(1, 10)).splitlines()
+    assert table[0].startswith("| method | images / s, 1 process | images / s, 2 processes |")
+    cells = [cell.strip() for cell in table[2].strip("|").split("|")]
+    assert cells[:3] == ["RISE", "0.500", "0.750"]
+    # the faster count (2 processes, 0.75 images / s) times the number of machines
+    assert cells[3] == f"{IMAGENET_VAL:,} ÷ (0.750 × 1) s = {IMAGENET_VAL / 0.75 / 3600:.1f} h"
+    assert cells[4].endswith(f"= {IMAGENET_VAL / 7.5 / 3600:.1f} h")

@@ -32,6 +32,7 @@ COMMANDS = {
     "AmortizedExplainer",
     "tabular": "breast-cancer rows: each method's feature ranking against ShapleyValueSampling",
     "explain": "explain a whole dataset into a folder, resumable, on one process or under torchrun",
+    "scaling": "images per second of explain on 1 and 2 processes, and ImageNet-val's cost",
 }
 
 
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         _add_class_masking,
         _add_tabular,
         _add_explain,
+        _add_scaling,
     ):
         add(commands, common)
     args = parser.parse_args(argv)
@@ -228,6 +230,9 @@ def _add_explain(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     explain.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
     explain.add_argument(
+        "--first", type=_positive_int, default=None, help="explain only the first N examples"
+    )
+    explain.add_argument(
         "--pointing-sigma",
         type=float,
         default=0.0,
@@ -235,6 +240,23 @@ def _add_explain(commands: Any, common: argparse.ArgumentParser) -> None:
         "the README's photo tables use 4",
     )
     _add_settings(explain, "the method's attribute arguments, e.g. --set n_iter=150 seed=0")
+
+
+def _add_scaling(commands: Any, common: argparse.ArgumentParser) -> None:
+    from captum_masks.bench.scaling import SCALING_METHODS
+
+    scaling = commands.add_parser("scaling", parents=[common], help=COMMANDS["scaling"])
+    scaling.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(SCALING_METHODS),
+        metavar="METHOD",
+        help=f"methods that explain takes (default: {', '.join(SCALING_METHODS)})",
+    )
+    scaling.add_argument("--images", type=_positive_int, default=6, help="held-out photos")
+    scaling.add_argument(
+        "--processes", type=_positive_int, nargs="+", default=[1, 2], help="process counts"
+    )
 
 
 def _target(text: str) -> int | str | None:
@@ -296,9 +318,14 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
                 precision=args.precision,
                 num_workers=args.num_workers,
                 pointing_sigma=args.pointing_sigma,
+                first=args.first,
             )
         if report:
             print(report)
+    elif args.command == "scaling":
+        from captum_masks.bench.scaling import format_scaling, measure_scaling
+
+        print(format_scaling(measure_scaling(args.methods, args.processes, args.images)))
     elif args.command == "tabular":
         from captum_masks.bench.tabular import format_tabular, tabular_report
 

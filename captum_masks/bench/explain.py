@@ -122,6 +122,7 @@ def run_explain(
     model: str = ZOO_MODEL,
     layer: str | None = None,
     settings: dict | None = None,
+    first: int | None = None,
     **options: Any,
 ) -> str:
     """Explain the dataset under the current process group (if any) and return rank 0's
@@ -134,6 +135,7 @@ def run_explain(
         model (str): ``efficientnet_lite0`` or ``module:function``.
         layer (str, optional): the layer of a layer method, by its name in the model.
         settings (dict, optional): the method's ``attribute`` arguments.
+        first (int, optional): explain only the dataset's first ``first`` examples.
         **options: the other arguments of :func:`captum_masks.explain_dataset`.
 
     Returns:
@@ -145,6 +147,8 @@ def run_explain(
     network.to(device)
     attribution = build_method(method, network, layer)
     dataset = build_data(data)
+    if first is not None:
+        dataset = torch.utils.data.Subset(dataset, range(min(first, len(dataset))))
     start = time.perf_counter()
     results = explain_dataset(
         attribution,
