@@ -33,6 +33,8 @@ PRECISIONS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": to
 #: what a dataset item may hold besides its input (see :func:`explain_dataset`)
 ITEM_KEYS = ("inputs", "label", "mask", "other_mask")
 SCORES = ("pointing", "relevance_mass", "discrimination", "deletion_auc", "insertion_auc")
+#: suffix of the entry that marks an attribution stored as one channel of a repeated mask
+CHANNELS = ".repeated_channels"
 
 
 def explain_dataset(
@@ -70,7 +72,9 @@ def explain_dataset(
 
     Each batch file holds tensors only, read back with ``torch.load(weights_only=True)`` (see
     :class:`DatasetExplanations`): ``ids`` (dataset indices), ``targets``, ``probabilities``
-    (softmax of the target on the clean input), ``attributions`` (at ``precision``), the method's
+    (softmax of the target on the clean input), ``attributions`` (at ``precision``; a mask
+    repeated over the channels, as mask methods return it, is stored once and repeated again when
+    it is read, which is lossless and a third of the size for RGB), the method's
     optimisation history where it returns one (``history.loss``, ``history.probability``: one row
     per example and step; ``history.steps``), and ``scores.*`` where the dataset gives masks.
     ``manifest.json`` records the method, its arguments and fingerprints of the model and the
@@ -180,7 +184,9 @@ def explain_dataset(
         record["ids"] = torch.tensor(ids, dtype=torch.long)
         if precision is not None:
             record = {
-                name: value.to(PRECISIONS[precision]) if name.startswith("attributions") else value
+                name: value.to(PRECISIONS[precision])
+                if name.startswith("attributions") and value.is_floating_point()
+                else value
                 for name, value in record.items()
             }
         save_atomically(record, out / _batch_file(index))
@@ -234,7 +240,7 @@ class DatasetExplanations:
     def batches(self) -> Iterator[dict[str, Tensor]]:
         """Each finished batch's tensors (see :func:`explain_dataset`), one file at a time."""
         for path in self.files():
-            yield torch.load(path, map_location="cpu", weights_only=True)
+            yield _expanded(torch.load(path, map_location="cpu", weights_only=True))
 
     def load(self, keys: Sequence[str] | None = None) -> dict[str, Tensor]:
         """Every finished batch's tensors concatenated in the order of the example ids.
@@ -513,7 +519,14 @@ def _explain_batch(
     attributions, history = result if wants_history else (result, None)
     for position, attribution in enumerate(_as_tuple(attributions)):
         name = "attributions" if single else f"attributions.{position}"
-        record[name] = attribution.detach().cpu()
+        attribution = attribution.detach().cpu()
+        if attribution.dim() > 2 and attribution.shape[1] > 1 and bool(
+            (attribution == attribution[:, :1]).all()
+        ):
+            # a mask repeated over the channels (every mask method's): one copy is lossless
+            record[f"{name}{CHANNELS}"] = torch.full((attribution.shape[0],), attribution.shape[1])
+            attribution = attribution[:, :1].contiguous()
+        record[name] = attribution
     if history is not None and is_dataclass(history):
         for field in fields(history):
             value = getattr(history, field.name)
@@ -578,6 +591,15 @@ def _scores(
             blur_sigma=scoring["blur_sigma"],
         )[0]
     return {name: value.detach().float().cpu() for name, value in scores.items()}
+
+
+def _expanded(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A batch file's entries, with attributions stored as one channel repeated again."""
+    for marker in [name for name in batch if name.endswith(CHANNELS)]:
+        name, channels = marker[: -len(CHANNELS)], int(batch.pop(marker)[0])
+        single = batch[name]
+        batch[name] = single.expand(single.shape[0], channels, *single.shape[2:])
+    return batch
 
 
 def _concatenate(values: list[Tensor]) -> Tensor:

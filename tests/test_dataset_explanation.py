@@ -172,7 +172,9 @@ def test_another_model_method_or_dataset_on_the_same_out_is_refused(tmp_path):
         explain_dataset(RISE(tiny_model()), other_data, tmp_path, **kwargs)
 
 
-def test_half_precision_storage_halves_the_files(tmp_path):
+def test_storage_half_precision_and_one_copy_of_a_repeated_mask(tmp_path):
+    from captum.attr import IntegratedGradients
+
     sizes = {}
     for precision in ("float32", "float16", "bfloat16"):
         results = explain_dataset(
@@ -184,10 +186,29 @@ def test_half_precision_storage_halves_the_files(tmp_path):
             attribute_kwargs={"n_samples": 16},
             show_progress=False,
         )
-        attributions = results.load()["attributions"]
-        assert attributions.dtype == getattr(torch, precision)
-        sizes[precision] = attributions.element_size() * attributions.numel()
+        (path,) = results.files()
+        stored = torch.load(path, weights_only=True)
+        # RISE's mask is the same in every channel: stored once, repeated when read
+        assert stored["attributions"].shape == (N_EXAMPLES, 1, 12, 12)
+        assert stored["attributions"].dtype == getattr(torch, precision)
+        loaded = results.load()["attributions"]
+        assert loaded.shape == (N_EXAMPLES, 3, 12, 12)
+        assert (loaded == loaded[:, :1]).all()
+        sizes[precision] = stored["attributions"].untyped_storage().nbytes()
     assert sizes["float16"] == sizes["bfloat16"] == sizes["float32"] // 2
+    full = torch.stack([SeededImages()[i][0] for i in range(N_EXAMPLES)])
+    expected = RISE(tiny_model()).attribute(
+        full, target=tiny_model()(full).argmax(1), n_samples=16
+    )
+    torch.testing.assert_close(
+        DatasetExplanations(tmp_path / "float32").load()["attributions"], expected.float()
+    )
+    # a map that differs between channels is stored whole
+    gradients = explain_dataset(
+        IntegratedGradients(tiny_model()), SeededImages(), tmp_path / "ig", show_progress=False
+    )
+    assert next(gradients.batches())["attributions"].shape[1] == 3
+    assert "attributions.repeated_channels" not in torch.load(gradients.files()[0], weights_only=True)
 
 
 @settings(max_examples=8, deadline=None)
