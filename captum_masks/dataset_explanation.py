@@ -164,13 +164,13 @@ def explain_dataset(
     n_batches = math.ceil(len(data) / batch_size)
     pending = _pending_batches(out, n_batches, rank, world_size, device)
     mine = pending[rank::world_size]
-    batches = [list(range(b * batch_size, min((b + 1) * batch_size, len(data)))) for b in mine]
+    batches = [
+        list(range(b * batch_size, b * batch_size + _batch_length(manifest, b))) for b in mine
+    ]
     loader = torch.utils.data.DataLoader(
         data, batch_sampler=batches, num_workers=num_workers, collate_fn=_collate
     )
-    done_before = len(data) - sum(
-        min(batch_size, len(data) - b * batch_size) for b in pending
-    )
+    done_before = len(data) - sum(_batch_length(manifest, b) for b in pending)
     bar = progress(
         desc=f"Explaining ({type(method).__name__})",
         total=len(data),
@@ -180,7 +180,7 @@ def explain_dataset(
     )
     scoring = manifest["scoring"]
     for index, ids, batch in zip(mine, batches, loader):
-        record = _explain_batch(method, model, batch, target, kwargs, device, scoring)
+        record = _explain_batch(method, batch, target, kwargs, device, scoring)
         record["ids"] = torch.tensor(ids, dtype=torch.long)
         if precision is not None:
             record = {
@@ -492,7 +492,6 @@ def _item_dict(item: Any) -> dict:
 
 def _explain_batch(
     method: Any,
-    model: nn.Module | None,
     batch: dict,
     target: Any,
     kwargs: dict,
