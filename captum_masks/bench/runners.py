@@ -103,6 +103,7 @@ def _our_runners(
         return RISE(model).attribute(x, target=t, seed=seed, **settings)
 
     neuromask_settings = {**suite.neuromask_settings, **accepted("NeuroMaskAttr", overrides)}
+    ep_settings = {**suite.ep_settings, **accepted("ExtremalPerturbation", overrides)}
     return {
         "AmortizedExplainer": amortized,
         **{f"MeaningfulPerturbation/{game}": meaningful_perturbation(game) for game in GAMES},
@@ -113,7 +114,7 @@ def _our_runners(
         "GuidedFeatureInversion/inversion": guided_feature_inversion("inversion"),
         "RISE": rise,
         "ExtremalPerturbation": lambda x, t: ExtremalPerturbation(model).attribute(
-            x, target=t, seed=seed, **accepted("ExtremalPerturbation", overrides)
+            x, target=t, seed=seed, **ep_settings
         ),
     }
 

@@ -40,6 +40,7 @@ class Suite:
     mp_settings: dict = field(default_factory=lambda: {game: {} for game in GAMES})
     neuromask_settings: dict = field(default_factory=dict)
     gfi_settings: dict = field(default_factory=dict)
+    ep_settings: dict = field(default_factory=dict)
     blur_sigma: float = 10.0
 
 
@@ -70,6 +71,13 @@ def _synthetic_settings(model: nn.Module, size: int) -> dict:
                 "blur_sigma": 10.0,
                 "jitter": 0,
             },
+        },
+        # the paper's grid, smoothing and blur are in pixels of a 224 px image
+        "ep_settings": {
+            "step": max(1, round(7 * scale)),
+            "sigma": 21 * scale,
+            "max_blur": 20 * scale,
+            "stride": max(1, round(4 * scale)),
         },
         "blur_sigma": 10 * scale,
     }
