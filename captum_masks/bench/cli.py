@@ -255,6 +255,9 @@ def _add_scaling(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     scaling.add_argument("--images", type=_positive_int, default=6, help="held-out photos")
     scaling.add_argument(
+        "--batch-size", type=_positive_int, default=2, help="examples per batch, every count"
+    )
+    scaling.add_argument(
         "--processes", type=_positive_int, nargs="+", default=[1, 2], help="process counts"
     )
 
@@ -325,7 +328,10 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
     elif args.command == "scaling":
         from captum_masks.bench.scaling import format_scaling, measure_scaling
 
-        print(format_scaling(measure_scaling(args.methods, args.processes, args.images)))
+        rows = measure_scaling(
+            args.methods, args.processes, args.images, batch_size=args.batch_size
+        )
+        print(format_scaling(rows))
     elif args.command == "tabular":
         from captum_masks.bench.tabular import format_tabular, tabular_report
 
