@@ -4,13 +4,10 @@ given."""
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
 import math
 import os
-import statistics
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -21,20 +18,26 @@ from torch import Tensor, nn
 from captum_masks import metrics
 from captum_masks._base import modules_of
 from captum_masks._compat import progress
+from captum_masks._dataset_files import (
+    CHANNELS,
+    FORMAT_VERSION,
+    DatasetExplanations,
+    agree_on_manifest,
+    as_tuple,
+    batch_file,
+    batch_length,
+    collate,
+    describe,
+    fingerprint_data,
+    fingerprint_model,
+    method_description,
+)
 from captum_masks._distributed import rank_and_world_size
 from captum_masks._inputs import check_choice, check_positive, check_positive_int
 from captum_masks._io import save_atomically
 
-#: bump when the files' layout changes, so that old folders are refused rather than misread
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 TARGETS = ("predicted", "label")
 PRECISIONS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-#: what a dataset item may hold besides its input (see :func:`explain_dataset`)
-ITEM_KEYS = ("inputs", "label", "mask", "other_mask")
-SCORES = ("pointing", "relevance_mass", "discrimination", "deletion_auc", "insertion_auc")
-#: suffix of the entry that marks an attribution stored as one channel of a repeated mask
-CHANNELS = ".repeated_channels"
 
 
 def explain_dataset(
@@ -143,10 +146,10 @@ def explain_dataset(
     device = torch.device(device) if device is not None else _device_of(model)
     manifest = {
         "format": FORMAT_VERSION,
-        "method": _method_description(method, model),
-        "attribute_kwargs": _describe(kwargs),
-        "model": _fingerprint_model(model),
-        "data": _fingerprint_data(data),
+        "method": method_description(method, model),
+        "attribute_kwargs": describe(kwargs),
+        "model": fingerprint_model(model),
+        "data": fingerprint_data(data),
         "target": target,
         "batch_size": batch_size,
         "precision": precision,
@@ -156,21 +159,21 @@ def explain_dataset(
             "pointing_sigma": pointing_sigma,
             "blur_sigma": blur_sigma,
         },
-        "settings": _describe(dict(settings or {})),
+        "settings": describe(dict(settings or {})),
     }
     rank, world_size = rank_and_world_size()
-    _agree_on_manifest(out, manifest, rank, world_size)
+    agree_on_manifest(out, manifest, rank, world_size)
 
     n_batches = math.ceil(len(data) / batch_size)
     pending = _pending_batches(out, n_batches, rank, world_size, device)
     mine = pending[rank::world_size]
     batches = [
-        list(range(b * batch_size, b * batch_size + _batch_length(manifest, b))) for b in mine
+        list(range(b * batch_size, b * batch_size + batch_length(manifest, b))) for b in mine
     ]
     loader = torch.utils.data.DataLoader(
-        data, batch_sampler=batches, num_workers=num_workers, collate_fn=_collate
+        data, batch_sampler=batches, num_workers=num_workers, collate_fn=collate
     )
-    done_before = len(data) - sum(_batch_length(manifest, b) for b in pending)
+    done_before = len(data) - sum(batch_length(manifest, b) for b in pending)
     bar = progress(
         desc=f"Explaining ({type(method).__name__})",
         total=len(data),
@@ -189,7 +192,7 @@ def explain_dataset(
                 else value
                 for name, value in record.items()
             }
-        save_atomically(record, out / _batch_file(index))
+        save_atomically(record, out / batch_file(index))
         # under torchrun, rank 0 projects the others' progress from its own
         bar.update(min(len(ids) * world_size, len(data) - bar.n))
     bar.update(len(data) - bar.n)
@@ -197,93 +200,6 @@ def explain_dataset(
     if world_size > 1:
         torch.distributed.barrier()
     return DatasetExplanations(out)
-
-
-class DatasetExplanations:
-    r"""The results of :func:`explain_dataset` in a folder, read without unpickling code.
-
-    Args:
-        out (str or path): the folder :func:`explain_dataset` wrote.
-
-    Attributes:
-        manifest (dict): the settings the folder was written with.
-
-    Examples::
-
-        >>> results = DatasetExplanations("runs/mp")
-        >>> results.is_complete(), len(results)
-        (True, 50000)
-        >>> for batch in results.batches():     # one file at a time: any size of dataset
-        ...     heat = batch["attributions"].float().sum(1)
-        >>> print(results.table())
-    """
-
-    def __init__(self, out: str | os.PathLike) -> None:
-        self.out = Path(out)
-        manifest = self.out / MANIFEST
-        if not manifest.is_file():
-            raise ValueError(f"out {str(self.out)!r} holds no {MANIFEST}: not a results folder")
-        self.manifest = json.loads(manifest.read_text())
-
-    def files(self) -> list[Path]:
-        """The finished batch files, in batch order."""
-        return sorted(self.out.glob("batch-*.pt"))
-
-    def __len__(self) -> int:
-        """Examples explained so far."""
-        return sum(_batch_length(self.manifest, int(f.stem.split("-")[1])) for f in self.files())
-
-    def is_complete(self) -> bool:
-        """Whether every example of the dataset has been explained."""
-        return len(self) == self.manifest["data"]["length"]
-
-    def batches(self) -> Iterator[dict[str, Tensor]]:
-        """Each finished batch's tensors (see :func:`explain_dataset`), one file at a time."""
-        for path in self.files():
-            yield _expanded(torch.load(path, map_location="cpu", weights_only=True))
-
-    def load(self, keys: Sequence[str] | None = None) -> dict[str, Tensor]:
-        """Every finished batch's tensors concatenated in the order of the example ids.
-
-        Args:
-            keys (sequence of str, optional): only these entries (e.g. ``["ids", "scores.pointing"]``),
-                to keep large attributions out of memory.
-
-        Returns:
-            dict of Tensor, one row per example explained.
-        """
-        parts: dict[str, list[Tensor]] = {}
-        for batch in self.batches():
-            for name, value in batch.items():
-                if keys is None or name in keys or name == "ids":
-                    parts.setdefault(name, []).append(value)
-        if not parts:
-            return {}
-        merged = {name: _concatenate(values) for name, values in parts.items()}
-        order = torch.argsort(merged["ids"])
-        return {
-            name: value[order]
-            for name, value in merged.items()
-            if keys is None or name in keys or name == "ids"
-        }
-
-    def scores(self) -> dict[str, Tensor]:
-        """Each score over the examples explained so far (empty without ground truth)."""
-        loaded = self.load([f"scores.{name}" for name in SCORES])
-        return {name.split(".", 1)[1]: v for name, v in loaded.items() if name != "ids"}
-
-    def table(self) -> str:
-        """The scores as one markdown table: mean ± standard deviation over the examples."""
-        scores = self.scores()
-        if not scores:
-            return "no scores: the dataset gives no ground-truth masks"
-        lines = ["| score | mean ± std | examples |", "|---|---|---|"]
-        for name in SCORES:
-            if name in scores:
-                values = scores[name].double().tolist()
-                spread = statistics.stdev(values) if len(values) > 1 else 0.0
-                lines.append(f"| {name} | {statistics.fmean(values):.3f} ± {spread:.3f} | {len(values)} |")
-        return "\n".join(lines)
 
 
 def _checked_arguments(
@@ -338,92 +254,6 @@ def _device_of(model: nn.Module | None) -> torch.device:
     return tensors[0].device if tensors else torch.device("cpu")
 
 
-def _method_description(method: Any, model: nn.Module | None) -> dict:
-    """The method's class, and the modules and plain settings it was built with (a Layer
-    method's layer, by its name in the model)."""
-    names = {} if model is None else {id(m): name for name, m in model.named_modules()}
-    built_with = {}
-    for name, value in sorted(vars(method).items()):
-        if name == "forward_func" or name.startswith("_"):
-            continue
-        if isinstance(value, nn.Module):
-            built_with[name] = f"module {names.get(id(value), type(value).__name__)}"
-        elif isinstance(value, (bool, int, float, str)) or value is None:
-            built_with[name] = value
-    return {"class": f"{type(method).__module__}.{type(method).__qualname__}", **built_with}
-
-
-def _describe(value: Any) -> Any:
-    """``value`` as JSON that changes whenever the value does (tensors by a hash of their
-    contents, other objects by their repr)."""
-    if isinstance(value, Mapping):
-        return {str(k): _describe(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
-    if isinstance(value, (list, tuple)):
-        return [_describe(v) for v in value]
-    if isinstance(value, Tensor):
-        return f"tensor {tuple(value.shape)} {value.dtype} sha256:{_hash_tensors([value])}"
-    if isinstance(value, (bool, int, float, str)) or value is None:
-        return value
-    return repr(value)
-
-
-def _hash_tensors(tensors: Sequence[Tensor]) -> str:
-    digest = hashlib.sha256()
-    for tensor in tensors:
-        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-        digest.update(str((tuple(tensor.shape), tensor.dtype)).encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
-    return digest.hexdigest()[:16]
-
-
-def _fingerprint_model(model: nn.Module | None) -> str | None:
-    if model is None:
-        return None
-    state = model.state_dict()
-    return f"{type(model).__qualname__} sha256:{_hash_tensors([state[k] for k in sorted(state)])}"
-
-
-def _fingerprint_data(data: Any) -> dict:
-    """The dataset's type and length, and a hash of its first, middle and last items: enough to
-    tell datasets apart without reading a large one."""
-    probes = sorted({0, len(data) // 2, len(data) - 1})
-    items = _collate([data[i] for i in probes])
-    tensors = [t for key in ITEM_KEYS if key in items for t in _as_tuple(items[key])]
-    return {
-        "type": type(data).__qualname__,
-        "length": len(data),
-        "sha256": _hash_tensors(tensors),
-    }
-
-
-def _agree_on_manifest(out: Path, manifest: dict, rank: int, world_size: int) -> None:
-    """Rank 0 writes the manifest of a new folder; then every rank compares it with its own
-    settings, so that all of them refuse a folder of other settings alike."""
-    path = out / MANIFEST
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob("batch-*.pt.tmp"):  # left by a process killed while writing
-            stale.unlink()
-        if not path.exists():
-            temporary = path.with_name(MANIFEST + ".tmp")
-            temporary.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-            os.replace(temporary, path)
-    if world_size > 1:
-        torch.distributed.barrier()
-    recorded = json.loads(path.read_text())
-    expected = json.loads(json.dumps(manifest))  # as JSON reads it back: tuples become lists
-    different = sorted(k for k in expected.keys() | recorded.keys() if recorded.get(k) != expected.get(k))
-    if different:
-        details = "; ".join(
-            f"{k}: {json.dumps(recorded.get(k))} there, {json.dumps(expected.get(k))} now"
-            for k in different
-        )
-        raise ValueError(
-            f"out {str(out)!r} holds results of other settings ({details}); use another out "
-            f"folder, or remove this one to start again"
-        )
-
-
 def _pending_batches(
     out: Path, n_batches: int, rank: int, world_size: int, device: torch.device
 ) -> list[int]:
@@ -440,56 +270,6 @@ def _pending_batches(
     return pending[0]
 
 
-def _batch_file(index: int) -> str:
-    return f"batch-{index:07d}.pt"
-
-
-def _batch_length(manifest: dict, index: int) -> int:
-    size, length = manifest["batch_size"], manifest["data"]["length"]
-    return min(size, length - index * size)
-
-
-def _as_tuple(value: Any) -> tuple:
-    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
-
-
-def _collate(items: list) -> dict:
-    """A list of dataset items (see :func:`explain_dataset`) as one dict of stacked tensors."""
-    parsed = [_item_dict(item) for item in items]
-    keys = set(parsed[0])
-    if any(set(p) != keys for p in parsed):
-        raise ValueError("every item of data must hold the same entries (inputs, label, mask)")
-    batch = {}
-    for key in ITEM_KEYS:
-        if key not in keys:
-            continue
-        values = [p[key] for p in parsed]
-        if key == "inputs" and isinstance(values[0], (tuple, list)):
-            batch[key] = tuple(torch.stack(parts) for parts in zip(*values))
-        else:
-            batch[key] = torch.stack([torch.as_tensor(v) for v in values])
-    return batch
-
-
-def _item_dict(item: Any) -> dict:
-    if isinstance(item, Tensor):
-        return {"inputs": item}
-    if isinstance(item, Mapping):
-        unknown = sorted(set(item) - set(ITEM_KEYS))
-        if "inputs" not in item or unknown:
-            raise ValueError(
-                f"a dict item of data needs 'inputs' and may hold {ITEM_KEYS[1:]}; got keys "
-                f"{sorted(item)}"
-            )
-        return dict(item)
-    if isinstance(item, (tuple, list)) and 1 <= len(item) <= 4:
-        return dict(zip(ITEM_KEYS, item))
-    raise ValueError(
-        f"an item of data must be a Tensor, a tuple (input, label[, mask[, other_mask]]) or a "
-        f"dict; got {type(item).__name__}"
-    )
-
-
 def _explain_batch(
     method: Any,
     batch: dict,
@@ -498,10 +278,10 @@ def _explain_batch(
     device: torch.device,
     scoring: dict,
 ) -> dict[str, Tensor]:
-    inputs = tuple(t.to(device) for t in _as_tuple(batch["inputs"]))
+    inputs = tuple(t.to(device) for t in as_tuple(batch["inputs"]))
     single = not isinstance(batch["inputs"], tuple)
     with torch.no_grad():
-        extra = _as_tuple(kwargs.get("additional_forward_args") or ())
+        extra = as_tuple(kwargs.get("additional_forward_args") or ())
         output = method.forward_func(*inputs, *extra)
     targets = _targets(target, batch, output)
     record: dict[str, Tensor] = {
@@ -516,7 +296,7 @@ def _explain_batch(
         **({"return_history": True} if wants_history else {}),
     )
     attributions, history = result if wants_history else (result, None)
-    for position, attribution in enumerate(_as_tuple(attributions)):
+    for position, attribution in enumerate(as_tuple(attributions)):
         name = "attributions" if single else f"attributions.{position}"
         attribution = attribution.detach().cpu()
         if attribution.dim() > 2 and attribution.shape[1] > 1 and bool(
@@ -590,24 +370,6 @@ def _scores(
             blur_sigma=scoring["blur_sigma"],
         )[0]
     return {name: value.detach().float().cpu() for name, value in scores.items()}
-
-
-def _expanded(batch: dict[str, Tensor]) -> dict[str, Tensor]:
-    """A batch file's entries, with attributions stored as one channel repeated again."""
-    for marker in [name for name in batch if name.endswith(CHANNELS)]:
-        name, channels = marker[: -len(CHANNELS)], int(batch.pop(marker)[0])
-        single = batch[name]
-        batch[name] = single.expand(single.shape[0], channels, *single.shape[2:])
-    return batch
-
-
-def _concatenate(values: list[Tensor]) -> Tensor:
-    """Batches' rows as one tensor; histories of batches that ran different numbers of steps
-    are padded with NaN, the value of a step an example did not run."""
-    if values[0].dim() == 2 and len({v.shape[1] for v in values}) > 1:
-        width = max(v.shape[1] for v in values)
-        values = [torch.nn.functional.pad(v, (0, width - v.shape[1]), value=math.nan) for v in values]
-    return torch.cat(values)
 
 
 __all__ = ["DatasetExplanations", "explain_dataset"]
