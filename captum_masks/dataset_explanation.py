@@ -33,7 +33,12 @@ from captum_masks._dataset_files import (
     method_description,
 )
 from captum_masks._distributed import rank_and_world_size
-from captum_masks._inputs import check_choice, check_positive, check_positive_int
+from captum_masks._inputs import (
+    check_choice,
+    check_positive,
+    check_positive_int,
+    select_scores,
+)
 from captum_masks._io import save_atomically
 
 TARGETS = ("predicted", "label")
@@ -341,7 +346,7 @@ def _targets(target: Any, batch: dict, output: Tensor) -> Tensor | None:
 def _probabilities(output: Tensor, targets: Tensor | None) -> Tensor:
     if targets is None or output.dim() != 2:
         return torch.full((output.shape[0],), math.nan)
-    return output.float().softmax(1).gather(1, targets.view(-1, 1)).view(-1)
+    return select_scores(output.float(), targets.view(-1, 1), apply_softmax=True)
 
 
 def _scores(

@@ -143,8 +143,10 @@ def run_explain(
     """
     network = build_model(model)
     rank, world_size = rank_and_world_size()
-    device = _rank_device(network)
-    network.to(device)
+    # under torchrun on GPUs, the rank's own GPU; else explain_dataset's default, the model's
+    device = _rank_gpu()
+    if device is not None:
+        network.to(device)
     attribution = build_method(method, network, layer)
     dataset = build_data(data)
     if first is not None:
@@ -171,12 +173,11 @@ def run_explain(
     return "\n".join(lines)
 
 
-def _rank_device(model: nn.Module) -> torch.device:
-    """Under ``torchrun`` on GPUs, the rank's own GPU (``LOCAL_RANK``); else the model's."""
+def _rank_gpu() -> torch.device | None:
+    """Under ``torchrun`` on GPUs, the rank's own GPU (``LOCAL_RANK``); else None."""
     if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
         return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    parameters = list(model.parameters())
-    return parameters[0].device if parameters else torch.device("cpu")
+    return None
 
 
 @contextlib.contextmanager
