@@ -7,6 +7,7 @@ from captum_masks.dataset_explanation import DatasetExplanations, explain_datase
 from captum_masks.extremal_perturbation import ExtremalPerturbation
 from captum_masks.guided_feature_inversion import GuidedFeatureInversion
 from captum_masks.layer import LayerMeaningfulPerturbation, LayerNeuroMask
+from captum_masks.low_resolution import LowResolutionMask
 from captum_masks.masks import ChannelCombinationMask, SigmoidMask, SmoothMaxMask, UpsampledMask
 from captum_masks.meaningful_perturbation import MeaningfulPerturbation
 from captum_masks.neuromask import NeuroMaskAttr
@@ -25,6 +26,7 @@ __all__ = [
     "GuidedFeatureInversion",
     "LayerMeaningfulPerturbation",
     "LayerNeuroMask",
+    "LowResolutionMask",
     "MaskNet",
     "MeaningfulPerturbation",
     "NeuroMaskAttr",

@@ -9,20 +9,26 @@ import math
 import os
 import statistics
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from captum_masks.low_resolution import LowResolutionMask
+
 #: bump when the files' layout changes, so that old folders are refused rather than misread
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 #: what a dataset item may hold besides its input (see :func:`captum_masks.explain_dataset`)
 ITEM_KEYS = ("inputs", "label", "mask", "other_mask")
 SCORES = ("pointing", "relevance_mass", "discrimination", "deletion_auc", "insertion_auc")
 #: suffix of the entry that marks an attribution stored as one channel of a repeated mask
 CHANNELS = ".repeated_channels"
+#: suffixes of an attribution stored as a low-resolution mask, and of its recipe (JSON bytes)
+LOW_RESOLUTION = ".low_resolution"
+RECIPE = ".recipe"
 
 
 class DatasetExplanations:
@@ -92,6 +98,21 @@ class DatasetExplanations:
             for name, value in merged.items()
             if keys is None or name in keys or name == "ids"
         }
+
+    def bytes_per_example(self) -> dict[str, float]:
+        """What the finished files take per example explained: ``"attributions"`` (the stored
+        attribution entries, as they are kept: one channel, low resolution, reduced precision)
+        and ``"files"`` (everything, on disk)."""
+        stored = {"attributions": 0, "files": 0}
+        for path in self.files():
+            batch = torch.load(path, map_location="cpu", weights_only=True)
+            stored["attributions"] += sum(
+                value.numel() * value.element_size()
+                for name, value in batch.items()
+                if name.startswith("attributions")
+            )
+            stored["files"] += path.stat().st_size
+        return {kind: size / max(len(self), 1) for kind, size in stored.items()}
 
     def scores(self) -> dict[str, Tensor]:
         """Each score over the examples explained so far (empty without ground truth)."""
@@ -171,14 +192,15 @@ def fingerprint_data(data: Any) -> dict:
 
 
 def agree_on_manifest(out: Path, manifest: dict, rank: int, world_size: int) -> None:
-    """Rank 0 writes the manifest of a new folder; then every rank compares it with its own
-    settings, so that all of them refuse a folder of other settings alike."""
+    """Rank 0 writes the manifest of a folder without results (new, or one whose first batch
+    failed); then every rank compares it with its own settings, so that all of them refuse a
+    folder of other settings alike."""
     path = out / MANIFEST
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         for stale in out.glob("batch-*.pt.tmp"):  # left by a process killed while writing
             stale.unlink()
-        if not path.exists():
+        if not any(out.glob("batch-*.pt")):
             temporary = path.with_name(MANIFEST + ".tmp")
             temporary.write_text(json.dumps(manifest, indent=1, sort_keys=True))
             os.replace(temporary, path)
@@ -248,8 +270,53 @@ def _item_dict(item: Any) -> dict:
     )
 
 
+def attribution_entries(
+    name: str, attribution: Tensor, grid: LowResolutionMask | None = None
+) -> dict[str, Tensor]:
+    """The batch-file entries of one input's attributions: the ``grid`` they expand from
+    (its values, and its recipe with the attributions' shape as JSON bytes: tensors only),
+    else one channel of a mask repeated over the channels (lossless), else the attributions."""
+    if grid is not None:
+        recipe = json.dumps({**grid.recipe(), "shape": list(attribution.shape[1:])}).encode()
+        return {
+            name + LOW_RESOLUTION: grid.values.detach().cpu(),
+            name + RECIPE: torch.tensor(list(recipe), dtype=torch.uint8),
+        }
+    if attribution.dim() > 2 and attribution.shape[1] > 1 and bool(
+        (attribution == attribution[:, :1]).all()
+    ):
+        return {
+            name: attribution[:, :1].contiguous(),
+            name + CHANNELS: torch.full((attribution.shape[0],), attribution.shape[1]),
+        }
+    return {name: attribution}
+
+
+def history_entries(history: Any) -> dict[str, Tensor]:
+    """The batch-file entries of a method's history (an :class:`~captum_masks.OptimizationHistory`
+    or any dataclass of tensors): its tensors, one row per example."""
+    if history is None or not is_dataclass(history):
+        return {}
+    # histories are (steps, N): stored one row per example, like everything else
+    return {
+        f"history.{field.name}": (value.mT if value.dim() == 2 else value).cpu()
+        for field in fields(history)
+        if isinstance(value := getattr(history, field.name), Tensor)
+    }
+
+
 def _expanded(batch: dict[str, Tensor]) -> dict[str, Tensor]:
-    """A batch file's entries, with attributions stored as one channel repeated again."""
+    """A batch file's entries, with attributions stored as one channel or as a low-resolution
+    mask made full again."""
+    for entry in [name for name in batch if name.endswith(LOW_RESOLUTION)]:
+        name = entry[: -len(LOW_RESOLUTION)]
+        recipe = json.loads(bytes(batch.pop(name + RECIPE).tolist()))
+        channels, *spatial = recipe.pop("shape")
+        values = batch.pop(entry)
+        # half precision is expanded in float32 (as the methods compute), then stored back
+        work = LowResolutionMask(values.to(torch.promote_types(values.dtype, torch.float32)), **recipe)
+        mask = work.expand(spatial).to(values.dtype)
+        batch[name] = mask.expand(mask.shape[0], channels, *spatial)
     for marker in [name for name in batch if name.endswith(CHANNELS)]:
         name, channels = marker[: -len(CHANNELS)], int(batch.pop(marker)[0])
         single = batch[name]
@@ -275,11 +342,13 @@ __all__ = [
     "DatasetExplanations",
     "agree_on_manifest",
     "as_tuple",
+    "attribution_entries",
     "batch_file",
     "batch_length",
     "collate",
     "describe",
     "fingerprint_data",
     "fingerprint_model",
+    "history_entries",
     "method_description",
 ]

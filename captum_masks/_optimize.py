@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -25,6 +26,9 @@ from torch import Tensor
 from captum_masks._compat import progress
 from captum_masks._inputs import check_positive_int, map_batch
 from captum_masks._warnings import warn_user
+
+if TYPE_CHECKING:
+    from captum_masks.low_resolution import LowResolutionMask
 
 OPTIMIZERS = {
     "adam": torch.optim.Adam,
@@ -96,11 +100,16 @@ class OptimizationHistory:
         probability (Tensor): (n_iter, N) the explained class's probability before each step.
         steps (Tensor): (N,) steps each example ran; its rows at or past that are NaN (it
             stopped early).
+        low_resolution (tuple of LowResolutionMask, optional): the final masks, one per input,
+            in the low-resolution form the method optimised them in, from which
+            :meth:`~captum_masks.LowResolutionMask.expand` recomputes the attributions; None
+            for a method or call without one (a pixel-level mask, feature groups).
     """
 
     loss: Tensor
     probability: Tensor
     steps: Tensor
+    low_resolution: tuple[LowResolutionMask, ...] | None = None
 
     def followed_by(self, later: OptimizationHistory) -> OptimizationHistory:
         """One history of two optimisations run one after the other (e.g. two stages)."""

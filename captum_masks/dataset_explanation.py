@@ -8,7 +8,6 @@ import inspect
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +18,12 @@ from captum_masks import metrics
 from captum_masks._base import modules_of
 from captum_masks._compat import progress
 from captum_masks._dataset_files import (
-    CHANNELS,
     FORMAT_VERSION,
     DatasetExplanations,
     agree_on_manifest,
     as_tuple,
+    attribution_entries,
+    history_entries,
     batch_file,
     batch_length,
     collate,
@@ -53,6 +53,7 @@ def explain_dataset(
     batch_size: int = 8,
     attribute_kwargs: Mapping[str, Any] | None = None,
     precision: str | None = None,
+    low_resolution: bool = False,
     settings: Mapping[str, Any] | None = None,
     deletion_steps: int = 16,
     pointing_tolerance: int = 15,
@@ -109,6 +110,11 @@ def explain_dataset(
         precision (str, optional): the stored attributions' dtype: ``"float32"``,
             ``"float16"`` or ``"bfloat16"`` (half the size of float32), or None (default) for
             the dtype the method returns. Scores are computed before any reduction.
+        low_resolution (bool, optional): store each mask as the grid the method optimised
+            (:class:`~captum_masks.LowResolutionMask`: MeaningfulPerturbation's 28 × 28 at
+            224 px, ExtremalPerturbation's 56 × 56, GuidedFeatureInversion's mask layer's),
+            expanded back to the attributions when read: 16 to 1000 times smaller. Methods
+            without one raise a ``ValueError``. Combines with ``precision``. Default: False
         settings (dict, optional): anything else that tells runs apart (e.g. a suite's name),
             recorded in the manifest and compared like the rest.
         deletion_steps (int, optional): steps of the deletion and insertion curves scored where
@@ -139,7 +145,9 @@ def explain_dataset(
         Under ``torchrun --nproc_per_node=4 explain.py``, the same call after
         ``torch.distributed.init_process_group("gloo")`` splits the batches over the 4 processes.
     """
-    kwargs = _checked_arguments(method, data, target, batch_size, attribute_kwargs, precision)
+    kwargs = _checked_arguments(
+        method, data, target, batch_size, attribute_kwargs, precision, low_resolution
+    )
     check_positive_int("deletion_steps", deletion_steps)
     check_positive("pointing_tolerance", pointing_tolerance, allow_zero=True)
     check_positive("pointing_sigma", pointing_sigma, allow_zero=True)
@@ -158,6 +166,7 @@ def explain_dataset(
         "target": target,
         "batch_size": batch_size,
         "precision": precision,
+        "low_resolution": low_resolution,
         "scoring": {
             "deletion_steps": deletion_steps,
             "pointing_tolerance": pointing_tolerance,
@@ -188,7 +197,7 @@ def explain_dataset(
     )
     scoring = manifest["scoring"]
     for index, ids, batch in zip(mine, batches, loader):
-        record = _explain_batch(method, batch, target, kwargs, device, scoring)
+        record = _explain_batch(method, batch, target, kwargs, device, scoring, low_resolution)
         record["ids"] = torch.tensor(ids, dtype=torch.long)
         if precision is not None:
             record = {
@@ -214,6 +223,7 @@ def _checked_arguments(
     batch_size: Any,
     attribute_kwargs: Mapping[str, Any] | None,
     precision: Any,
+    low_resolution: Any,
 ) -> dict:
     """The checks that run before anything is written; returns the ``attribute`` kwargs."""
     if not callable(getattr(method, "attribute", None)) or not callable(
@@ -239,6 +249,14 @@ def _checked_arguments(
     check_positive_int("batch_size", batch_size)
     if precision is not None:
         check_choice("precision", precision, tuple(PRECISIONS))
+    if not isinstance(low_resolution, bool):
+        raise TypeError(f"low_resolution must be a bool, got {type(low_resolution).__name__}")
+    if low_resolution and "return_history" not in _parameters(method):
+        raise ValueError(
+            f"low_resolution=True needs a method that returns its masks' low-resolution form "
+            f"(MeaningfulPerturbation, ExtremalPerturbation, GuidedFeatureInversion); "
+            f"{type(method).__name__} has none"
+        )
     kwargs = dict(attribute_kwargs or {})
     reserved = sorted({"inputs", "target"} & set(kwargs))
     if reserved:
@@ -282,6 +300,7 @@ def _explain_batch(
     kwargs: dict,
     device: torch.device,
     scoring: dict,
+    low_resolution: bool,
 ) -> dict[str, Tensor]:
     inputs = tuple(t.to(device) for t in as_tuple(batch["inputs"]))
     single = not isinstance(batch["inputs"], tuple)
@@ -301,25 +320,26 @@ def _explain_batch(
         **({"return_history": True} if wants_history else {}),
     )
     attributions, history = result if wants_history else (result, None)
+    grids = _low_resolution_masks(method, history) if low_resolution else None
     for position, attribution in enumerate(as_tuple(attributions)):
         name = "attributions" if single else f"attributions.{position}"
-        attribution = attribution.detach().cpu()
-        if attribution.dim() > 2 and attribution.shape[1] > 1 and bool(
-            (attribution == attribution[:, :1]).all()
-        ):
-            # a mask repeated over the channels (every mask method's): one copy is lossless
-            record[f"{name}{CHANNELS}"] = torch.full((attribution.shape[0],), attribution.shape[1])
-            attribution = attribution[:, :1].contiguous()
-        record[name] = attribution
-    if history is not None and is_dataclass(history):
-        for field in fields(history):
-            value = getattr(history, field.name)
-            if isinstance(value, Tensor):
-                # histories are (steps, N): store one row per example, like everything else
-                record[f"history.{field.name}"] = (value.mT if value.dim() == 2 else value).cpu()
+        grid = None if grids is None else grids[position]
+        record.update(attribution_entries(name, attribution.detach().cpu(), grid))
+    record.update(history_entries(history))
     if "mask" in batch and single and inputs[0].dim() == 4 and targets is not None:
         record.update(_scores(method, inputs[0], attributions, targets, batch, scoring))
     return record
+
+
+def _low_resolution_masks(method: Any, history: Any) -> tuple:
+    grids = getattr(history, "low_resolution", None)
+    if grids is None:
+        raise ValueError(
+            f"low_resolution=True: {type(method).__name__} returned no low-resolution masks "
+            f"for this call (a pixel-level mask, or a call with feature_mask or "
+            f"channels_last); explain with low_resolution=False"
+        )
+    return grids
 
 
 def _parameters(method: Any) -> set[str]:

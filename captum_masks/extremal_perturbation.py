@@ -30,6 +30,7 @@ from captum_masks._optimize import (
     SchedulerType,
     optimize_masks,
 )
+from captum_masks.low_resolution import LowResolutionMask
 from captum_masks.masks import SmoothMaxMask
 from captum_masks.perturbations import (
     blend,
@@ -277,9 +278,12 @@ class ExtremalPerturbation(MaskAttribution):
             return MaskProblem(params, objective, examples, project=SmoothMaxMask.clamp_)
 
         params, history = optimize_masks(build_problem, len(row_areas), settings)
-        masks = parametrisation(params[0], spatial)  # (N·A, 1, H, W)
-        per_image = masks.view(call.num_examples, num_areas, 1, *spatial).mean(dim=1)
-        attribution = per_image.expand_as(image).to(call.inputs[0].dtype).contiguous()
+        evaluated = parametrisation.evaluated(params[0], spatial)  # (N·A, 1, h', w')
+        # the mean over areas commutes with the (linear) upsampling: take it on the small grid
+        per_image = evaluated.view(call.num_examples, num_areas, *evaluated.shape[1:]).mean(dim=1)
+        history.low_resolution = (LowResolutionMask(per_image),)
+        mask = history.low_resolution[0].expand(spatial)
+        attribution = mask.expand_as(image).to(call.inputs[0].dtype).contiguous()
         return call.result([attribution], history, return_history)
 
 

@@ -33,6 +33,7 @@ from captum_masks._optimize import (
     OptimizerType,
     optimize_masks,
 )
+from captum_masks.low_resolution import LowResolutionMask
 from captum_masks.masks import ChannelCombinationMask
 from captum_masks.perturbations import PERTURBATIONS, blend, make_reference
 
@@ -244,7 +245,8 @@ class GuidedFeatureInversion(MaskAttribution):
                 target_settings,
             )
             history = history.followed_by(target_history)
-        mask = stages.mask_of(omega[0]).clamp(0.0, 1.0)
+        history.low_resolution = (LowResolutionMask(stages.mask_of.at_layer_resolution(omega[0])),)
+        mask = history.low_resolution[0].expand(x.shape[2:])
         attribution = mask.expand_as(x).to(call.inputs[0].dtype).contiguous()
         return call.result([attribution], history, return_history)
 

@@ -17,6 +17,19 @@ from captum_masks._inputs import check_at_least, check_positive_int
 from captum_masks.perturbations import gaussian_blur
 
 
+#: F.interpolate's linear mode for masks of 1, 2 and 3 spatial axes
+LINEAR_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+
+def upsample_linearly(values: Tensor, spatial_shape: Sequence[int]) -> Tensor:
+    """``(N, 1, *low)`` values linearly interpolated to ``spatial_shape`` (``align_corners``
+    False); values already at that shape are returned as they are."""
+    if tuple(values.shape[2:]) == tuple(spatial_shape):
+        return values
+    mode = LINEAR_MODES[values.dim() - 2]
+    return F.interpolate(values, size=tuple(spatial_shape), mode=mode, align_corners=False)
+
+
 def clamp_to_unit_interval_(params: Sequence[Tensor]) -> None:
     """Project mask parameters back onto [0, 1] after an optimiser step (in place)."""
     for param in params:
@@ -181,10 +194,7 @@ class SmoothMaxMask:
 
     def upsample(self, evaluated: Tensor, spatial_shape: Sequence[int]) -> Tensor:
         """The full ``(N, 1, H, W)`` mask from :meth:`evaluated`'s."""
-        if self.stride == 1:
-            return evaluated
-        mask = F.interpolate(evaluated, size=tuple(spatial_shape), mode="bilinear")
-        return mask.clamp(0.0, 1.0)
+        return upsample_linearly(evaluated, spatial_shape).clamp(0.0, 1.0)
 
     def _neighbourhood(
         self, like: Tensor, spatial_shape: Sequence[int]
@@ -303,14 +313,17 @@ class ChannelCombinationMask:
         )
 
     def __call__(self, weights: Tensor, batch: slice | Tensor | None = None) -> Tensor:
+        return upsample_linearly(self.at_layer_resolution(weights, batch), self.size)
+
+    def at_layer_resolution(self, weights: Tensor, batch: slice | Tensor | None = None) -> Tensor:
+        """The normalised combination (N, 1, h, w) at the layer's resolution, before upsampling."""
         features = self.features if batch is None else self.features[batch]
         combined = torch.einsum("nk,nkhw->nhw", weights, features).unsqueeze(1)
         flat = combined.flatten(1)
         low = flat.min(dim=1).values.view(-1, 1, 1, 1)
         high = flat.max(dim=1).values.view(-1, 1, 1, 1)
         # Eq. 7 (the paper divides by max − min; the authors' code by max)
-        normalised = (combined - low) / (high - low).clamp_min(torch.finfo(combined.dtype).eps)
-        return F.interpolate(normalised, size=self.size, mode="bilinear", align_corners=False)
+        return (combined - low) / (high - low).clamp_min(torch.finfo(combined.dtype).eps)
 
     @staticmethod
     def clamp_(params: Sequence[Tensor]) -> None:
@@ -319,4 +332,10 @@ class ChannelCombinationMask:
             param.clamp_(min=0.0)
 
 
-__all__ = ["ChannelCombinationMask", "SigmoidMask", "SmoothMaxMask", "UpsampledMask"]
+__all__ = [
+    "ChannelCombinationMask",
+    "SigmoidMask",
+    "SmoothMaxMask",
+    "UpsampledMask",
+    "upsample_linearly",
+]

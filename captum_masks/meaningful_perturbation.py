@@ -34,6 +34,7 @@ from captum_masks._optimize import (
 )
 from captum_masks._groups import resolve_groups
 from captum_masks._layout import MaskLayout
+from captum_masks.low_resolution import LowResolutionMask
 from captum_masks.masks import UpsampledMask
 from captum_masks.perturbations import blend, choose_perturbation, make_reference
 from captum_masks.regularizers import l1, total_variation
@@ -297,12 +298,25 @@ class MeaningfulPerturbation(MaskAttribution):
             return MaskProblem(params, objective, examples, project=UpsampledMask.clamp_)
 
         params, history = optimize_masks(build_problem, call.num_examples, settings)
-        everyone = call.examples(slice(None), work_inputs, references)
-        attributions = []
-        for mask, x, caller in zip(masks(params, everyone), work_inputs, call.inputs):
-            importance = (1.0 - mask if game == "deletion" else mask).clamp(0.0, 1.0)
-            expanded = layout.to_caller(importance.expand_as(x))
-            attributions.append(expanded.to(caller.dtype).contiguous())
+        if groups is None:
+            # the importance (1 − M for deletion) from each input's low-resolution grid
+            low_resolution = [
+                LowResolutionMask(m, "smooth", mask_factor, mask_sigma, game == "deletion")
+                for m in params
+            ]
+            importances = [low.expand(x.shape[2:]) for low, x in zip(low_resolution, work_inputs)]
+            # the grid is channels first: a channels-last attribution is not its plain expansion
+            history.low_resolution = None if layout.channels_last else tuple(low_resolution)
+        else:
+            everyone = call.examples(slice(None), work_inputs, references)
+            importances = [
+                (1.0 - mask if game == "deletion" else mask).clamp(0.0, 1.0)
+                for mask in masks(params, everyone)
+            ]
+        attributions = [
+            layout.to_caller(importance.expand_as(x)).to(caller.dtype).contiguous()
+            for importance, x, caller in zip(importances, work_inputs, call.inputs)
+        ]
         return call.result(attributions, history, return_history)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -327,6 +328,22 @@ def test_explain_command_explains_a_folder_of_images_and_resumes(tmp_path, image
     assert {f.name: f.stat().st_mtime_ns for f in results.files()} == stamps  # nothing redone
     other = explain_command(*arguments[:-4], "n_samples=16", "seed=1")
     assert other.returncode == 2 and "other settings (attribute_kwargs" in other.stderr
+
+
+def test_explain_command_stores_low_resolution_masks_and_reports_the_size(tmp_path, image_folder):
+    arguments = ["--data", image_folder, "--model", "distributed_explain:tiny_float_model"]
+    arguments += ["--set", "n_iter=2"]
+    sizes = {}
+    for flags in ([], ["--low-resolution"]):
+        out = tmp_path / ("grid" if flags else "full")
+        result = explain_command("explain", "ExtremalPerturbation", *arguments, "--out", out, *flags)
+        assert result.returncode == 0, result.stderr[-3000:]
+        reported = re.search(r"stored per example: attributions ([0-9.]+) KiB", result.stdout)
+        sizes[bool(flags)] = float(reported.group(1))
+        assert DatasetExplanations(out).load()["attributions"].shape == (3, 3, 224, 224)
+    # one 224 × 224 channel in float32, against the 56 × 56 grid and its recipe
+    assert sizes[False] == 224 * 224 * 4 / 1024
+    assert sizes[True] == pytest.approx(56 * 56 * 4 / 1024, abs=0.1)
 
 
 @pytest.mark.parametrize(

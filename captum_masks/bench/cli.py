@@ -199,7 +199,8 @@ def _add_explain(commands: Any, common: argparse.ArgumentParser) -> None:
     explain.add_argument(
         "method",
         help="MeaningfulPerturbation, NeuroMaskAttr, ExtremalPerturbation, RISE, "
-        "LayerMeaningfulPerturbation, LayerNeuroMask, or any captum.attr attribution "
+        "GuidedFeatureInversion (with --layer), LayerMeaningfulPerturbation, LayerNeuroMask, "
+        "or any captum.attr attribution "
         "(e.g. Occlusion, IntegratedGradients, LayerGradCam with --layer)",
     )
     explain.add_argument(
@@ -227,6 +228,12 @@ def _add_explain(commands: Any, common: argparse.ArgumentParser) -> None:
         choices=("float32", "float16", "bfloat16"),
         default=None,
         help="the stored attributions' dtype (default: the method's)",
+    )
+    explain.add_argument(
+        "--low-resolution",
+        action="store_true",
+        help="store each mask as the low-resolution grid the method optimised "
+        "(MeaningfulPerturbation, ExtremalPerturbation, GuidedFeatureInversion)",
     )
     explain.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
     explain.add_argument(
@@ -319,6 +326,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
                 target=args.target,
                 batch_size=args.batch_size,
                 precision=args.precision,
+                low_resolution=args.low_resolution,
                 num_workers=args.num_workers,
                 pointing_sigma=args.pointing_sigma,
                 first=args.first,

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from captum_masks import (
     ExtremalPerturbation,
+    GuidedFeatureInversion,
     LayerMeaningfulPerturbation,
     LayerNeuroMask,
     MeaningfulPerturbation,
@@ -33,6 +34,7 @@ OUR_EXPLAIN_METHODS = {
         NeuroMaskAttr,
         ExtremalPerturbation,
         RISE,
+        GuidedFeatureInversion,
         LayerMeaningfulPerturbation,
         LayerNeuroMask,
     )
@@ -164,9 +166,12 @@ def run_explain(
     if rank != 0:
         return ""
     explained = len(results)
+    stored = results.bytes_per_example()
     lines = [
         f"{explained} of {len(dataset)} examples in {out} ({method}, {world_size} "
         f"process{'es' if world_size > 1 else ''}; this run {seconds:.1f} s)",
+        f"stored per example: attributions {stored['attributions'] / 1024:.1f} KiB, "
+        f"files {stored['files'] / 1024:.1f} KiB",
     ]
     if results.scores():
         lines += ["", results.table()]
