@@ -79,6 +79,28 @@ def test_the_smooth_mask_is_one_across_a_region_of_ones_and_follows_its_paramete
     assert (fast - mask).abs().mean() < 0.01
 
 
+def test_the_margin_band_holds_what_a_region_at_the_border_spills_and_the_area_pays_for_it():
+    banded, plain = SmoothMaxMask(margin=21.0), SmoothMaxMask()
+    params = torch.zeros(2, 1, 32, 32)
+    params[0, 0, :8, :8] = 1.0  # a region in the top-left corner
+    params[1, 0, 12:20, 12:20] = 1.0  # the same region in the middle
+    evaluated = banded.evaluated(params, (SIDE, SIDE))
+    assert evaluated.shape == (2, 1, 56 + 2 * 5, 56 + 2 * 5)  # 5 points of 4 px per side
+    torch.testing.assert_close(banded.inside(evaluated), plain.evaluated(params, (SIDE, SIDE)))
+    torch.testing.assert_close(banded(params, (SIDE, SIDE)), plain(params, (SIDE, SIDE)))
+    band = evaluated.clone()
+    band[..., 5:-5, 5:-5] = 0
+    assert band[0].max() > 0.5 and band[1].max() < 1e-3  # spilled over the border, or not
+    assert banded.inside_fraction(evaluated) == 56**2 / 66**2
+    # the same region in the image costs more at the border once its spill is counted
+    kept = plain.evaluated(params, (SIDE, SIDE))[:, 0].mean(dim=(1, 2))
+    fractions = kept * banded.inside_fraction(evaluated)
+    banded_cost = area(evaluated, fractions)
+    plain_cost = area(plain.evaluated(params, (SIDE, SIDE)), kept)
+    assert banded_cost[0] > 2 * plain_cost[0]
+    assert banded_cost[0] > 1.5 * banded_cost[1]
+
+
 def test_the_area_term_is_zero_for_a_binary_mask_of_its_area_and_takes_one_area_per_row():
     mask = torch.zeros(2, 1, 10, 10)
     mask[0, 0, :2] = 1.0  # 20% of the pixels
@@ -98,6 +120,7 @@ def test_the_area_term_is_zero_for_a_binary_mask_of_its_area_and_takes_one_area_
         ({"perturbation": "blur", "baselines": 0.0}, "baselines"),
         ({"levels": 1}, "levels"),
         ({"stride": 0}, "stride"),
+        ({"margin": -1.0}, "margin"),
     ],
 )
 def test_bad_options_are_clear_errors_before_the_model_runs(kwargs, message):
