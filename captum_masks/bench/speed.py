@@ -6,7 +6,9 @@ backward pass to the input over the images one iteration scores), both measured 
 That is the batch size for most methods, twice it for GuidedFeatureInversion's stage 2, which
 scores the kept and the removed part of every image in each iteration. The per-iteration time is
 the slope between a short and a long run, so one-off work (the clean forward pass, building the
-blurred reference, GuidedFeatureInversion's stage 1) is not counted in it; seconds per image at
+blurred reference, GuidedFeatureInversion's stage 1) is not counted in it. Each repeat divides it
+by the bare passes timed just before and after its runs, and the ratio is the median over
+repeats, since this machine's pace drifts by up to a quarter over minutes; seconds per image at
 default settings (or with ``settings``) are reported separately and include everything, next to
 the iterations that run actually ran per image; ``before`` adds the same two figures for other
 settings (such as the previous defaults) measured in the same run.
@@ -193,18 +195,24 @@ def measure_speed(
             whole.append(_seconds(run(None), 5))
         bare_seconds = statistics.median(bare)
         iteration_seconds = statistics.median(whole)
+        ratio = iteration_seconds / bare_seconds
         default_iters, per_image, iterations_run = 1, iteration_seconds / batch_size, 1.0
     else:
         run(short_iters)()
-        bare, short, long = [], [], []
-        for _ in range(repeats):  # interleaved, so drifts in machine load hit all three alike
-            bare.append(_seconds(lambda: bare_forward_backward(model, passes, passes_target), 5))
-            short.append(_seconds(run(short_iters), 1))
-            long.append(_seconds(run(long_iters), 1))
+        bare, iterations, ratios = [], [], []
+        for _ in range(repeats):
+            # this machine's pace drifts by a quarter over minutes: each repeat's ratio is
+            # taken against the bare passes timed just before and just after its two runs
+            bare_before = _seconds(lambda: bare_forward_backward(model, passes, passes_target), 5)
+            short = _seconds(run(short_iters), 1)
+            long = _seconds(run(long_iters), 1)
+            bare_after = _seconds(lambda: bare_forward_backward(model, passes, passes_target), 5)
+            iterations.append((long - short) / (long_iters - short_iters))
+            bare.append((bare_before + bare_after) / 2)
+            ratios.append(iterations[-1] / bare[-1])
         bare_seconds = statistics.median(bare)
-        iteration_seconds = (statistics.median(long) - statistics.median(short)) / (
-            long_iters - short_iters
-        )
+        iteration_seconds = statistics.median(iterations)
+        ratio = statistics.median(ratios)
         per_image, iterations_run = whole_run(settings or {})
     result = {
         "method": method,
@@ -212,7 +220,7 @@ def measure_speed(
         "passes": passes.shape[0],
         "bare_seconds": bare_seconds,
         "iteration_seconds": iteration_seconds,
-        "ratio": iteration_seconds / bare_seconds,
+        "ratio": ratio,
         "default_iters": default_iters,
         "seconds_per_image": per_image,
         "iterations_run": iterations_run,
