@@ -395,3 +395,6 @@ def test_scaling_table_shows_the_rates_and_the_imagenet_arithmetic():
     # the faster count (2 processes, 0.75 images / s) times the number of machines
     assert cells[3] == f"{IMAGENET_VAL:,} ÷ (0.750 × 1) s = {IMAGENET_VAL / 0.75 / 3600:.1f} h"
     assert cells[4].endswith(f"= {IMAGENET_VAL / 7.5 / 3600:.1f} h")
+    # three significant figures however slow the method
+    slow = format_scaling([ScalingRow("RISE", images=2, seconds={1: 411.0})]).splitlines()[2]
+    assert "| 0.00487 |" in slow

@@ -93,13 +93,20 @@ def format_scaling(rows: Sequence[ScalingRow], machines: Sequence[int] = (1, 8, 
     for row in rows:
         rates = {p: row.images / s for p, s in row.seconds.items()}
         best = max(rates.values())
-        cells = [row.method, *(f"{rates[p]:.3f}" for p in counts)]
+        cells = [row.method, *(_rate(rates[p]) for p in counts)]
         cells += [
-            f"{IMAGENET_VAL:,} ÷ ({best:.3f} × {n}) s = {IMAGENET_VAL / (best * n) / 3600:.1f} h"
+            f"{IMAGENET_VAL:,} ÷ ({_rate(best)} × {n}) s = {IMAGENET_VAL / (best * n) / 3600:.1f} h"
             for n in machines
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _rate(images_per_second: float) -> str:
+    """Three significant figures, so that slow methods (RISE: 0.00486) keep their digits."""
+    if images_per_second >= 100:
+        return f"{images_per_second:.0f}"
+    return f"{images_per_second:#.3g}"
 
 
 __all__ = ["IMAGENET_VAL", "SCALING_METHODS", "ScalingRow", "format_scaling", "measure_scaling"]
