@@ -8,7 +8,8 @@ from captum_masks.extremal_perturbation import ExtremalPerturbation
 from captum_masks.guided_feature_inversion import GuidedFeatureInversion
 from captum_masks.layer import LayerMeaningfulPerturbation, LayerNeuroMask
 from captum_masks.low_resolution import LowResolutionMask
-from captum_masks.masks import ChannelCombinationMask, SigmoidMask, SmoothMaxMask, UpsampledMask
+from captum_masks.masks import ChannelCombinationMask, SigmoidMask, UpsampledMask
+from captum_masks.smooth_max_mask import SmoothMaxMask
 from captum_masks.meaningful_perturbation import MeaningfulPerturbation
 from captum_masks.neuromask import NeuroMaskAttr
 from captum_masks.rise import RISE

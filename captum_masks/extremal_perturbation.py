@@ -31,7 +31,7 @@ from captum_masks._optimize import (
     optimize_masks,
 )
 from captum_masks.low_resolution import LowResolutionMask
-from captum_masks.masks import SmoothMaxMask
+from captum_masks.smooth_max_mask import SmoothMaxMask
 from captum_masks.perturbations import (
     blend,
     blur_pyramid,

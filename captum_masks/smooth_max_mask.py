@@ -1,0 +1,188 @@
+"""Fong, Patrick & Vedaldi's smooth max-pooling mask (ICCV 2019, Section 3.3): the
+parametrisation of :class:`~captum_masks.ExtremalPerturbation`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from captum_masks._inputs import check_at_least, check_positive_int
+from captum_masks.masks import clamp_to_unit_interval_, upsample_linearly
+
+
+class SmoothMaxMask:
+    r"""Fong, Patrick & Vedaldi's smooth mask (ICCV 2019, Section 3.3): parameters m̄ on a grid
+    of ``step`` pixels in [0, 1]; the mask at pixel u is a smooth maximum, over the grid points
+    v near u, of k(u − v)·m̄(v), with the kernel k(z) = exp(−2·max(‖z‖/σ − ½, 0)²) (flat out to
+    σ/2, then a Gaussian fall-off) and the smooth maximum Σ_v a_v·softmax(T·a)_v at
+    temperature T = 20. Unlike a blur of an upsampled grid, the mask stays at 1 across a region
+    whose parameters are all 1, so a mask of a given area can be exactly binary.
+
+    Each point's neighbours are the grid points within 1 + ⌈σ / step⌉ cells of its own. The
+    mask is smooth at the scale of σ, so it is evaluated every ``stride`` pixels and bilinearly
+    upsampled: at 224 px and the defaults that is 81 neighbours at 56 × 56 points instead of
+    224 × 224, a sixteenth of the cost (``stride=1`` evaluates every pixel).
+
+    With a ``margin``, the mask is also evaluated in a band of that width around the image
+    (the grid has no parameters there: the band holds the fall-off of a region that touches
+    the border), so an area term on :meth:`evaluated` also counts what a region spills over
+    the border, as the authors' code does with a margin of σ.
+
+    Args:
+        step (int): grid spacing in pixels (the paper's 7 px at 224 px).
+        sigma (float): kernel width σ in pixels (the paper's 21).
+        temperature (float): T of the smooth maximum (the paper's 20).
+        stride (int): pixels between the points where the mask is evaluated.
+        margin (float): width in pixels of the band around the image where the mask is also
+            evaluated (rounded to whole strides).
+
+    Examples::
+
+        >>> parametrisation = SmoothMaxMask(step=7, sigma=21.0)
+        >>> theta = parametrisation.init(images, fill=1.0)      # (N, 1, 32, 32) for 224 px
+        >>> mask = parametrisation(theta, images.shape[2:])     # (N, 1, 224, 224)
+    """
+
+    def __init__(
+        self,
+        step: int = 7,
+        sigma: float = 21.0,
+        temperature: float = 20.0,
+        stride: int = 4,
+        margin: float = 0.0,
+    ) -> None:
+        check_positive_int("step", step)
+        check_positive_int("stride", stride)
+        check_at_least("sigma", sigma, 1e-3, "the kernel's width in pixels")
+        check_at_least("temperature", temperature, 0.0, "0 is a plain mean")
+        check_at_least("margin", margin, 0.0, "the band around the image, in pixels")
+        self.step = step
+        self.stride = stride
+        self.sigma = float(sigma)
+        self.temperature = float(temperature)
+        self.margin = float(margin)
+        self.radius = 1 + math.ceil(self.sigma / step)
+        self.band = round(self.margin / stride)  # evaluated points outside the image, per side
+        # grid cells a neighbour of an evaluated point can be from the image's grid
+        self.padding = self.radius + math.ceil(self.margin / step) + 1
+        self._geometry: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}
+
+    def init(self, inputs: Tensor, fill: float) -> Tensor:
+        """Grid parameters ``(N, 1, ⌈H / step⌉, ⌈W / step⌉)`` all equal to ``fill``."""
+        grid = [math.ceil(side / self.step) for side in inputs.shape[2:]]
+        return torch.full(
+            (inputs.shape[0], 1, *grid), float(fill), device=inputs.device, dtype=inputs.dtype
+        )
+
+    def __call__(self, params: Tensor, spatial_shape: Sequence[int]) -> Tensor:
+        """The ``(N, 1, H, W)`` mask of grid parameters ``(N, 1, h, w)``, in [0, 1]."""
+        return self.upsample(self.evaluated(params, spatial_shape), spatial_shape)
+
+    def evaluated(self, params: Tensor, spatial_shape: Sequence[int]) -> Tensor:
+        """The mask at the evaluated points only, ``(N, 1, ⌈H / stride⌉ + 2·band,
+        ⌈W / stride⌉ + 2·band)`` with the margin's band of points on each side: the same
+        distribution of values as the full mask, at a fraction of the size (an area term can
+        sort it instead)."""
+        rows, cols, kernel = self._neighbourhood(params, spatial_shape)
+        padded = F.pad(params[:, 0], (self.padding,) * 4)  # no grid point outside: 0
+        # (N, h', K, w', K): each evaluated point's neighbouring grid values, selected by rows
+        # then by columns (two plain selections: their gradients are cheap sums)
+        neighbours = padded.index_select(1, rows.T.flatten()).index_select(2, cols.T.flatten())
+        weighted = neighbours.view(len(params), *kernel.shape[1:]) * kernel
+        pooled = _SmoothMaximum.apply(weighted, self.temperature)
+        return pooled.view(len(params), 1, rows.shape[1], cols.shape[1]).clamp(0.0, 1.0)
+
+    def upsample(self, evaluated: Tensor, spatial_shape: Sequence[int]) -> Tensor:
+        """The full ``(N, 1, H, W)`` mask from :meth:`evaluated`'s."""
+        return upsample_linearly(self.inside(evaluated), spatial_shape).clamp(0.0, 1.0)
+
+    def inside(self, evaluated: Tensor) -> Tensor:
+        """:meth:`evaluated`'s points inside the image (without the margin's band)."""
+        if self.band == 0:
+            return evaluated
+        return evaluated[..., self.band : -self.band, self.band : -self.band]
+
+    def inside_fraction(self, evaluated: Tensor) -> float:
+        """The share of :meth:`evaluated`'s points that are inside the image."""
+        return self.inside(evaluated)[0].numel() / evaluated[0].numel()
+
+    def _neighbourhood(
+        self, like: Tensor, spatial_shape: Sequence[int]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """For the evaluated points: the padded grid rows and columns of their neighbours,
+        (K, h') and (K, w'), and the kernel k(u − v), (1, h', K, w', K); built once per
+        shape."""
+        key = (tuple(spatial_shape), like.device, like.dtype)
+        if key not in self._geometry:
+            offsets = torch.arange(-self.radius, self.radius + 1, device=like.device)
+
+            def axis(side: int) -> tuple[Tensor, Tensor]:
+                count = math.ceil(side / self.stride)
+                # the evaluated points, at the centres of stride × stride blocks (bilinear
+                # upsampling with align_corners=False puts its samples there), and the band's
+                positions = torch.arange(-self.band, count + self.band, device=like.device)
+                points = (positions + 0.5) * side / count - 0.5
+                cells = torch.div(points, self.step, rounding_mode="floor").long()
+                neighbours = cells + offsets.view(-1, 1)
+                centres = neighbours * self.step + (self.step - 1) / 2
+                return neighbours + self.padding, points - centres
+
+            (rows, row_distance), (cols, col_distance) = map(axis, spatial_shape)
+            distance = torch.sqrt(
+                row_distance.T[:, :, None, None] ** 2 + col_distance.T[None, None, :, :] ** 2
+            )
+            kernel = torch.exp(-2 * (distance / self.sigma - 0.5).clamp_min(0) ** 2)
+            kernel = kernel.unsqueeze(0).to(like.dtype)
+            self._geometry[key] = (rows, cols, kernel)
+        return self._geometry[key]
+
+    clamp_ = staticmethod(clamp_to_unit_interval_)
+
+    def __repr__(self) -> str:
+        return (
+            f"SmoothMaxMask(step={self.step}, sigma={self.sigma}, "
+            f"temperature={self.temperature}, stride={self.stride}, margin={self.margin})"
+        )
+
+
+#: below it exp(T·(a − 1)) stays a normal float32 for every a in [0, 1]
+MAX_SHIFTED_TEMPERATURE = 80.0
+
+
+class _SmoothMaximum(torch.autograd.Function):
+    """Σ_k a_k·softmax(T·a)_k over the neighbours k, axes 2 and 4 of (N, h', K, w', K), with
+    its gradient written out, softmax(T·a)_j·(1 + T·(a_j − pooled)): autograd's softmax and
+    products take twice as long on the mask's largest tensor.
+
+    The values are in [0, 1] (parameters in [0, 1] times a kernel ≤ 1), so the softmax is
+    shifted by T, the largest T·a can be, instead of by each point's maximum, which costs as
+    much as the rest; above :data:`MAX_SHIFTED_TEMPERATURE` that could underflow, and the
+    maximum is used."""
+
+    @staticmethod
+    def forward(ctx, values: Tensor, temperature: float) -> Tensor:
+        neighbours = (2, 4)
+        if temperature <= MAX_SHIFTED_TEMPERATURE:
+            shifted = temperature * values - temperature
+        else:
+            shifted = temperature * (values - values.amax(dim=neighbours, keepdim=True))
+        weights = shifted.exp_()
+        total = weights.sum(dim=neighbours, keepdim=True)
+        pooled = (values * weights).sum(dim=neighbours, keepdim=True) / total
+        ctx.save_for_backward(values, weights, total, pooled)
+        ctx.temperature = temperature
+        return pooled
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        values, weights, total, pooled = ctx.saved_tensors
+        slope = (values - pooled).mul_(ctx.temperature).add_(1.0).mul_(weights)
+        return slope.mul_(grad / total), None
+
+
+__all__ = ["SmoothMaxMask"]
