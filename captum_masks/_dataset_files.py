@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from captum_masks._base import work_dtype
 from captum_masks.low_resolution import LowResolutionMask
 
 #: bump when the files' layout changes, so that old folders are refused rather than misread
@@ -313,8 +314,8 @@ def _expanded(batch: dict[str, Tensor]) -> dict[str, Tensor]:
         recipe = json.loads(bytes(batch.pop(name + RECIPE).tolist()))
         channels, *spatial = recipe.pop("shape")
         values = batch.pop(entry)
-        # half precision is expanded in float32 (as the methods compute), then stored back
-        work = LowResolutionMask(values.to(torch.promote_types(values.dtype, torch.float32)), **recipe)
+        # half precision is expanded in the work dtype (as the methods compute), then stored back
+        work = LowResolutionMask(values.to(work_dtype(values.dtype)), **recipe)
         mask = work.expand(spatial).to(values.dtype)
         batch[name] = mask.expand(mask.shape[0], channels, *spatial)
     for marker in [name for name in batch if name.endswith(CHANNELS)]:

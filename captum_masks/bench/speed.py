@@ -186,12 +186,15 @@ def measure_speed(
             settings["tolerance"] = None
         return lambda: explainer.attribute(x, target=target, **settings)
 
+    def time_bare() -> float:
+        return _seconds(lambda: bare_forward_backward(model, passes, passes_target), 5)
+
     bare_forward_backward(model, passes, passes_target)  # warm-up
     if spec.iteration_argument is None:
         run(None)()
         bare, whole = [], []
         for _ in range(repeats):
-            bare.append(_seconds(lambda: bare_forward_backward(model, passes, passes_target), 5))
+            bare.append(time_bare())
             whole.append(_seconds(run(None), 5))
         bare_seconds = statistics.median(bare)
         iteration_seconds = statistics.median(whole)
@@ -203,10 +206,10 @@ def measure_speed(
         for _ in range(repeats):
             # this machine's pace drifts by a quarter over minutes: each repeat's ratio is
             # taken against the bare passes timed just before and just after its two runs
-            bare_before = _seconds(lambda: bare_forward_backward(model, passes, passes_target), 5)
+            bare_before = time_bare()
             short = _seconds(run(short_iters), 1)
             long = _seconds(run(long_iters), 1)
-            bare_after = _seconds(lambda: bare_forward_backward(model, passes, passes_target), 5)
+            bare_after = time_bare()
             iterations.append((long - short) / (long_iters - short_iters))
             bare.append((bare_before + bare_after) / 2)
             ratios.append(iterations[-1] / bare[-1])
