@@ -6,6 +6,7 @@ A parametrisation is a small stateless object: ``init`` builds the parameters fo
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -17,17 +18,35 @@ from captum_masks._inputs import check_at_least, check_positive_int
 from captum_masks.perturbations import gaussian_blur
 
 
-#: F.interpolate's linear mode for masks of 1, 2 and 3 spatial axes
-LINEAR_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
-
-
 def upsample_linearly(values: Tensor, spatial_shape: Sequence[int]) -> Tensor:
     """``(N, 1, *low)`` values linearly interpolated to ``spatial_shape`` (``align_corners``
-    False); values already at that shape are returned as they are."""
+    False, as ``F.interpolate``); values already at that shape are returned as they are. Each
+    axis is one small matrix, whose products (and their gradients) cost a fraction of
+    ``F.interpolate``'s bilinear backward on the CPU."""
     if tuple(values.shape[2:]) == tuple(spatial_shape):
         return values
-    mode = LINEAR_MODES[values.dim() - 2]
-    return F.interpolate(values, size=tuple(spatial_shape), mode=mode, align_corners=False)
+    operators = [
+        _linear_operator(low, side, values.device, values.dtype)
+        for low, side in zip(values.shape[2:], spatial_shape)
+    ]
+    return _apply_per_axis(operators, values[:, 0]).unsqueeze(1)
+
+
+@functools.lru_cache(maxsize=64)
+def _linear_operator(low: int, side: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """(side, low): linear interpolation of ``low`` samples to ``side`` (``align_corners``
+    False)."""
+    basis = torch.eye(low, device=device, dtype=dtype).unsqueeze(1)
+    return F.interpolate(basis, size=side, mode="linear", align_corners=False)[:, 0].T.contiguous()
+
+
+def _apply_per_axis(operators: Sequence[Tensor], values: Tensor) -> Tensor:
+    """``(N, *low)`` values mapped by one ``(side, low)`` matrix per axis to ``(N, *sides)``:
+    ``"ia,nab,jb->nij"`` for images, likewise in 1-D and 3-D."""
+    full, low = "ijk"[: len(operators)], "abc"[: len(operators)]
+    names = [f"{f}{l}" for f, l in zip(full, low)]
+    equation = ",".join([names[0], f"n{low}", *names[1:]]) + f"->n{full}"
+    return torch.einsum(equation, operators[0], values, *operators[1:])
 
 
 def clamp_to_unit_interval_(params: Sequence[Tensor]) -> None:
@@ -97,13 +116,7 @@ class UpsampledMask:
         else:
             shifts = torch.zeros(len(operators), dtype=torch.long, device=params.device)
         shifted = [ops[shift] for ops, shift in zip(operators, shifts)]
-        # one (side × low) matrix per axis: "ia,nab,jb->nij" for images, likewise in 1-D and
-        # 3-D; in this operand order an example rounds alike alone and in a batch (the contract
-        # tests compare the two)
-        full, low = "ijk"[: len(shifted)], "abc"[: len(shifted)]
-        operators = [f"{f}{l}" for f, l in zip(full, low)]
-        equation = ",".join([operators[0], f"n{low}", *operators[1:]]) + f"->n{full}"
-        return torch.einsum(equation, shifted[0], params[:, 0], *shifted[1:]).unsqueeze(1)
+        return _apply_per_axis(shifted, params[:, 0]).unsqueeze(1)
 
     def _axis_operators(self, low: int, side: int, like: Tensor) -> Tensor:
         """(max(jitter, 1), side, low): the linear map low-res → full-res for each shift."""

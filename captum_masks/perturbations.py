@@ -244,7 +244,7 @@ def pyramid_blend(pyramid: Tensor, mask: Tensor) -> Tensor:
     index = lower.long().expand(-1, 1, *pyramid.shape[2:])
     below = pyramid.gather(1, index)
     above = pyramid.gather(1, index + 1)
-    return ((1 - fraction) * below + fraction * above).squeeze(1)
+    return torch.lerp(below, above, fraction).squeeze(1)  # one pass, and one in backward
 
 
 def choose_perturbation(

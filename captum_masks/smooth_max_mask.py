@@ -89,11 +89,9 @@ class SmoothMaxMask:
         sort it instead)."""
         rows, cols, kernel = self._neighbourhood(params, spatial_shape)
         padded = F.pad(params[:, 0], (self.padding,) * 4)  # no grid point outside: 0
-        # (N, h', K, w', K): each evaluated point's neighbouring grid values, selected by rows
-        # then by columns (two plain selections: their gradients are cheap sums)
-        neighbours = padded.index_select(1, rows.T.flatten()).index_select(2, cols.T.flatten())
-        weighted = neighbours.view(len(params), *kernel.shape[1:]) * kernel
-        pooled = _SmoothMaximum.apply(weighted, self.temperature)
+        pooled = _SmoothMaximum.apply(
+            padded, rows.T.flatten(), cols.T.flatten(), kernel, self.temperature
+        )
         return pooled.view(len(params), 1, rows.shape[1], cols.shape[1]).clamp(0.0, 1.0)
 
     def upsample(self, evaluated: Tensor, spatial_shape: Sequence[int]) -> Tensor:
@@ -154,9 +152,14 @@ MAX_SHIFTED_TEMPERATURE = 80.0
 
 
 class _SmoothMaximum(torch.autograd.Function):
-    """Σ_k a_k·softmax(T·a)_k over the neighbours k, axes 2 and 4 of (N, h', K, w', K), with
-    its gradient written out, softmax(T·a)_j·(1 + T·(a_j − pooled)): autograd's softmax and
-    products take twice as long on the mask's largest tensor.
+    """The smooth maximum Σ_k a_k·softmax(T·a)_k over each evaluated point's neighbours k, with
+    a_k = k(u − v)·m̄(v) the kernel-weighted grid values, and its gradient written out.
+
+    The neighbours of the (N, H, W) padded grid are gathered into (N, h', K, w', K) with two
+    plain selections, rows then columns; their gradient is two ``index_add_``. The gradient of the
+    pooled value w.r.t. a_j is softmax(T·a)_j·(1 + T·(a_j − pooled)). Written as one function,
+    the (N, h', K, w', K) tensors, the largest of the mask, are allocated three times instead
+    of the nine times autograd's gather, product and softmax take.
 
     The values are in [0, 1] (parameters in [0, 1] times a kernel ≤ 1), so the softmax is
     shifted by T, the largest T·a can be, instead of by each point's maximum, which costs as
@@ -164,25 +167,35 @@ class _SmoothMaximum(torch.autograd.Function):
     maximum is used."""
 
     @staticmethod
-    def forward(ctx, values: Tensor, temperature: float) -> Tensor:
-        neighbours = (2, 4)
+    def forward(
+        ctx, padded: Tensor, rows: Tensor, cols: Tensor, kernel: Tensor, temperature: float
+    ) -> Tensor:
+        neighbours = padded.index_select(1, rows).index_select(2, cols)
+        values = neighbours.view(len(padded), *kernel.shape[1:]).mul_(kernel)
+        axes = (2, 4)
         if temperature <= MAX_SHIFTED_TEMPERATURE:
-            shifted = temperature * values - temperature
+            shifted = values.mul(temperature).sub_(temperature)
         else:
-            shifted = temperature * (values - values.amax(dim=neighbours, keepdim=True))
+            shifted = (values - values.amax(dim=axes, keepdim=True)).mul_(temperature)
         weights = shifted.exp_()
-        total = weights.sum(dim=neighbours, keepdim=True)
-        pooled = (values * weights).sum(dim=neighbours, keepdim=True) / total
-        ctx.save_for_backward(values, weights, total, pooled)
-        ctx.temperature = temperature
+        total = weights.sum(dim=axes, keepdim=True)
+        pooled = (values * weights).sum(dim=axes, keepdim=True).div_(total)
+        ctx.save_for_backward(values, weights, total, pooled, rows, cols, kernel)
+        ctx.temperature, ctx.padded_shape = temperature, padded.shape
         return pooled
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
-        values, weights, total, pooled = ctx.saved_tensors
-        slope = (values - pooled).mul_(ctx.temperature).add_(1.0).mul_(weights)
-        return slope.mul_(grad / total), None
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None, None]:
+        values, weights, total, pooled, rows, cols, kernel = ctx.saved_tensors
+        temperature, (count, height, width) = ctx.temperature, ctx.padded_shape
+        # softmax_j·(1 + T·(a_j − pooled))·grad / total as one product: (A + B·a_j)·softmax_j
+        scale = grad / total
+        slope = torch.addcmul(scale * (1 - temperature * pooled), values, scale * temperature)
+        slope = slope.mul_(weights).mul_(kernel).view(count, len(rows), len(cols))
+        by_rows = slope.new_zeros(count, len(rows), width).index_add_(2, cols, slope)
+        grid = slope.new_zeros(count, height, width).index_add_(1, rows, by_rows)
+        return grid, None, None, None, None
 
 
 __all__ = ["SmoothMaxMask"]

@@ -55,9 +55,11 @@ def test_speed_prints_one_row_per_method(speed_rows):
     assert cells[:3] == ["MeaningfulPerturbation", "1", "1"]
     bare, per_iteration, ratio = (float(cell) for cell in cells[3:6])
     assert ratio == pytest.approx(per_iteration / bare, rel=0.01)
+    # the page faults a bare pass and an iteration took: whole numbers, counted on Linux
+    assert all(cell.isdigit() for cell in cells[6:8])
     # at most 300 iterations; each image stops once its loss settles (the per-iteration time
     # comes from runs without early stopping, so it does not depend on where that happens)
-    assert cells[6] == "300" and 20 < float(cells[7]) <= 300 and float(cells[8]) > 0
+    assert cells[8] == "300" and 20 < float(cells[9]) <= 300 and float(cells[10]) > 0
 
 
 def test_speed_with_early_stopping_reports_the_iterations_run():
@@ -87,16 +89,16 @@ def test_speed_of_guided_feature_inversion_counts_both_stages_and_passes(speed_r
     cells = speed_rows["GuidedFeatureInversion"]
     # stage 2 scores the kept and the removed image; a default run is 10 + 70 iterations
     assert cells[:3] == ["GuidedFeatureInversion", "1", "2"]
-    assert cells[6] == cells[7] == "80" and float(cells[8]) > 0
+    assert cells[8] == cells[9] == "80" and float(cells[10]) > 0
 
 
 def test_speed_of_the_amortized_explainer_is_one_pass(speed_rows):
     cells = speed_rows["AmortizedExplainer"]
-    assert cells[:3] == ["AmortizedExplainer", "1", "1"] and cells[6] == "1"
+    assert cells[:3] == ["AmortizedExplainer", "1", "1"] and cells[8] == "1"
     _bare, whole, ratio = (float(cell) for cell in cells[3:6])
     # one explanation is the classifier pass plus the explainer pass: the same as the model's
     # cost, not the hundreds of passes of an optimisation
-    assert float(cells[8]) == pytest.approx(whole, rel=0.05) and ratio < 10
+    assert float(cells[10]) == pytest.approx(whole, rel=0.05) and ratio < 10
 
 
 def test_speed_table_states_the_amortized_speedup_per_batch_size():
@@ -110,6 +112,8 @@ def test_speed_table_states_the_amortized_speedup_per_batch_size():
             "bare_seconds": 0.1,
             "iteration_seconds": 0.1,
             "ratio": 1.0,
+            "bare_faults": 0.0,
+            "iteration_faults": None,
             "default_iters": 1,
             "seconds_per_image": seconds_per_image,
             "iterations_run": 1.0,
@@ -127,6 +131,17 @@ def test_speed_table_states_the_amortized_speedup_per_batch_size():
         "batch 1." in table
     )
     assert "batch 4" not in table  # no amortized row at batch 4 to compare with
+
+
+def test_speed_counts_the_page_faults_of_memory_taken_fresh_from_the_system():
+    from captum_masks.bench.speed import _faults_per, page_faults
+
+    assert page_faults() >= 0
+    # 64 MiB is above glibc's largest mmap threshold: a fresh mapping, faulted in on first touch
+    buffer, faults = _faults_per(lambda: torch.ones(2**24), 1)
+    assert buffer.sum() == 2**24 and faults > 0
+    _, none = _faults_per(lambda: None, 1)
+    assert none < faults
 
 
 def test_speed_of_an_unknown_method_is_a_clear_error():

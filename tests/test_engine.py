@@ -116,6 +116,29 @@ def test_upsampled_mask_equals_upsample_then_blur():
     torch.testing.assert_close(mask, direct)
 
 
+@given(
+    low=st.lists(st.integers(1, 9), min_size=1, max_size=3),
+    scale=st.integers(1, 5),
+    extra=st.integers(0, 3),
+    batch=st.integers(1, 3),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]),
+)
+def test_upsample_linearly_is_interpolate_in_one_two_and_three_dimensions(
+    low, scale, extra, batch, dtype
+):
+    values = torch.rand(batch, 1, *low, generator=torch.Generator().manual_seed(0)).to(dtype)
+    size = [side * scale + extra for side in low]
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(low)]
+    expected = torch.nn.functional.interpolate(values, size=size, mode=mode, align_corners=False)
+    upsampled = masks.upsample_linearly(values, size)
+    assert upsampled.shape == expected.shape and upsampled.dtype == dtype
+    tolerance = 2e-2 if dtype == torch.bfloat16 else 1e-6
+    torch.testing.assert_close(upsampled, expected, atol=tolerance, rtol=0)
+    # each example is upsampled alike alone and in the batch, to rounding
+    alone = masks.upsample_linearly(values[-1:], size)
+    torch.testing.assert_close(alone, upsampled[-1:], atol=tolerance, rtol=0)
+
+
 def test_upsampled_mask_jitter_shifts_within_range():
     parametrisation = masks.UpsampledMask(factor=1, smooth_sigma=0.0, jitter=4)
     params = torch.zeros(16, 1, 12, 12)

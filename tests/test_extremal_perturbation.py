@@ -79,6 +79,16 @@ def test_the_smooth_mask_is_one_across_a_region_of_ones_and_follows_its_paramete
     assert (fast - mask).abs().mean() < 0.01
 
 
+@pytest.mark.parametrize("temperature", [0.0, 20.0, 200.0])
+def test_the_smooth_maximum_has_the_gradient_of_its_values(temperature):
+    # the shifted softmax (T ≤ 80), the maximum-shifted one (T = 200) and the plain mean (T = 0)
+    generator = SmoothMaxMask(step=5, sigma=9.0, temperature=temperature, stride=3, margin=5.0)
+    params = torch.rand(2, 1, 5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert torch.autograd.gradcheck(
+        lambda p: generator.evaluated(p, (23, 30)), (params.requires_grad_(True),)
+    )
+
+
 def test_the_margin_band_holds_what_a_region_at_the_border_spills_and_the_area_pays_for_it():
     banded, plain = SmoothMaxMask(margin=21.0), SmoothMaxMask()
     params = torch.zeros(2, 1, 32, 32)

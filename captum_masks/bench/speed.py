@@ -13,6 +13,12 @@ default settings (or with ``settings``) are reported separately and include ever
 the iterations that run actually ran per image; ``before`` adds the same two figures for other
 settings (such as the previous defaults) measured in the same run.
 
+Next to the ratio are the page faults of a bare pass and of an iteration (Linux and macOS): with
+glibc's default allocator, a step that interleaves its own large tensors with the model's can
+leave the heap so that memory goes back to the system and is faulted in again at every step,
+at a cost of the order of microseconds per 4-KiB page; the counts say when that, rather than
+the method's arithmetic, is the gap.
+
 :class:`AmortizedExplainer` has no iterations: its row times one whole explanation (the classifier
 pass that checks the target, then one pass of the default explainer network) as its single
 iteration. The explainer is untrained, which costs the same as a trained one. :class:`RISE`'s
@@ -39,6 +45,11 @@ from captum_masks.guided_feature_inversion import GuidedFeatureInversion
 from captum_masks.meaningful_perturbation import MeaningfulPerturbation
 from captum_masks.neuromask import NeuroMaskAttr
 from captum_masks.rise import RISE
+
+try:  # page faults are counted where the platform counts them (not on Windows)
+    import resource
+except ImportError:  # pragma: no cover
+    resource = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +109,23 @@ def _seconds(work: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def page_faults() -> int | None:
+    """This process's minor page faults so far: memory the allocator had handed back to the
+    system and takes again, paid for on first touch (None where the platform does not count
+    them)."""
+    if resource is None:  # pragma: no cover
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _faults_per(work: Callable[[], object], count: int) -> tuple[object, float | None]:
+    """``work()``'s result and the page faults it took, per ``count``."""
+    before = page_faults()
+    result = work()
+    after = page_faults()
+    return result, None if before is None else (after - before) / count
+
+
 def bare_forward_backward(model: nn.Module, inputs: Tensor, target: Tensor) -> None:
     """One forward pass and a backward pass to the input, scoring ``target`` (one class per row)."""
     with torch.enable_grad():
@@ -133,7 +161,9 @@ def measure_speed(
     Returns:
         dict with ``method``, ``batch_size``, ``passes`` (images the model scores per
         iteration), ``bare_seconds`` (forward + backward over ``passes`` images),
-        ``iteration_seconds``, ``ratio``, ``default_iters``, ``seconds_per_image`` (a whole
+        ``iteration_seconds``, ``ratio``, ``bare_faults`` and ``iteration_faults`` (page
+        faults per bare pass and per iteration; None where they are not counted),
+        ``default_iters``, ``seconds_per_image`` (a whole
         explanation at default settings, with ``settings``, averaged over ``images``) and
         ``iterations_run`` (the mean iterations per image of that run); with ``before``, also ``seconds_per_image_before``
         and ``iterations_run_before``.
@@ -186,33 +216,48 @@ def measure_speed(
             settings["tolerance"] = None
         return lambda: explainer.attribute(x, target=target, **settings)
 
-    def time_bare() -> float:
-        return _seconds(lambda: bare_forward_backward(model, passes, passes_target), 5)
+    def time_bare() -> tuple[float, float | None]:
+        """Seconds of one bare pass, and its page faults."""
+        return _faults_per(
+            lambda: _seconds(lambda: bare_forward_backward(model, passes, passes_target), 5), 5
+        )
 
     bare_forward_backward(model, passes, passes_target)  # warm-up
     if spec.iteration_argument is None:
         run(None)()
-        bare, whole = [], []
+        bare, whole, bare_faults, faults = [], [], [], []
         for _ in range(repeats):
-            bare.append(time_bare())
-            whole.append(_seconds(run(None), 5))
+            seconds, fault_count = time_bare()
+            bare.append(seconds)
+            bare_faults.append(fault_count)
+            seconds, fault_count = _faults_per(lambda: _seconds(run(None), 5), 5)
+            whole.append(seconds)
+            faults.append(fault_count)
         bare_seconds = statistics.median(bare)
         iteration_seconds = statistics.median(whole)
         ratio = iteration_seconds / bare_seconds
         default_iters, per_image, iterations_run = 1, iteration_seconds / batch_size, 1.0
     else:
         run(short_iters)()
-        bare, iterations, ratios = [], [], []
+        bare, iterations, ratios, bare_faults, faults = [], [], [], [], []
         for _ in range(repeats):
             # this machine's pace drifts by a quarter over minutes: each repeat's ratio is
             # taken against the bare passes timed just before and just after its two runs
-            bare_before = time_bare()
-            short = _seconds(run(short_iters), 1)
-            long = _seconds(run(long_iters), 1)
-            bare_after = time_bare()
+            bare_before, faults_before = time_bare()
+            short, short_faults = _faults_per(lambda: _seconds(run(short_iters), 1), 1)
+            long, long_faults = _faults_per(lambda: _seconds(run(long_iters), 1), 1)
+            bare_after, faults_after = time_bare()
             iterations.append((long - short) / (long_iters - short_iters))
             bare.append((bare_before + bare_after) / 2)
             ratios.append(iterations[-1] / bare[-1])
+            if short_faults is not None:
+                bare_faults.append((faults_before + faults_after) / 2)
+                # a difference of two runs, like the time: below zero is the short run's noise
+                extra = (long_faults - short_faults) / (long_iters - short_iters)
+                faults.append(max(extra, 0.0))
+            else:  # pragma: no cover
+                bare_faults.append(None)
+                faults.append(None)
         bare_seconds = statistics.median(bare)
         iteration_seconds = statistics.median(iterations)
         ratio = statistics.median(ratios)
@@ -224,6 +269,8 @@ def measure_speed(
         "bare_seconds": bare_seconds,
         "iteration_seconds": iteration_seconds,
         "ratio": ratio,
+        "bare_faults": None if None in bare_faults else statistics.median(bare_faults),
+        "iteration_faults": None if None in faults else statistics.median(faults),
         "default_iters": default_iters,
         "seconds_per_image": per_image,
         "iterations_run": iterations_run,
@@ -233,12 +280,17 @@ def measure_speed(
     return result
 
 
+def _count(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f}"
+
+
 def format_speed(results: list[dict]) -> str:
     """Results of :func:`measure_speed` as a markdown table, one row each, followed by how many
     times less time per image AmortizedExplainer takes than each optimisation method measured at
     the same batch size."""
     columns = ("method", "batch", "images / iteration", "forward+backward (s)")
-    columns += ("per iteration (s)", "ratio", "iterations", "iterations run", "s / image")
+    columns += ("per iteration (s)", "ratio", "page faults: bare", "page faults: iteration")
+    columns += ("iterations", "iterations run", "s / image")
     compared = any("seconds_per_image_before" in result for result in results)
     if compared:
         columns += ("iterations run (before)", "s / image (before)")
@@ -248,6 +300,7 @@ def format_speed(results: list[dict]) -> str:
             f"| {result['method']} | {result['batch_size']} | {result['passes']} | "
             f"{result['bare_seconds']:.4f} | "
             f"{result['iteration_seconds']:.4f} | {result['ratio']:.3f} | "
+            f"{_count(result['bare_faults'])} | {_count(result['iteration_faults'])} | "
             f"{result['default_iters']} | {result['iterations_run']:.4g} | "
             f"{result['seconds_per_image']:.3g} |"
         )
