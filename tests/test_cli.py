@@ -134,14 +134,23 @@ def test_speed_table_states_the_amortized_speedup_per_batch_size():
 
 
 def test_speed_counts_the_page_faults_of_memory_taken_fresh_from_the_system():
+    import mmap
+
     from captum_masks.bench.speed import _faults_per, page_faults
 
     assert page_faults() >= 0
-    # 64 MiB is above glibc's largest mmap threshold: a fresh mapping, faulted in on first touch
-    buffer, faults = _faults_per(lambda: torch.ones(2**24), 1)
-    assert buffer.sum() == 2**24 and faults > 0
-    _, none = _faults_per(lambda: None, 1)
-    assert none < faults
+    fresh = mmap.mmap(-1, 64 << 20)  # anonymous memory: each page is faulted in on first touch
+
+    def touch():
+        for offset in range(0, len(fresh), 4096):
+            fresh[offset] = 1
+        return sum(fresh[offset] for offset in range(0, len(fresh), 4096))
+
+    touched, faults = _faults_per(touch, 1)
+    assert touched == (64 << 20) // 4096 and faults > 0
+    _, again = _faults_per(touch, 1)  # the same pages, now present
+    assert again < faults
+    fresh.close()
 
 
 def test_speed_of_an_unknown_method_is_a_clear_error():
