@@ -89,10 +89,8 @@ class SmoothMaxMask:
         sort it instead)."""
         rows, cols, kernel = self._neighbourhood(params, spatial_shape)
         padded = F.pad(params[:, 0], (self.padding,) * 4)  # no grid point outside: 0
-        pooled = _SmoothMaximum.apply(
-            padded, rows.T.flatten(), cols.T.flatten(), kernel, self.temperature
-        )
-        return pooled.view(len(params), 1, rows.shape[1], cols.shape[1]).clamp(0.0, 1.0)
+        pooled = _SmoothMaximum.apply(padded, rows, cols, kernel, self.temperature)
+        return pooled.view(len(params), 1, kernel.shape[1], kernel.shape[3]).clamp(0.0, 1.0)
 
     def upsample(self, evaluated: Tensor, spatial_shape: Sequence[int]) -> Tensor:
         """The full ``(N, 1, H, W)`` mask from :meth:`evaluated`'s."""
@@ -112,8 +110,8 @@ class SmoothMaxMask:
         self, like: Tensor, spatial_shape: Sequence[int]
     ) -> tuple[Tensor, Tensor, Tensor]:
         """For the evaluated points: the padded grid rows and columns of their neighbours,
-        (K, h') and (K, w'), and the kernel k(u − v), (1, h', K, w', K); built once per
-        shape."""
+        (h'·K,) and (w'·K,) point-major, and the kernel k(u − v), (1, h', K, w', K); built once
+        per shape."""
         key = (tuple(spatial_shape), like.device, like.dtype)
         if key not in self._geometry:
             offsets = torch.arange(-self.radius, self.radius + 1, device=like.device)
@@ -135,7 +133,7 @@ class SmoothMaxMask:
             )
             kernel = torch.exp(-2 * (distance / self.sigma - 0.5).clamp_min(0) ** 2)
             kernel = kernel.unsqueeze(0).to(like.dtype)
-            self._geometry[key] = (rows, cols, kernel)
+            self._geometry[key] = (rows.T.flatten(), cols.T.flatten(), kernel)
         return self._geometry[key]
 
     clamp_ = staticmethod(clamp_to_unit_interval_)

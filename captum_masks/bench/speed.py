@@ -250,14 +250,14 @@ def measure_speed(
             iterations.append((long - short) / (long_iters - short_iters))
             bare.append((bare_before + bare_after) / 2)
             ratios.append(iterations[-1] / bare[-1])
-            if short_faults is not None:
-                bare_faults.append((faults_before + faults_after) / 2)
-                # a difference of two runs, like the time: below zero is the short run's noise
-                extra = (long_faults - short_faults) / (long_iters - short_iters)
-                faults.append(max(extra, 0.0))
-            else:  # pragma: no cover
+            if short_faults is None:  # pragma: no cover
                 bare_faults.append(None)
                 faults.append(None)
+                continue
+            bare_faults.append((faults_before + faults_after) / 2)
+            # a difference of two runs, like the time: below zero is the short run's noise
+            extra = (long_faults - short_faults) / (long_iters - short_iters)
+            faults.append(max(extra, 0.0))
         bare_seconds = statistics.median(bare)
         iteration_seconds = statistics.median(iterations)
         ratio = statistics.median(ratios)
