@@ -89,6 +89,48 @@ def run_recording(
     return single_outputs(outputs, layers)
 
 
+def last_feature_map(
+    model: nn.Module, forward: Callable[[], object], spatial: Sequence[int], max_channels: int
+) -> nn.Module | None:
+    """The submodule of ``model`` whose output is the last feature map of one forward pass.
+
+    A feature map is a floating-point ``(N, C, *s)`` output with as many spatial axes as the
+    input (``spatial``), each longer than 1 and no longer than the input's, and at most
+    ``max_channels`` channels, from a module that runs once (a shared activation has no single
+    output). Only shapes are kept; the hooks are removed on return, also when ``forward`` raises.
+
+    Returns:
+        the module, or None when no module's output is such a map (e.g. a tabular model).
+    """
+    if isinstance(model, torch.jit.ScriptModule):
+        return None
+    shapes: dict[nn.Module, list] = {}
+
+    def hook(module: nn.Module, args: tuple, output: object) -> None:
+        floating = isinstance(output, Tensor) and output.is_floating_point()
+        shapes.setdefault(module, []).append(tuple(output.shape) if floating else None)
+
+    handles = [module.register_forward_hook(hook) for module in model.modules()]
+    try:
+        with torch.no_grad():
+            forward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    chosen = None
+    for module, calls in shapes.items():  # in the order the modules finished
+        shape = calls[0]
+        if (
+            len(calls) == 1
+            and shape is not None
+            and len(shape) == len(spatial) + 2
+            and shape[1] <= max_channels
+            and all(1 < size <= limit for size, limit in zip(shape[2:], spatial))
+        ):
+            chosen = module
+    return chosen
+
+
 def single_outputs(outputs: dict[nn.Module, list[Tensor]], layers: Sequence[nn.Module]) -> list:
     """The one output of each layer from a :func:`recording`, in the order given.
 
@@ -133,4 +175,11 @@ def replacing_output(layer: nn.Module, value: Tensor) -> Iterator[None]:
         handle.remove()
 
 
-__all__ = ["check_layers", "recording", "replacing_output", "run_recording", "single_outputs"]
+__all__ = [
+    "check_layers",
+    "last_feature_map",
+    "recording",
+    "replacing_output",
+    "run_recording",
+    "single_outputs",
+]

@@ -512,3 +512,66 @@ def test_torchrun_with_two_processes_matches_one_process(tmp_path):
         distributed.explain_all(x), single.explain_all(x), atol=1e-5, rtol=1e-4
     )
     assert Path(str(out) + ".ckpt").exists()  # written by rank 0 only, so never half-written
+
+
+class SharedActivation(nn.Module):
+    """Its last spatial module is a ReLU called twice: no single output, so not a feature map."""
+
+    def __init__(self, wide: int = 8):
+        super().__init__()
+        self.first = nn.Conv2d(3, 6, 3, padding=1)
+        self.second = nn.Conv2d(6, wide, 3, padding=1)
+        self.act = nn.ReLU()
+        self.head = nn.Linear(wide, 4)
+
+    def forward(self, x):
+        return self.head(self.act(self.second(self.act(self.first(x)))).mean(dim=(2, 3)))
+
+
+def test_the_default_explainer_sees_the_classifiers_last_feature_map():
+    torch.manual_seed(0)
+    model = TinyCNN(num_classes=4)
+    x = torch.rand(2, 3, 12, 12)
+    explainer = AmortizedExplainer(model, 4, **SMALL)
+    explainer.explain_all(x)
+    # the last module whose output is a feature map: TinyCNN's `features` (8 channels, 12 × 12)
+    assert explainer.feature_layer is model.features
+    assert explainer.explainer.down[0][0].in_channels == 3 + 8
+    image_only = AmortizedExplainer(model, 4, feature_layer=None, **SMALL)
+    image_only.explain_all(x)
+    assert image_only.feature_layer is None
+    assert image_only.explainer.down[0][0].in_channels == 3
+    # a shared activation runs twice: the last map from a module that runs once is `second`
+    shared = SharedActivation()
+    explainer = AmortizedExplainer(shared, 4, **SMALL)
+    explainer.explain_all(x)
+    assert explainer.feature_layer is shared.second
+    assert not any(m._forward_hooks for m in shared.modules())  # the search's hooks are gone
+    # maps wider than 256 channels are not resized to the input
+    wide = SharedActivation(wide=300)
+    explainer = AmortizedExplainer(wide, 4, **SMALL)
+    explainer.explain_all(x)
+    assert explainer.feature_layer is wide.first
+
+
+def test_auto_features_mean_the_input_alone_where_they_cannot_apply():
+    model = TinyCNN(num_classes=4)
+    custom = nn.Conv2d(3, 4, 1)
+    assert AmortizedExplainer(model, 4, explainer=custom).feature_layer is None
+    assert AmortizedExplainer(model.forward, 4).feature_layer is None  # cannot be saved by name
+    with pytest.raises(ValueError, match="feature_layer must be one of"):
+        AmortizedExplainer(model, 4, feature_layer="last")
+
+
+def test_the_default_explainer_learns_class_specific_masks_in_a_few_epochs_at_default_settings():
+    """The reference CNN's two-shape images: with the classifier's own features and the default
+    learning rate, three epochs on 256 images already put most of each mask on its own shape."""
+    from captum_masks.bench.explainer_epochs import explainer_epochs_report
+
+    rows = explainer_epochs_report("synthetic-pairs", epochs=3, n=16, train_size=256)
+    assert [row["epoch"] for row in rows] == [None, 1, 2, 3]
+    assert rows[0]["method"] == "IntegratedGradients"
+    last = rows[-1]
+    assert last["discrimination"] >= 0.9
+    assert last["relevance_mass"] > rows[1]["relevance_mass"]
+    assert last["relevance_mass"] > 0.3

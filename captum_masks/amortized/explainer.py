@@ -20,7 +20,7 @@ from captum_masks._base import (
     work_dtype,
 )
 from captum_masks._compat import _format_output
-from captum_masks._hooks import check_layers, replacing_output, run_recording
+from captum_masks._hooks import check_layers, last_feature_map, replacing_output, run_recording
 from captum_masks._inputs import check_choice, check_positive_int, format_inputs, run_forward
 from captum_masks._layout import MaskLayout
 from captum_masks._warnings import warn_user
@@ -30,6 +30,10 @@ from captum_masks.amortized.persistence import PersistenceMixin
 from captum_masks.amortized.training import evaluating
 
 TARGET_SOURCES = ("labels", "predictions")
+#: ``feature_layer``'s default: the classifier's last feature map
+AUTO_FEATURES = "auto"
+#: wider maps are left out of the automatic choice: each channel is resized to the input
+AUTO_MAX_CHANNELS = 256
 
 
 class AmortizedExplainer(FittingMixin, PersistenceMixin, MaskAttribution):
@@ -75,9 +79,17 @@ class AmortizedExplainer(FittingMixin, PersistenceMixin, MaskAttribution):
             to (N, num_classes, \*spatial) logits.
         multilabel (bool, optional): several classes per input (sigmoid scores, BCE) instead of
             one (softmax, cross-entropy). Default: False
-        feature_layer (nn.Module, optional): a module of the classifier whose output on the clean
-            input (channels first, any resolution) is resized to the input and fed to the
-            explainer next to the input. Default: None
+        feature_layer (nn.Module, "auto" or None, optional): a module of the classifier whose
+            output on the clean input (channels first, any resolution) is resized to the input
+            and fed to the explainer next to the input (Phillips et al.'s design). ``"auto"``
+            takes the classifier's last feature map: the last module, run once, whose output has
+            the input's spatial axes, each longer than 1, and at most 256 channels (the
+            reference CNN's last ReLU; for the compact :class:`MaskNet` only, and not with
+            ``layer`` or channels-last sequences, where it means None). The classifier's own
+            features tell the explainer which object is which class from the first step: on
+            the synthetic two-object suite the masks separate the two classes within 2 epochs,
+            where from the input alone they are still class-agnostic after 5 (see the README).
+            None: the input alone, as in Stalder et al. Default: "auto"
         channels_last (bool, optional): inputs (or ``layer``'s output) are (N, L, D) sequences
             with the features last; the mask spans the positions. None: True for an
             ``nn.Embedding`` layer, False otherwise. Default: None
@@ -107,7 +119,7 @@ class AmortizedExplainer(FittingMixin, PersistenceMixin, MaskAttribution):
         num_classes: int,
         explainer: nn.Module | str | None = None,
         multilabel: bool = False,
-        feature_layer: nn.Module | None = None,
+        feature_layer: nn.Module | str | None = AUTO_FEATURES,
         channels_last: bool | None = None,
         width: int = 16,
         depth: int = 2,
@@ -130,7 +142,11 @@ class AmortizedExplainer(FittingMixin, PersistenceMixin, MaskAttribution):
             check_choice("explainer", explainer, ("deeplabv3_resnet50",))
         if not isinstance(baselines, (int, float)) or isinstance(baselines, bool):
             raise TypeError(f"baselines must be a number, got {type(baselines).__name__}")
-        if feature_layer is not None:
+        if isinstance(feature_layer, str):
+            check_choice("feature_layer", feature_layer, (AUTO_FEATURES,))
+            automatic = explainer is None and layer is None and isinstance(forward_func, nn.Module)
+            feature_layer = feature_layer if automatic else None
+        elif feature_layer is not None:
             check_layers(forward_func, [feature_layer], ["feature_layer"])
         if layer is not None:
             check_layers(forward_func, [layer], ["layer"])
@@ -158,6 +174,8 @@ class AmortizedExplainer(FittingMixin, PersistenceMixin, MaskAttribution):
 
     # ------------------------------------------------------------------ explainer input
     def _features(self, x: Tensor) -> Tensor | None:
+        if isinstance(self.feature_layer, str):  # "auto", resolved on the first input
+            self.feature_layer = None if self.layout.channels_last else self._last_feature_map(x)
         if self.feature_layer is None:
             return None
         with torch.no_grad():
@@ -174,6 +192,15 @@ class AmortizedExplainer(FittingMixin, PersistenceMixin, MaskAttribution):
             )
         mode = {3: "linear", 4: "bilinear", 5: "trilinear"}[x.dim()]
         return F.interpolate(features, size=x.shape[2:], mode=mode, align_corners=False)
+
+    def _last_feature_map(self, x: Tensor) -> nn.Module | None:
+        """The module ``feature_layer="auto"`` stands for, found on one input."""
+        return last_feature_map(
+            self.forward_func,
+            lambda: self.forward_func(self.layout.to_caller(x[:1])),
+            x.shape[2:],
+            AUTO_MAX_CHANNELS,
+        )
 
     def _explainer_input(self, x: Tensor) -> Tensor:
         """The explainer's input in the work dtype (float32 for half-precision inputs): the

@@ -128,7 +128,7 @@ class FittingMixin:
         epochs: int = 10,
         loss: str = "stalder",
         targets: str = "labels",
-        lr: float = 1e-3,
+        lr: float = 4e-3,
         entropy_weight: float = 1.0,
         area_weight: float = 1.0,
         tv_weight: float = 1.0,
@@ -156,7 +156,7 @@ class FittingMixin:
             loss (str, optional): ``"stalder"`` (Eq. 1–8) or ``"phillips"``. Default: "stalder"
             targets (str, optional): explain the ``"labels"`` of the data (Stalder et al.'s
                 choice) or the classifier's ``"predictions"``. Default: "labels"
-            lr (float, optional): Adam's learning rate. Default: 1e-3
+            lr (float, optional): Adam's learning rate. Default: 4e-3
             entropy_weight (float, optional): λ_e. Default: 1
             area_weight (float, optional): λ_a. Default: 1
             tv_weight (float, optional): λ_tv. Default: 1
@@ -219,7 +219,9 @@ class FittingMixin:
         first = next(iter(train_data), None)
         if first is None:
             raise ValueError("train_data gave no batch")
-        self._logits_shape_check(self._batch(first, targets, separate_classes))
+        classifier = modules_of(self.forward_func)
+        with restored_buffers(classifier):  # the classifier runs for its features here too
+            self._logits_shape_check(self._batch(first, targets, separate_classes))
         optimizer = torch.optim.Adam(self.explainer.parameters(), lr=lr)
         state = TrainingState()
         if resume and Path(checkpoint).exists():
@@ -235,7 +237,6 @@ class FittingMixin:
             )
 
         self.explainer.train()
-        classifier = modules_of(self.forward_func)
         warn_if_training(classifier, "the classifier (forward_func)")
         with frozen(classifier), restored_buffers(classifier):
             for epoch in range(state.next_epoch, epochs):

@@ -1,4 +1,5 @@
-"""Command line: ``python -m captum_masks {demo,speed,benchmark,class-masking,tabular,explain}
+"""Command line: ``python -m captum_masks {demo,speed,benchmark,class-masking,tabular,explain,
+scaling,explainer-epochs}
 ...``."""
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ COMMANDS = {
     "tabular": "breast-cancer rows: each method's feature ranking against ShapleyValueSampling",
     "explain": "explain a whole dataset into a folder, resumable, on one process or under torchrun",
     "scaling": "images per second of explain on 1 and 2 processes, and ImageNet-val's cost",
+    "explainer-epochs": "how fast the AmortizedExplainer learns: each epoch's masks scored next "
+    "to IntegratedGradients",
 }
 
 
@@ -51,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         _add_tabular,
         _add_explain,
         _add_scaling,
+        _add_explainer_epochs,
     ):
         add(commands, common)
     args = parser.parse_args(argv)
@@ -155,6 +159,22 @@ def _add_class_masking(commands: Any, common: argparse.ArgumentParser) -> None:
     masking.add_argument("--retrain", action="store_true", help="train the explainer again")
     _add_settings(
         masking, "train with other settings, e.g. --set separate_classes=False epochs=8"
+    )
+
+
+def _add_explainer_epochs(commands: Any, common: argparse.ArgumentParser) -> None:
+    from captum_masks.bench.explainer_epochs import EPOCH_SUITES
+
+    epochs = commands.add_parser(
+        "explainer-epochs", parents=[common], help=COMMANDS["explainer-epochs"]
+    )
+    epochs.add_argument("--suite", choices=sorted(EPOCH_SUITES), default="synthetic-pairs")
+    epochs.add_argument("--epochs", type=_positive_int, default=5)
+    epochs.add_argument("--n", type=_positive_int, default=100, help="images scored")
+    epochs.add_argument("--split", choices=SPLITS, default="held-out")
+    epochs.add_argument("--train-size", type=_positive_int, default=2000)
+    _add_settings(
+        epochs, "the explainer's or fit's arguments, e.g. --set feature_layer=None lr=1e-3"
     )
 
 
@@ -344,6 +364,16 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
         from captum_masks.bench.tabular import format_tabular, tabular_report
 
         print(format_tabular(tabular_report(args.split, args.n, args.seed)))
+    elif args.command == "explainer-epochs":
+        from captum_masks.bench.explainer_epochs import (
+            explainer_epochs_report,
+            format_explainer_epochs,
+        )
+
+        rows = explainer_epochs_report(
+            args.suite, args.epochs, args.n, args.split, args.train_size, overrides=dict(args.set)
+        )
+        print(format_explainer_epochs(rows))
     elif args.command == "class-masking":
         from captum_masks.bench.class_masking import class_masking_report, format_class_masking
 

@@ -198,8 +198,8 @@ EXPLAINER_SETTINGS = {
     "train_size": 2000,
     "val_size": 200,
     "batch_size": 32,
-    "epochs": 20,
-    "lr": 2e-3,
+    "epochs": 10,
+    "feature_layer": "auto",  # AmortizedExplainer's argument; the rest go to fit
     "seed": 0,
 }
 
@@ -245,7 +245,12 @@ def load_synthetic_explainer(retrain: bool = False, verbose: bool = True, **over
     size, batch_size = chosen.pop("train_size"), chosen.pop("batch_size")
     train = make_synthetic(size, seed=1, multilabel=True)
     val = make_synthetic(chosen.pop("val_size"), seed=2, multilabel=True)
-    explainer = AmortizedExplainer(reference.model, len(SHAPES), multilabel=True)
+    explainer = AmortizedExplainer(
+        reference.model,
+        len(SHAPES),
+        multilabel=True,
+        feature_layer=chosen.pop("feature_layer"),
+    )
     start = time.perf_counter()
     history = explainer.fit(
         [

@@ -1,0 +1,162 @@
+"""How fast the AmortizedExplainer learns at its defaults: train it epoch by epoch and score each
+epoch's masks on a suite's rows next to IntegratedGradients
+(``python -m captum_masks explainer-epochs``)."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from captum_masks import metrics
+from captum_masks.bench.suites import Suite, synthetic_pairs_suite, synthetic_suite
+
+#: the suites with a training set for the explainer: the reference CNNs' own data
+EPOCH_SUITES = {"synthetic": synthetic_suite, "synthetic-pairs": synthetic_pairs_suite}
+#: constructor arguments among the overrides; the others go to ``fit``
+_CONSTRUCTOR = ("feature_layer", "width", "depth")
+
+
+def _row(
+    suite: Suite, attributions: Tensor, method: str, epoch: int | None, seconds: float
+) -> dict:
+    scores = {
+        "method": method,
+        "epoch": epoch,
+        "pointing": float(
+            metrics.pointing_game(attributions, suite.masks, suite.pointing_tolerance).mean()
+        ),
+        "relevance_mass": float(metrics.relevance_mass(attributions, suite.masks).mean()),
+        "map_mean": float(metrics.map_mean(attributions).mean()),
+        "seconds": seconds,
+    }
+    if suite.other_masks is not None:
+        scores["discrimination"] = float(
+            metrics.class_discrimination(attributions, suite.masks, suite.other_masks).mean()
+        )
+    return scores
+
+
+def explainer_epochs_report(
+    suite: str = "synthetic-pairs",
+    epochs: int = 5,
+    n: int = 100,
+    split: str = "held-out",
+    train_size: int = 2000,
+    batch_size: int = 32,
+    overrides: dict | None = None,
+) -> list[dict]:
+    """Train an :class:`~captum_masks.AmortizedExplainer` for a suite's reference CNN at its
+    defaults (``patience=None``, so every epoch runs) and score the masks after each epoch.
+
+    The explainer trains on ``train_size`` images of the reference CNN's training distribution
+    (generator seed 1; validation seed 2), never on the scored images.
+
+    Args:
+        suite (str): ``"synthetic"`` (single shapes) or ``"synthetic-pairs"`` (two shapes per
+            image, each explained; adds the discrimination column).
+        epochs (int): epochs to train and score.
+        n (int): images of the suite to score (pairs give 2n rows).
+        split (str): the suite's split, ``"held-out"`` or ``"calibration"``.
+        train_size (int): training images.
+        batch_size (int): images per training batch.
+        overrides (dict, optional): other values for the explainer's arguments
+            (``feature_layer``, ``width``, ``depth``) or ``fit``'s (e.g. ``{"lr": 1e-3}``).
+
+    Returns:
+        list of dicts, one per row of the table: IntegratedGradients (``epoch`` None), then the
+        explainer after each epoch (``seconds``: that epoch's training time).
+
+    Examples::
+
+        >>> print(format_explainer_epochs(explainer_epochs_report("synthetic", epochs=3)))
+    """
+    from captum.attr import IntegratedGradients
+
+    from captum_masks.amortized import AmortizedExplainer
+    from captum_masks.bench.synthetic import SHAPES, make_synthetic
+
+    if suite not in EPOCH_SUITES:
+        raise ValueError(f"suite must be one of {sorted(EPOCH_SUITES)}, got {suite!r}")
+    overrides = dict(overrides or {})
+    reserved = sorted({"epochs", "checkpoint", "resume"} & set(overrides))
+    if reserved:
+        raise ValueError(f"overrides cannot set {reserved}: this report runs the epochs itself")
+    constructor = {k: overrides.pop(k) for k in _CONSTRUCTOR if k in overrides}
+    data = EPOCH_SUITES[suite](n, split=split)
+    multilabel = suite == "synthetic-pairs"
+    start = time.perf_counter()
+    integrated = IntegratedGradients(data.model).attribute(
+        data.inputs, target=data.targets, internal_batch_size=256
+    )
+    rows = [_row(data, integrated, "IntegratedGradients", None, time.perf_counter() - start)]
+    train = make_synthetic(train_size, seed=1, multilabel=multilabel)
+    val = make_synthetic(200, seed=2, multilabel=multilabel)
+    batches = [
+        (train.images[i : i + batch_size], train.labels[i : i + batch_size])
+        for i in range(0, train_size, batch_size)
+    ]
+    explainer = AmortizedExplainer(data.model, len(SHAPES), multilabel=multilabel, **constructor)
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = Path(folder) / "explainer.ckpt"
+        for epoch in range(1, epochs + 1):
+            # resuming from the last epoch's checkpoint trains exactly as one uninterrupted run
+            start = time.perf_counter()
+            explainer.fit(
+                batches,
+                [(val.images, val.labels)],
+                **{"patience": None, "show_progress": False, **overrides},
+                epochs=epoch,
+                checkpoint=checkpoint,
+                resume=True,
+            )
+            seconds = time.perf_counter() - start
+            masks = explainer.attribute(data.inputs, target=data.targets)
+            row = _row(data, masks, "AmortizedExplainer", epoch, seconds)
+            if multilabel:
+                row.update(_class_masking(explainer, data, n))
+            rows.append(row)
+    return rows
+
+
+def _class_masking(explainer, data: Suite, n: int) -> dict:
+    """Stalder et al.'s class-specific masking on the suite's ``n`` two-object images: the
+    share of a class's probability that its own mask keeps and the other object's mask leaves."""
+    images = data.inputs[:n]
+    labels = torch.zeros(n, explainer.num_classes)
+    labels[torch.arange(n).repeat(2), data.targets] = 1.0  # the rows are both objects, in turn
+    result = metrics.class_specific_masking(
+        data.model, images, explainer.explain_all(images), labels, multilabel=True
+    )
+    return {
+        "own_mask_keeps": result["same_relative"],
+        "other_mask_leaves": result["other_co_occurring_relative"],
+    }
+
+
+def format_explainer_epochs(rows: list[dict]) -> str:
+    """:func:`explainer_epochs_report` as a markdown table."""
+    names = (
+        "pointing",
+        "relevance_mass",
+        "discrimination",
+        "own_mask_keeps",
+        "other_mask_leaves",
+        "map_mean",
+    )
+    columns = [c for c in names if c in rows[-1]]
+    lines = [
+        "| method | epoch | " + " | ".join(columns) + " | seconds |",
+        "|---" * (len(columns) + 3) + "|",
+    ]
+    for row in rows:
+        epoch = "–" if row["epoch"] is None else str(row["epoch"])
+        cells = " | ".join(f"{row[c]:.3f}" if c in row else "–" for c in columns)
+        lines.append(f"| {row['method']} | {epoch} | {cells} | {row['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+__all__ = ["EPOCH_SUITES", "explainer_epochs_report", "format_explainer_epochs"]
