@@ -47,6 +47,7 @@ def explainer_epochs_report(
     split: str = "held-out",
     train_size: int = 2000,
     batch_size: int = 32,
+    val_size: int = 200,
     overrides: dict | None = None,
 ) -> list[dict]:
     """Train an :class:`~captum_masks.AmortizedExplainer` for a suite's reference CNN at its
@@ -63,6 +64,7 @@ def explainer_epochs_report(
         split (str): the suite's split, ``"held-out"`` or ``"calibration"``.
         train_size (int): training images.
         batch_size (int): images per training batch.
+        val_size (int): validation images (seed 2), scored after every epoch as ``fit`` does.
         overrides (dict, optional): other values for the explainer's arguments
             (``feature_layer``, ``width``, ``depth``) or ``fit``'s (e.g. ``{"lr": 1e-3}``).
 
@@ -94,7 +96,7 @@ def explainer_epochs_report(
     )
     rows = [_row(data, integrated, "IntegratedGradients", None, time.perf_counter() - start)]
     train = make_synthetic(train_size, seed=1, multilabel=multilabel)
-    val = make_synthetic(200, seed=2, multilabel=multilabel)
+    val = make_synthetic(val_size, seed=2, multilabel=multilabel)
     batches = [
         (train.images[i : i + batch_size], train.labels[i : i + batch_size])
         for i in range(0, train_size, batch_size)
