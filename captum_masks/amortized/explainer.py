@@ -83,13 +83,12 @@ class AmortizedExplainer(FittingMixin, PersistenceMixin, MaskAttribution):
             output on the clean input (channels first, any resolution) is resized to the input
             and fed to the explainer next to the input (Phillips et al.'s design). ``"auto"``
             takes the classifier's last feature map: the last module, run once, whose output has
-            the input's spatial axes, each longer than 1, and at most 256 channels (the
-            reference CNN's last ReLU; for the compact :class:`MaskNet` only, and not with
-            ``layer`` or channels-last sequences, where it means None). The classifier's own
-            features tell the explainer which object is which class from the first step: on
-            the synthetic two-object suite the masks separate the two classes within 2 epochs,
-            where from the input alone they are still class-agnostic after 5 (see the README).
-            None: the input alone, as in Stalder et al. Default: "auto"
+            the input's spatial axes, each longer than 1, and at most 256 channels (for the
+            compact :class:`MaskNet` only, and not with ``layer`` or channels-last sequences,
+            where it means None). The classifier's own features tell the explainer which object
+            is which class from the first step, so the masks become class-specific in far fewer
+            epochs (measured in the README). None: the input alone, as in Stalder et al.
+            Default: "auto"
         channels_last (bool, optional): inputs (or ``layer``'s output) are (N, L, D) sequences
             with the features last; the mask spans the positions. None: True for an
             ``nn.Embedding`` layer, False otherwise. Default: None
