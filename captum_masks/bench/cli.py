@@ -5,10 +5,8 @@ scaling,explainer-epochs}
 from __future__ import annotations
 
 import argparse
-import ast
 import sys
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,6 +15,7 @@ from captum_masks.bench.speed import SPEED_METHODS
 from captum_masks.bench.runners import ALL_METHODS
 from captum_masks.bench.suites import SUITES
 from captum_masks.bench.layouts import SPLITS
+from captum_masks.bench.cli_types import image, positive_int, setting, target
 from captum_masks.bench.zoo import SAMPLE_IMAGES
 
 THREADS_HELP = (
@@ -44,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     one-line error for a user's mistake."""
     parser = argparse.ArgumentParser(prog="python -m captum_masks", description=__doc__)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--threads", type=_positive_int, default=None, help=THREADS_HELP)
+    common.add_argument("--threads", type=positive_int, default=None, help=THREADS_HELP)
     commands = parser.add_subparsers(dest="command", required=True)
     for add in (
         _add_demo,
@@ -72,14 +71,14 @@ def _add_demo(commands: Any, common: argparse.ArgumentParser) -> None:
     demo.add_argument(
         "--image",
         default=None,
-        type=_image,
+        type=image,
         help=f"explain this photo's top class instead: a sample image ({', '.join(SAMPLE_IMAGES)})"
         " or an image file's path",
     )
     demo.add_argument("--out", default="demo.png", help="where to save the figure")
     demo.add_argument(
         "--n-iter",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="MeaningfulPerturbation and NeuroMask iterations (default: each method's own)",
     )
@@ -89,11 +88,11 @@ def _add_demo(commands: Any, common: argparse.ArgumentParser) -> None:
 def _add_speed(commands: Any, common: argparse.ArgumentParser) -> None:
     speed = commands.add_parser("speed", parents=[common], help=COMMANDS["speed"])
     _add_methods(speed, SPEED_METHODS, f"methods to time, of {', '.join(SPEED_METHODS)}", "all")
-    speed.add_argument("--batch-size", type=_positive_int, default=1)
-    speed.add_argument("--repeats", type=_positive_int, default=3)
+    speed.add_argument("--batch-size", type=positive_int, default=1)
+    speed.add_argument("--repeats", type=positive_int, default=3)
     speed.add_argument(
         "--images",
-        type=_positive_int,
+        type=positive_int,
         default=4,
         help="held-out photos the whole runs (s / image, iterations run) explain",
     )
@@ -107,7 +106,7 @@ def _add_speed(commands: Any, common: argparse.ArgumentParser) -> None:
         nargs="+",
         default=None,
         metavar="NAME=VALUE",
-        type=_setting,
+        type=setting,
         help="also time a whole run with these arguments, e.g. the previous defaults "
         "--before tolerance=None, and print its iterations run and s / image alongside",
     )
@@ -127,7 +126,7 @@ def _add_benchmark(commands: Any, common: argparse.ArgumentParser) -> None:
         "--n",
         "--n-images",
         dest="n",
-        type=_positive_int,
+        type=positive_int,
         default=20,
         help="number of images (under torchrun write --n-images: torchrun takes --n for one of "
         "its own options)",
@@ -154,7 +153,7 @@ def _add_benchmark(commands: Any, common: argparse.ArgumentParser) -> None:
 
 def _add_class_masking(commands: Any, common: argparse.ArgumentParser) -> None:
     masking = commands.add_parser("class-masking", parents=[common], help=COMMANDS["class-masking"])
-    masking.add_argument("--n", type=_positive_int, default=200, help="number of test images")
+    masking.add_argument("--n", type=positive_int, default=200, help="number of test images")
     masking.add_argument("--seed", type=int, default=0)
     masking.add_argument("--retrain", action="store_true", help="train the explainer again")
     _add_settings(
@@ -169,10 +168,10 @@ def _add_explainer_epochs(commands: Any, common: argparse.ArgumentParser) -> Non
         "explainer-epochs", parents=[common], help=COMMANDS["explainer-epochs"]
     )
     epochs.add_argument("--suite", choices=sorted(EPOCH_SUITES), default="synthetic-pairs")
-    epochs.add_argument("--epochs", type=_positive_int, default=5)
-    epochs.add_argument("--n", type=_positive_int, default=100, help="images scored")
+    epochs.add_argument("--epochs", type=positive_int, default=5)
+    epochs.add_argument("--n", type=positive_int, default=100, help="images scored")
     epochs.add_argument("--split", choices=SPLITS, default="held-out")
-    epochs.add_argument("--train-size", type=_positive_int, default=2000)
+    epochs.add_argument("--train-size", type=positive_int, default=2000)
     _add_settings(
         epochs, "the explainer's or fit's arguments, e.g. --set feature_layer=None lr=1e-3"
     )
@@ -182,7 +181,7 @@ def _add_tabular(commands: Any, common: argparse.ArgumentParser) -> None:
     tabular = commands.add_parser("tabular", parents=[common], help=COMMANDS["tabular"])
     tabular.add_argument("--split", choices=SPLITS, default="held-out")
     tabular.add_argument(
-        "--n", type=_positive_int, default=None, help="explain the first n rows (default: all)"
+        "--n", type=positive_int, default=None, help="explain the first n rows (default: all)"
     )
     tabular.add_argument("--seed", type=int, default=0, help="training and split seed")
 
@@ -202,7 +201,7 @@ def _add_methods(
 
 def _add_settings(parser: argparse.ArgumentParser, help_text: str) -> None:
     parser.add_argument(
-        "--set", nargs="+", default=[], metavar="NAME=VALUE", type=_setting, help=help_text
+        "--set", nargs="+", default=[], metavar="NAME=VALUE", type=setting, help=help_text
     )
 
 
@@ -236,10 +235,10 @@ def _add_explain(commands: Any, common: argparse.ArgumentParser) -> None:
         help="efficientnet_lite0 (the zoo's, pretrained) or module:function returning a model",
     )
     explain.add_argument("--layer", default=None, help="a layer method's layer, by its name")
-    explain.add_argument("--batch-size", type=_positive_int, default=8)
+    explain.add_argument("--batch-size", type=positive_int, default=8)
     explain.add_argument(
         "--target",
-        type=_target,
+        type=target,
         default="predicted",
         help="predicted (the top class), label (the dataset's), a class index, or none",
     )
@@ -257,7 +256,7 @@ def _add_explain(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     explain.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
     explain.add_argument(
-        "--first", type=_positive_int, default=None, help="explain only the first N examples"
+        "--first", type=positive_int, default=None, help="explain only the first N examples"
     )
     explain.add_argument(
         "--pointing-sigma",
@@ -280,29 +279,13 @@ def _add_scaling(commands: Any, common: argparse.ArgumentParser) -> None:
         metavar="METHOD",
         help=f"methods that explain takes (default: {', '.join(SCALING_METHODS)})",
     )
-    scaling.add_argument("--images", type=_positive_int, default=6, help="held-out photos")
+    scaling.add_argument("--images", type=positive_int, default=6, help="held-out photos")
     scaling.add_argument(
-        "--batch-size", type=_positive_int, default=2, help="examples per batch, every count"
+        "--batch-size", type=positive_int, default=2, help="examples per batch, every count"
     )
     scaling.add_argument(
-        "--processes", type=_positive_int, nargs="+", default=[1, 2], help="process counts"
+        "--processes", type=positive_int, nargs="+", default=[1, 2], help="process counts"
     )
-
-
-def _target(text: str) -> int | str | None:
-    if text in ("predicted", "label"):
-        return text
-    if text == "none":
-        return None
-    try:
-        index = int(text)
-    except ValueError:
-        index = -1
-    if index < 0:
-        raise argparse.ArgumentTypeError(
-            f"expected predicted, label, none or a class index >= 0, got {text!r}"
-        )
-    return index
 
 
 def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
@@ -394,31 +377,3 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
             for method in args.methods or SPEED_METHODS
         ]
         print(format_speed(results))
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}")
-    return value
-
-
-def _image(text: str) -> str:
-    if text in SAMPLE_IMAGES or Path(text).is_file():
-        return text
-    raise argparse.ArgumentTypeError(
-        f"image must be one of {', '.join(SAMPLE_IMAGES)} or an existing file, got {text!r}"
-    )
-
-
-def _setting(text: str) -> tuple[str, object]:
-    name, separator, value = text.partition("=")
-    if not separator or not name.isidentifier():
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
-    try:
-        return name, ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return name, value  # a bare word such as rmsprop
