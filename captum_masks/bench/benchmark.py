@@ -229,6 +229,29 @@ def _chosen_methods(suite: str, methods: Sequence[str] | None, n: int, overrides
     return methods
 
 
+def localisation_scores(data: Suite, attribution: Tensor) -> dict:
+    """The suite's localisation metrics of one method's attributions, each a list over rows:
+    pointing, relevance mass, IoU, F-measure, MAE, map mean and roughness, and on pair suites
+    discrimination."""
+    salient = metrics.salient_object_scores(attribution, data.masks)
+    scores = {
+        "pointing": metrics.pointing_game(
+            attribution, data.masks, data.pointing_tolerance, data.pointing_sigma
+        ).tolist(),
+        "relevance_mass": metrics.relevance_mass(attribution, data.masks).tolist(),
+        "iou": metrics.mask_iou(attribution, data.masks, 0.5).tolist(),
+        "f_measure": salient["f_measure"].tolist(),
+        "mae": salient["mae"].tolist(),
+        "map_mean": metrics.map_mean(attribution).tolist(),
+        "map_tv": metrics.map_total_variation(attribution).tolist(),
+    }
+    if data.other_masks is not None:
+        scores["discrimination"] = metrics.class_discrimination(
+            attribution, data.masks, data.other_masks
+        ).tolist()
+    return scores
+
+
 def _scores(
     data: Suite, attribution: Tensor, seconds: float, deletion_steps: int
 ) -> tuple[dict, dict]:
@@ -244,25 +267,12 @@ def _scores(
             deletion_steps,
             blur_sigma=data.blur_sigma,
         )
-    salient = metrics.salient_object_scores(attribution, data.masks)
     scores = {
-        "pointing": metrics.pointing_game(
-            attribution, data.masks, data.pointing_tolerance, data.pointing_sigma
-        ).tolist(),
-        "relevance_mass": metrics.relevance_mass(attribution, data.masks).tolist(),
-        "iou": metrics.mask_iou(attribution, data.masks, 0.5).tolist(),
-        "f_measure": salient["f_measure"].tolist(),
-        "mae": salient["mae"].tolist(),
+        **localisation_scores(data, attribution),
         "deletion_auc": aucs["deletion"].tolist(),
         "insertion_auc": aucs["insertion"].tolist(),
-        "map_mean": metrics.map_mean(attribution).tolist(),
-        "map_tv": metrics.map_total_variation(attribution).tolist(),
         "seconds": [seconds],
     }
-    if data.other_masks is not None:
-        scores["discrimination"] = metrics.class_discrimination(
-            attribution, data.masks, data.other_masks
-        ).tolist()
     return scores, curves
 
 
@@ -339,4 +349,11 @@ def save_figure(result: BenchmarkResult, path: str | os.PathLike, rows: int = 4)
     plt.close(figure)
 
 
-__all__ = ["METRIC_COLUMNS", "BenchmarkResult", "format_table", "run_benchmark", "save_figure"]
+__all__ = [
+    "METRIC_COLUMNS",
+    "BenchmarkResult",
+    "format_table",
+    "localisation_scores",
+    "run_benchmark",
+    "save_figure",
+]

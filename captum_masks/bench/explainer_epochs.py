@@ -4,6 +4,7 @@ epoch's masks on a suite's rows next to IntegratedGradients
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -12,32 +13,31 @@ import torch
 from torch import Tensor
 
 from captum_masks import metrics
+from captum_masks.bench.benchmark import localisation_scores
 from captum_masks.bench.suites import Suite, synthetic_pairs_suite, synthetic_suite
 
 #: the suites with a training set for the explainer: the reference CNNs' own data
 EPOCH_SUITES = {"synthetic": synthetic_suite, "synthetic-pairs": synthetic_pairs_suite}
 #: constructor arguments among the overrides; the others go to ``fit``
 _CONSTRUCTOR = ("feature_layer", "width", "depth")
+#: the table's columns, in order; the class-masking ones are for the explainer on pairs only
+_COLUMNS = (
+    "pointing",
+    "relevance_mass",
+    "discrimination",
+    "own_mask_keeps",
+    "other_mask_leaves",
+    "map_mean",
+)
 
 
 def _row(
     suite: Suite, attributions: Tensor, method: str, epoch: int | None, seconds: float
 ) -> dict:
-    scores = {
-        "method": method,
-        "epoch": epoch,
-        "pointing": float(
-            metrics.pointing_game(attributions, suite.masks, suite.pointing_tolerance).mean()
-        ),
-        "relevance_mass": float(metrics.relevance_mass(attributions, suite.masks).mean()),
-        "map_mean": float(metrics.map_mean(attributions).mean()),
-        "seconds": seconds,
-    }
-    if suite.other_masks is not None:
-        scores["discrimination"] = float(
-            metrics.class_discrimination(attributions, suite.masks, suite.other_masks).mean()
-        )
-    return scores
+    """One row of the table: the benchmark's localisation scores, averaged over the rows."""
+    scores = localisation_scores(suite, attributions)
+    averaged = {name: statistics.fmean(scores[name]) for name in _COLUMNS if name in scores}
+    return {"method": method, "epoch": epoch, **averaged, "seconds": seconds}
 
 
 def explainer_epochs_report(
@@ -79,7 +79,7 @@ def explainer_epochs_report(
     from captum.attr import IntegratedGradients
 
     from captum_masks.amortized import AmortizedExplainer
-    from captum_masks.bench.synthetic import SHAPES, make_synthetic
+    from captum_masks.bench.synthetic import SHAPES, explainer_data
 
     if suite not in EPOCH_SUITES:
         raise ValueError(f"suite must be one of {sorted(EPOCH_SUITES)}, got {suite!r}")
@@ -95,12 +95,7 @@ def explainer_epochs_report(
         data.inputs, target=data.targets, internal_batch_size=256
     )
     rows = [_row(data, integrated, "IntegratedGradients", None, time.perf_counter() - start)]
-    train = make_synthetic(train_size, seed=1, multilabel=multilabel)
-    val = make_synthetic(val_size, seed=2, multilabel=multilabel)
-    batches = [
-        (train.images[i : i + batch_size], train.labels[i : i + batch_size])
-        for i in range(0, train_size, batch_size)
-    ]
+    batches, val = explainer_data(train_size, val_size, batch_size, multilabel)
     explainer = AmortizedExplainer(data.model, len(SHAPES), multilabel=multilabel, **constructor)
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = Path(folder) / "explainer.ckpt"
@@ -109,7 +104,7 @@ def explainer_epochs_report(
             start = time.perf_counter()
             explainer.fit(
                 batches,
-                [(val.images, val.labels)],
+                val,
                 **{"patience": None, "show_progress": False, **overrides},
                 epochs=epoch,
                 checkpoint=checkpoint,
@@ -141,15 +136,7 @@ def _class_masking(explainer, data: Suite, n: int) -> dict:
 
 def format_explainer_epochs(rows: list[dict]) -> str:
     """:func:`explainer_epochs_report` as a markdown table."""
-    names = (
-        "pointing",
-        "relevance_mass",
-        "discrimination",
-        "own_mask_keeps",
-        "other_mask_leaves",
-        "map_mean",
-    )
-    columns = [c for c in names if c in rows[-1]]
+    columns = [c for c in _COLUMNS if c in rows[-1]]
     lines = [
         "| method | epoch | " + " | ".join(columns) + " | seconds |",
         "|---" * (len(columns) + 3) + "|",

@@ -207,6 +207,30 @@ EXPLAINER_SETTINGS = {
 }
 
 
+def explainer_data(
+    train_size: int, val_size: int, batch_size: int, multilabel: bool
+) -> tuple[list, list]:
+    """The data an :class:`~captum_masks.AmortizedExplainer` for a reference CNN trains on:
+    ``(images, labels)`` batches of the suite's generator at seed 1, and one validation batch
+    at seed 2 (the evaluation suites use other seeds).
+
+    Returns:
+        (train_batches, val_batches), lists that ``fit`` can iterate once per epoch.
+
+    Examples::
+
+        >>> train, val = explainer_data(2000, 200, 32, multilabel=True)
+        >>> explainer.fit(train, val)
+    """
+    train = make_synthetic(train_size, seed=1, multilabel=multilabel)
+    val = make_synthetic(val_size, seed=2, multilabel=multilabel)
+    batches = [
+        (train.images[i : i + batch_size], train.labels[i : i + batch_size])
+        for i in range(0, train_size, batch_size)
+    ]
+    return batches, [(val.images, val.labels)]
+
+
 def load_synthetic_explainer(retrain: bool = False, verbose: bool = True, **overrides):
     """An :class:`~captum_masks.AmortizedExplainer` for the multi-label reference CNN, trained on
     the multi-label suite (seeds 1 and 2, apart from the evaluation seeds) at the paper's loss
@@ -245,9 +269,9 @@ def load_synthetic_explainer(retrain: bool = False, verbose: bool = True, **over
         if verbose:
             print(f"amortized explainer (cached: {path})")
         return explainer, None
-    size, batch_size = chosen.pop("train_size"), chosen.pop("batch_size")
-    train = make_synthetic(size, seed=1, multilabel=True)
-    val = make_synthetic(chosen.pop("val_size"), seed=2, multilabel=True)
+    train, val = explainer_data(
+        chosen.pop("train_size"), chosen.pop("val_size"), chosen.pop("batch_size"), True
+    )
     explainer = AmortizedExplainer(
         reference.model,
         len(SHAPES),
@@ -256,11 +280,8 @@ def load_synthetic_explainer(retrain: bool = False, verbose: bool = True, **over
     )
     start = time.perf_counter()
     history = explainer.fit(
-        [
-            (train.images[i : i + batch_size], train.labels[i : i + batch_size])
-            for i in range(0, size, batch_size)
-        ],
-        [(val.images, val.labels)],
+        train,
+        val,
         **{"patience": None, "show_progress": verbose, **chosen},
     )
     if verbose:
@@ -275,6 +296,7 @@ __all__ = [
     "ReferenceCNN",
     "ReferenceModel",
     "cache_dir",
+    "explainer_data",
     "load_reference_cnn",
     "load_synthetic_explainer",
 ]
