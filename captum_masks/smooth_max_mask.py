@@ -89,8 +89,7 @@ class SmoothMaxMask:
         sort it instead)."""
         rows, cols, kernel = self._neighbourhood(params, spatial_shape)
         padded = F.pad(params[:, 0], (self.padding,) * 4)  # no grid point outside: 0
-        pooled = _SmoothMaximum.apply(padded, rows, cols, kernel, self.temperature)
-        return pooled.view(len(params), 1, kernel.shape[1], kernel.shape[3]).clamp(0.0, 1.0)
+        return _SmoothMaximum.apply(padded, rows, cols, kernel, self.temperature).clamp(0.0, 1.0)
 
     def upsample(self, evaluated: Tensor, spatial_shape: Sequence[int]) -> Tensor:
         """The full ``(N, 1, H, W)`` mask from :meth:`evaluated`'s."""
@@ -110,8 +109,8 @@ class SmoothMaxMask:
         self, like: Tensor, spatial_shape: Sequence[int]
     ) -> tuple[Tensor, Tensor, Tensor]:
         """For the evaluated points: the padded grid rows and columns of their neighbours,
-        (h'·K,) and (w'·K,) point-major, and the kernel k(u − v), (1, h', K, w', K); built once
-        per shape."""
+        (h'·K,) and (w'·K,) point-major, and the kernel k(u − v), (h', w', K, K); built once per
+        shape."""
         key = (tuple(spatial_shape), like.device, like.dtype)
         if key not in self._geometry:
             offsets = torch.arange(-self.radius, self.radius + 1, device=like.device)
@@ -129,10 +128,10 @@ class SmoothMaxMask:
 
             (rows, row_distance), (cols, col_distance) = map(axis, spatial_shape)
             distance = torch.sqrt(
-                row_distance.T[:, :, None, None] ** 2 + col_distance.T[None, None, :, :] ** 2
+                row_distance.T[:, None, :, None] ** 2 + col_distance.T[None, :, None, :] ** 2
             )
             kernel = torch.exp(-2 * (distance / self.sigma - 0.5).clamp_min(0) ** 2)
-            kernel = kernel.unsqueeze(0).to(like.dtype)
+            kernel = kernel.to(like.dtype)
             self._geometry[key] = (rows.T.flatten(), cols.T.flatten(), kernel)
         return self._geometry[key]
 
@@ -153,11 +152,14 @@ class _SmoothMaximum(torch.autograd.Function):
     """The smooth maximum Σ_k a_k·softmax(T·a)_k over each evaluated point's neighbours k, with
     a_k = k(u − v)·m̄(v) the kernel-weighted grid values, and its gradient written out.
 
-    The neighbours of the (N, H, W) padded grid are gathered into (N, h', K, w', K) with two
-    plain selections, rows then columns; their gradient is two ``index_add_``. The gradient of the
-    pooled value w.r.t. a_j is softmax(T·a)_j·(1 + T·(a_j − pooled)). Written as one function,
-    the (N, h', K, w', K) tensors, the largest of the mask, are allocated three times instead
-    of the nine times autograd's gather, product and softmax take.
+    The neighbours of the (N, H, W) padded grid are gathered with two plain selections, columns
+    then rows, so that the larger one copies whole rows; the product with the kernel lays them
+    out as (N, h', w', K·K), each point's neighbours contiguous, so that the sums over them and
+    the per-point factors of the gradient run along the innermost axis. The gradient of the
+    pooled value w.r.t. a_j is softmax(T·a)_j·(1 + T·(a_j − pooled)); its product with the
+    kernel lays it back out for two ``index_add_``, rows first. Written as one function, the
+    (N, h', w', K·K) tensors, the largest of the mask, are allocated three times instead of the
+    nine times autograd's gather, product and softmax take.
 
     The values are in [0, 1] (parameters in [0, 1] times a kernel ≤ 1), so the softmax is
     shifted by T, the largest T·a can be, instead of by each point's maximum, which costs as
@@ -168,19 +170,21 @@ class _SmoothMaximum(torch.autograd.Function):
     def forward(
         ctx, padded: Tensor, rows: Tensor, cols: Tensor, kernel: Tensor, temperature: float
     ) -> Tensor:
-        neighbours = padded.index_select(1, rows).index_select(2, cols)
-        values = neighbours.view(len(padded), *kernel.shape[1:]).mul_(kernel)
-        axes = (2, 4)
+        count, (height, width, size, _) = len(padded), kernel.shape
+        selected = padded.index_select(2, cols).index_select(1, rows)
+        values = padded.new_empty(count, height, width, size, size)
+        by_point = selected.view(count, height, size, width, size).permute(0, 1, 3, 2, 4)
+        values = torch.mul(by_point, kernel, out=values).view(count, height, width, -1)
         if temperature <= MAX_SHIFTED_TEMPERATURE:
             shifted = values.mul(temperature).sub_(temperature)
         else:
-            shifted = (values - values.amax(dim=axes, keepdim=True)).mul_(temperature)
+            shifted = (values - values.amax(dim=-1, keepdim=True)).mul_(temperature)
         weights = shifted.exp_()
-        total = weights.sum(dim=axes, keepdim=True)
-        pooled = (values * weights).sum(dim=axes, keepdim=True).div_(total)
+        total = weights.sum(dim=-1, keepdim=True)
+        pooled = (values * weights).sum(dim=-1, keepdim=True).div_(total)
         ctx.save_for_backward(values, weights, total, pooled, rows, cols, kernel)
         ctx.temperature, ctx.padded_shape = temperature, padded.shape
-        return pooled
+        return pooled.view(count, 1, height, width)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -188,11 +192,15 @@ class _SmoothMaximum(torch.autograd.Function):
         values, weights, total, pooled, rows, cols, kernel = ctx.saved_tensors
         temperature, (count, height, width) = ctx.temperature, ctx.padded_shape
         # softmax_j·(1 + T·(a_j − pooled))·grad / total as one product: (A + B·a_j)·softmax_j
-        scale = grad / total
+        scale = grad.reshape(total.shape) / total
         slope = torch.addcmul(scale * (1 - temperature * pooled), values, scale * temperature)
-        slope = slope.mul_(weights).mul_(kernel).view(count, len(rows), len(cols))
-        by_rows = slope.new_zeros(count, len(rows), width).index_add_(2, cols, slope)
-        grid = slope.new_zeros(count, height, width).index_add_(1, rows, by_rows)
+        slope = slope.mul_(weights).view(count, *kernel.shape)
+        points, size = kernel.shape[:2], kernel.shape[2]
+        selected = slope.new_empty(count, points[0], size, points[1], size)
+        torch.mul(slope, kernel, out=selected.permute(0, 1, 3, 2, 4))
+        selected = selected.view(count, len(rows), len(cols))
+        by_cols = slope.new_zeros(count, height, len(cols)).index_add_(1, rows, selected)
+        grid = slope.new_zeros(count, height, width).index_add_(2, cols, by_cols)
         return grid, None, None, None, None
 
 
