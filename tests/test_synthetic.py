@@ -122,3 +122,31 @@ def test_other_training_settings_train_once_then_load_from_the_cache(monkeypatch
     assert again.train_seconds == 0.0
     for key, value in first.model.state_dict().items():
         assert torch.equal(value, again.model.state_dict()[key]), key
+
+
+@given(seed=seeds, multilabel=st.booleans())
+def test_the_photo_task_pastes_each_labelled_object_as_a_square_of_its_photo(seed, multilabel):
+    from captum_masks.bench.shapes import PHOTO_OBJECTS
+    from captum_masks.bench.synthetic import task_images
+
+    batch = task_images("photos", 3, seed, multilabel=multilabel, split="held-out")
+    again = task_images("photos", 3, seed, multilabel=multilabel, split="held-out")
+    empty = task_images("photos", 3, seed, multilabel, "held-out", with_objects=False)
+    assert torch.equal(batch.images, again.images)
+    assert batch.class_masks.shape[1] == len(PHOTO_OBJECTS)
+    present = batch.class_masks.flatten(2).amax(dim=2)
+    expected = batch.labels if multilabel else torch.nn.functional.one_hot(batch.labels, 6)
+    assert torch.equal(present, expected.float())
+    for index, boxes in enumerate(batch.boxes):
+        for top, left, bottom, right in boxes.tolist():
+            square = batch.masks[index, 0, top:bottom, left:right]
+            assert bool((square == 1).all())  # the object fills its box: a square
+    outside = batch.masks == 0
+    assert torch.equal(batch.images.masked_select(outside.expand_as(batch.images)),
+                       empty.images.masked_select(outside.expand_as(empty.images)))
+    assert not torch.equal(batch.images, empty.images)
+
+
+def test_the_photo_task_refuses_an_unknown_kind_of_object():
+    with pytest.raises(ValueError, match="objects must be one of"):
+        make_synthetic(1, objects="letters")

@@ -14,10 +14,20 @@ from torch import Tensor
 
 from captum_masks import metrics
 from captum_masks.bench.benchmark import localisation_scores
-from captum_masks.bench.suites import Suite, synthetic_pairs_suite, synthetic_suite
+from captum_masks.bench.suites import (
+    Suite,
+    photo_objects_suite,
+    synthetic_pairs_suite,
+    synthetic_suite,
+)
 
-#: the suites with a training set for the explainer: the reference CNNs' own data
-EPOCH_SUITES = {"synthetic": synthetic_suite, "synthetic-pairs": synthetic_pairs_suite}
+#: the suites with a training set for the explainer (the reference CNNs' own data), and what
+#: their images show (:func:`~captum_masks.bench.synthetic.task_images`)
+EPOCH_SUITES = {
+    "synthetic": (synthetic_suite, "shapes"),
+    "synthetic-pairs": (synthetic_pairs_suite, "shapes"),
+    "photo-objects": (photo_objects_suite, "photos"),
+}
 #: constructor arguments among the overrides; the others go to ``fit``
 _CONSTRUCTOR = ("feature_layer", "width", "depth")
 #: the table's columns, in order; the class-masking ones are for the explainer on pairs only
@@ -54,11 +64,14 @@ def explainer_epochs_report(
     defaults (``patience=None``, so every epoch runs) and score the masks after each epoch.
 
     The explainer trains on ``train_size`` images of the reference CNN's training distribution
-    (generator seed 1; validation seed 2), never on the scored images.
+    (generator seed 1; validation seed 2), never on the scored images; on ``"photo-objects"``
+    it trains on the calibration textures, and the held-out split scores it on textures that
+    neither it nor the CNN has seen.
 
     Args:
-        suite (str): ``"synthetic"`` (single shapes) or ``"synthetic-pairs"`` (two shapes per
-            image, each explained; adds the discrimination column).
+        suite (str): ``"synthetic"`` (single shapes), ``"synthetic-pairs"`` (two shapes per
+            image, each explained; adds the discrimination column) or ``"photo-objects"``
+            (the small real-photo task: one of six photo objects per image).
         epochs (int): epochs to train and score.
         n (int): images of the suite to score (pairs give 2n rows).
         split (str): the suite's split, ``"held-out"`` or ``"calibration"``.
@@ -79,7 +92,7 @@ def explainer_epochs_report(
     from captum.attr import IntegratedGradients
 
     from captum_masks.amortized import AmortizedExplainer
-    from captum_masks.bench.synthetic import SHAPES, explainer_data
+    from captum_masks.bench.synthetic import TASK_CLASSES, explainer_data
 
     if suite not in EPOCH_SUITES:
         raise ValueError(f"suite must be one of {sorted(EPOCH_SUITES)}, got {suite!r}")
@@ -88,15 +101,18 @@ def explainer_epochs_report(
     if reserved:
         raise ValueError(f"overrides cannot set {reserved}: this report runs the epochs itself")
     constructor = {k: overrides.pop(k) for k in _CONSTRUCTOR if k in overrides}
-    data = EPOCH_SUITES[suite](n, split=split)
+    build, objects = EPOCH_SUITES[suite]
+    data = build(n, split=split)
     multilabel = suite == "synthetic-pairs"
     start = time.perf_counter()
     integrated = IntegratedGradients(data.model).attribute(
         data.inputs, target=data.targets, internal_batch_size=256
     )
     rows = [_row(data, integrated, "IntegratedGradients", None, time.perf_counter() - start)]
-    batches, val = explainer_data(train_size, val_size, batch_size, multilabel)
-    explainer = AmortizedExplainer(data.model, len(SHAPES), multilabel=multilabel, **constructor)
+    batches, val = explainer_data(train_size, val_size, batch_size, multilabel, objects)
+    explainer = AmortizedExplainer(
+        data.model, len(TASK_CLASSES[objects]), multilabel=multilabel, **constructor
+    )
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = Path(folder) / "explainer.ckpt"
         for epoch in range(1, epochs + 1):

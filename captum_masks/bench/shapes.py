@@ -2,7 +2,9 @@
 triangle, cross) pasted at random positions, scales and colours onto crops of real textures and
 photos (scikit-image, scikit-learn samples). Only the shape tells the class (colours are drawn
 independently of it), and the pasted pixels are returned as the ground truth: per-class masks,
-their union and boxes. Needs the ``bench`` extra for the backgrounds.
+their union and boxes. With ``objects="photos"``, the small real-photo task: the photo suites'
+six real objects (:data:`PHOTO_OBJECTS`) pasted as small squares on crops of real textures
+instead. Needs the ``bench`` extra for the backgrounds.
 """
 
 from __future__ import annotations
@@ -15,11 +17,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from captum_masks.bench import zoo
+from captum_masks.bench.objects import OBJECTS
 
 
 SHAPES = ("circle", "square", "triangle", "cross")
 BACKGROUNDS = ("brick", "grass", "gravel", "camera", "china", "flower")
 IMAGE_SIZE = 64
+#: the classes of the real-photo task: the photo suites' objects (cat, coffee, tripod, ...)
+PHOTO_OBJECTS = tuple(OBJECTS)
+#: an object's half-side as a share of the image side: shapes, and photo squares (19 to 29 px
+#: at 64 px, where the photo suites' objects are 80 to 144 px of 224)
+RADII = {"shapes": (0.11, 0.19), "photos": (0.15, 0.22)}
 
 
 @dataclass
@@ -67,16 +75,57 @@ def shape_mask(kind: str, size: int, centre: tuple[float, float], radius: float)
 
 
 _BACKGROUND_CACHE: dict = {}
+_OBJECT_CACHE: dict = {}
 
 
-def _backgrounds() -> list:
-    if not _BACKGROUND_CACHE:
-        for name in BACKGROUNDS:
-            array = zoo.sample_image(name)
-            tensor = torch.from_numpy(np.array(array)).permute(2, 0, 1).float() / 255.0
+def _sample(name: str) -> Tensor:
+    return torch.from_numpy(np.array(zoo.sample_image(name))).permute(2, 0, 1).float() / 255.0
+
+
+def _backgrounds(names: tuple[str, ...]) -> list:
+    for name in names:
+        if name not in _BACKGROUND_CACHE:
             # halve the resolution so a 64 px crop shows texture, not a blur of one region
-            _BACKGROUND_CACHE[name] = F.avg_pool2d(tensor.unsqueeze(0), 2)[0]
-    return list(_BACKGROUND_CACHE.values())
+            _BACKGROUND_CACHE[name] = F.avg_pool2d(_sample(name).unsqueeze(0), 2)[0]
+    return [_BACKGROUND_CACHE[name] for name in names]
+
+
+def _object_crop(name: str) -> Tensor:
+    """The photo object's crop, (3, h, w) in [0, 1], at most 96 px on a side."""
+    if name not in _OBJECT_CACHE:
+        photo = OBJECTS[name]
+        crop = _sample(photo.image)[:, photo.rows, photo.columns]
+        scale = 96 / max(crop.shape[1:])
+        side = [max(1, round(length * scale)) for length in crop.shape[1:]]
+        _OBJECT_CACHE[name] = F.interpolate(
+            crop.unsqueeze(0), size=side, mode="bilinear", antialias=True, align_corners=False
+        )[0].clamp(0.0, 1.0)
+    return _OBJECT_CACHE[name]
+
+
+def _paint_shape(kind: int, size: int, centre, radius: float, rng) -> tuple[Tensor, Tensor]:
+    """A filled shape of class ``kind`` in one random colour: (mask, pixels)."""
+    mask = shape_mask(SHAPES[kind], size, (float(centre[0]), float(centre[1])), radius)
+    return mask, _random_colour(rng)
+
+
+def _paint_photo(kind: int, size: int, centre, radius: float, rng) -> tuple[Tensor, Tensor]:
+    """The photo object of class ``kind`` resized into the square of half-side ``radius``,
+    mirrored at random: (mask, pixels)."""
+    mask = shape_mask("square", size, (float(centre[0]), float(centre[1])), radius / 0.85)
+    inside = torch.nonzero(mask)
+    top, left = inside.min(dim=0).values.tolist()
+    bottom, right = (inside.max(dim=0).values + 1).tolist()
+    crop = _object_crop(PHOTO_OBJECTS[kind])
+    if rng.uniform() < 0.5:
+        crop = crop.flip(-1)
+    resized = F.interpolate(
+        crop.unsqueeze(0), size=(bottom - top, right - left), mode="bilinear",
+        antialias=True, align_corners=False,
+    )[0]
+    pixels = torch.zeros(3, size, size)
+    pixels[:, top:bottom, left:right] = resized.clamp(0.0, 1.0)
+    return mask, pixels
 
 
 def _random_colour(rng: np.random.Generator) -> Tensor:
@@ -105,6 +154,8 @@ def make_synthetic(
     multilabel: bool = False,
     with_objects: bool = True,
     size: int = IMAGE_SIZE,
+    objects: str = "shapes",
+    backgrounds: tuple[str, ...] = BACKGROUNDS,
 ) -> SyntheticBatch:
     """Generate ``n`` images deterministically from ``seed``.
 
@@ -117,6 +168,10 @@ def make_synthetic(
             and ground truth still describe the objects that would have been there), to check
             that a model relies on the objects.
         size (int): image side in pixels.
+        objects (str): ``"shapes"`` (the :data:`SHAPES`, in random colours) or ``"photos"``
+            (the real :data:`PHOTO_OBJECTS`, pasted as squares).
+        backgrounds (tuple of str): the sample images the backgrounds are cropped from
+            (:func:`~captum_masks.bench.zoo.sample_image` names).
 
     Returns:
         :class:`SyntheticBatch`.
@@ -126,26 +181,40 @@ def make_synthetic(
         >>> batch = make_synthetic(8, seed=1, multilabel=True)
         >>> batch.images.shape, batch.class_masks.shape
         (torch.Size([8, 3, 64, 64]), torch.Size([8, 4, 64, 64]))
+        >>> photos = make_synthetic(8, objects="photos", backgrounds=("hubble", "tissue"))
     """
+    if objects not in RADII:
+        raise ValueError(f"objects must be one of {sorted(RADII)}, got {objects!r}")
     rng = np.random.default_rng(seed)
-    backgrounds = _backgrounds()
-    num_classes = len(SHAPES)
+    sources = _backgrounds(tuple(backgrounds))
+    paint, classes_of = (
+        (_paint_shape, SHAPES) if objects == "shapes" else (_paint_photo, PHOTO_OBJECTS)
+    )
+    smallest, largest = RADII[objects]
+    num_classes = len(classes_of)
     images = torch.empty(n, 3, size, size)
     class_masks = torch.zeros(n, num_classes, size, size)
     labels = torch.zeros(n, num_classes) if multilabel else torch.zeros(n, dtype=torch.long)
     boxes, box_classes = [], []
     for index in range(n):
-        source = backgrounds[rng.integers(len(backgrounds))]
+        source = sources[rng.integers(len(sources))]
         top = rng.integers(0, source.shape[1] - size + 1)
         left = rng.integers(0, source.shape[2] - size + 1)
         image = source[:, top : top + size, left : left + size].clone()
         if rng.uniform() < 0.5:
             image = image.flip(-1)
+        if objects == "photos":
+            # five textures per split: vary their colour, contrast and brightness, so that a
+            # small CNN learns the objects rather than the textures it was shown
+            tint = torch.from_numpy(rng.uniform(0.5, 1.5, size=(3, 1, 1))).float()
+            contrast, brightness = rng.uniform(0.5, 1.5), rng.uniform(-0.25, 0.25)
+            mean = image.mean()
+            image = ((image * tint - mean) * contrast + mean + brightness).clamp(0.0, 1.0)
         classes = rng.choice(num_classes, size=2 if multilabel else 1, replace=False).tolist()
         placed: list = []
         for kind in classes:
             for _ in range(100):
-                radius = rng.uniform(0.11, 0.19) * size
+                radius = rng.uniform(smallest, largest) * size
                 centre = rng.uniform(radius + 1, size - radius - 1, size=2)
                 box = (
                     int(np.floor(centre[0] - radius)),
@@ -155,10 +224,9 @@ def make_synthetic(
                 )
                 if all(_apart(box, other) for other in placed):
                     break
-            mask = shape_mask(SHAPES[kind], size, (float(centre[0]), float(centre[1])), radius)
-            colour = _random_colour(rng)
+            mask, pixels = paint(kind, size, centre, radius, rng)
             if with_objects:
-                image = torch.where(mask, colour, image)
+                image = torch.where(mask, pixels, image)
             class_masks[index, kind] = mask.float()
             tight = torch.nonzero(mask)
             placed.append(
@@ -189,4 +257,12 @@ def _apart(box: tuple, other: tuple, margin: int = 2) -> bool:
     )
 
 
-__all__ = ["BACKGROUNDS", "IMAGE_SIZE", "SHAPES", "SyntheticBatch", "make_synthetic", "shape_mask"]
+__all__ = [
+    "BACKGROUNDS",
+    "IMAGE_SIZE",
+    "PHOTO_OBJECTS",
+    "SHAPES",
+    "SyntheticBatch",
+    "make_synthetic",
+    "shape_mask",
+]

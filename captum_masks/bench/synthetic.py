@@ -25,7 +25,14 @@ from torch import Tensor, nn
 
 from captum_masks._base import seeded_global_rng
 from captum_masks._io import save_atomically
-from captum_masks.bench.shapes import SHAPES, SyntheticBatch, make_synthetic
+from captum_masks.bench import layouts
+from captum_masks.bench.shapes import (
+    BACKGROUNDS,
+    PHOTO_OBJECTS,
+    SHAPES,
+    SyntheticBatch,
+    make_synthetic,
+)
 
 
 class ReferenceCNN(nn.Module):
@@ -78,6 +85,39 @@ def cache_dir() -> Path:
 
 
 TRAIN_SETTINGS = {"train_size": 6000, "epochs": 6, "batch_size": 64, "lr": 3e-3, "seed": 0}
+#: the classes of each task: what is pasted on the textures
+TASK_CLASSES = {"shapes": SHAPES, "photos": PHOTO_OBJECTS}
+
+
+def task_images(
+    objects: str,
+    n: int,
+    seed: int,
+    multilabel: bool = False,
+    split: str = "calibration",
+    with_objects: bool = True,
+) -> SyntheticBatch:
+    """``n`` images of a task: the shapes on their six backgrounds (their splits are ranges of
+    seeds), or the photo objects on the photo suites' textures of ``split`` (the reference CNN
+    and the explainer train on the calibration textures; the held-out ones are only scored).
+
+    Examples::
+
+        >>> train = task_images("photos", 2000, seed=1)                    # calibration textures
+        >>> scored = task_images("photos", 100, seed=60_000, split="held-out")
+    """
+    if objects not in TASK_CLASSES:
+        raise ValueError(f"objects must be one of {sorted(TASK_CLASSES)}, got {objects!r}")
+    layouts.check_split(split)
+    backgrounds = BACKGROUNDS if objects == "shapes" else layouts.BACKGROUNDS[split]
+    return make_synthetic(
+        n,
+        seed=seed,
+        multilabel=multilabel,
+        with_objects=with_objects,
+        objects=objects,
+        backgrounds=backgrounds,
+    )
 
 
 def _accuracy(model: nn.Module, batch: SyntheticBatch, multilabel: bool) -> float:
@@ -95,7 +135,7 @@ _MEASURED: dict[tuple[Path, int, int], tuple[float, float]] = {}
 
 
 def load_reference_cnn(
-    multilabel: bool = False, retrain: bool = False, verbose: bool = True
+    multilabel: bool = False, retrain: bool = False, verbose: bool = True, objects: str = "shapes"
 ) -> ReferenceModel:
     """The reference CNN for the synthetic suite: the shipped weights for :data:`TRAIN_SETTINGS`,
     else the cached ones, else trained here and cached on disk.
@@ -111,15 +151,21 @@ def load_reference_cnn(
         multilabel (bool): train on two-object images with a multi-label (BCE) head.
         retrain (bool): ignore the cache.
         verbose (bool): print progress and the measurements.
+        objects (str): the task (:func:`task_images`): ``"shapes"`` (shipped weights) or
+            ``"photos"`` (trained on first use on the calibration textures; its accuracy is
+            measured on the held-out ones).
 
     Returns:
         :class:`ReferenceModel`.
     """
     settings = dict(TRAIN_SETTINGS, multilabel=multilabel)
-    name = f"reference_cnn_{'multi' if multilabel else 'single'}_{_key(settings)}.pt"
+    if objects != "shapes":  # the shapes' key names the shipped weights
+        settings["objects"] = objects
+    label = f"{'multi' if multilabel else 'single'}{'' if objects == 'shapes' else '_' + objects}"
+    name = f"reference_cnn_{label}_{_key(settings)}.pt"
     path = cache_dir() / name
     with torch.random.fork_rng(devices=[]):  # construction draws initial weights
-        model = ReferenceCNN()
+        model = ReferenceCNN(len(TASK_CLASSES[objects]))
     train_seconds = 0.0
     stored = [p for p in (SHIPPED_WEIGHTS / name, path) if p.is_file()]
     if stored and not retrain:
@@ -135,8 +181,9 @@ def load_reference_cnn(
     stat = path.stat()
     file_version = (path, stat.st_mtime_ns, stat.st_size)
     if file_version not in _MEASURED:
-        test = make_synthetic(1000, seed=10_000, multilabel=multilabel)
-        empty = make_synthetic(1000, seed=10_000, multilabel=multilabel, with_objects=False)
+        split = "calibration" if objects == "shapes" else "held-out"
+        test = task_images(objects, 1000, 10_000, multilabel, split)
+        empty = task_images(objects, 1000, 10_000, multilabel, split, with_objects=False)
         _MEASURED[file_version] = (
             _accuracy(model, test, multilabel),
             _accuracy(model, empty, multilabel),
@@ -144,7 +191,7 @@ def load_reference_cnn(
     result = ReferenceModel(model, multilabel, *_MEASURED[file_version], train_seconds)
     if verbose:
         print(
-            f"reference CNN ({'multi' if multilabel else 'single'}-label): test accuracy "
+            f"reference CNN ({'multi' if multilabel else 'single'}-label, {objects}): test accuracy "
             f"{result.test_accuracy:.3f}, without the objects {result.accuracy_without_objects:.3f}"
             + (f", trained in {train_seconds:.0f} s" if train_seconds else f" (from {path})")
         )
@@ -159,7 +206,9 @@ def _key(settings: dict) -> str:
 
 def _train(model: nn.Module, settings: dict, verbose: bool) -> None:
     multilabel = settings["multilabel"]
-    data = make_synthetic(settings["train_size"], seed=settings["seed"], multilabel=multilabel)
+    data = task_images(
+        settings.get("objects", "shapes"), settings["train_size"], settings["seed"], multilabel
+    )
     with seeded_global_rng(settings["seed"]):
         for module in model.modules():
             if hasattr(module, "reset_parameters"):
@@ -176,7 +225,7 @@ def _train(model: nn.Module, settings: dict, verbose: bool) -> None:
                 index = order[start : start + settings["batch_size"]]
                 images = data.images[index]
                 if torch.rand(()) < 0.5:
-                    images = images.flip(-1)  # all four shapes are mirror-symmetric
+                    images = images.flip(-1)  # the shapes are symmetric, the photos any way round
                 logits = model(images)
                 labels = data.labels[index]
                 loss = (
@@ -208,11 +257,12 @@ EXPLAINER_SETTINGS = {
 
 
 def explainer_data(
-    train_size: int, val_size: int, batch_size: int, multilabel: bool
+    train_size: int, val_size: int, batch_size: int, multilabel: bool, objects: str = "shapes"
 ) -> tuple[list, list]:
     """The data an :class:`~captum_masks.AmortizedExplainer` for a reference CNN trains on:
-    ``(images, labels)`` batches of the suite's generator at seed 1, and one validation batch
-    at seed 2 (the evaluation suites use other seeds).
+    ``(images, labels)`` batches of the task's generator (:func:`task_images`, calibration
+    textures) at seed 1, and one validation batch at seed 2 (the evaluation suites use other
+    seeds, and the photo task the held-out textures).
 
     Returns:
         (train_batches, val_batches), lists that ``fit`` can iterate once per epoch.
@@ -222,8 +272,8 @@ def explainer_data(
         >>> train, val = explainer_data(2000, 200, 32, multilabel=True)
         >>> explainer.fit(train, val)
     """
-    train = make_synthetic(train_size, seed=1, multilabel=multilabel)
-    val = make_synthetic(val_size, seed=2, multilabel=multilabel)
+    train = task_images(objects, train_size, 1, multilabel)
+    val = task_images(objects, val_size, 2, multilabel)
     batches = [
         (train.images[i : i + batch_size], train.labels[i : i + batch_size])
         for i in range(0, train_size, batch_size)
@@ -293,10 +343,12 @@ def load_synthetic_explainer(retrain: bool = False, verbose: bool = True, **over
 
 __all__ = [
     "EXPLAINER_SETTINGS",
+    "TASK_CLASSES",
     "ReferenceCNN",
     "ReferenceModel",
     "cache_dir",
     "explainer_data",
     "load_reference_cnn",
     "load_synthetic_explainer",
+    "task_images",
 ]
