@@ -170,11 +170,11 @@ class _SmoothMaximum(torch.autograd.Function):
     def forward(
         ctx, padded: Tensor, rows: Tensor, cols: Tensor, kernel: Tensor, temperature: float
     ) -> Tensor:
-        count, (height, width, size, _) = len(padded), kernel.shape
+        count, (point_rows, point_cols, size, _) = len(padded), kernel.shape
         selected = padded.index_select(2, cols).index_select(1, rows)
-        values = padded.new_empty(count, height, width, size, size)
-        by_point = selected.view(count, height, size, width, size).permute(0, 1, 3, 2, 4)
-        values = torch.mul(by_point, kernel, out=values).view(count, height, width, -1)
+        by_point = selected.view(count, point_rows, size, point_cols, size).permute(0, 1, 3, 2, 4)
+        values = padded.new_empty(count, point_rows, point_cols, size, size)
+        values = torch.mul(by_point, kernel, out=values).view(count, point_rows, point_cols, -1)
         if temperature <= MAX_SHIFTED_TEMPERATURE:
             shifted = values.mul(temperature).sub_(temperature)
         else:
@@ -184,7 +184,7 @@ class _SmoothMaximum(torch.autograd.Function):
         pooled = (values * weights).sum(dim=-1, keepdim=True).div_(total)
         ctx.save_for_backward(values, weights, total, pooled, rows, cols, kernel)
         ctx.temperature, ctx.padded_shape = temperature, padded.shape
-        return pooled.view(count, 1, height, width)
+        return pooled.view(count, 1, point_rows, point_cols)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -195,8 +195,8 @@ class _SmoothMaximum(torch.autograd.Function):
         scale = grad.reshape(total.shape) / total
         slope = torch.addcmul(scale * (1 - temperature * pooled), values, scale * temperature)
         slope = slope.mul_(weights).view(count, *kernel.shape)
-        points, size = kernel.shape[:2], kernel.shape[2]
-        selected = slope.new_empty(count, points[0], size, points[1], size)
+        point_rows, point_cols, size, _ = kernel.shape
+        selected = slope.new_empty(count, point_rows, size, point_cols, size)
         torch.mul(slope, kernel, out=selected.permute(0, 1, 3, 2, 4))
         selected = selected.view(count, len(rows), len(cols))
         by_cols = slope.new_zeros(count, height, len(cols)).index_add_(1, rows, selected)

@@ -25,6 +25,8 @@ BACKGROUNDS = ("brick", "grass", "gravel", "camera", "china", "flower")
 IMAGE_SIZE = 64
 #: the classes of the real-photo task: the photo suites' objects (cat, coffee, tripod, ...)
 PHOTO_OBJECTS = tuple(OBJECTS)
+#: the classes of each kind of object ``make_synthetic`` pastes
+TASK_CLASSES = {"shapes": SHAPES, "photos": PHOTO_OBJECTS}
 #: an object's half-side as a share of the image side: shapes, and photo squares (19 to 29 px
 #: at 64 px, where the photo suites' objects are 80 to 144 px of 224)
 RADII = {"shapes": (0.11, 0.19), "photos": (0.15, 0.22)}
@@ -183,15 +185,13 @@ def make_synthetic(
         (torch.Size([8, 3, 64, 64]), torch.Size([8, 4, 64, 64]))
         >>> photos = make_synthetic(8, objects="photos", backgrounds=("hubble", "tissue"))
     """
-    if objects not in RADII:
-        raise ValueError(f"objects must be one of {sorted(RADII)}, got {objects!r}")
+    if objects not in TASK_CLASSES:
+        raise ValueError(f"objects must be one of {sorted(TASK_CLASSES)}, got {objects!r}")
     rng = np.random.default_rng(seed)
     sources = _backgrounds(tuple(backgrounds))
-    paint, classes_of = (
-        (_paint_shape, SHAPES) if objects == "shapes" else (_paint_photo, PHOTO_OBJECTS)
-    )
+    paint = _paint_shape if objects == "shapes" else _paint_photo
     smallest, largest = RADII[objects]
-    num_classes = len(classes_of)
+    num_classes = len(TASK_CLASSES[objects])
     images = torch.empty(n, 3, size, size)
     class_masks = torch.zeros(n, num_classes, size, size)
     labels = torch.zeros(n, num_classes) if multilabel else torch.zeros(n, dtype=torch.long)
@@ -262,6 +262,7 @@ __all__ = [
     "IMAGE_SIZE",
     "PHOTO_OBJECTS",
     "SHAPES",
+    "TASK_CLASSES",
     "SyntheticBatch",
     "make_synthetic",
     "shape_mask",

@@ -100,9 +100,13 @@ def synthetic_suite(n: int, seed: int = 0, split: str = "held-out") -> Suite:
     from captum_masks.bench.synthetic import load_reference_cnn, make_synthetic
 
     model = load_reference_cnn(multilabel=False).model
-    batch = make_synthetic(n, seed=_synthetic_seed(split, seed))
+    return _single_object_suite("synthetic", model, make_synthetic(n, _synthetic_seed(split, seed)))
+
+
+def _single_object_suite(name: str, model: nn.Module, batch) -> Suite:
+    """A suite of 64 px images with one object each, explained for its class."""
     return Suite(
-        name="synthetic",
+        name=name,
         model=model,
         inputs=batch.images,
         targets=batch.labels,
@@ -144,15 +148,7 @@ def photo_objects_suite(n: int, seed: int = 0, split: str = "held-out") -> Suite
 
     model = load_reference_cnn(objects="photos").model
     batch = task_images("photos", n, _synthetic_seed(split, seed), split=split)
-    return Suite(
-        name="photo-objects",
-        model=model,
-        inputs=batch.images,
-        targets=batch.labels,
-        masks=batch.masks,
-        display=batch.images,
-        **_synthetic_settings(model, batch.images.shape[-1]),
-    )
+    return _single_object_suite("photo-objects", model, batch)
 
 
 def _photos_settings(model: nn.Module) -> dict:

@@ -28,8 +28,8 @@ from captum_masks._io import save_atomically
 from captum_masks.bench import layouts
 from captum_masks.bench.shapes import (
     BACKGROUNDS,
-    PHOTO_OBJECTS,
     SHAPES,
+    TASK_CLASSES,
     SyntheticBatch,
     make_synthetic,
 )
@@ -85,8 +85,6 @@ def cache_dir() -> Path:
 
 
 TRAIN_SETTINGS = {"train_size": 6000, "epochs": 6, "batch_size": 64, "lr": 3e-3, "seed": 0}
-#: the classes of each task: what is pasted on the textures
-TASK_CLASSES = {"shapes": SHAPES, "photos": PHOTO_OBJECTS}
 
 
 def task_images(
@@ -106,8 +104,6 @@ def task_images(
         >>> train = task_images("photos", 2000, seed=1)                    # calibration textures
         >>> scored = task_images("photos", 100, seed=60_000, split="held-out")
     """
-    if objects not in TASK_CLASSES:
-        raise ValueError(f"objects must be one of {sorted(TASK_CLASSES)}, got {objects!r}")
     layouts.check_split(split)
     backgrounds = BACKGROUNDS if objects == "shapes" else layouts.BACKGROUNDS[split]
     return make_synthetic(
@@ -191,8 +187,8 @@ def load_reference_cnn(
     result = ReferenceModel(model, multilabel, *_MEASURED[file_version], train_seconds)
     if verbose:
         print(
-            f"reference CNN ({'multi' if multilabel else 'single'}-label, {objects}): test accuracy "
-            f"{result.test_accuracy:.3f}, without the objects {result.accuracy_without_objects:.3f}"
+            f"reference CNN ({'multi' if multilabel else 'single'}-label, {objects}): test "
+            f"accuracy {result.test_accuracy:.3f}, without the objects {result.accuracy_without_objects:.3f}"
             + (f", trained in {train_seconds:.0f} s" if train_seconds else f" (from {path})")
         )
     return result
