@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from captum_masks import AmortizedExplainer, MaskNet
+from captum_masks.amortized.networks import resize_linearly
 
 SMALL = {"width": 8, "depth": 1}
 
@@ -98,19 +99,63 @@ def test_masks_are_per_example_and_in_range(n, size, seed):
 @given(
     n=st.integers(1, 4),
     spatial=st.sampled_from([(9,), (12,), (8, 8), (7, 10)]),
+    feature_channels=st.sampled_from([0, 3]),
     seed=st.integers(0, 100),
 )
-def test_one_class_logits_equal_that_row_of_all_logits(n, spatial, seed):
+def test_one_class_logits_equal_that_row_of_all_logits(n, spatial, feature_channels, seed):
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        net = MaskNet(2, 5, len(spatial), width=4, depth=1)
+        net = MaskNet(2, 5, len(spatial), width=4, depth=1, feature_channels=feature_channels)
         nn.init.normal_(net.head.weight)  # the zero initial head would make every row alike
         nn.init.normal_(net.head.bias)
     x = torch.rand(n, 2, *spatial, generator=generator)
+    coarse = [max(size // 4, 1) for size in spatial]
+    fed = [torch.rand(n, 3, *coarse, generator=generator)] if feature_channels else []
     classes = torch.randint(0, 5, (n,), generator=generator)
-    expected = net(x)[torch.arange(n), classes].unsqueeze(1)
-    torch.testing.assert_close(net.class_logits(x, classes), expected, atol=1e-5, rtol=1e-5)
+    expected = net(x, *fed)[torch.arange(n), classes].unsqueeze(1)
+    torch.testing.assert_close(net.class_logits(x, classes, *fed), expected, atol=1e-5, rtol=1e-5)
+
+
+@given(
+    spatial=st.sampled_from([(3,), (2, 2), (3, 5), (2, 2, 3)]),
+    factor=st.integers(2, 8),
+    seed=st.integers(0, 100),
+)
+def test_projecting_features_before_resizing_them_is_projecting_the_resized_features(
+    spatial, factor, seed
+):
+    """Why MaskNet may project a classifier's wide feature map at its own resolution: for a
+    1 × 1 convolution, the order of projecting and linear resizing does not matter."""
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.rand(2, 6, *spatial, generator=generator, dtype=torch.float64)
+    projection = MaskNet(1, 2, len(spatial), width=4, feature_channels=6).projection.double()
+    size = [side * factor + 1 for side in spatial]
+    torch.testing.assert_close(
+        resize_linearly(projection(features), size), projection(resize_linearly(features, size))
+    )
+
+
+def test_a_mask_net_fed_features_needs_them_and_one_without_refuses_them():
+    fed = MaskNet(3, 4, feature_channels=5)
+    plain = MaskNet(3, 4)
+    x, features = torch.rand(1, 3, 16, 16), torch.rand(1, 5, 4, 4)
+    assert fed(x, features).shape == plain(x).shape == (1, 4, 16, 16)
+    with pytest.raises(ValueError, match="built with feature_channels"):
+        fed(x)
+    with pytest.raises(ValueError, match="built without feature_channels"):
+        plain(x, features)
+
+
+def test_any_other_explainer_network_gets_the_features_resized_and_concatenated():
+    torch.manual_seed(0)
+    model = TinyCNN(num_classes=4).eval()
+    x, y = quadrant_data(16, seed=0)
+    channels = model.features[1](model.features[0](x[:1])).shape[1]
+    custom = nn.Conv2d(3 + channels, 4, 3, padding=1)
+    explainer = AmortizedExplainer(model, 4, explainer=custom, feature_layer=model.features[1])
+    explainer.fit([(x, y)], epochs=1, show_progress=False)
+    assert explainer.explain_all(x).shape == (16, 4, *x.shape[2:])
 
 
 def test_the_classifier_is_frozen_and_left_as_it_was():
@@ -569,7 +614,7 @@ def test_the_default_explainer_learns_class_specific_masks_in_a_few_epochs_at_de
     from captum_masks.bench.explainer_epochs import explainer_epochs_report
 
     rows = explainer_epochs_report(
-        "synthetic-pairs", epochs=2, n=8, train_size=256, batch_size=8, val_size=16
+        "synthetic-pairs", epochs=2, n=16, train_size=384, batch_size=8, val_size=16
     )
     assert [row["epoch"] for row in rows] == [None, 1, 2]
     assert rows[0]["method"] == "IntegratedGradients" and "own_mask_keeps" not in rows[0]

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from captum.log import log_usage
 from torch import Tensor, nn
 
@@ -25,14 +24,19 @@ from captum_masks._inputs import check_choice, check_positive_int, format_inputs
 from captum_masks._layout import MaskLayout
 from captum_masks._warnings import warn_user
 from captum_masks.amortized.fitting import FittingMixin
-from captum_masks.amortized.networks import MaskNet, checked_logits, deeplab_explainer
+from captum_masks.amortized.networks import (
+    MaskNet,
+    checked_logits,
+    deeplab_explainer,
+    resize_linearly,
+)
 from captum_masks.amortized.persistence import PersistenceMixin
 from captum_masks.amortized.training import evaluating
 
 TARGET_SOURCES = ("labels", "predictions")
 #: ``feature_layer``'s default: the classifier's last feature map
 AUTO_FEATURES = "auto"
-#: wider maps are left out of the automatic choice: each channel is resized to the input
+#: wider maps (an ImageNet network's head) are left out of the automatic choice
 AUTO_MAX_CHANNELS = 256
 
 
@@ -80,8 +84,11 @@ class AmortizedExplainer(FittingMixin, PersistenceMixin, MaskAttribution):
         multilabel (bool, optional): several classes per input (sigmoid scores, BCE) instead of
             one (softmax, cross-entropy). Default: False
         feature_layer (nn.Module, "auto" or None, optional): a module of the classifier whose
-            output on the clean input (channels first, any resolution) is resized to the input
-            and fed to the explainer next to the input (Phillips et al.'s design). ``"auto"``
+            output on the clean input (channels first, any resolution) is fed to the explainer
+            next to the input (Phillips et al.'s design): the compact :class:`MaskNet` projects
+            it to ``width`` channels with a 1 × 1 convolution and resizes the projection to the
+            input; any other network gets it resized to the input and concatenated to the input
+            as extra channels. ``"auto"
             takes the classifier's last feature map: the last module, run once, whose output has
             the input's spatial axes, each longer than 1, and at most 256 channels (for the
             compact :class:`MaskNet` only, and not with ``layer`` or channels-last sequences,
@@ -173,6 +180,7 @@ class AmortizedExplainer(FittingMixin, PersistenceMixin, MaskAttribution):
 
     # ------------------------------------------------------------------ explainer input
     def _features(self, x: Tensor) -> Tensor | None:
+        """The classifier's features of ``x`` at ``feature_layer``, at their own resolution."""
         if isinstance(self.feature_layer, str):  # "auto", resolved on the first input
             self.feature_layer = None if self.layout.channels_last else self._last_feature_map(x)
         if self.feature_layer is None:
@@ -189,8 +197,7 @@ class AmortizedExplainer(FittingMixin, PersistenceMixin, MaskAttribution):
                 f"resized to inputs of shape {tuple(x.shape)}: it needs the same number of axes "
                 "(N, C, *spatial), channels first"
             )
-        mode = {3: "linear", 4: "bilinear", 5: "trilinear"}[x.dim()]
-        return F.interpolate(features, size=x.shape[2:], mode=mode, align_corners=False)
+        return features
 
     def _last_feature_map(self, x: Tensor) -> nn.Module | None:
         """The module ``feature_layer="auto"`` stands for, found on one input."""
@@ -201,16 +208,26 @@ class AmortizedExplainer(FittingMixin, PersistenceMixin, MaskAttribution):
             AUTO_MAX_CHANNELS,
         )
 
-    def _explainer_input(self, x: Tensor) -> Tensor:
-        """The explainer's input in the work dtype (float32 for half-precision inputs): the
-        classifier sees ``x`` in its own dtype, the explainer network trains in full precision."""
+    def _explainer_inputs(self, x: Tensor) -> tuple[Tensor, ...]:
+        """What the explainer network is called with, in the work dtype (float32 for
+        half-precision inputs: the classifier sees ``x`` in its own dtype, the explainer trains
+        in full precision). With ``feature_layer``, the compact explainer takes the features
+        at their own resolution (it projects them before resizing); any other network gets
+        them resized to the input's and concatenated to it."""
         features = self._features(x)
         dtype = work_dtype(x.dtype)
         x = x.to(dtype)
-        return x if features is None else torch.cat([x, features.to(dtype)], dim=1)
+        if features is None:
+            return (x,)
+        features = features.to(dtype)
+        if self._kind == "compact":
+            return x, features
+        return (torch.cat([x, resize_linearly(features, x.shape[2:])], dim=1),)
 
-    def _build(self, explainer_input: Tensor, input_channels: int) -> None:
-        """Create the default explainer for this input shape (once), on its device and dtype."""
+    def _build(self, explainer_inputs: tuple[Tensor, ...], input_channels: int) -> None:
+        """Create the default explainer for these inputs' shapes (once), on their device and
+        dtype."""
+        explainer_input = explainer_inputs[0]
         spatial_dims = explainer_input.dim() - 2
         if self.explainer is None:
             with seeded_global_rng(self._seed):
@@ -229,6 +246,7 @@ class AmortizedExplainer(FittingMixin, PersistenceMixin, MaskAttribution):
                         spatial_dims,
                         self.width,
                         self.depth,
+                        feature_channels=sum(f.shape[1] for f in explainer_inputs[1:]),
                     )
             self.explainer.eval()  # fit switches it to training mode while it trains
             self._input_shape = (input_channels, spatial_dims)
@@ -236,23 +254,23 @@ class AmortizedExplainer(FittingMixin, PersistenceMixin, MaskAttribution):
 
     def _target_logits(self, x: Tensor, classes: Tensor) -> Tensor:
         """The logits S_c (N, 1, *spatial) of one class c per example."""
-        explainer_input = self._explainer_input(x)
-        self._build(explainer_input, x.shape[1])
+        explainer_inputs = self._explainer_inputs(x)
+        self._build(explainer_inputs, x.shape[1])
         if (
             isinstance(self.explainer, MaskNet)
             and self.explainer.head.out_channels == self.num_classes
         ):
-            return self.explainer.class_logits(explainer_input, classes)
+            return self.explainer.class_logits(explainer_inputs[0], classes, *explainer_inputs[1:])
         rows = torch.arange(x.shape[0], device=x.device)
-        return checked_logits(self.explainer, explainer_input, x, self.num_classes)[
+        return checked_logits(self.explainer, explainer_inputs, x, self.num_classes)[
             rows, classes
         ].unsqueeze(1)
 
     def _logits(self, x: Tensor) -> Tensor:
         """Class logits S (N, num_classes, *spatial) for channels-first inputs."""
-        explainer_input = self._explainer_input(x)
-        self._build(explainer_input, x.shape[1])
-        return checked_logits(self.explainer, explainer_input, x, self.num_classes)
+        explainer_inputs = self._explainer_inputs(x)
+        self._build(explainer_inputs, x.shape[1])
+        return checked_logits(self.explainer, explainer_inputs, x, self.num_classes)
 
     def _check_inputs(self, inputs: Any) -> tuple[Tensor, Tensor | None]:
         """The tensor the explainer masks, channels first, and (with ``layer``) the caller's

@@ -110,7 +110,7 @@ class FittingMixin:
     ) -> dict[str, Tensor]:
         """Per-example loss terms (each (N,)) of one batch, under ``settings.loss``."""
         x = batch.inputs
-        logits = checked_logits(explainer, self._explainer_input(x), x, self.num_classes)
+        logits = checked_logits(explainer, self._explainer_inputs(x), x, self.num_classes)
         explained = ExplainedBatch(
             x.to(logits.dtype),
             batch.is_target,

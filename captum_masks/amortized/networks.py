@@ -10,6 +10,7 @@ to train on a CPU in minutes, for images (N, C, H, W), sequences (N, C, L) and v
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,18 +30,29 @@ class MaskNet(nn.Module):
     alone, unlike batch normalisation: results do not depend on the batch, and data-parallel
     training on several processes gives the same gradients as one process.
 
+    With ``feature_channels``, the network also takes features of the same inputs at a coarser
+    resolution (a classifier's feature map, Phillips et al.'s design): a 1 × 1 convolution
+    projects them to ``width`` channels at their own resolution, and the projection is resized
+    to the input's and concatenated to it. Projecting first is what a 1 × 1 convolution of the
+    resized features would compute (linear resizing and a per-position linear map commute), at a
+    fraction of the cost: the wide feature map is never resized to the input's resolution.
+
     Args:
-        in_channels (int): channels of the input (plus those of any features fed with it).
+        in_channels (int): channels of the input.
         num_classes (int): output channels, one mask logit per class.
         spatial_dims (int): 2 for images, 1 for sequences, 3 for volumes.
         width (int): channels of the first level; each level down doubles them.
         depth (int): number of halvings.
         initial_logit (float): the output bias at initialisation.
+        feature_channels (int): channels of the features passed with the input; 0 for none.
 
     Examples::
 
         >>> net = MaskNet(in_channels=3, num_classes=4)
         >>> net(torch.rand(2, 3, 64, 64)).shape
+        torch.Size([2, 4, 64, 64])
+        >>> fed = MaskNet(in_channels=3, num_classes=4, feature_channels=96)
+        >>> fed(torch.rand(2, 3, 64, 64), torch.rand(2, 96, 8, 8)).shape
         torch.Size([2, 4, 64, 64])
     """
 
@@ -52,11 +64,13 @@ class MaskNet(nn.Module):
         width: int = 16,
         depth: int = 2,
         initial_logit: float = 0.0,
+        feature_channels: int = 0,
     ) -> None:
         super().__init__()
         if spatial_dims not in _CONV:
             raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims!r}")
         conv = _CONV[spatial_dims]
+        self.projection = conv(feature_channels, width, 1) if feature_channels else None
 
         def block(inputs: int, outputs: int) -> nn.Sequential:
             groups = math.gcd(8, outputs)  # up to 8 groups that divide any width
@@ -70,8 +84,9 @@ class MaskNet(nn.Module):
             )
 
         widths = [width * 2**level for level in range(depth + 1)]
+        first_channels = in_channels + (width if feature_channels else 0)
         self.down = nn.ModuleList(
-            [block(in_channels, widths[0])]
+            [block(first_channels, widths[0])]
             + [block(widths[level], widths[level + 1]) for level in range(depth)]
         )
         self.pool = _POOL[spatial_dims](2, ceil_mode=True)
@@ -88,8 +103,17 @@ class MaskNet(nn.Module):
         # flat tail on the very pixels that hold its evidence
         nn.init.zeros_(self.head.weight)
 
-    def features(self, x: Tensor) -> Tensor:
+    def features(self, x: Tensor, classifier_features: Tensor | None = None) -> Tensor:
         """The decoder's last features (N, width, \\*spatial), before the per-class head."""
+        if (classifier_features is None) != (self.projection is None):
+            raise ValueError(
+                "this MaskNet was built "
+                + ("with" if self.projection is not None else "without")
+                + " feature_channels: pass classifier_features exactly when it has them"
+            )
+        if classifier_features is not None:
+            projected = resize_linearly(self.projection(classifier_features), x.shape[2:])
+            x = torch.cat([x, projected], dim=1)
         skips = []
         for level, block in enumerate(self.down):
             x = block(x if level == 0 else self.pool(x))
@@ -101,10 +125,12 @@ class MaskNet(nn.Module):
             x = block(torch.cat([x, skip], dim=1))
         return x
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x))
+    def forward(self, x: Tensor, classifier_features: Tensor | None = None) -> Tensor:
+        return self.head(self.features(x, classifier_features))
 
-    def class_logits(self, x: Tensor, classes: Tensor) -> Tensor:
+    def class_logits(
+        self, x: Tensor, classes: Tensor, classifier_features: Tensor | None = None
+    ) -> Tensor:
         """The logits of one class per example, (N, 1, \\*spatial), without computing the others:
         the head is a 1 × 1 convolution, so its row for each example's class suffices (with a
         thousand classes the full head would cost more than the rest of the network).
@@ -112,14 +138,23 @@ class MaskNet(nn.Module):
         Args:
             x (Tensor): the explainer's input (N, in_channels, \\*spatial).
             classes (Tensor): (N,) class indices.
+            classifier_features (Tensor, optional): (N, feature_channels, \\*spatial') when
+                the network was built with ``feature_channels``.
 
         Returns:
-            Tensor (N, 1, \\*spatial), equal to ``self(x)[range(N), classes].unsqueeze(1)``.
+            Tensor (N, 1, \\*spatial), equal to
+            ``self(x, classifier_features)[range(N), classes].unsqueeze(1)``.
         """
-        features = self.features(x)
+        features = self.features(x, classifier_features)
         weight = self.head.weight.flatten(1)[classes]  # (N, width)
         logits = torch.einsum("nc...,nc->n...", features, weight)
         return (logits + self.head.bias[classes].view(-1, *[1] * (logits.dim() - 1))).unsqueeze(1)
+
+
+def resize_linearly(values: Tensor, size: Sequence[int]) -> Tensor:
+    """(N, C, \\*spatial) ``values`` resized to ``size`` by (bi-, tri-)linear interpolation."""
+    mode = {3: "linear", 4: "bilinear", 5: "trilinear"}[values.dim()]
+    return F.interpolate(values, size=tuple(size), mode=mode, align_corners=False)
 
 
 class _SegmentationOutput(nn.Module):
@@ -156,11 +191,11 @@ def deeplab_explainer(num_classes: int) -> nn.Module:
 
 
 def checked_logits(
-    explainer: nn.Module, explainer_input: Tensor, x: Tensor, num_classes: int
+    explainer: nn.Module, explainer_inputs: tuple[Tensor, ...], x: Tensor, num_classes: int
 ) -> Tensor:
-    """The explainer's logits for ``explainer_input``, checked to be
+    """The explainer's logits for ``explainer(*explainer_inputs)``, checked to be
     ``(N, num_classes, *spatial)`` for inputs ``x``."""
-    logits = explainer(explainer_input)
+    logits = explainer(*explainer_inputs)
     expected = (x.shape[0], num_classes, *x.shape[2:])
     if not isinstance(logits, Tensor) or tuple(logits.shape) != expected:
         got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
@@ -175,4 +210,5 @@ __all__ = [
     "MaskNet",
     "checked_logits",
     "deeplab_explainer",
+    "resize_linearly",
 ]

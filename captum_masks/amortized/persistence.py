@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from captum_masks.amortized.explainer import AmortizedExplainer
 
 CHECKPOINT_FORMAT = "captum_masks.AmortizedExplainer"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: Any = None) -> dict:
@@ -161,9 +161,10 @@ class PersistenceMixin:
         )
         if restored.explainer is None:
             channels, dims = config["input_channels"], config["spatial_dims"]
-            features = _feature_channels(saved["state"], channels, restored._kind)
-            probe = torch.zeros(1, channels + features, *([8] * dims))
-            restored._build(probe, channels)
+            features = _feature_channels(saved["state"], restored._kind)
+            probe = torch.zeros(1, channels, *([8] * dims))
+            fed = (torch.zeros(1, features, *([1] * dims)),) if features else ()
+            restored._build((probe, *fed), channels)
         restored.explainer.load_state_dict(saved["state"])
         restored._trained = True
         if config["input_channels"] is not None:
@@ -171,12 +172,11 @@ class PersistenceMixin:
         return restored
 
 
-def _feature_channels(state: dict, input_channels: int, kind: str) -> int:
-    """Channels of the features the default explainer was fed, from its first convolution."""
-    if kind != "compact":
+def _feature_channels(state: dict, kind: str) -> int:
+    """Channels of the classifier features the default explainer was fed, from its projection."""
+    if kind != "compact" or "projection.weight" not in state:
         return 0
-    first = state["down.0.0.weight"]
-    return first.shape[1] - input_channels
+    return state["projection.weight"].shape[1]
 
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "PersistenceMixin", "read_checkpoint"]

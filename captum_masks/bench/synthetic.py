@@ -299,6 +299,7 @@ def load_synthetic_explainer(retrain: bool = False, verbose: bool = True, **over
         >>> masks = explainer.explain_all(make_synthetic(4, seed=3, multilabel=True).images)
     """
     from captum_masks.amortized import AmortizedExplainer
+    from captum_masks.amortized.persistence import CHECKPOINT_VERSION
 
     reference = load_reference_cnn(multilabel=True, verbose=verbose)
     fit_parameters = inspect.signature(AmortizedExplainer.fit).parameters
@@ -308,7 +309,8 @@ def load_synthetic_explainer(retrain: bool = False, verbose: bool = True, **over
             f"overrides must be keys of EXPLAINER_SETTINGS or arguments of fit, got {unknown}"
         )
     chosen = {**EXPLAINER_SETTINGS, **overrides}
-    settings = dict(chosen, reference=TRAIN_SETTINGS)
+    # the file format in the key: a release that changes the network retrains instead of failing
+    settings = dict(chosen, reference=TRAIN_SETTINGS, format=CHECKPOINT_VERSION)
     path = cache_dir() / f"amortized_explainer_multi_{_key(settings)}.pt"
     if path.is_file() and not retrain:
         explainer = AmortizedExplainer.load(path, reference.model)
