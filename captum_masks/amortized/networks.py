@@ -152,7 +152,20 @@ class MaskNet(nn.Module):
 
 
 def resize_linearly(values: Tensor, size: Sequence[int]) -> Tensor:
-    """(N, C, \\*spatial) ``values`` resized to ``size`` by (bi-, tri-)linear interpolation."""
+    """``values`` resized to ``size`` by linear, bilinear or trilinear interpolation.
+
+    Args:
+        values (Tensor): (N, C, \\*spatial) with 1 to 3 spatial axes.
+        size (sequence of int): the new spatial size.
+
+    Returns:
+        Tensor (N, C, \\*size).
+
+    Examples::
+
+        >>> resize_linearly(torch.rand(2, 96, 8, 8), (64, 64)).shape
+        torch.Size([2, 96, 64, 64])
+    """
     mode = {3: "linear", 4: "bilinear", 5: "trilinear"}[values.dim()]
     return F.interpolate(values, size=tuple(size), mode=mode, align_corners=False)
 
