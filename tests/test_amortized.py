@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from captum_masks import AmortizedExplainer, MaskNet
+from captum_masks.amortized.losses import ExplainedBatch, LossSettings, stalder_terms
 from captum_masks.amortized.networks import resize_linearly
 
 SMALL = {"width": 8, "depth": 1}
@@ -156,6 +157,28 @@ def test_any_other_explainer_network_gets_the_features_resized_and_concatenated(
     explainer = AmortizedExplainer(model, 4, explainer=custom, feature_layer=model.features[1])
     explainer.fit([(x, y)], epochs=1, show_progress=False)
     assert explainer.explain_all(x).shape == (16, 4, *x.shape[2:])
+
+
+def test_another_class_of_the_input_is_not_held_to_an_empty_mask_in_a_row_for_one_class():
+    """With one row per (input, class), the input's other class is a non-target of the row (L_c
+    keeps it out of m ⊙ x) but not part of n, whose area would shrink the mask its own row
+    trains to cover its object."""
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    logits = torch.full((2, 3, 8, 8), -10.0)
+    logits[:, 0] = 0.0
+    logits[:, 1] = 10.0  # class 1's mask covers the whole input
+    target = torch.tensor([[True, False, False]] * 2)
+
+    def terms(present):
+        batch = ExplainedBatch(x, target, present, lambda masked: -masked.mean((2, 3)), 0.0, True)
+        return stalder_terms(batch, logits, LossSettings())
+
+    alone = terms(target)  # class 1 is absent: n is its mask
+    both = terms(torch.tensor([[True, True, False]] * 2))
+    difference = alone["area"] - both["area"]
+    torch.testing.assert_close(difference, torch.full((2,), 1.0), atol=1e-3, rtol=0)
+    torch.testing.assert_close(alone["classification"], both["classification"])
+    assert (both["area"] < 1.0).all()
 
 
 def test_the_classifier_is_frozen_and_left_as_it_was():
@@ -610,13 +633,13 @@ def test_auto_features_mean_the_input_alone_where_they_cannot_apply():
 
 def test_the_default_explainer_learns_class_specific_masks_in_a_few_epochs_at_default_settings():
     """The reference CNN's two-shape images: with the classifier's own features and the default
-    learning rate, two short epochs already tell each image's two classes apart."""
+    learning rate, three short epochs already tell each image's two classes apart."""
     from captum_masks.bench.explainer_epochs import explainer_epochs_report
 
     rows = explainer_epochs_report(
-        "synthetic-pairs", epochs=2, n=16, train_size=384, batch_size=8, val_size=16
+        "synthetic-pairs", epochs=3, n=16, train_size=384, batch_size=8, val_size=16
     )
-    assert [row["epoch"] for row in rows] == [None, 1, 2]
+    assert [row["epoch"] for row in rows] == [None, 1, 2, 3]
     assert rows[0]["method"] == "IntegratedGradients" and "own_mask_keeps" not in rows[0]
     last = rows[-1]
     assert last["discrimination"] >= 0.9

@@ -37,7 +37,8 @@ TARGET_SOURCES = ("labels", "predictions")
 @dataclass
 class _Batch:
     inputs: Tensor  # what the explainer masks, channels first, (N, C, *spatial)
-    is_target: Tensor  # (N, num_classes) bool
+    is_target: Tensor  # (N, num_classes) bool: the classes Y the row is explained for
+    is_present: Tensor  # (N, num_classes) bool: all the classes of the row's input
     model_inputs: Tensor | None = None  # with ``layer``: the classifier's own inputs, row by row
 
 
@@ -101,9 +102,10 @@ class FittingMixin:
             return _Batch(
                 x[rows],
                 F.one_hot(classes, self.num_classes).bool(),
+                is_target[rows],
                 None if model_inputs is None else model_inputs[rows],
             )
-        return _Batch(x, is_target, model_inputs)
+        return _Batch(x, is_target, is_target, model_inputs)
 
     def _loss_terms(
         self, batch: _Batch, settings: LossSettings, explainer: nn.Module
@@ -114,6 +116,7 @@ class FittingMixin:
         explained = ExplainedBatch(
             x.to(logits.dtype),
             batch.is_target,
+            batch.is_present,
             # the classifier in the data's dtype, on the rows' own inputs with ``layer``
             lambda masked: self._classify(masked, x.dtype, _rows_of(batch.model_inputs, masked)),
             self.baselines,

@@ -80,6 +80,8 @@ class ExplainedBatch:
     Attributes:
         x (Tensor): ``(N, C, *spatial)`` inputs, channels first, in the logits' dtype.
         is_target (Tensor): (N, num_classes) bool, the classes Y of each row.
+        is_present (Tensor): (N, num_classes) bool, every class of each row's input: Y and,
+            when each row explains one class of its input, the input's other classes.
         classify (callable): the frozen classifier on masked inputs.
         baselines (float): the value masked-out input takes.
         multilabel (bool): binary cross-entropy instead of cross-entropy.
@@ -87,6 +89,7 @@ class ExplainedBatch:
 
     x: Tensor
     is_target: Tensor
+    is_present: Tensor
     classify: Classifier
     baselines: float
     multilabel: bool
@@ -100,7 +103,9 @@ class ExplainedBatch:
 def stalder_terms(
     batch: ExplainedBatch, logits: Tensor, settings: LossSettings
 ) -> dict[str, Tensor]:
-    r"""Stalder et al.'s loss (Eq. 1–8), with m = σ(max_{c∈Y} S_c) and n = σ(max_{c∉Y} S_c):
+    r"""Stalder et al.'s loss (Eq. 1–8), with m = σ(max_{c∈Y} S_c) and n = σ(max_{c∉P} S_c),
+    P the classes present in the input (Y itself in the paper, where a row is explained for all
+    of them):
 
     .. math::
         L = L_c(f(m \odot x), Y) + \lambda_e \tfrac{1}{C}\textstyle\sum_c \tilde p_c \log \tilde p_c
@@ -117,8 +122,11 @@ def stalder_terms(
     """
     x, is_target = batch.x, batch.is_target
     target_mask = batch.target_mask(logits)  # m
-    non_target = ~is_target.view(*is_target.shape, *([1] * (x.dim() - 2)))
-    has_non_target = (~is_target).any(dim=1).view(-1, *[1] * (x.dim() - 1))
+    # a class of the input outside Y is left out of n: its own rows train its mask to cover its
+    # object, which n's area would shrink here; L_c already keeps it out of m ⊙ x
+    absent = ~batch.is_present
+    non_target = absent.view(*is_target.shape, *([1] * (x.dim() - 2)))
+    has_non_target = absent.any(dim=1).view(-1, *[1] * (x.dim() - 1))
     non_target_mask = torch.sigmoid(masked_max(logits, non_target)) * has_non_target  # n
     labels = is_target.to(x.dtype)
     kept = blend(x, target_mask, batch.baselines)
