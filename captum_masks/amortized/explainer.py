@@ -209,24 +209,19 @@ class AmortizedExplainer(FittingMixin, PersistenceMixin, MaskAttribution):
         )
 
     def _explainer_inputs(self, x: Tensor) -> tuple[Tensor, ...]:
-        """What the explainer network is called with, in the work dtype (float32 for
-        half-precision inputs: the classifier sees ``x`` in its own dtype, the explainer trains
-        in full precision). With ``feature_layer``, the compact explainer takes the features
-        at their own resolution (it projects them before resizing); any other network gets
-        them resized to the input's and concatenated to it."""
+        """The explainer network's arguments in the work dtype (float32 for half precision): ``x``
+        and the classifier's features, native for MaskNet, else resized and concatenated."""
         features = self._features(x)
-        dtype = work_dtype(x.dtype)
-        x = x.to(dtype)
+        x = x.to(work_dtype(x.dtype))  # the explainer trains in full precision
         if features is None:
             return (x,)
-        features = features.to(dtype)
+        features = features.to(x.dtype)
         if self._kind == "compact":
             return x, features
         return (torch.cat([x, resize_linearly(features, x.shape[2:])], dim=1),)
 
     def _build(self, explainer_inputs: tuple[Tensor, ...], input_channels: int) -> None:
-        """Create the default explainer for these inputs' shapes (once), on their device and
-        dtype."""
+        """Build the default explainer for these inputs (once), on their device and dtype."""
         explainer_input = explainer_inputs[0]
         spatial_dims = explainer_input.dim() - 2
         if self.explainer is None:
