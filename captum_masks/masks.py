@@ -19,7 +19,7 @@ from captum_masks.perturbations import gaussian_blur
 
 
 def upsample_linearly(values: Tensor, spatial_shape: Sequence[int]) -> Tensor:
-    """``(N, 1, *low)`` values linearly interpolated to ``spatial_shape`` (``align_corners``
+    """``(N, C, *low)`` values linearly interpolated to ``spatial_shape`` (``align_corners``
     False, as ``F.interpolate``); values already at that shape are returned as they are. Each
     axis is one small matrix, whose products (and their gradients) cost a fraction of
     ``F.interpolate``'s bilinear backward on the CPU."""
@@ -29,7 +29,8 @@ def upsample_linearly(values: Tensor, spatial_shape: Sequence[int]) -> Tensor:
         _linear_operator(low, side, values.device, values.dtype)
         for low, side in zip(values.shape[2:], spatial_shape)
     ]
-    return _apply_per_axis(operators, values[:, 0]).unsqueeze(1)
+    resized = _apply_per_axis(operators, values.flatten(0, 1))
+    return resized.view(*values.shape[:2], *resized.shape[1:])
 
 
 @functools.lru_cache(maxsize=64)

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from captum_masks import AmortizedExplainer, MaskNet
 from captum_masks.amortized.losses import ExplainedBatch, LossSettings, stalder_terms
-from captum_masks.amortized.networks import resize_linearly
+from captum_masks.masks import upsample_linearly
 
 SMALL = {"width": 8, "depth": 1}
 
@@ -133,7 +133,7 @@ def test_projecting_features_before_resizing_them_is_projecting_the_resized_feat
     projection = MaskNet(1, 2, len(spatial), width=4, feature_channels=6).projection.double()
     size = [side * factor + 1 for side in spatial]
     torch.testing.assert_close(
-        resize_linearly(projection(features), size), projection(resize_linearly(features, size))
+        upsample_linearly(projection(features), size), projection(upsample_linearly(features, size))
     )
 
 

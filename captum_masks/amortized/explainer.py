@@ -24,14 +24,10 @@ from captum_masks._inputs import check_choice, check_positive_int, format_inputs
 from captum_masks._layout import MaskLayout
 from captum_masks._warnings import warn_user
 from captum_masks.amortized.fitting import FittingMixin
-from captum_masks.amortized.networks import (
-    MaskNet,
-    checked_logits,
-    deeplab_explainer,
-    resize_linearly,
-)
+from captum_masks.amortized.networks import MaskNet, checked_logits, deeplab_explainer
 from captum_masks.amortized.persistence import PersistenceMixin
 from captum_masks.amortized.training import evaluating
+from captum_masks.masks import upsample_linearly
 
 TARGET_SOURCES = ("labels", "predictions")
 #: ``feature_layer``'s default: the classifier's last feature map
@@ -218,7 +214,7 @@ class AmortizedExplainer(FittingMixin, PersistenceMixin, MaskAttribution):
         features = features.to(x.dtype)
         if self._kind == "compact":
             return x, features
-        return (torch.cat([x, resize_linearly(features, x.shape[2:])], dim=1),)
+        return (torch.cat([x, upsample_linearly(features, x.shape[2:])], dim=1),)
 
     def _build(self, explainer_inputs: tuple[Tensor, ...], input_channels: int) -> None:
         """Build the default explainer for these inputs (once), on their device and dtype."""

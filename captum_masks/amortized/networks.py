@@ -10,11 +10,12 @@ to train on a CPU in minutes, for images (N, C, H, W), sequences (N, C, L) and v
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from captum_masks.masks import upsample_linearly
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _POOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
@@ -112,7 +113,7 @@ class MaskNet(nn.Module):
                 + " feature_channels: pass classifier_features exactly when it has them"
             )
         if classifier_features is not None:
-            projected = resize_linearly(self.projection(classifier_features), x.shape[2:])
+            projected = upsample_linearly(self.projection(classifier_features), x.shape[2:])
             x = torch.cat([x, projected], dim=1)
         skips = []
         for level, block in enumerate(self.down):
@@ -149,25 +150,6 @@ class MaskNet(nn.Module):
         weight = self.head.weight.flatten(1)[classes]  # (N, width)
         logits = torch.einsum("nc...,nc->n...", features, weight)
         return (logits + self.head.bias[classes].view(-1, *[1] * (logits.dim() - 1))).unsqueeze(1)
-
-
-def resize_linearly(values: Tensor, size: Sequence[int]) -> Tensor:
-    """``values`` resized to ``size`` by linear, bilinear or trilinear interpolation.
-
-    Args:
-        values (Tensor): (N, C, \\*spatial) with 1 to 3 spatial axes.
-        size (sequence of int): the new spatial size.
-
-    Returns:
-        Tensor (N, C, \\*size).
-
-    Examples::
-
-        >>> resize_linearly(torch.rand(2, 96, 8, 8), (64, 64)).shape
-        torch.Size([2, 96, 64, 64])
-    """
-    mode = {3: "linear", 4: "bilinear", 5: "trilinear"}[values.dim()]
-    return F.interpolate(values, size=tuple(size), mode=mode, align_corners=False)
 
 
 class _SegmentationOutput(nn.Module):
@@ -223,5 +205,4 @@ __all__ = [
     "MaskNet",
     "checked_logits",
     "deeplab_explainer",
-    "resize_linearly",
 ]
