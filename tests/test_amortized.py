@@ -1,6 +1,7 @@
 """AmortizedExplainer: what it learns, the frozen classifier, checkpoints and resume, save/load,
 sequences, dtype, torchrun, and bad input. Everything runs on tiny problems in seconds."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -179,6 +180,33 @@ def test_another_class_of_the_input_is_not_held_to_an_empty_mask_in_a_row_for_on
     torch.testing.assert_close(difference, torch.full((2,), 1.0), atol=1e-3, rtol=0)
     torch.testing.assert_close(alone["classification"], both["classification"])
     assert (both["area"] < 1.0).all()
+
+
+@hypothesis_settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 1000), classes_per_input=st.integers(1, 3))
+def test_rows_for_each_class_of_an_input_share_one_pass_of_the_explainer(
+    seed, classes_per_input
+):
+    """With one row per (input, class), the explainer runs once per input and its logits are
+    shared by the input's rows: the loss terms are those of the rows run one by one."""
+    torch.manual_seed(seed)
+    model = TinyCNN(num_classes=4)
+    explainer = AmortizedExplainer(model, 4, multilabel=True, **SMALL)
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(5, 3, 12, 12, generator=generator)
+    order = torch.rand(5, 4, generator=generator).argsort(dim=1)[:, :classes_per_input]
+    labels = torch.zeros(5, 4).scatter_(1, order, 1.0)
+    batch = explainer._batch((x, labels), "labels", separate_classes=True)
+    explainer._logits(x[:1])  # builds the network
+    seen = []
+    explainer.explainer.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[0]))
+    shared = explainer._loss_terms(batch, LossSettings(), explainer.explainer)
+    assert seen == [5]
+    duplicated = dataclasses.replace(batch, inputs=x[batch.rows], rows=None)
+    one_by_one = explainer._loss_terms(duplicated, LossSettings(), explainer.explainer)
+    assert seen == [5, 5 * classes_per_input]
+    for name, value in one_by_one.items():
+        torch.testing.assert_close(shared[name], value)
 
 
 def test_the_classifier_is_frozen_and_left_as_it_was():

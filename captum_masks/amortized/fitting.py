@@ -36,10 +36,11 @@ TARGET_SOURCES = ("labels", "predictions")
 
 @dataclass
 class _Batch:
-    inputs: Tensor  # what the explainer masks, channels first, (N, C, *spatial)
+    inputs: Tensor  # what the explainer masks, channels first, (B, C, *spatial)
     is_target: Tensor  # (N, num_classes) bool: the classes Y the row is explained for
     is_present: Tensor  # (N, num_classes) bool: all the classes of the row's input
-    model_inputs: Tensor | None = None  # with ``layer``: the classifier's own inputs, row by row
+    model_inputs: Tensor | None = None  # with ``layer``: the classifier's own inputs, (B, ...)
+    rows: Tensor | None = None  # (N,): the input each row explains; None when row i is input i
 
 
 class FittingMixin:
@@ -99,26 +100,27 @@ class FittingMixin:
         is_target = self._targets_of(x, labels, source, model_inputs)
         if separate_classes:  # one row per (input, class of that input)
             rows, classes = is_target.nonzero(as_tuple=True)
-            return _Batch(
-                x[rows],
-                F.one_hot(classes, self.num_classes).bool(),
-                is_target[rows],
-                None if model_inputs is None else model_inputs[rows],
-            )
+            one_class = F.one_hot(classes, self.num_classes).bool()
+            return _Batch(x, one_class, is_target[rows], model_inputs, rows)
         return _Batch(x, is_target, is_target, model_inputs)
 
     def _loss_terms(
         self, batch: _Batch, settings: LossSettings, explainer: nn.Module
     ) -> dict[str, Tensor]:
         """Per-example loss terms (each (N,)) of one batch, under ``settings.loss``."""
-        x = batch.inputs
+        x, model_inputs = batch.inputs, batch.model_inputs
         logits = checked_logits(explainer, self._explainer_inputs(x), x, self.num_classes)
+        if batch.rows is not None:
+            # the explainer sees each input once, however many of its classes have a row: its
+            # logits hold every class, so the rows share them (half the cost on pairs)
+            x, logits = x[batch.rows], logits[batch.rows]
+            model_inputs = None if model_inputs is None else model_inputs[batch.rows]
         explained = ExplainedBatch(
             x.to(logits.dtype),
             batch.is_target,
             batch.is_present,
             # the classifier in the data's dtype, on the rows' own inputs with ``layer``
-            lambda masked: self._classify(masked, x.dtype, _rows_of(batch.model_inputs, masked)),
+            lambda masked: self._classify(masked, x.dtype, _rows_of(model_inputs, masked)),
             self.baselines,
             self.multilabel,
         )
