@@ -170,14 +170,17 @@ def test_another_class_of_the_input_is_not_held_to_an_empty_mask_in_a_row_for_on
     logits[:, 1] = 10.0  # class 1's mask covers the whole input
     target = torch.tensor([[True, False, False]] * 2)
 
+    settings = LossSettings()
+
     def terms(present):
         batch = ExplainedBatch(x, target, present, lambda masked: -masked.mean((2, 3)), 0.0, True)
-        return stalder_terms(batch, logits, LossSettings())
+        return stalder_terms(batch, logits, settings)
 
-    alone = terms(target)  # class 1 is absent: n is its mask
+    alone = terms(target)  # class 1 is absent: n is its mask, all ones
     both = terms(torch.tensor([[True, True, False]] * 2))
     difference = alone["area"] - both["area"]
-    torch.testing.assert_close(difference, torch.full((2,), 1.0), atol=1e-3, rtol=0)
+    n_weight = settings.area_weight * settings.mask_area_weights[1]
+    torch.testing.assert_close(difference, torch.full((2,), n_weight), atol=1e-3, rtol=0)
     torch.testing.assert_close(alone["classification"], both["classification"])
     assert (both["area"] < 1.0).all()
 

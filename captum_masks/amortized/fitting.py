@@ -138,7 +138,7 @@ class FittingMixin:
         area_weight: float = 1.0,
         tv_weight: float = 1.0,
         area_bounds: tuple[float, float] = (0.05, 0.3),
-        mask_area_weights: tuple[float, float] = (1.0, 1.0),
+        mask_area_weights: tuple[float, float] = (0.1, 0.3),
         l1_weight: float = 1e-3,
         l2_weight: float = 1e-4,
         separate_classes: bool = True,
@@ -168,8 +168,10 @@ class FittingMixin:
             area_bounds (tuple of float, optional): (a, b), the least and largest area of a
                 present class's mask (Eq. 4–5). Default: (0.05, 0.3)
             mask_area_weights (tuple of float, optional): the weights of A(m) and A(n) inside
-                λ_a's term; (1, 1) is Eq. 6 as written, the authors' code uses (0.1, 0.3).
-                Default: (1.0, 1.0)
+                λ_a's term: the authors' code's (0.1, 0.3), under which the classification term
+                outweighs the area and each class's mask leaves the other classes' objects
+                sooner; (1, 1) is Eq. 6 as written, with tighter masks that take longer to
+                become class-specific (README). Default: (0.1, 0.3)
             l1_weight, l2_weight (float, optional): Phillips et al.'s penalties on the mask
                 (their values). Default: 1e-3, 1e-4
             separate_classes (bool, optional): train on one row per (input, class of that

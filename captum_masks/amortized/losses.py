@@ -33,7 +33,7 @@ class LossSettings:
     area_weight: float = 1.0
     tv_weight: float = 1.0
     area_bounds: tuple[float, float] = (0.05, 0.3)
-    mask_area_weights: tuple[float, float] = (1.0, 1.0)
+    mask_area_weights: tuple[float, float] = (0.1, 0.3)
     l1_weight: float = 1e-3
     l2_weight: float = 1e-4
 
