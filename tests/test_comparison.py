@@ -1,5 +1,6 @@
 """The comparison harness and ``python -m captum_masks benchmark``, on few images."""
 
+import inspect
 import sys
 
 import pytest
@@ -268,6 +269,29 @@ def test_class_masking_report_scores_the_explainer_next_to_the_ground_truth(
         report["explainer"]["co_occurring_table"],
         equal_nan=True,
     )
+
+
+def test_a_new_default_of_fit_retrains_the_cached_explainer(
+    quick_explainer_settings, monkeypatch, tmp_path
+):
+    """The cache key holds fit's defaults: after a release changes one, the benchmark trains
+    a new explainer instead of loading one trained with the old value."""
+    from captum_masks.amortized.fitting import FittingMixin
+    from captum_masks.bench.synthetic import load_synthetic_explainer
+
+    monkeypatch.setenv("CAPTUM_MASKS_CACHE", str(tmp_path))
+    _, history = load_synthetic_explainer(verbose=False)
+    assert history is not None
+    _, history = load_synthetic_explainer(verbose=False)
+    assert history is None  # cached
+    values = FittingMixin.fit.__defaults__
+    names = list(inspect.signature(FittingMixin.fit).parameters)[-len(values) :]
+    defaults = dict(zip(names, values))
+    defaults["mask_area_weights"] = (1.0, 1.0)
+    monkeypatch.setattr(FittingMixin.fit, "__defaults__", tuple(defaults.values()))
+    _, history = load_synthetic_explainer(verbose=False)
+    assert history is not None
+    assert len(list(tmp_path.glob("amortized_explainer_multi_*.pt"))) == 2
 
 
 def test_amortized_explainer_is_a_method_of_the_pair_suite(quick_explainer_settings):

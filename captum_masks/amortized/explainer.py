@@ -48,16 +48,17 @@ class AmortizedExplainer(FittingMixin, PersistenceMixin, MaskAttribution):
     input's shape; :meth:`explain_all` returns every class's mask.
 
     Training loss ``"stalder"`` (Eq. 1–8), with m = σ(max_{c∈Y} S_c) the target mask over the
-    image's classes Y and n = σ(max_{c∉Y} S_c) the non-target mask:
+    image's classes Y and n = σ(max_{c∉P} S_c) the mask of the classes P it does not hold:
 
     .. math::
         L = L_c(f(m \odot x), Y) + \lambda_e \tfrac{1}{C}\textstyle\sum_c \tilde p_c \log \tilde p_c
-            + \lambda_a \big(A(m) + A(n) + \overline{B(\sigma(S_c))}_{c \in Y}\big)
+            + \lambda_a \big(0.1\,A(m) + 0.3\,A(n) + \overline{B(\sigma(S_c))}_{c \in Y}\big)
             + \lambda_{tv} \big(TV(m) + TV(n)\big)
 
     with L_c binary cross-entropy over classes (multi-label, Eq. 2) or cross-entropy
-    (single-label), p̃ the softmax on the complement (1 − m) ⊙ x (Eq. 3), A the mean mask value,
-    B the area bounds (Eq. 4–6) and TV the anisotropic total variation per pixel (Eq. 7–8).
+    (single-label), p̃ the softmax on the complement (1 − m) ⊙ x (Eq. 3), A the mean mask value
+    (weighted 0.1 and 0.3 as in the authors' code; Eq. 6 weighs both 1), B the area bounds
+    (Eq. 4–6) and TV the anisotropic total variation per pixel (Eq. 7–8).
     By default :meth:`fit` trains on one row per (input, class of that input), with Y that one
     class, so a class's mask must keep its own evidence and leave out the other classes'
     (``separate_classes``; Eq. 2 as written takes all of an input's classes at once).

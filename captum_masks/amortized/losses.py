@@ -109,8 +109,10 @@ def stalder_terms(
 
     .. math::
         L = L_c(f(m \odot x), Y) + \lambda_e \tfrac{1}{C}\textstyle\sum_c \tilde p_c \log \tilde p_c
-            + \lambda_a \big(A(m) + A(n) + \overline{B(\sigma(S_c))}_{c \in Y}\big)
+            + \lambda_a \big(w_m A(m) + w_n A(n) + \overline{B(\sigma(S_c))}_{c \in Y}\big)
             + \lambda_{tv} \big(TV(m) + TV(n)\big)
+
+    with (w_m, w_n) = ``settings.mask_area_weights``.
 
     Args:
         batch (ExplainedBatch): the inputs, their classes and the classifier.

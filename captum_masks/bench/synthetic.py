@@ -309,8 +309,14 @@ def load_synthetic_explainer(retrain: bool = False, verbose: bool = True, **over
             f"overrides must be keys of EXPLAINER_SETTINGS or arguments of fit, got {unknown}"
         )
     chosen = {**EXPLAINER_SETTINGS, **overrides}
-    # the file format in the key: a release that changes the network retrains instead of failing
-    settings = dict(chosen, reference=TRAIN_SETTINGS, format=CHECKPOINT_VERSION)
+    # fit's defaults and the file format in the key: a release that changes a default loss
+    # weight or the network retrains instead of loading an explainer trained otherwise
+    defaults = {
+        name: parameter.default
+        for name, parameter in fit_parameters.items()
+        if parameter.default is not inspect.Parameter.empty and name != "show_progress"
+    }
+    settings = dict(defaults, **chosen, reference=TRAIN_SETTINGS, format=CHECKPOINT_VERSION)
     path = cache_dir() / f"amortized_explainer_multi_{_key(settings)}.pt"
     if path.is_file() and not retrain:
         explainer = AmortizedExplainer.load(path, reference.model)
