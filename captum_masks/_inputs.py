@@ -196,6 +196,12 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def check_one_tensor(inputs: Any, kind: str = "tensor") -> None:
+    """Methods that explain one tensor accept it bare or as a 1-tuple."""
+    if isinstance(inputs, tuple) and len(inputs) != 1:
+        raise ValueError(f"inputs must be one {kind} (or a 1-tuple), got {len(inputs)} tensors")
+
+
 def check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")

@@ -15,6 +15,7 @@ from captum_masks._base import MaskAttribution, check_seed, leaves_model_as_foun
 from captum_masks._inputs import (
     check_at_least,
     check_choice,
+    check_one_tensor,
     check_positive_int,
     format_inputs,
     map_batch,
@@ -210,8 +211,7 @@ class ExtremalPerturbation(MaskAttribution):
         )
         margin = sigma if margin is None else margin
         parametrisation = SmoothMaxMask(step, sigma, stride=stride, margin=margin)
-        if isinstance(inputs, tuple) and len(inputs) != 1:
-            raise ValueError(f"inputs must be one image tensor (or a 1-tuple), got {len(inputs)}")
+        check_one_tensor(inputs, "image tensor")
         # the perturbation is checked before the model runs on the inputs
         (baseline,) = per_input_baselines(baselines, 1)
         formatted = format_inputs(inputs, 2)

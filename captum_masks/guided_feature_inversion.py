@@ -3,6 +3,7 @@ Prediction with Guided Feature Inversion", KDD 2018)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ from captum_masks._base import (
 from captum_masks._hooks import check_layers, recording, run_recording, single_outputs
 from captum_masks._inputs import (
     check_choice,
+    check_one_tensor,
     check_positive,
     check_positive_int,
     map_batch,
@@ -62,6 +64,7 @@ class GuidedFeatureInversion(MaskAttribution):
         L_1 = \frac{\|f^{l_0}(\Phi(x, m)) - f^{l_0}(x)\|^2}{\|f^{l_0}(x)\|^2} + \gamma\,\bar\omega,
         \qquad
         L_2 = -p_c(\Phi(x, m)) + \lambda\, p_c(\Phi(x, 1 - m)) + \delta\,\bar\omega
+              + \beta\,\bar m
 
     Attributions are m in [0, 1] expanded to the input's shape: the class-discriminative mask
     after stage 2, or the class-agnostic salient-object mask of stage 1 with
@@ -70,14 +73,15 @@ class GuidedFeatureInversion(MaskAttribution):
     Where this departs from the paper (measurements in the README's GuidedFeatureInversion
     section, on the pretrained EfficientNet-Lite0):
 
-    - the L1 terms use the mean of ω (ω̄) instead of its sum, so γ and δ do not depend on the
-      number of channels;
-    - the inversion error is relative, as in the authors' code;
+    - the L1 terms use ω's mean ω̄, not its sum, so γ and δ do not depend on the channel count;
+      the inversion error is relative, as in the authors' code;
     - features pass through ``activation`` (ReLU by default), so a layer hooked before its
       activation (EfficientNet's head) behaves like VGG's post-ReLU layers;
     - Eq. 7's min-max normalisation is used (the authors' code divides by the maximum);
     - the learning rate is 0.05 instead of 1e-2: halved every 10 iterations, 1e-2 moves ω too
-      little in stage 2 to leave a second object out of the mask (the README's calibration).
+      little in stage 2 to leave a second object out of the mask (the README's calibration);
+    - stage 2 keeps the area term β·m̄ of the paper's Eq. 5, which Eq. 9 drops: the min-max
+      normalised mask does not change when ω is scaled, so δ·ω̄ alone does not make it smaller.
 
     Args:
         forward_func (Callable): the model (or a function calling it) returning scores of shape
@@ -131,6 +135,7 @@ class GuidedFeatureInversion(MaskAttribution):
         inversion_l1: float = 10.0,
         target_l1: float = 1.0,
         background_weight: float = 1.0,
+        area_weight: float = 0.3,
         init_weight: float = 0.1,
         apply_softmax: bool = True,
         internal_batch_size: int | None = None,
@@ -172,6 +177,8 @@ class GuidedFeatureInversion(MaskAttribution):
             target_l1 (float, optional): δ, the weight of ω̄ in stage 2. Default: 1
             background_weight (float, optional): λ, the weight of the class score on the
                 removed part. Default: 1
+            area_weight (float, optional): β, the weight of the mask's mean in stage 2 (Eq.
+                5); 0 gives the paper's Eq. 9. Default: 0.3
             init_weight (float, optional): initial ω. Default: 0.1
             apply_softmax (bool, optional): score with the softmax probability (True) or
                 ``forward_func``'s own scores. Default: True
@@ -206,6 +213,7 @@ class GuidedFeatureInversion(MaskAttribution):
                 "inversion_l1": inversion_l1,
                 "target_l1": target_l1,
                 "background_weight": background_weight,
+                "area_weight": area_weight,
                 "init_weight": init_weight,
                 "blur_sigma": blur_sigma,
             },
@@ -213,10 +221,7 @@ class GuidedFeatureInversion(MaskAttribution):
         inversion_settings, target_settings = _stage_settings(
             inversion_iters, target_iters, lr_step, lr, optimizer, internal_batch_size, show_progress
         )
-        if isinstance(inputs, tuple) and len(inputs) != 1:
-            raise ValueError(
-                f"inputs must be one image tensor (or a 1-tuple), got {len(inputs)} tensors"
-            )
+        check_one_tensor(inputs, "image tensor")
         features_of = ACTIVATIONS[activation]
         call, clean_inverted, clean_basis = self._clean_pass(
             inputs, target, additional_forward_args, features_of
@@ -239,8 +244,9 @@ class GuidedFeatureInversion(MaskAttribution):
             inversion_settings,
         )
         if stage == "target":
+            target_weights = (background_weight, target_l1, area_weight)
             omega, target_history = optimize_masks(
-                lambda batch: stages.target(batch, omega[0], background_weight, target_l1),
+                lambda batch: stages.target(batch, omega[0], target_weights),
                 call.num_examples,
                 target_settings,
             )
@@ -249,7 +255,6 @@ class GuidedFeatureInversion(MaskAttribution):
         mask = history.low_resolution[0].expand(x.shape[2:])
         attribution = mask.expand_as(x).to(call.inputs[0].dtype).contiguous()
         return call.result([attribution], history, return_history)
-
 
     def _clean_pass(
         self, inputs: Any, target: Any, additional_forward_args: Any, features_of: Callable
@@ -315,10 +320,12 @@ class _Stages:
         return MaskProblem([omega], objective, self._examples(batch), ChannelCombinationMask.clamp_)
 
     def target(
-        self, batch: slice, omega: Tensor, background_weight: float, target_l1: float
+        self, batch: slice, omega: Tensor, weights: tuple[float, float, float]
     ) -> MaskProblem:
         """Algorithm 2: ω fine-tuned so the kept part scores the class and the removed part
-        does not, starting from stage 1's ``omega``."""
+        does not, starting from stage 1's ``omega``. ``weights`` are λ, δ (Eq. 9) and β
+        (Eq. 5)."""
+        background_weight, target_l1, area_weight = weights
 
         def objective(params: Sequence[Tensor], rows: ExampleRows) -> tuple[Tensor, Tensor]:
             (weights,) = params
@@ -331,7 +338,8 @@ class _Stages:
             scores = self._probability(both, rows.targets.repeat(2, 1), args_twice)
             kept_score, removed_score = scores.chunk(2)
             loss = -kept_score + background_weight * removed_score  # Eq. 9
-            return loss + target_l1 * weights.mean(dim=1), kept_score
+            area = mask.flatten(1).mean(dim=1)  # Eq. 5's area term
+            return loss + target_l1 * weights.mean(dim=1) + area_weight * area, kept_score
 
         examples = self._examples(batch)
         return MaskProblem([omega[batch]], objective, examples, ChannelCombinationMask.clamp_)
@@ -347,23 +355,17 @@ def _stage_settings(
     show_progress: bool,
 ) -> tuple[OptimizationSettings, OptimizationSettings]:
     """Stage 1 at a constant rate; stage 2 with η halved every ``lr_step`` iterations."""
-    common = {
-        "lr": lr,
-        "optimizer": optimizer,
-        "internal_batch_size": internal_batch_size,
-        "show_progress": show_progress,
-    }
     inversion = OptimizationSettings(
-        n_iter=inversion_iters,
-        progress_desc="Guided feature inversion (stage 1)",
+        inversion_iters, lr, optimizer, internal_batch_size=internal_batch_size,
+        show_progress=show_progress, progress_desc="Guided feature inversion (stage 1)",
         warn_without_signal=False,  # stage 1 does not score the target
-        **common,
     )
-    target = OptimizationSettings(
+    target = dataclasses.replace(
+        inversion,
         n_iter=target_iters,
         scheduler=lambda optimizer: torch.optim.lr_scheduler.StepLR(optimizer, lr_step, 0.5),
         progress_desc="Guided feature inversion (stage 2)",
-        **common,
+        warn_without_signal=True,
     )
     return inversion, target
 
@@ -377,8 +379,7 @@ def _check_arguments(
 ) -> None:
     check_choice("stage", stage, STAGES)
     check_choice("perturbation", perturbation, PERTURBATIONS)
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be 'relu' or None, got {activation!r}")
+    check_choice("activation", activation, tuple(ACTIVATIONS))
     for name, value in non_negative.items():
         check_positive(name, value, allow_zero=True)
     for name, value in positive_ints.items():
@@ -394,7 +395,6 @@ def _feature_maps(features: Tensor, name: str, num_examples: int) -> Tensor:
             "layer, e.g. model.features[-1], not a linear or pooled one"
         )
     return features
-
 
 
 __all__ = ["GuidedFeatureInversion"]

@@ -3,6 +3,8 @@ options and errors (the shared contract is in test_contract.py)."""
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torchvision
 from conftest import NormCNN, TinyCNN, assert_same_state, model_state
 from torch import nn
@@ -124,6 +126,30 @@ def test_runs_on_torchvision_architectures_and_leaves_them_untouched(build, laye
     assert_same_state(before, model_state(model))
 
 
+@given(area_weight=st.floats(0.0, 3.0))
+@settings(max_examples=5, deadline=None)
+def test_area_weight_adds_the_mask_mean_to_the_stage_two_loss(area_weight):
+    torch.manual_seed(0)
+    model = TinyCNN().eval()
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    gfi = GuidedFeatureInversion(model, layer=model.features[3])
+    salient = gfi.attribute(images, stage="inversion", inversion_iters=4)
+    losses = [
+        gfi.attribute(
+            images, target=1, inversion_iters=4, target_iters=2, area_weight=beta,
+            return_history=True,
+        )[1].loss[4]  # stage 2's first row, taken at stage 1's ω
+        for beta in (0.0, area_weight)
+    ]
+    torch.testing.assert_close(losses[1] - losses[0], area_weight * salient[:, 0].mean(dim=(1, 2)))
+
+
+def test_a_larger_area_weight_gives_a_smaller_mask(tiny_model, images):
+    gfi = GuidedFeatureInversion(tiny_model, layer=tiny_model.features[3])
+    means = [gfi.attribute(images, target=0, area_weight=beta).mean() for beta in (0.0, 0.3, 3.0)]
+    assert means[0] > means[1] > means[2]
+
+
 def test_lr_is_halved_every_lr_step_iterations():
     model = ColourClassifier()
     image, _, _ = two_objects()
@@ -149,6 +175,7 @@ def test_lr_is_halved_every_lr_step_iterations():
         ({"activation": "gelu"}, ValueError, "activation"),
         ({"lr_step": 0}, ValueError, "lr_step"),
         ({"inversion_l1": -1.0}, ValueError, "inversion_l1"),
+        ({"area_weight": -0.1}, ValueError, "area_weight"),
         ({"perturbation": "pixelate"}, ValueError, "perturbation"),
         ({"target_iters": 0}, ValueError, "target_iters"),
     ],

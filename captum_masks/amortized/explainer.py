@@ -12,15 +12,16 @@ import torch
 from captum.log import log_usage
 from torch import Tensor, nn
 
-from captum_masks._base import (
-    MaskAttribution,
-    leaves_model_as_found,
-    seeded_global_rng,
-    work_dtype,
-)
+from captum_masks._base import MaskAttribution, leaves_model_as_found, seeded_global_rng, work_dtype
 from captum_masks._compat import _format_output
 from captum_masks._hooks import check_layers, last_feature_map, replacing_output, run_recording
-from captum_masks._inputs import check_choice, check_positive_int, format_inputs, run_forward
+from captum_masks._inputs import (
+    check_choice,
+    check_one_tensor,
+    check_positive_int,
+    format_inputs,
+    run_forward,
+)
 from captum_masks._layout import MaskLayout
 from captum_masks._warnings import warn_user
 from captum_masks.amortized.fitting import FittingMixin
@@ -324,8 +325,7 @@ class AmortizedExplainer(FittingMixin, PersistenceMixin, MaskAttribution):
 
             >>> explainer.attribute(images, target=torch.tensor([0, 3]))
         """
-        if isinstance(inputs, tuple) and len(inputs) != 1:
-            raise ValueError(f"inputs must be one tensor (or a 1-tuple), got {len(inputs)}")
+        check_one_tensor(inputs)
         call = self._prepare(
             inputs,
             target,
