@@ -175,8 +175,20 @@ def replacing_output(layer: nn.Module, value: Tensor) -> Iterator[None]:
         handle.remove()
 
 
+def image_feature_maps(features: Tensor, name: str, num_examples: int) -> Tensor:
+    """The layer's output, checked to be (N, C, h, w) feature maps a mask can be made of."""
+    if features.dim() != 4 or features.shape[0] != num_examples:
+        raise ValueError(
+            f"{name} must output (N, C, h, w) feature maps for (N, C, H, W) images; it returned "
+            f"shape {tuple(features.shape)} for {num_examples} images. Pass a convolutional "
+            "layer, e.g. model.features[-1], not a linear or pooled one"
+        )
+    return features
+
+
 __all__ = [
     "check_layers",
+    "image_feature_maps",
     "last_feature_map",
     "recording",
     "replacing_output",

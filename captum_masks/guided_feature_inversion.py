@@ -17,7 +17,13 @@ from captum_masks._base import (
     leaves_model_as_found,
     make_generator,
 )
-from captum_masks._hooks import check_layers, recording, run_recording, single_outputs
+from captum_masks._hooks import (
+    check_layers,
+    image_feature_maps,
+    recording,
+    run_recording,
+    single_outputs,
+)
 from captum_masks._inputs import (
     check_choice,
     check_one_tensor,
@@ -64,7 +70,7 @@ class GuidedFeatureInversion(MaskAttribution):
         L_1 = \frac{\|f^{l_0}(\Phi(x, m)) - f^{l_0}(x)\|^2}{\|f^{l_0}(x)\|^2} + \gamma\,\bar\omega,
         \qquad
         L_2 = -p_c(\Phi(x, m)) + \lambda\, p_c(\Phi(x, 1 - m)) + \delta\,\bar\omega
-              + \beta\,\bar m
+              + \beta\,|s_c(x)|\,\bar m
 
     Attributions are m in [0, 1] expanded to the input's shape: the class-discriminative mask
     after stage 2, or the class-agnostic salient-object mask of stage 1 with
@@ -80,8 +86,9 @@ class GuidedFeatureInversion(MaskAttribution):
     - Eq. 7's min-max normalisation is used (the authors' code divides by the maximum);
     - the learning rate is 0.05 instead of 1e-2: halved every 10 iterations, 1e-2 moves ω too
       little in stage 2 to leave a second object out of the mask (the README's calibration);
-    - stage 2 keeps the area term β·m̄ of the paper's Eq. 5, which Eq. 9 drops: the min-max
-      normalised mask does not change when ω is scaled, so δ·ω̄ alone does not make it smaller.
+    - stage 2 keeps Eq. 5's area term, which Eq. 9 drops (ω's scale does not change the min-max
+      normalised mask, so δ·ω̄ cannot shrink it), weighted by the class's clean score s_c(x) so
+      that it matches p_c's terms for weak and confident classes alike.
 
     Args:
         forward_func (Callable): the model (or a function calling it) returning scores of shape
@@ -135,7 +142,7 @@ class GuidedFeatureInversion(MaskAttribution):
         inversion_l1: float = 10.0,
         target_l1: float = 1.0,
         background_weight: float = 1.0,
-        area_weight: float = 0.3,
+        area_weight: float = 4.0,
         init_weight: float = 0.1,
         apply_softmax: bool = True,
         internal_batch_size: int | None = None,
@@ -178,7 +185,8 @@ class GuidedFeatureInversion(MaskAttribution):
             background_weight (float, optional): λ, the weight of the class score on the
                 removed part. Default: 1
             area_weight (float, optional): β, the weight of the mask's mean in stage 2 (Eq.
-                5); 0 gives the paper's Eq. 9. Default: 0.3
+                5), relative to the target's score on the clean image; 0 gives the paper's
+                Eq. 9. Default: 4
             init_weight (float, optional): initial ω. Default: 0.1
             apply_softmax (bool, optional): score with the softmax probability (True) or
                 ``forward_func``'s own scores. Default: True
@@ -268,7 +276,7 @@ class GuidedFeatureInversion(MaskAttribution):
         with recording(layers) as clean:
             call = self._prepare(inputs, target, additional_forward_args, spatial_dims=2)
         features = (
-            features_of(_feature_maps(f, name, call.num_examples)).to(call.work_dtype)
+            features_of(image_feature_maps(f, name, call.num_examples)).to(call.work_dtype)
             for f, name in zip(single_outputs(clean, layers), ("layer", "mask_layer"))
         )
         return (call, *features)
@@ -291,6 +299,8 @@ class _Stages:
         self.clean_inverted, self.mask_of, self.reference = clean_inverted, mask_of, reference
         self.clean_energy = clean_inverted.flatten(1).square().sum(dim=1)
         self.apply_softmax = apply_softmax
+        clean_output = call.clean_output.detach().to(call.work_dtype)
+        self.clean_score = select_scores(clean_output, call.targets, apply_softmax).abs()
 
     def _examples(self, batch: slice) -> ExampleRows:
         return self.call.examples(batch, self.call.work_inputs, [self.reference])
@@ -338,7 +348,7 @@ class _Stages:
             scores = self._probability(both, rows.targets.repeat(2, 1), args_twice)
             kept_score, removed_score = scores.chunk(2)
             loss = -kept_score + background_weight * removed_score  # Eq. 9
-            area = mask.flatten(1).mean(dim=1)  # Eq. 5's area term
+            area = self.clean_score[rows.indices] * mask.flatten(1).mean(dim=1)  # Eq. 5
             return loss + target_l1 * weights.mean(dim=1) + area_weight * area, kept_score
 
         examples = self._examples(batch)
@@ -384,17 +394,6 @@ def _check_arguments(
         check_positive(name, value, allow_zero=True)
     for name, value in positive_ints.items():
         check_positive_int(name, value)
-
-
-def _feature_maps(features: Tensor, name: str, num_examples: int) -> Tensor:
-    """The layer's output, checked to be (N, C, h, w) feature maps a mask can be made of."""
-    if features.dim() != 4 or features.shape[0] != num_examples:
-        raise ValueError(
-            f"{name} must output (N, C, h, w) feature maps for (N, C, H, W) images; it returned "
-            f"shape {tuple(features.shape)} for {num_examples} images. Pass a convolutional "
-            "layer, e.g. model.features[-1], not a linear or pooled one"
-        )
-    return features
 
 
 __all__ = ["GuidedFeatureInversion"]
