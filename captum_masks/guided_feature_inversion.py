@@ -330,12 +330,12 @@ class _Stages:
         return MaskProblem([omega], objective, self._examples(batch), ChannelCombinationMask.clamp_)
 
     def target(
-        self, batch: slice, omega: Tensor, weights: tuple[float, float, float]
+        self, batch: slice, omega: Tensor, loss_weights: tuple[float, float, float]
     ) -> MaskProblem:
         """Algorithm 2: ω fine-tuned so the kept part scores the class and the removed part
-        does not, starting from stage 1's ``omega``. ``weights`` are λ, δ (Eq. 9) and β
+        does not, starting from stage 1's ``omega``. ``loss_weights`` are λ, δ (Eq. 9) and β
         (Eq. 5)."""
-        background_weight, target_l1, area_weight = weights
+        background_weight, target_l1, area_weight = loss_weights
 
         def objective(params: Sequence[Tensor], rows: ExampleRows) -> tuple[Tensor, Tensor]:
             (weights,) = params

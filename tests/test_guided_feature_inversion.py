@@ -3,10 +3,10 @@ options and errors (the shared contract is in test_contract.py)."""
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 import torchvision
 from conftest import NormCNN, TinyCNN, assert_same_state, model_state
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from captum_masks import GuidedFeatureInversion
