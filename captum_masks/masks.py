@@ -147,33 +147,46 @@ MIN_TEMPERATURE = 1e-6
 
 
 class SigmoidMask:
-    r"""A full-resolution mask m = σ(W / temperature) over unconstrained weights W (NeuroMask).
+    r"""A mask m = σ(W / temperature) over unconstrained weights W (NeuroMask), one weight per
+    position or per block of ``block`` positions along each spatial axis.
 
     Args:
         temperature (float): divides W before the sigmoid; lower is sharper; at least 1e-6.
         init_range (tuple of float): W starts uniform in [low, high), drawn from the call's
             generator so a seed fixes it.
+        block (int): positions per weight along each spatial axis; the mask is W's sigmoid
+            repeated over each block (nearest upsampling), and the last block of an axis whose
+            length ``block`` does not divide is cut short. 1: one weight per position.
 
     Examples::
 
-        >>> parametrisation = SigmoidMask(temperature=0.3, init_range=(-1.0, 1.0))
-        >>> weights = parametrisation.init(images, generator)   # (N, 1, H, W)
-        >>> mask = parametrisation(weights)
+        >>> parametrisation = SigmoidMask(temperature=0.3, init_range=(-1.0, 1.0), block=4)
+        >>> weights = parametrisation.init(images, generator)   # (N, 1, ⌈H/4⌉, ⌈W/4⌉)
+        >>> mask = parametrisation(weights, images.shape[2:])   # (N, 1, H, W)
     """
 
-    def __init__(self, temperature: float = 1.0, init_range: tuple[float, float] = (-1.0, 1.0)):
+    def __init__(
+        self,
+        temperature: float = 1.0,
+        init_range: tuple[float, float] = (-1.0, 1.0),
+        block: int = 1,
+    ):
         check_at_least(
             "temperature", temperature, MIN_TEMPERATURE, "below it W / T overflows to NaN"
         )
+        check_positive_int("block", block)
         low, high = init_range
         if not low < high:
             raise ValueError(f"init_range must be (low, high) with low < high, got {init_range!r}")
         self.temperature = temperature
         self.init_range = (float(low), float(high))
+        self.block = block
 
     def init(self, inputs: Tensor, generator: torch.Generator) -> Tensor:
-        """Weights ``(N, 1, *spatial)`` for ``(N, C, *spatial)`` inputs, uniform in ``init_range``."""
-        return self.draw((inputs.shape[0], 1, *inputs.shape[2:]), generator, inputs)
+        """Weights ``(N, 1, *⌈spatial / block⌉)`` for ``(N, C, *spatial)`` inputs, uniform in
+        ``init_range``."""
+        blocks = [math.ceil(side / self.block) for side in inputs.shape[2:]]
+        return self.draw((inputs.shape[0], 1, *blocks), generator, inputs)
 
     def draw(self, shape: Sequence[int], generator: torch.Generator, like: Tensor) -> Tensor:
         """Weights of any ``shape`` (e.g. one per feature group), uniform in ``init_range``, on
@@ -184,11 +197,21 @@ class SigmoidMask:
         )
         return low + (high - low) * uniform
 
-    def __call__(self, weights: Tensor) -> Tensor:
-        return torch.sigmoid(weights / self.temperature)
+    def __call__(self, weights: Tensor, spatial_shape: Sequence[int] | None = None) -> Tensor:
+        """σ(W / T), each weight repeated over its block of ``spatial_shape`` (the trailing
+        axes of W); None keeps W's own shape."""
+        mask = torch.sigmoid(weights / self.temperature)
+        if spatial_shape is None or self.block == 1:
+            return mask
+        for axis, side in enumerate(spatial_shape, start=2):
+            mask = mask.repeat_interleave(self.block, dim=axis).narrow(axis, 0, side)
+        return mask
 
     def __repr__(self) -> str:
-        return f"SigmoidMask(temperature={self.temperature}, init_range={self.init_range})"
+        return (
+            f"SigmoidMask(temperature={self.temperature}, init_range={self.init_range}, "
+            f"block={self.block})"
+        )
 
 
 class ChannelCombinationMask:

@@ -13,6 +13,7 @@ from captum_masks._base import MaskAttribution, leaves_model_as_found, make_gene
 from captum_masks._inputs import (
     format_inputs,
     check_positive,
+    check_positive_int,
     per_input_baselines,
     select_log_scores,
 )
@@ -110,6 +111,7 @@ class NeuroMaskAttr(MaskAttribution):
         smooth_weight: float = 0.03,
         smooth_kernel_size: int = 3,
         squared_smoothness: bool = False,
+        mask_factor: int = 1,
         channels_last: bool | None = None,
         apply_softmax: bool = True,
         tolerance: float | None = None,
@@ -164,6 +166,11 @@ class NeuroMaskAttr(MaskAttribution):
                 (2-D, centre −24, the authors' ImageNet kernel). Default: 3
             squared_smoothness (bool, optional): square the Laplacian response instead of its
                 absolute value (the authors' code; the paper writes L1). Default: False
+            mask_factor (int, optional): one weight W per block of ``mask_factor`` positions
+                along each spatial axis (``mask_factor`` × ``mask_factor`` pixels of an image),
+                repeated over its block; the sparseness and smoothness terms are taken on the
+                blocks. 1 is the paper's one weight per position. Not used with
+                ``feature_mask``, whose groups set the mask's resolution. Default: 1
             channels_last (bool, optional): the inputs are (N, L, D) (or (N, H, W, C)): the
                 mask spans every axis but the first and last. None reads them channels first and
                 warns about 3-D inputs, which may be either. Default: None
@@ -200,7 +207,14 @@ class NeuroMaskAttr(MaskAttribution):
             >>> history.probability[:, 0]   # the target's probability at every step
         """
         _check_weights(pred_weight, sparse_weight, smooth_weight, tau, smooth_kernel_size)
-        parametrisation = SigmoidMask(temperature, init_range)
+        check_positive_int("mask_factor", mask_factor)
+        if mask_factor != 1 and feature_mask is not None:
+            raise ValueError(
+                "mask_factor applies to the mask on the input's positions; with feature_mask "
+                "the groups set the mask's resolution, so leave mask_factor at 1 "
+                f"(got {mask_factor})"
+            )
+        parametrisation = SigmoidMask(temperature, init_range, mask_factor)
         settings = OptimizationSettings(  # the fields in order, named alike
             n_iter, lr, optimizer, scheduler, tolerance, patience, internal_batch_size,
             show_progress, "NeuroMask",
@@ -230,7 +244,7 @@ class NeuroMaskAttr(MaskAttribution):
         def masks(params: Sequence[Tensor], rows: ExampleRows) -> list[Tensor]:
             """σ(W / T) of each input of ``rows``, channels first."""
             if groups is None:
-                return [parametrisation(w) for w in params]
+                return [parametrisation(w, x.shape[2:]) for w, x in zip(params, rows.inputs)]
             expanded = groups.expand(parametrisation(params[0]), rows.indices)
             return [layout.to_channels_first(m) for m in expanded]
 

@@ -165,6 +165,42 @@ def test_any_shape_and_setting_gives_finite_values_in_unit_range(
     assert torch.isfinite(attribution).all() and attribution.min() >= 0 and attribution.max() <= 1
 
 
+@given(
+    factor=st.integers(1, 6),
+    shape=st.one_of(
+        st.tuples(st.integers(1, 3), st.integers(5, 20)),
+        st.tuples(st.integers(1, 3), st.integers(5, 16), st.integers(5, 16)),
+    ),
+    batch=st.integers(1, 3),
+)
+def test_mask_factor_gives_one_value_per_block_and_batch_equals_one_by_one(factor, shape, batch):
+    x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(factor))
+
+    def model(inputs):
+        return inputs.flatten(1)[:, :4] * 3.0
+
+    neuromask = NeuroMaskAttr(model)
+    settings = {"target": 1, "mask_factor": factor, "n_iter": 4, "channels_last": False}
+    attribution = neuromask.attribute(x, **settings)
+    assert attribution.shape == x.shape
+    spatial = attribution[:, :1]
+    for axis in range(2, x.dim()):  # equal within each block, block by block along each axis
+        blocks = torch.split(spatial, factor, dim=axis)
+        for block in blocks:
+            assert torch.equal(block, block.narrow(axis, 0, 1).expand_as(block))
+    alone = torch.cat([neuromask.attribute(x[i : i + 1], **settings) for i in range(batch)])
+    torch.testing.assert_close(attribution, alone)
+
+
+def test_mask_factor_keeps_the_evidence_at_block_resolution():
+    model = SpotDetector(top=20, left=4, side=8)
+    attribution = NeuroMaskAttr(model).attribute(spot_image(), target=1, mask_factor=4, **TOY)
+    inside, outside = inside_and_outside(attribution[0, 0])
+    assert inside > 0.8 and outside < 0.2
+    default = NeuroMaskAttr(model).attribute(spot_image(), target=1, **TOY)
+    assert not torch.equal(attribution, default)  # the blocks are a different mask
+
+
 @pytest.mark.parametrize(
     "make_inputs, kwargs, error, message",
     [
@@ -173,6 +209,13 @@ def test_any_shape_and_setting_gives_finite_values_in_unit_range(
         (lambda x: x, {"smooth_kernel_size": 4}, ValueError, "smooth_kernel_size"),
         (lambda x: x, {"tau": -1.0}, ValueError, "tau"),
         (lambda x: x, {"sparse_weight": -0.1}, ValueError, "sparse_weight"),
+        (lambda x: x, {"mask_factor": 0}, ValueError, "mask_factor"),
+        (
+            lambda x: x,
+            {"mask_factor": 2, "feature_mask": torch.zeros(1, 1, 16, 16, dtype=torch.long)},
+            ValueError,
+            "mask_factor",
+        ),
         (lambda x: x, {"channels_last": "yes"}, TypeError, "channels_last"),
         (lambda x: x, {"baselines": torch.zeros(5, 5)}, ValueError, "baselines"),
         (lambda x: x[..., None, None], {}, ValueError, r"at most 3 spatial axes"),
