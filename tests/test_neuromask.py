@@ -140,12 +140,21 @@ def test_smoothness_alone_smooths_the_initial_noise(tiny_model, images):
     assert roughness(smoothed) < 0.5 * roughness(untouched)
 
 
+#: (C, L) sequences and (C, H, W) images
+SEQUENCES_AND_IMAGES = st.one_of(
+    st.tuples(st.integers(1, 4), st.integers(5, 20)),
+    st.tuples(st.integers(1, 3), st.integers(5, 16), st.integers(5, 16)),
+)
+
+
+def first_four_features(inputs):
+    """Scores that read the first four values of each example."""
+    return inputs.flatten(1)[:, :4] * 3.0
+
+
 @given(
     batch=st.integers(1, 3),
-    shape=st.one_of(
-        st.tuples(st.integers(1, 4), st.integers(5, 20)),
-        st.tuples(st.integers(1, 3), st.integers(5, 16), st.integers(5, 16)),
-    ),
+    shape=SEQUENCES_AND_IMAGES,
     temperature=st.floats(0.05, 2.0),
     optimizer=st.sampled_from(["rmsprop", "adam", "sgd"]),
     squared=st.booleans(),
@@ -154,32 +163,17 @@ def test_any_shape_and_setting_gives_finite_values_in_unit_range(
     batch, shape, temperature, optimizer, squared
 ):
     x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(batch))
-
-    def model(inputs):
-        return inputs.flatten(1)[:, :4] * 3.0
-
-    attribution = NeuroMaskAttr(model).attribute(
+    attribution = NeuroMaskAttr(first_four_features).attribute(
         x, temperature=temperature, optimizer=optimizer, squared_smoothness=squared, n_iter=3
     )
     assert attribution.shape == x.shape
     assert torch.isfinite(attribution).all() and attribution.min() >= 0 and attribution.max() <= 1
 
 
-@given(
-    factor=st.integers(1, 6),
-    shape=st.one_of(
-        st.tuples(st.integers(1, 3), st.integers(5, 20)),
-        st.tuples(st.integers(1, 3), st.integers(5, 16), st.integers(5, 16)),
-    ),
-    batch=st.integers(1, 3),
-)
+@given(factor=st.integers(1, 6), shape=SEQUENCES_AND_IMAGES, batch=st.integers(1, 3))
 def test_mask_factor_gives_one_value_per_block_and_batch_equals_one_by_one(factor, shape, batch):
     x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(factor))
-
-    def model(inputs):
-        return inputs.flatten(1)[:, :4] * 3.0
-
-    neuromask = NeuroMaskAttr(model)
+    neuromask = NeuroMaskAttr(first_four_features)
     settings = {"target": 1, "mask_factor": factor, "n_iter": 4, "channels_last": False}
     attribution = neuromask.attribute(x, **settings)
     assert attribution.shape == x.shape
