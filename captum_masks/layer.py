@@ -221,7 +221,8 @@ class LayerNeuroMask(_LayerMask):
     :class:`~captum_masks.NeuroMaskAttr`. Positions are weighed like feature groups
     (``sparse_weight=0.035``: the grid's 35, calibrated on 50 000-pixel photos, would pull a
     dozen tokens' weights to −τ against any evidence), and the Laplacian smoothness is off
-    (``smooth_weight=0``): neighbouring tokens need not matter alike.
+    (``smooth_weight=0``): neighbouring tokens need not matter alike. Each position gets its
+    own weight (``mask_factor=1``), on a feature map as on tokens.
 
     Args:
         forward_func (Callable): the model, taking the caller's inputs (token ids included).
@@ -236,7 +237,11 @@ class LayerNeuroMask(_LayerMask):
     """
 
     method = NeuroMaskAttr
-    layer_defaults = {"smooth_weight": 0.0, "sparse_weight": GROUP_SPARSE_WEIGHT}
+    layer_defaults = {
+        "smooth_weight": 0.0,
+        "sparse_weight": GROUP_SPARSE_WEIGHT,
+        "mask_factor": 1,
+    }
 
     @log_usage()
     @leaves_model_as_found

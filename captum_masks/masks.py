@@ -62,8 +62,8 @@ class UpsampledMask:
     The parameters are the low-resolution mask itself, kept in [0, 1] by :meth:`clamp_`. The
     full-resolution mask is M = g_σ ∗ upsample(m) (linear/bilinear upsampling, Gaussian smoothing
     with reflected borders), optionally shifted by a random integer jitter τ ∈ [0, jitter) per axis
-    (edges replicated; every example of a batch gets the same shift at a step): the paper's expectation over shifts E_τ, taken on the mask
-    instead of the image.
+    (edges replicated; every example of a batch gets the same shift at a step): the paper's
+    expectation over shifts E_τ, taken on the mask instead of the image.
 
     Upsampling, shift and smoothing are linear and separable, so each axis is one small
     (side × low-res side) matrix, built once per input shape; a mask is then two matrix products,
@@ -181,6 +181,10 @@ class SigmoidMask:
         self.temperature = temperature
         self.init_range = (float(low), float(high))
         self.block = block
+
+    def blocked(self, block: int) -> SigmoidMask:
+        """The same mask with ``block`` positions per weight along each spatial axis."""
+        return SigmoidMask(self.temperature, self.init_range, block)
 
     def init(self, inputs: Tensor, generator: torch.Generator) -> Tensor:
         """Weights ``(N, 1, *⌈spatial / block⌉)`` for ``(N, C, *spatial)`` inputs, uniform in

@@ -35,9 +35,8 @@ from captum_masks.regularizers import l1, laplacian
 
 class NeuroMaskAttr(MaskAttribution):
     r"""
-    NeuroMask learns, for each input, a full-resolution mask m = σ(W / T) whose product with the
-    input keeps the model's prediction, while being sparse and smooth [Alzantot et al., 2019,
-    Algorithm 1]:
+    NeuroMask learns, for each input, a mask m = σ(W / T) whose product with the input keeps the
+    model's prediction, while being sparse and smooth [Alzantot et al., 2019, Algorithm 1]:
 
     .. math::
         W^* = \arg\min_W\; \lambda_p\, \mathrm{CE}\big(c, f(\bar x)\big)
@@ -47,11 +46,11 @@ class NeuroMaskAttr(MaskAttribution):
     where c is the explained class, b the baseline (0 by default: the paper's pure
     multiplication x̄ = m·x), ∇² a discrete Laplacian and τ the offset that pulls unused weights
     to −τ, where σ(−τ / T) ≈ 0. The mask has one channel and spans the spatial axes: (H, W) of
-    (N, C, H, W) images, the length L of (N, C, L) sequences, or of (N, L, D) sequences with
-    ``channels_last=True``, (D, H, W) of volumes; rows (N, F) and ``feature_mask`` groups get
-    one weight each. Attributions are m expanded to the input's exact shape, in [0, 1],
-    higher = more important. Token ids are explained through their embedding with
-    :class:`~captum_masks.LayerNeuroMask`.
+    (N, C, H, W) images, with one weight per block of pixels (``mask_factor``), the length L of
+    (N, C, L) sequences, or of (N, L, D) sequences with ``channels_last=True``, (D, H, W) of
+    volumes; rows (N, F) and ``feature_mask`` groups get one weight each. Attributions are m
+    expanded to the input's exact shape, in [0, 1], higher = more important. Token ids are
+    explained through their embedding with :class:`~captum_masks.LayerNeuroMask`.
 
     Where this departs from the paper, and why:
 
@@ -77,6 +76,12 @@ class NeuroMaskAttr(MaskAttribution):
       T = 2 (the previous default); a sharper T = 1 points at the wrong shape more often on
       64-px pairs, and on short token sequences can leave a mask at 0 everywhere, evidence
       included (README, NeuroMask's calibration). τ = 20 (the paper's) gives σ(−τ / T) ≈ 2e-6.
+    - On images, one weight per block of pixels rather than per pixel (``mask_factor``: 4 × 4
+      at 224 px, about 56 weights along the shorter side). A pixel mask keeps a speckle of
+      single pixels wherever the model responds, and next to a second object that speckle can
+      land on it; blocks are too coarse for that. On 80 calibration rows of two-object photos
+      pointing went from 0.938 to 0.975 and discrimination from 0.963 to 0.988, with the same
+      relevance mass (README). Sequences, volumes and rows keep one weight per position.
 
     Args:
         forward_func (Callable): the network F of Algorithm 1, or any function returning scores
@@ -111,7 +116,7 @@ class NeuroMaskAttr(MaskAttribution):
         smooth_weight: float = 0.03,
         smooth_kernel_size: int = 3,
         squared_smoothness: bool = False,
-        mask_factor: int = 1,
+        mask_factor: int | None = None,
         channels_last: bool | None = None,
         apply_softmax: bool = True,
         tolerance: float | None = None,
@@ -169,8 +174,10 @@ class NeuroMaskAttr(MaskAttribution):
             mask_factor (int, optional): one weight W per block of ``mask_factor`` positions
                 along each spatial axis (``mask_factor`` × ``mask_factor`` pixels of an image),
                 repeated over its block; the sparseness and smoothness terms are taken on the
-                blocks. 1 is the paper's one weight per position. Not used with
-                ``feature_mask``, whose groups set the mask's resolution. Default: 1
+                blocks. 1 is the paper's one weight per position. None: on images (two spatial
+                axes) the shorter side / 56, rounded, at least 1 (4 at 224 px, 1 at 64 px);
+                elsewhere 1. Not used with ``feature_mask``, whose groups set the mask's
+                resolution. Default: None
             channels_last (bool, optional): the inputs are (N, L, D) (or (N, H, W, C)): the
                 mask spans every axis but the first and last. None reads them channels first and
                 warns about 3-D inputs, which may be either. Default: None
@@ -207,14 +214,15 @@ class NeuroMaskAttr(MaskAttribution):
             >>> history.probability[:, 0]   # the target's probability at every step
         """
         _check_weights(pred_weight, sparse_weight, smooth_weight, tau, smooth_kernel_size)
-        check_positive_int("mask_factor", mask_factor)
-        if mask_factor != 1 and feature_mask is not None:
+        if mask_factor is not None:
+            check_positive_int("mask_factor", mask_factor)
+        if mask_factor not in (None, 1) and feature_mask is not None:
             raise ValueError(
                 "mask_factor applies to the mask on the input's positions; with feature_mask "
-                "the groups set the mask's resolution, so leave mask_factor at 1 "
+                "the groups set the mask's resolution, so leave mask_factor at None or 1 "
                 f"(got {mask_factor})"
             )
-        parametrisation = SigmoidMask(temperature, init_range, mask_factor)
+        parametrisation = SigmoidMask(temperature, init_range)
         settings = OptimizationSettings(  # the fields in order, named alike
             n_iter, lr, optimizer, scheduler, tolerance, patience, internal_batch_size,
             show_progress, "NeuroMask",
@@ -232,11 +240,17 @@ class NeuroMaskAttr(MaskAttribution):
             constant_reference(x, 0.0 if b is None else layout.baseline_to_channels_first(b, x))
             for x, b in zip(images, per_input_baselines(baselines, len(images)))
         ]
+        grids = [  # one weight per block of each input's positions
+            parametrisation.blocked(
+                image_mask_factor(x.shape[2:]) if mask_factor is None else mask_factor
+            )
+            for x in images
+        ]
         generator = make_generator(seed, call.device)
         # every example starts from the same draw: a batch gives one-by-one results; with groups,
         # W has one weight per group and the Laplacian, defined on a grid, is off
         if groups is None:
-            first = [parametrisation.init(x[:1], generator) for x in images]
+            first = [grid.init(x[:1], generator) for grid, x in zip(grids, images)]
         else:
             first = [parametrisation.draw((1, groups.count), generator, images[0])]
         initial = [w.expand(call.num_examples, *w.shape[1:]).clone() for w in first]
@@ -244,7 +258,7 @@ class NeuroMaskAttr(MaskAttribution):
         def masks(params: Sequence[Tensor], rows: ExampleRows) -> list[Tensor]:
             """σ(W / T) of each input of ``rows``, channels first."""
             if groups is None:
-                return [parametrisation(w, x.shape[2:]) for w, x in zip(params, rows.inputs)]
+                return [grid(w, x.shape[2:]) for grid, w, x in zip(grids, params, rows.inputs)]
             expanded = groups.expand(parametrisation(params[0]), rows.indices)
             return [layout.to_channels_first(m) for m in expanded]
 
@@ -278,6 +292,19 @@ class NeuroMaskAttr(MaskAttribution):
             for m, x, caller in zip(masks(weights, everyone), images, call.inputs)
         )
         return call.result(attributions, history, return_history)
+
+
+#: weights along an image's shorter side by default: 4 × 4 blocks at 224 px, chosen on the
+#: calibration photos (the class docstring)
+IMAGE_MASK_CELLS = 56
+
+
+def image_mask_factor(spatial_shape: Sequence[int]) -> int:
+    """The default ``mask_factor``: blocks of about 1/56 of an image's shorter side; 1 for
+    sequences, volumes and rows, whose positions are tokens, voxels or features."""
+    if len(spatial_shape) != 2:
+        return 1
+    return max(1, round(min(spatial_shape) / IMAGE_MASK_CELLS))
 
 
 #: λ_sp on a grid of positions: calibrated on 224-px photos (the class docstring)
