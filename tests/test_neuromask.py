@@ -186,6 +186,26 @@ def test_mask_factor_gives_one_value_per_block_and_batch_equals_one_by_one(facto
     torch.testing.assert_close(attribution, alone)
 
 
+@pytest.mark.parametrize(
+    "shape, factor",
+    [
+        ((3, 224, 224), 4),
+        ((3, 224, 300), 4),  # the shorter side sets it
+        ((1, 448, 448), 8),
+        ((3, 32, 32), 1),
+        ((2, 224), 1),  # a sequence's positions are tokens
+        ((1, 112, 112, 112), 1),  # a volume's are voxels
+    ],
+)
+def test_default_mask_factor_is_one_56th_of_an_images_shorter_side_and_1_elsewhere(shape, factor):
+    x = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
+    neuromask = NeuroMaskAttr(first_four_features)
+    settings = {"target": 1, "n_iter": 2, "channels_last": False}
+    default = neuromask.attribute(x, **settings)
+    assert torch.equal(default, neuromask.attribute(x, mask_factor=factor, **settings))
+    assert not torch.equal(default, neuromask.attribute(x, mask_factor=factor + 1, **settings))
+
+
 def test_mask_factor_keeps_the_evidence_at_block_resolution():
     model = SpotDetector(top=20, left=4, side=8)
     attribution = NeuroMaskAttr(model).attribute(spot_image(), target=1, mask_factor=4, **TOY)
