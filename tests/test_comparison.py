@@ -10,7 +10,13 @@ pytest.importorskip("captum_masks.bench.zoo")
 
 from conftest import run_cli
 
-from captum_masks.bench.benchmark import METRIC_COLUMNS, format_table, run_benchmark, save_figure
+from captum_masks.bench.benchmark import (
+    METRIC_COLUMNS,
+    format_rows,
+    format_table,
+    run_benchmark,
+    save_figure,
+)
 from captum_masks.bench.runners import ALL_METHODS, REFERENCE_METHODS, method_runners
 from captum_masks.bench.suites import photos_pairs_suite, synthetic_suite
 
@@ -53,6 +59,24 @@ def test_table_has_one_row_per_method_with_mean_and_std(fast_result):
         assert cells[0] == name
         assert len(cells) == len(SINGLE_COLUMNS) + 2
         assert all("±" in cell for cell in cells[1:-1])
+
+
+def test_row_table_gives_each_rows_own_scores(fast_result):
+    table = format_rows(fast_result).splitlines()
+    assert table[0] == (
+        "| row | image | Saliency: pointing | Saliency: relevance_mass | "
+        "LayerGradCam: pointing | LayerGradCam: relevance_mass |"
+    )
+    assert len(table) == 2 + 3
+    for row, line in enumerate(table[2:]):
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        assert cells[0] == str(row)
+        expected = [
+            fast_result.scores[name][column][row]
+            for name in FAST_METHODS
+            for column in ("pointing", "relevance_mass")
+        ]
+        assert [float(cell) for cell in cells[2:]] == pytest.approx(expected, abs=0.005)
 
 
 def test_figure_is_written(fast_result, tmp_path):
@@ -179,14 +203,19 @@ def test_bad_arguments_are_clear_errors(kwargs, message):
         run_benchmark(**{"suite": "synthetic", "n": 1, **kwargs})
 
 
-def test_command_prints_a_table_and_saves_the_grid(tmp_path):
+def test_command_prints_a_table_every_row_and_saves_the_grid(tmp_path):
     out = tmp_path / "bench.png"
     result = run_cli(
-        "benchmark", "--suite", "photos", "--methods", *FAST_METHODS, "--n", "2", "--out", str(out)
+        "benchmark", "--suite", "photos", "--methods", *FAST_METHODS, "--n", "2", "--rows",
+        "--out", str(out),
     )
     assert result.returncode == 0, result.stderr
     assert "photos suite, held-out split, 2 images" in result.stdout
     assert all(f"| {name} |" in result.stdout for name in FAST_METHODS)
+    rows = result.stdout.split("Every row:")[1].strip().splitlines()
+    assert rows[0].startswith("| row | image | Saliency: pointing |")
+    assert [line.split("|")[1].strip() for line in rows[2:4]] == ["0", "1"]
+    assert all(" on " in line.split("|")[2] for line in rows[2:4])  # "cat on hubble, ..."
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -295,6 +295,23 @@ def format_table(result: BenchmarkResult) -> str:
     return "\n".join(lines)
 
 
+def format_rows(result: BenchmarkResult) -> str:
+    """Markdown table of every row: what it shows, and for each method its pointing hit,
+    relevance mass and, on pair suites, whether it puts more relevance on the explained object
+    than on the other (1) or not (0): which rows a method misses, and by how much."""
+    first = next(iter(result.scores.values()))
+    columns = [c for c in ("pointing", "relevance_mass", "discrimination") if c in first]
+    names = list(result.scores)
+    header = "| row | image | " + " | ".join(f"{name}: {c}" for name in names for c in columns)
+    lines = [header + " |", "|---" * (2 + len(names) * len(columns)) + "|"]
+    descriptions = result.suite.descriptions
+    for row in range(result.suite.inputs.shape[0]):
+        image = descriptions[row] if descriptions else ""
+        cells = [f"{result.scores[name][c][row]:.2f}" for name in names for c in columns]
+        lines.append(f"| {row} | {image} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def save_figure(result: BenchmarkResult, path: str | os.PathLike, rows: int = 4) -> None:
     """A grid of blended overlays: one row per explanation, one column per method; the cyan
     outline is the object to find (pair suites show each image for both of its objects)."""
@@ -352,6 +369,7 @@ def save_figure(result: BenchmarkResult, path: str | os.PathLike, rows: int = 4)
 __all__ = [
     "METRIC_COLUMNS",
     "BenchmarkResult",
+    "format_rows",
     "format_table",
     "localisation_scores",
     "run_benchmark",

@@ -145,6 +145,11 @@ def _add_benchmark(commands: Any, common: argparse.ArgumentParser) -> None:
         help="held-out (reported) or calibration (where settings are chosen) images",
     )
     bench.add_argument("--out", default=None, help="figure path (default: benchmark_SUITE.png)")
+    bench.add_argument(
+        "--rows",
+        action="store_true",
+        help="also print every row's pointing, relevance mass and discrimination per method",
+    )
     _add_settings(
         bench,
         "override an argument of this package's methods, e.g. --set temperature=1.0 n_iter=150",
@@ -294,7 +299,12 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
 
         run_demo(image=args.image, out=args.out, n_iter=args.n_iter, seed=args.seed)
     elif args.command == "benchmark":
-        from captum_masks.bench.benchmark import format_table, run_benchmark, save_figure
+        from captum_masks.bench.benchmark import (
+            format_rows,
+            format_table,
+            run_benchmark,
+            save_figure,
+        )
         from captum_masks.bench.explain import process_group_from_environment
 
         with process_group_from_environment() as rank:
@@ -312,6 +322,8 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
         command = " ".join(["python -m captum_masks", *(sys.argv[1:] if argv is None else argv)])
         print(f"\n{args.suite} suite, {args.split} split, {args.n} images ({command}):\n")
         print(format_table(result))
+        if args.rows:
+            print(f"\nEvery row:\n\n{format_rows(result)}")
         out = args.out or f"benchmark_{args.suite}.png"
         save_figure(result, out)
         print(f"\nSaved {out}")
