@@ -154,6 +154,30 @@ def single_outputs(outputs: dict[nn.Module, list[Tensor]], layers: Sequence[nn.M
     return [outputs[layer][0] for layer in layers]
 
 
+def layer_gradient(
+    forward: Callable[[], Tensor], layer: nn.Module, score: Callable[[Tensor], Tensor]
+) -> Tensor:
+    """The gradient of ``score(forward())``, summed over the examples, with respect to the
+    output of ``layer`` (as Captum's layer gradients); no parameter's ``.grad`` is touched and
+    the hook is removed on return, also when the model raises."""
+    outputs: list[Tensor] = []
+
+    def hook(module: nn.Module, args: tuple, output: object) -> None:
+        output = output[0] if isinstance(output, tuple) else output
+        if not output.requires_grad:  # frozen parameters and inputs: a leaf of its own
+            output.requires_grad_()
+        outputs.append(output)
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        with torch.enable_grad():
+            total = score(forward()).sum()
+    finally:
+        handle.remove()
+    (gradient,) = torch.autograd.grad(total, outputs[0])
+    return gradient
+
+
 @contextlib.contextmanager
 def replacing_output(layer: nn.Module, value: Tensor) -> Iterator[None]:
     """Make ``layer`` return ``value`` instead of its output during the forward passes inside
@@ -190,6 +214,7 @@ __all__ = [
     "check_layers",
     "image_feature_maps",
     "last_feature_map",
+    "layer_gradient",
     "recording",
     "replacing_output",
     "run_recording",
