@@ -54,6 +54,36 @@ def test_explaining_each_class_highlights_its_own_object(explained, other):
     assert mask[regions[other]].mean() < 0.2
 
 
+#: one stage-2 step at a negligible rate, so the mask is where stage 2 starts (and stage 1's ω
+#: stays at its uniform start, which keeps both objects)
+FROZEN_STAGES = {"target_iters": 1, "lr": 1e-9, "perturbation": "constant", "baselines": 0.0}
+
+
+@pytest.mark.parametrize("explained, other", [(0, 1), (1, 0)])
+def test_stage_two_starts_from_the_explained_class_channels_and_inversion_keeps_both(
+    explained, other
+):
+    model = ColourClassifier()
+    image, red, green = two_objects()
+    regions = {0: red, 1: green}
+    gfi = GuidedFeatureInversion(model, layer=model.relu)
+    start = gfi.attribute(image, target=explained, **FROZEN_STAGES)[0, 0]
+    assert start[regions[explained]].min() > 0.99 and start[regions[other]].max() < 0.01
+    paper = gfi.attribute(image, target=explained, target_start="inversion", **FROZEN_STAGES)
+    assert paper[0, 0][regions[other]].mean() > 0.5
+
+
+def test_gradient_start_works_on_a_frozen_model_and_leaves_it_as_found():
+    model = ColourClassifier().requires_grad_(False)
+    image, red, green = two_objects()
+    before = model_state(model)
+    mask = GuidedFeatureInversion(model, layer=model.relu).attribute(
+        image, target=1, **FROZEN_STAGES
+    )[0, 0]
+    assert mask[green].min() > 0.99 and mask[red].max() < 0.01
+    assert_same_state(before, model_state(model))
+
+
 def test_inversion_stage_is_class_agnostic_and_shorter():
     model = ColourClassifier()
     image, red, green = two_objects()
@@ -142,7 +172,7 @@ def test_area_weight_adds_the_mask_mean_times_the_clean_score_to_the_stage_two_l
     losses = [
         gfi.attribute(
             images, target=1, inversion_iters=4, target_iters=2, area_weight=beta,
-            apply_softmax=apply_softmax, return_history=True,
+            apply_softmax=apply_softmax, target_start="inversion", return_history=True,
         )[1].loss[4]  # stage 2's first row, taken at stage 1's ω
         for beta in (0.0, area_weight)
     ]
@@ -178,6 +208,7 @@ def test_lr_is_halved_every_lr_step_iterations():
         ({"area_weight": -0.1}, ValueError, "area_weight"),
         ({"perturbation": "pixelate"}, ValueError, "perturbation"),
         ({"target_iters": 0}, ValueError, "target_iters"),
+        ({"target_start": "zeros"}, ValueError, "target_start"),
     ],
 )
 def test_bad_option_is_a_clear_error_and_changes_nothing(
