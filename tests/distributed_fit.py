@@ -24,6 +24,8 @@ def main(out: str) -> None:
     explainer.fit(loader, epochs=2, patience=None, show_progress=False, checkpoint=out + ".ckpt")
     if dist.get_rank() == 0:
         explainer.save(out)
+    # both ranks leave together: a rank tearing gloo down while the other still saves can abort
+    dist.barrier()
     dist.destroy_process_group()
 
 
