@@ -359,7 +359,8 @@ class _Stages:
             channels.append(gradient.flatten(2).mean(dim=2).clamp_min(0).to(omega.dtype))
         alpha = torch.cat(channels)
         top = alpha.amax(dim=1, keepdim=True)
-        scaled = alpha * omega.amax(dim=1, keepdim=True) / top.clamp_min(torch.finfo(top.dtype).tiny)
+        largest = omega.amax(dim=1, keepdim=True)
+        scaled = alpha * largest / top.clamp_min(torch.finfo(top.dtype).tiny)
         return torch.where(top > 0, scaled, omega)
 
     def target(
