@@ -226,6 +226,18 @@ def check_positive_int(name: str, value: Any, allow_none: bool = False) -> None:
         raise ValueError(f"{name} must be {expected}, got {value!r}")
 
 
+def check_non_negative(**values: Any) -> None:
+    """Each keyword's value must be a real number ≥ 0; the error names the first that is not."""
+    for name, value in values.items():
+        check_positive(name, value, allow_zero=True)
+
+
+def check_positive_ints(**values: Any) -> None:
+    """Each keyword's value must be an int ≥ 1; the error names the first that is not."""
+    for name, value in values.items():
+        check_positive_int(name, value)
+
+
 def check_at_least(name: str, value: Any, lower: float, why: str) -> None:
     """``value`` must be a real number ≥ ``lower``; ``why`` ends the error message."""
     if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and value >= lower):
@@ -236,8 +248,10 @@ __all__ = [
     "TargetError",
     "check_at_least",
     "check_choice",
+    "check_non_negative",
     "check_positive",
     "check_positive_int",
+    "check_positive_ints",
     "format_inputs",
     "map_batch",
     "per_input_baselines",

@@ -27,9 +27,9 @@ from captum_masks._hooks import (
 )
 from captum_masks._inputs import (
     check_choice,
+    check_non_negative,
     check_one_tensor,
-    check_positive,
-    check_positive_int,
+    check_positive_ints,
     map_batch,
     per_input_baselines,
     select_scores,
@@ -219,27 +219,29 @@ class GuidedFeatureInversion(MaskAttribution):
             >>> gfi = GuidedFeatureInversion(model, layer=model.layer4)
             >>> mask, history = gfi.attribute(image, target=281, return_history=True)
         """
-        check_choice("target_start", target_start, TARGET_STARTS)
-        _check_arguments(
-            stage,
-            perturbation,
-            activation,
-            positive_ints={
-                "inversion_iters": inversion_iters,
-                "target_iters": target_iters,
-                "lr_step": lr_step,
-            },
-            non_negative={
-                "inversion_l1": inversion_l1,
-                "target_l1": target_l1,
-                "background_weight": background_weight,
-                "area_weight": area_weight,
-                "init_weight": init_weight,
-                "blur_sigma": blur_sigma,
-            },
+        for name, value, choices in (
+            ("stage", stage, STAGES),
+            ("perturbation", perturbation, PERTURBATIONS),
+            ("activation", activation, tuple(ACTIVATIONS)),
+            ("target_start", target_start, TARGET_STARTS),
+        ):
+            check_choice(name, value, choices)
+        check_positive_ints(
+            inversion_iters=inversion_iters, target_iters=target_iters, lr_step=lr_step
         )
-        inversion_settings, target_settings = _stage_settings(
-            inversion_iters, target_iters, lr_step, lr, optimizer, internal_batch_size, show_progress
+        check_non_negative(
+            inversion_l1=inversion_l1, target_l1=target_l1, background_weight=background_weight,
+            area_weight=area_weight, init_weight=init_weight, blur_sigma=blur_sigma,
+        )
+        inversion_settings = OptimizationSettings(  # stage 1 at a constant rate
+            inversion_iters, lr, optimizer, internal_batch_size=internal_batch_size,
+            show_progress=show_progress, progress_desc="Guided feature inversion (stage 1)",
+            warn_without_signal=False,  # stage 1 does not score the target
+        )
+        target_settings = dataclasses.replace(  # stage 2 with η halved every lr_step iterations
+            inversion_settings, n_iter=target_iters, warn_without_signal=True,
+            scheduler=lambda optim: torch.optim.lr_scheduler.StepLR(optim, lr_step, 0.5),
+            progress_desc="Guided feature inversion (stage 2)",
         )
         check_one_tensor(inputs, "image tensor")
         features_of = ACTIVATIONS[activation]
@@ -387,47 +389,6 @@ class _Stages:
 
         examples = self._examples(batch)
         return MaskProblem([omega[batch]], objective, examples, ChannelCombinationMask.clamp_)
-
-
-def _stage_settings(
-    inversion_iters: int,
-    target_iters: int,
-    lr_step: int,
-    lr: float,
-    optimizer: OptimizerType,
-    internal_batch_size: int | None,
-    show_progress: bool,
-) -> tuple[OptimizationSettings, OptimizationSettings]:
-    """Stage 1 at a constant rate; stage 2 with η halved every ``lr_step`` iterations."""
-    inversion = OptimizationSettings(
-        inversion_iters, lr, optimizer, internal_batch_size=internal_batch_size,
-        show_progress=show_progress, progress_desc="Guided feature inversion (stage 1)",
-        warn_without_signal=False,  # stage 1 does not score the target
-    )
-    target = dataclasses.replace(
-        inversion,
-        n_iter=target_iters,
-        scheduler=lambda optimizer: torch.optim.lr_scheduler.StepLR(optimizer, lr_step, 0.5),
-        progress_desc="Guided feature inversion (stage 2)",
-        warn_without_signal=True,
-    )
-    return inversion, target
-
-
-def _check_arguments(
-    stage: str,
-    perturbation: str,
-    activation: str | None,
-    positive_ints: dict[str, Any],
-    non_negative: dict[str, Any],
-) -> None:
-    check_choice("stage", stage, STAGES)
-    check_choice("perturbation", perturbation, PERTURBATIONS)
-    check_choice("activation", activation, tuple(ACTIVATIONS))
-    for name, value in non_negative.items():
-        check_positive(name, value, allow_zero=True)
-    for name, value in positive_ints.items():
-        check_positive_int(name, value)
 
 
 __all__ = ["GuidedFeatureInversion"]

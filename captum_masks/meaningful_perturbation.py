@@ -19,7 +19,7 @@ from captum_masks._inputs import (
     format_inputs,
     check_at_least,
     check_choice,
-    check_positive,
+    check_non_negative,
     per_input_baselines,
     select_scores,
 )
@@ -329,8 +329,7 @@ def _check_arguments(
 ) -> None:
     check_seed(seed)
     check_choice("game", game, GAMES)
-    for name, value in non_negative.items():
-        check_positive(name, value, allow_zero=True)
+    check_non_negative(**non_negative)
     check_at_least("tv_beta", tv_beta, 1.0, "below 1, |∇m|^β has no gradient where m is flat")
     if not 0.0 <= mask_init <= 1.0:
         raise ValueError(f"mask_init must be in [0, 1], got {mask_init!r}")

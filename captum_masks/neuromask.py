@@ -12,7 +12,7 @@ from torch import Tensor
 from captum_masks._base import MaskAttribution, leaves_model_as_found, make_generator
 from captum_masks._inputs import (
     format_inputs,
-    check_positive,
+    check_non_negative,
     check_positive_int,
     per_input_baselines,
     select_log_scores,
@@ -319,13 +319,12 @@ GROUP_SPARSE_WEIGHT = 0.035
 def _check_weights(
     pred_weight: Any, sparse_weight: Any, smooth_weight: Any, tau: Any, smooth_kernel_size: Any
 ) -> None:
-    for name, value in (
-        ("pred_weight", pred_weight),
-        ("sparse_weight", 0.0 if sparse_weight is None else sparse_weight),
-        ("smooth_weight", smooth_weight),
-        ("tau", tau),
-    ):
-        check_positive(name, value, allow_zero=True)
+    check_non_negative(
+        pred_weight=pred_weight,
+        sparse_weight=0.0 if sparse_weight is None else sparse_weight,
+        smooth_weight=smooth_weight,
+        tau=tau,
+    )
     if smooth_kernel_size not in (3, 5):
         raise ValueError(f"smooth_kernel_size must be 3 or 5, got {smooth_kernel_size!r}")
 
