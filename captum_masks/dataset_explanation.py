@@ -35,6 +35,7 @@ from captum_masks._dataset_files import (
 from captum_masks._distributed import rank_and_world_size
 from captum_masks._inputs import (
     check_choice,
+    check_non_negative,
     check_positive,
     check_positive_int,
     select_scores,
@@ -149,8 +150,7 @@ def explain_dataset(
         method, data, target, batch_size, attribute_kwargs, precision, low_resolution
     )
     check_positive_int("deletion_steps", deletion_steps)
-    check_positive("pointing_tolerance", pointing_tolerance, allow_zero=True)
-    check_positive("pointing_sigma", pointing_sigma, allow_zero=True)
+    check_non_negative(pointing_tolerance=pointing_tolerance, pointing_sigma=pointing_sigma)
     check_positive("blur_sigma", blur_sigma)
     if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
         raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")

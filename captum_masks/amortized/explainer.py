@@ -18,7 +18,7 @@ from captum_masks._hooks import check_layers, last_feature_map, replacing_output
 from captum_masks._inputs import (
     check_choice,
     check_one_tensor,
-    check_positive_int,
+    check_positive_ints,
     format_inputs,
     run_forward,
 )
@@ -131,8 +131,7 @@ class AmortizedExplainer(FittingMixin, PersistenceMixin, MaskAttribution):
         layer: nn.Module | None = None,
     ) -> None:
         super().__init__(forward_func)
-        for name, value in (("num_classes", num_classes), ("width", width), ("depth", depth)):
-            check_positive_int(name, value)
+        check_positive_ints(num_classes=num_classes, width=width, depth=depth)
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
         if not isinstance(multilabel, bool):

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from captum_masks._inputs import check_choice, check_positive
+from captum_masks._inputs import check_choice, check_non_negative
 from captum_masks.perturbations import blend
 from captum_masks.regularizers import area_bounds, total_variation
 
@@ -39,8 +39,12 @@ class LossSettings:
 
     def validate(self) -> None:
         check_choice("loss", self.loss, tuple(LOSSES))
-        for name in ("entropy_weight", "area_weight", "tv_weight", "l1_weight", "l2_weight"):
-            check_positive(name, getattr(self, name), allow_zero=True)
+        check_non_negative(
+            **{
+                name: getattr(self, name)
+                for name in ("entropy_weight", "area_weight", "tv_weight", "l1_weight", "l2_weight")
+            }
+        )
         bounds = self.area_bounds
         if not isinstance(bounds, tuple) or len(bounds) != 2 or not 0 <= bounds[0] <= bounds[1] <= 1:
             raise ValueError(f"area_bounds must be (a, b) with 0 <= a <= b <= 1, got {bounds!r}")
