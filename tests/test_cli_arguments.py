@@ -50,6 +50,7 @@ def test_help_lists_every_choice_and_the_thread_option(capsys, command, choices)
         (("benchmark", "--methods", "NeuroMask"), "invalid choice: 'NeuroMask'"),
         (("benchmark", "--suite", "imagenet"), "invalid choice: 'imagenet'"),
         (("benchmark", "--n", "0"), "expected a positive int, got '0'"),
+        (("benchmark", "--objects", "coffee", "dog"), "invalid choice: 'dog'"),
         (("speed", "--threads", "none"), "expected a positive int, got 'none'"),
         (("class-masking", "--set", "epochs"), "expected NAME=VALUE"),
         (

@@ -173,6 +173,22 @@ def test_photos_pairs_suite_targets_each_objects_own_class():
     assert not (suite.masks.bool() & suite.other_masks.bool()).any()
 
 
+def test_objects_fix_the_two_objects_of_every_benchmark_image():
+    result = run_benchmark(
+        "photos-pairs",
+        ["LayerGradCam"],
+        n=2,
+        split="calibration",
+        show_progress=False,
+        objects=("coffee", "cat"),
+    )
+    descriptions = result.suite.descriptions
+    assert len(descriptions) == 4
+    assert all(text.startswith("coffee next to cat on ") for text in descriptions[:2])
+    assert all(text.startswith("cat next to coffee on ") for text in descriptions[2:])
+    assert len(result.scores["LayerGradCam"]["discrimination"]) == 4
+
+
 def test_meaningful_perturbation_games_point_at_the_shape():
     result = run_benchmark(
         "synthetic",
@@ -196,6 +212,7 @@ def test_meaningful_perturbation_games_point_at_the_shape():
         ({"methods": ["GradCam"]}, "unknown methods"),
         ({"n": 0}, "n must be >= 1"),
         ({"methods": ["AmortizedExplainer"]}, "trained explainer only for the suites"),
+        ({"objects": ("cat", "coffee")}, "objects picks the two objects of the photos-pairs"),
     ],
 )
 def test_bad_arguments_are_clear_errors(kwargs, message):

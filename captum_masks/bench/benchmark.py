@@ -47,7 +47,13 @@ from captum_masks.bench.runners import (
     accepted,
     method_runners,
 )
-from captum_masks.bench.suites import SUITE_BUILDERS, SUITES, Suite, SuiteDataset
+from captum_masks.bench.suites import (
+    SUITE_BUILDERS,
+    SUITES,
+    Suite,
+    SuiteDataset,
+    photos_pairs_suite,
+)
 
 METRIC_COLUMNS = (
     "pointing",
@@ -106,6 +112,7 @@ def run_benchmark(
     show_progress: bool = True,
     overrides: dict | None = None,
     workdir: str | None = None,
+    objects: Sequence[str] | None = None,
 ) -> BenchmarkResult:
     """Explain ``n`` images of ``suite`` with every method and score them.
 
@@ -131,6 +138,10 @@ def run_benchmark(
             ``workdir/<method>``, so that a run can be resumed and, under ``torchrun``, the rows
             are shared by the processes (each method's batch is its rows ÷ processes). Rank 0
             scores and returns the table; the other ranks return their result without scores.
+        objects (sequence of two str, optional): on ``"photos-pairs"`` only, the two objects of
+            every image (keys of :data:`~captum_masks.bench.objects.OBJECTS`, e.g.
+            ``("coffee", "officer")``), to look at one pair of objects; drawn per image by
+            default.
 
     Returns:
         :class:`BenchmarkResult`; :func:`format_table` turns it into markdown.
@@ -143,7 +154,14 @@ def run_benchmark(
     from captum_masks._compat import progress
 
     methods = _chosen_methods(suite, methods, n, overrides or {})
-    data = SUITE_BUILDERS[suite](n, seed, split)
+    if objects is None:
+        data = SUITE_BUILDERS[suite](n, seed, split)
+    elif suite == "photos-pairs":
+        data = photos_pairs_suite(n, seed, split, tuple(objects))
+    else:
+        raise ValueError(
+            f"objects picks the two objects of the photos-pairs suite, not of {suite!r}"
+        )
     runners = method_runners(data, seed, overrides)
     rank, world_size = rank_and_world_size()
     scores, attributions, curves = {}, {}, {}
@@ -158,6 +176,8 @@ def run_benchmark(
             attribution = runners[name](data.inputs, data.targets).detach()
         else:
             run = {"suite": suite, "n": n, "seed": seed, "split": split, "overrides": overrides}
+            if objects is not None:
+                run["objects"] = list(objects)
             attribution = _explained(name, runners[name], data, workdir, run, world_size)
         seconds = (time.perf_counter() - start) / data.inputs.shape[0]
         if rank == 0:

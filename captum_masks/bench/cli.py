@@ -15,6 +15,7 @@ from captum_masks.bench.speed import SPEED_METHODS
 from captum_masks.bench.runners import ALL_METHODS
 from captum_masks.bench.suites import SUITES
 from captum_masks.bench.layouts import SPLITS
+from captum_masks.bench.objects import OBJECTS
 from captum_masks.bench.cli_types import image, positive_int, setting, target
 from captum_masks.bench.zoo import SAMPLE_IMAGES
 
@@ -143,6 +144,15 @@ def _add_benchmark(commands: Any, common: argparse.ArgumentParser) -> None:
         choices=SPLITS,
         default="held-out",
         help="held-out (reported) or calibration (where settings are chosen) images",
+    )
+    bench.add_argument(
+        "--objects",
+        nargs=2,
+        choices=sorted(OBJECTS),
+        default=None,
+        metavar="OBJECT",
+        help=f"photos-pairs only: the two objects of every image, of {', '.join(sorted(OBJECTS))} "
+        "(e.g. --objects coffee officer, to look at one hard pair); drawn per image by default",
     )
     bench.add_argument("--out", default=None, help="figure path (default: benchmark_SUITE.png)")
     bench.add_argument(
@@ -316,6 +326,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
                 args.split,
                 overrides=dict(args.set),
                 workdir=args.workdir,
+                objects=args.objects,
             )
         if rank != 0:
             return
