@@ -310,10 +310,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
         run_demo(image=args.image, out=args.out, n_iter=args.n_iter, seed=args.seed)
     elif args.command == "benchmark":
         from captum_masks.bench.benchmark import (
-            format_rows,
-            format_table,
-            run_benchmark,
-            save_figure,
+            format_rows, format_table, run_benchmark, save_figure
         )
         from captum_masks.bench.explain import process_group_from_environment
 
