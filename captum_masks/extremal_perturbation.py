@@ -4,41 +4,33 @@ Perturbations and Smooth Masks", ICCV 2019)."""
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
 from typing import Any
 
 import torch
-from captum.log import log_usage
 from torch import Tensor
 
-from captum_masks._base import MaskAttribution, check_seed, leaves_model_as_found
-from captum_masks._inputs import (
+from captum_masks._engine.call import MaskAttribution, mask_attribute
+from captum_masks._engine.checks import (
     check_at_least,
     check_choice,
+    check_instance,
     check_one_tensor,
-    check_positive_int,
     format_inputs,
     map_batch,
     per_input_baselines,
     select_scores,
 )
-from captum_masks._optimize import (
-    ExampleRows,
-    MaskProblem,
-    OptimizationHistory,
-    OptimizationSettings,
-    OptimizerType,
-    SchedulerType,
-    optimize_masks,
-)
-from captum_masks.low_resolution import LowResolutionMask
-from captum_masks.smooth_max_mask import SmoothMaxMask
+from captum_masks._engine.compat import BaselineType, TargetType
+from captum_masks._engine.loop import ExampleRows, MaskProblem, optimize_masks
+from captum_masks._engine.model_state import make_generator
+from captum_masks.masks.low_resolution import LowResolutionMask
+from captum_masks.masks.smooth_max import SmoothMaxMask
+from captum_masks.optimization import SHARED_DEFAULTS, Optimization, OptimizationHistory
 from captum_masks.perturbations import (
-    blend,
-    blur_pyramid,
-    choose_perturbation,
-    constant_reference,
-    pyramid_blend,
+    BlurPyramid,
+    Constant,
+    Perturbation,
+    resolve_perturbation,
 )
 from captum_masks.regularizers import area
 
@@ -46,6 +38,8 @@ GAMES = ("preservation", "deletion", "dual")
 REWARDS = ("simple", "contrastive")
 #: how much the area weight λ grows over a run: TorchRay's 1.0035 per step over its 800 steps
 AREA_WEIGHT_GROWTH = 1.0035**800
+#: what a perturbation's name means for this method
+PERTURBATIONS = {"blur": BlurPyramid(levels=8, max_sigma=20.0), "constant": Constant()}
 
 
 class ExtremalPerturbation(MaskAttribution):
@@ -79,7 +73,7 @@ class ExtremalPerturbation(MaskAttribution):
       schedule is stretched to the run, whatever its length. Chosen on the calibration photos
       (README, ExtremalPerturbation): relevance mass 0.85 with every photo pointed at, against
       0.81 for 300 steps at lr 0.05; lr 0.2 missed 4 of 6 photos.
-    - The mask is evaluated every 4 pixels and bilinearly upsampled (``stride``), a sixteenth
+    - The mask is evaluated every 4 pixels and bilinearly upsampled (``SmoothMaxMask.stride``), a sixteenth
       of the exact generator's cost at the same smoothness; the area term sorts the evaluated
       points rather than every pixel.
     - The area term counts the mask in the image and in a band of σ around it, as the authors'
@@ -100,37 +94,34 @@ class ExtremalPerturbation(MaskAttribution):
         >>> masks = ep.attribute(images, target=3, areas=(0.05, 0.1, 0.2))  # their mean
     """
 
-    @log_usage()
-    @leaves_model_as_found
+    default_optimization = Optimization(n_iter=150, lr=0.1, patience=20).over(SHARED_DEFAULTS)
+    moved_arguments = {
+        "step": "mask=SmoothMaxMask(step=...)",
+        "sigma": "mask=SmoothMaxMask(sigma=...)",
+        "stride": "mask=SmoothMaxMask(stride=...)",
+        "margin": "mask=SmoothMaxMask(margin=...)",
+        "levels": "perturbation=BlurPyramid(levels=...)",
+        "max_blur": "perturbation=BlurPyramid(max_sigma=...)",
+    }
+
+    @mask_attribute
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor],
-        target: Any = None,
+        target: TargetType = None,
         additional_forward_args: Any = None,
-        baselines: Any = None,
-        areas: float | Sequence[float] = 0.1,
+        baselines: BaselineType = None,
+        *,
+        areas: float | tuple[float, ...] | list[float] = 0.1,
         game: str = "preservation",
         reward: str = "simple",
-        perturbation: str | None = None,
-        n_iter: int = 150,
-        lr: float = 0.1,
-        optimizer: OptimizerType = "adam",
-        scheduler: SchedulerType = None,
+        perturbation: str | Perturbation | None = None,
+        mask: SmoothMaxMask | None = None,
         area_weight: float = 300.0,
         area_weight_growth: float = AREA_WEIGHT_GROWTH,
-        step: int = 7,
-        sigma: float = 21.0,
-        stride: int = 4,
-        margin: float | None = None,
-        levels: int = 8,
-        max_blur: float = 20.0,
         jitter: bool = True,
         apply_softmax: bool = False,
-        tolerance: float | None = None,
-        patience: int = 20,
-        internal_batch_size: int | None = None,
-        seed: int = 0,
-        show_progress: bool = False,
+        optimization: Optimization | None = None,
         return_history: bool = False,
     ) -> Tensor | tuple[Tensor] | tuple[Tensor | tuple[Tensor], OptimizationHistory]:
         r"""
@@ -140,7 +131,7 @@ class ExtremalPerturbation(MaskAttribution):
                 in any Captum form; None explains each image's predicted class. Default: None
             additional_forward_args (Any, optional): passed to ``forward_func`` after the
                 inputs. Default: None
-            baselines (scalar, sequence or Tensor, optional): with ``perturbation="constant"``
+            baselines (scalar, sequence or Tensor, optional): with the constant perturbation
                 (chosen when baselines are given), what the masked-out image shows: a scalar,
                 one value per channel, or a tensor broadcastable to the input. Default: None
             areas (float or sequence of float, optional): the target areas a, each in (0, 1);
@@ -150,43 +141,27 @@ class ExtremalPerturbation(MaskAttribution):
                 once: two model passes per step). Default: "preservation"
             reward (str, optional): ``"simple"`` (the target's score) or ``"contrastive"``
                 (the target's score minus the highest other class's). Default: "simple"
-            perturbation (str, optional): ``"blur"`` (the blur pyramid) or ``"constant"`` (the
-                ``baselines``); None picks ``"constant"`` when baselines are given, ``"blur"``
-                otherwise. Default: None
-            n_iter (int, optional): optimisation steps. Default: 150
-            lr (float, optional): learning rate. Default: 0.1
-            optimizer (str or callable, optional): ``"adam"``, ``"rmsprop"``, ``"sgd"`` or
-                ``(params, lr) -> torch.optim.Optimizer`` (the authors' SGD:
-                ``lambda p, lr: torch.optim.SGD(p, lr, momentum=0.9, dampening=0.9)``).
-                Default: "adam"
-            scheduler (callable, optional): ``optimizer -> scheduler``, stepped every step.
+            perturbation (str, Perturbation or None, optional): ``"blur"``
+                (:class:`~captum_masks.BlurPyramid`: 8 copies up to σ = 20 px),
+                ``"constant"`` (the ``baselines``), or such an object with other settings; None
+                picks the constant when baselines are given, the blur otherwise.
+                Default: None
+            mask (SmoothMaxMask, optional): the smooth max-pooling parametrisation (Section
+                3.3); None is ``SmoothMaxMask(step=7, sigma=21, stride=4, margin=None)``.
                 Default: None
             area_weight (float, optional): λ at the first step (the paper's 300). Default: 300
             area_weight_growth (float, optional): λ at the last step ÷ λ at the first; λ grows
                 geometrically in between. Default: 1.0035⁸⁰⁰ ≈ 16.4
-            step (int, optional): spacing of the mask's parameter grid, in pixels. Default: 7
-            sigma (float, optional): width σ of the smooth-max kernel, in pixels. Default: 21
-            stride (int, optional): the mask is evaluated every ``stride`` pixels and
-                upsampled (1: every pixel). Default: 4
-            margin (float, optional): the area term also counts the mask in a band this wide
-                around the image, in pixels, so a region at the border pays for what it spills
-                over it; the area a stays a share of the image. Default: None (σ, as the
-                authors' code)
-            levels (int, optional): copies in the blur pyramid. Default: 8
-            max_blur (float, optional): σ of the most blurred copy, in pixels. Default: 20
             jitter (bool, optional): flip the perturbed image horizontally every other step.
                 Default: True
             apply_softmax (bool, optional): score the target by its softmax probability
                 instead of the raw output. Default: False (the authors' code uses logits)
-            tolerance (float, optional): per-example early stopping, as in
-                :class:`~captum_masks.MeaningfulPerturbation`; λ keeps growing, so it is off by
-                default. Default: None
-            patience (int, optional): see ``tolerance``. Default: 20
-            internal_batch_size (int, optional): optimise at most this many (image, area) rows
-                at a time; the result does not depend on it. Default: None (all at once)
-            seed (int, optional): checked for Captum's interface; the method draws no random
-                numbers (the jitter is a fixed flip). Default: 0
-            show_progress (bool, optional): a progress bar over the steps. Default: False
+            optimization (Optimization, optional): the loop's settings
+                (:class:`~captum_masks.Optimization`), over every (image, area) row; fields left
+                unset take this method's defaults: ``n_iter=150, lr=0.1, optimizer="adam",
+                tolerance=None, patience=20`` (λ keeps growing, so early stopping is off; the
+                authors' SGD is ``optimizer=lambda p, lr: torch.optim.SGD(p, lr, momentum=0.9,
+                dampening=0.9)``). Default: None
             return_history (bool, optional): also return the
                 :class:`~captum_masks.OptimizationHistory`, one column per (image, area) row,
                 image-major. Default: False
@@ -201,35 +176,19 @@ class ExtremalPerturbation(MaskAttribution):
             >>> ep = ExtremalPerturbation(model)
             >>> mask = ep.attribute(image, target=281, areas=0.05, game="dual")
         """
-        check_seed(seed)
-        fractions = _check_arguments(
-            areas, game, reward, area_weight, area_weight_growth, levels, max_blur, jitter
-        )
-        settings = OptimizationSettings(  # the fields in order, named alike
-            n_iter, lr, optimizer, scheduler, tolerance, patience, internal_batch_size,
-            show_progress, f"Extremal Perturbation ({game})",
-        )
-        margin = sigma if margin is None else margin
-        parametrisation = SmoothMaxMask(step, sigma, stride=stride, margin=margin)
+        fractions = _check_arguments(areas, game, reward, area_weight, area_weight_growth, jitter)
+        parametrisation = check_instance("mask", mask, SmoothMaxMask, SmoothMaxMask())
+        settings = self._optimization(optimization)
         check_one_tensor(inputs, "image tensor")
         # the perturbation is checked before the model runs on the inputs
         (baseline,) = per_input_baselines(baselines, 1)
         formatted = format_inputs(inputs, 2)
-        perturbation = choose_perturbation(perturbation, formatted, [baseline])
-        check_choice("perturbation", perturbation, ("blur", "constant"))
-        if perturbation == "blur" and baseline is not None:
-            raise ValueError(
-                "baselines is only used by perturbation='constant'; the blur perturbation "
-                "replaces content by blurred copies of the input"
-            )
-        call = self._prepare(inputs, target, additional_forward_args, formatted=formatted)
+        phi = resolve_perturbation(perturbation, formatted, [baseline], PERTURBATIONS)
+        call = self._prepare(inputs, formatted, target, additional_forward_args)
         (image,) = call.work_inputs
         num_areas = len(fractions)
         # one row per (image, area), image-major; the reference is the pyramid or the baseline
-        if perturbation == "blur":
-            reference = blur_pyramid(image, levels, max_blur)
-        else:
-            reference = constant_reference(image, baseline)
+        reference = phi.reference(image, baseline, make_generator(settings.seed, call.device))
         everyone = ExampleRows(
             [image.repeat_interleave(num_areas, dim=0)],
             [reference.repeat_interleave(num_areas, dim=0)],
@@ -243,25 +202,20 @@ class ExtremalPerturbation(MaskAttribution):
         )
         row_areas = torch.tensor(fractions, device=call.device).repeat(call.num_examples)
         spatial = image.shape[2:]
-
-        def perturb(rows: ExampleRows, mask: Tensor) -> Tensor:
-            if perturbation == "blur":
-                return pyramid_blend(rows.references[0], mask)
-            return blend(rows.inputs[0], mask, rows.references[0])
+        n_iter = settings.n_iter
 
         def build_problem(batch: slice) -> MaskProblem:
-            steps_taken = [0]
-
-            def objective(params: Sequence[Tensor], rows: ExampleRows) -> tuple[Tensor, Tensor]:
+            def objective(params: list[Tensor], rows: ExampleRows, step: int) -> tuple[Tensor, Tensor]:
                 evaluated = parametrisation.evaluated(params[0], spatial)
                 mask = parametrisation.upsample(evaluated, spatial)
+                image, reference = rows.inputs[0], rows.references[0]
                 shown = []  # m ⊗ x and (1 − m) ⊗ x, Eq. 7 and its deletion form
                 if game != "deletion":
-                    shown.append(perturb(rows, mask))
+                    shown.append(phi.apply(image, mask, reference))
                 if game != "preservation":
-                    shown.append(perturb(rows, 1.0 - mask))
+                    shown.append(phi.apply(image, 1.0 - mask, reference))
                 perturbed = torch.cat(shown)
-                if jitter and steps_taken[0] % 2 == 0:
+                if jitter and step % 2 == 0:
                     perturbed = perturbed.flip(-1)
                 args = map_batch(
                     rows.additional_args,
@@ -272,23 +226,22 @@ class ExtremalPerturbation(MaskAttribution):
                 targets = rows.targets.repeat(len(shown), 1)
                 scores = _reward(output, targets, reward, apply_softmax).chunk(len(shown))
                 # Φ: the preserved region's score, minus the deleted one's (deletion, dual)
-                phi = scores[0] if game != "deletion" else 0.0
+                phi_score = scores[0] if game != "deletion" else 0.0
                 if game != "preservation":
-                    phi = phi - scores[-1]
-                progress = steps_taken[0] / max(n_iter - 1, 1)
-                weight = area_weight * area_weight_growth**progress  # λ, grown to the step
-                steps_taken[0] += 1
+                    phi_score = phi_score - scores[-1]
+                weight = area_weight * area_weight_growth ** (step / max(n_iter - 1, 1))  # λ
                 # Eq. 7–8; the area sorts the mask's evaluated points, the same distribution
                 fractions = row_areas[rows.indices] * parametrisation.inside_fraction(evaluated)
-                loss = -phi + weight * area(evaluated, fractions)
+                loss = -phi_score + weight * area(evaluated, fractions)
                 kept = select_scores(output[: len(rows.indices)], rows.targets, True)
                 return loss, kept
 
             examples = everyone.take(torch.arange(len(row_areas), device=call.device)[batch])
-            params = [parametrisation.init(examples.inputs[0], fill=1.0)]
-            return MaskProblem(params, objective, examples, project=SmoothMaxMask.clamp_)
+            params = parametrisation.init(examples.inputs, make_generator(settings.seed, call.device))
+            return MaskProblem(params, objective, examples, parametrisation.project_)
 
-        params, history = optimize_masks(build_problem, len(row_areas), settings)
+        description = f"Extremal Perturbation ({game})"
+        params, history = optimize_masks(build_problem, len(row_areas), settings, description)
         evaluated = parametrisation.inside(parametrisation.evaluated(params[0], spatial))
         # the mean over areas commutes with the (linear) upsampling: take it on the small grid
         per_image = evaluated.view(call.num_examples, num_areas, *evaluated.shape[1:]).mean(dim=1)
@@ -317,8 +270,6 @@ def _check_arguments(
     reward: Any,
     area_weight: Any,
     area_weight_growth: Any,
-    levels: Any,
-    max_blur: Any,
     jitter: Any,
 ) -> tuple[float, ...]:
     """Validate the options and return the areas as a tuple of floats."""
@@ -331,10 +282,6 @@ def _check_arguments(
     check_choice("reward", reward, REWARDS)
     check_at_least("area_weight", area_weight, 0.0, "the weight of the area term")
     check_at_least("area_weight_growth", area_weight_growth, 1e-6, "λ's last ÷ first value")
-    check_positive_int("levels", levels)
-    if levels < 2:
-        raise ValueError(f"levels must be at least 2, got {levels!r}")
-    check_at_least("max_blur", max_blur, 0.0, "σ of the most blurred copy")
     if not isinstance(jitter, bool):
         raise TypeError(f"jitter must be a bool, got {type(jitter).__name__}")
     return tuple(float(a) for a in fractions)

@@ -4,20 +4,27 @@ Prediction with Guided Feature Inversion", KDD 2018)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from captum.log import log_usage
 from torch import Tensor, nn
 
-from captum_masks._base import (
-    MaskAttribution,
-    PreparedCall,
-    leaves_model_as_found,
-    make_generator,
+from captum_masks._engine.call import MaskAttribution, PreparedCall, mask_attribute
+from captum_masks._engine.checks import (
+    check_choice,
+    check_instance,
+    check_non_negative,
+    check_one_tensor,
+    check_positive_int,
+    format_inputs,
+    map_batch,
+    per_input_baselines,
+    select_scores,
 )
-from captum_masks._hooks import (
+from captum_masks._engine.compat import BaselineType, TargetType
+from captum_masks._engine.hooks import (
     check_layers,
     image_feature_maps,
     layer_gradient,
@@ -25,26 +32,22 @@ from captum_masks._hooks import (
     run_recording,
     single_outputs,
 )
-from captum_masks._inputs import (
-    check_choice,
-    check_non_negative,
-    check_one_tensor,
-    check_positive_ints,
-    map_batch,
-    per_input_baselines,
-    select_scores,
-)
-from captum_masks._optimize import (
-    ExampleRows,
-    MaskProblem,
+from captum_masks._engine.loop import ExampleRows, MaskProblem, optimize_masks
+from captum_masks._engine.model_state import make_generator
+from captum_masks.masks.channel_combination import ChannelCombinationMask
+from captum_masks.optimization import (
+    SHARED_DEFAULTS,
+    Optimization,
     OptimizationHistory,
-    OptimizationSettings,
-    OptimizerType,
-    optimize_masks,
+    halving_every,
 )
-from captum_masks.low_resolution import LowResolutionMask
-from captum_masks.masks import ChannelCombinationMask
-from captum_masks.perturbations import PERTURBATIONS, blend, make_reference
+from captum_masks.perturbations import (
+    Blur,
+    Constant,
+    Noise,
+    Perturbation,
+    resolve_perturbation,
+)
 
 STAGES = ("target", "inversion")
 TARGET_STARTS = ("gradient", "inversion")
@@ -52,6 +55,33 @@ ACTIVATIONS: dict[str | None, Callable[[Tensor], Tensor]] = {
     "relu": torch.relu,
     None: lambda features: features,
 }
+#: what a perturbation's name means for this method (the paper's blur radius 11)
+PERTURBATIONS = {"blur": Blur(sigma=11.0), "constant": Constant(), "noise": Noise()}
+
+
+@dataclass(frozen=True)
+class InversionStage:
+    """Stage 1 of :class:`GuidedFeatureInversion` (Algorithm 1), which finds the part of the
+    image that reproduces the features of ``layer``; it runs with the call's optimiser and
+    learning rate, at a constant rate.
+
+    Args:
+        n_iter (int): its iterations. Default: 10
+        l1_weight (float): γ, the weight of ω̄ (Eq. 8). Default: 10
+        init_weight (float): ω's initial value for every channel. Default: 0.1
+
+    Examples::
+
+        >>> gfi.attribute(images, target=3, inversion=InversionStage(n_iter=20))
+    """
+
+    n_iter: int = 10
+    l1_weight: float = 10.0
+    init_weight: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_positive_int("n_iter", self.n_iter)
+        check_non_negative(l1_weight=self.l1_weight, init_weight=self.init_weight)
 
 
 class GuidedFeatureInversion(MaskAttribution):
@@ -78,8 +108,8 @@ class GuidedFeatureInversion(MaskAttribution):
     after stage 2, or the class-agnostic salient-object mask of stage 1 with
     ``stage="inversion"``.
 
-    Where this departs from the paper (measurements in the README's GuidedFeatureInversion
-    section, on the pretrained EfficientNet-Lite0):
+    Where this departs from the paper (measured on the pretrained EfficientNet-Lite0: the
+    docs' calibration page):
 
     - the L1 terms use ω's mean ω̄, not its sum, so γ and δ do not depend on the channel count;
       the inversion error is relative, as in the authors' code;
@@ -87,7 +117,7 @@ class GuidedFeatureInversion(MaskAttribution):
       activation (EfficientNet's head) behaves like VGG's post-ReLU layers;
     - Eq. 7's min-max normalisation is used (the authors' code divides by the maximum);
     - the learning rate is 0.05 instead of 1e-2: halved every 10 iterations, 1e-2 moves ω too
-      little in stage 2 to leave a second object out of the mask (the README's calibration);
+      little in stage 2 to leave a second object out of the mask (the docs' calibration page);
     - stage 2 keeps Eq. 5's area term, which Eq. 9 drops (ω's scale does not change the min-max
       normalised mask, so δ·ω̄ cannot shrink it), weighted by the class's clean score s_c(x) so
       that it matches p_c's terms for weak and confident classes alike;
@@ -127,34 +157,40 @@ class GuidedFeatureInversion(MaskAttribution):
         self.mask_layer = mask_layer
         self.device_ids = device_ids
 
-    @log_usage()
-    @leaves_model_as_found
+    default_optimization = Optimization(n_iter=70, lr=0.05, scheduler=halving_every(10)).over(
+        SHARED_DEFAULTS
+    )
+    moved_arguments = {
+        "target_iters": "optimization=Optimization(n_iter=...)",
+        "lr_step": (
+            "optimization=Optimization(scheduler=functools.partial("
+            "torch.optim.lr_scheduler.StepLR, step_size=..., gamma=0.5))"
+        ),
+        "inversion_iters": "inversion=InversionStage(n_iter=...)",
+        "inversion_l1": "inversion=InversionStage(l1_weight=...)",
+        "init_weight": "inversion=InversionStage(init_weight=...)",
+        "blur_sigma": "perturbation=Blur(sigma=...)",
+        "noise_std": "perturbation=Noise(std=...)",
+    }
+
+    @mask_attribute
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor],
-        target: Any = None,
+        target: TargetType = None,
         additional_forward_args: Any = None,
-        baselines: Any = None,
+        baselines: BaselineType = None,
+        *,
         stage: str = "target",
-        perturbation: str = "blur",
-        blur_sigma: float = 11.0,
-        noise_std: float | None = None,
-        activation: str | None = "relu",
-        inversion_iters: int = 10,
-        target_iters: int = 70,
         target_start: str = "gradient",
-        lr: float = 0.05,
-        optimizer: OptimizerType = "adam",
-        lr_step: int = 10,
-        inversion_l1: float = 10.0,
+        perturbation: str | Perturbation = "blur",
+        activation: str | None = "relu",
+        inversion: InversionStage | None = None,
         target_l1: float = 1.0,
         background_weight: float = 1.0,
         area_weight: float = 4.0,
-        init_weight: float = 0.1,
         apply_softmax: bool = True,
-        internal_batch_size: int | None = None,
-        seed: int = 0,
-        show_progress: bool = False,
+        optimization: Optimization | None = None,
         return_history: bool = False,
     ) -> Tensor | tuple[Tensor] | tuple[Tensor | tuple[Tensor], OptimizationHistory]:
         r"""
@@ -166,46 +202,36 @@ class GuidedFeatureInversion(MaskAttribution):
             additional_forward_args (Any, optional): extra arguments passed to ``forward_func``
                 after the inputs. Default: None
             baselines (scalar, sequence or Tensor, optional): the content p shown where the mask
-                is 0 for ``perturbation="constant"`` (the centre of the noise for ``"noise"``);
-                None uses each image's mean colour. Default: None
+                is 0 for the constant perturbation (the centre of the noise); None uses each
+                image's mean colour. Default: None
             stage (str, optional): ``"target"`` runs both stages and returns the
                 class-discriminative mask; ``"inversion"`` returns the class-agnostic mask of
                 stage 1. Default: "target"
-            perturbation (str, optional): p is ``"blur"`` (Gaussian, ``blur_sigma``),
-                ``"constant"`` or ``"noise"``. Default: "blur"
-            blur_sigma (float, optional): σ of the blur in pixels (the paper's radius 11).
-                Default: 11
-            noise_std (float, optional): standard deviation of the noise perturbation; None uses
-                each image's per-channel standard deviation. Default: None
-            activation (str or None, optional): applied to both layers' outputs: ``"relu"`` or
-                None (use the outputs as they are). Default: "relu"
-            inversion_iters (int, optional): iterations of stage 1. Default: 10
-            target_iters (int, optional): iterations of stage 2. Default: 70
             target_start (str, optional): stage 2's first ω: ``"gradient"``, the class's
                 positive mean gradient per channel of ``mask_layer`` scaled to stage 1's largest
                 weight (stage 1's ω for an image with none), or ``"inversion"``, stage 1's ω
                 (Algorithm 2's start). Default: "gradient"
-            lr (float, optional): the learning rate η (the paper's is 1e-2; see above).
-                Default: 0.05
-            optimizer (str or callable, optional): ``"adam"`` (the paper's), ``"rmsprop"``,
-                ``"sgd"`` or ``(params, lr) -> torch.optim.Optimizer``. Default: "adam"
-            lr_step (int, optional): η is halved every ``lr_step`` iterations of stage 2.
-                Default: 10
-            inversion_l1 (float, optional): γ, the weight of ω̄ in stage 1. Default: 10
+            perturbation (str or Perturbation, optional): p is ``"blur"``
+                (:class:`~captum_masks.Blur` with the paper's radius 11), ``"constant"`` or
+                ``"noise"``, or such an object with other settings. Default: "blur"
+            activation (str or None, optional): applied to both layers' outputs: ``"relu"`` or
+                None (use the outputs as they are). Default: "relu"
+            inversion (InversionStage, optional): stage 1's iterations, γ and ω's start; None is
+                ``InversionStage(n_iter=10, l1_weight=10, init_weight=0.1)``. Default: None
             target_l1 (float, optional): δ, the weight of ω̄ in stage 2. Default: 1
             background_weight (float, optional): λ, the weight of the class score on the
                 removed part. Default: 1
             area_weight (float, optional): β, the weight of the mask's mean in stage 2 (Eq.
                 5), relative to the target's score on the clean image; 0 gives the paper's
                 Eq. 9. Default: 4
-            init_weight (float, optional): initial ω. Default: 0.1
             apply_softmax (bool, optional): score with the softmax probability (True) or
                 ``forward_func``'s own scores. Default: True
-            internal_batch_size (int, optional): optimise at most this many images at a time;
-                the result does not depend on it. Default: None
-            seed (int, optional): seed of the noise perturbation; the global RNG is never used
-                nor changed. Default: 0
-            show_progress (bool, optional): progress bars over the iterations. Default: False
+            optimization (Optimization, optional): stage 2's loop
+                (:class:`~captum_masks.Optimization`); stage 1 shares its optimiser, rate,
+                chunking, progress and seed (the noise's). Fields left unset take this method's
+                defaults: ``n_iter=70, lr=0.05, optimizer="adam"``, η halved every 10
+                iterations (the paper's η is 1e-2; see above), ``tolerance=None``.
+                Default: None
             return_history (bool, optional): also return an
                 :class:`~captum_masks.OptimizationHistory` of both stages, one row per
                 iteration (stage 1 first). Default: False
@@ -221,68 +247,73 @@ class GuidedFeatureInversion(MaskAttribution):
         """
         for name, value, choices in (
             ("stage", stage, STAGES),
-            ("perturbation", perturbation, PERTURBATIONS),
             ("activation", activation, tuple(ACTIVATIONS)),
             ("target_start", target_start, TARGET_STARTS),
         ):
             check_choice(name, value, choices)
-        check_positive_ints(
-            inversion_iters=inversion_iters, target_iters=target_iters, lr_step=lr_step
-        )
         check_non_negative(
-            inversion_l1=inversion_l1, target_l1=target_l1, background_weight=background_weight,
-            area_weight=area_weight, init_weight=init_weight, blur_sigma=blur_sigma,
+            target_l1=target_l1, background_weight=background_weight, area_weight=area_weight
         )
-        inversion_settings = OptimizationSettings(  # stage 1 at a constant rate
-            inversion_iters, lr, optimizer, internal_batch_size=internal_batch_size,
-            show_progress=show_progress, progress_desc="Guided feature inversion (stage 1)",
-            warn_without_signal=False,  # stage 1 does not score the target
-        )
-        target_settings = dataclasses.replace(  # stage 2 with η halved every lr_step iterations
-            inversion_settings, n_iter=target_iters, warn_without_signal=True,
-            scheduler=lambda optim: torch.optim.lr_scheduler.StepLR(optim, lr_step, 0.5),
-            progress_desc="Guided feature inversion (stage 2)",
+        inversion = check_instance("inversion", inversion, InversionStage, InversionStage())
+        target_settings = self._optimization(optimization)
+        # stage 1 at a constant rate
+        inversion_settings = dataclasses.replace(
+            target_settings, n_iter=inversion.n_iter, scheduler=None
         )
         check_one_tensor(inputs, "image tensor")
+        formatted = format_inputs(inputs, 2)
+        (baseline,) = per_input_baselines(baselines, 1)
+        phi = resolve_perturbation(perturbation, formatted, [baseline], PERTURBATIONS)
         features_of = ACTIVATIONS[activation]
         call, clean_inverted, clean_basis = self._clean_pass(
-            inputs, target, additional_forward_args, features_of
+            inputs, formatted, target, additional_forward_args, features_of
         )
         (x,) = call.work_inputs
-        (baseline,) = per_input_baselines(baselines, 1)
-        generator = make_generator(seed, call.device)
+        generator = make_generator(target_settings.seed, call.device)
         stages = _Stages(
             call,
             layer=self.layer,
             features_of=features_of,
             clean_inverted=clean_inverted,
-            mask_of=ChannelCombinationMask(clean_basis, x.shape[2:]),
-            reference=make_reference(x, perturbation, generator, baseline, blur_sigma, noise_std),
+            mask=ChannelCombinationMask(clean_basis, x.shape[2:], inversion.init_weight),
+            perturbation=phi,
+            reference=phi.reference(x, baseline, generator),
+            generator=generator,
             apply_softmax=apply_softmax,
         )
         omega, history = optimize_masks(
-            lambda batch: stages.inversion(batch, init_weight, inversion_l1),
+            lambda batch: stages.inversion(batch, inversion.l1_weight),
             call.num_examples,
             inversion_settings,
+            "Guided feature inversion (stage 1)",
+            warn_without_signal=False,  # stage 1 does not score the target
         )
         if stage == "target":
             target_weights = (background_weight, target_l1, area_weight)
             start = omega[0]
             if target_start == "gradient":
-                start = stages.gradient_start(self.mask_layer, start, internal_batch_size)
+                start = stages.gradient_start(
+                    self.mask_layer, start, target_settings.internal_batch_size
+                )
             omega, target_history = optimize_masks(
                 lambda batch: stages.target(batch, start, target_weights),
                 call.num_examples,
                 target_settings,
+                "Guided feature inversion (stage 2)",
             )
             history = history.followed_by(target_history)
-        history.low_resolution = (LowResolutionMask(stages.mask_of.at_layer_resolution(omega[0])),)
+        history.low_resolution = stages.mask.low_resolution(omega)
         mask = history.low_resolution[0].expand(x.shape[2:])
         attribution = mask.expand_as(x).to(call.inputs[0].dtype).contiguous()
         return call.result([attribution], history, return_history)
 
     def _clean_pass(
-        self, inputs: Any, target: Any, additional_forward_args: Any, features_of: Callable
+        self,
+        inputs: Any,
+        formatted: tuple[Tensor, ...],
+        target: TargetType,
+        additional_forward_args: Any,
+        features_of: Callable,
     ) -> tuple[PreparedCall, Tensor, Tensor]:
         """The prepared call and the clean features f^{l0}(x) and f^{l1}(x), in the work dtype.
 
@@ -291,7 +322,7 @@ class GuidedFeatureInversion(MaskAttribution):
         """
         layers = [self.layer, self.mask_layer]
         with recording(layers) as clean:
-            call = self._prepare(inputs, target, additional_forward_args, spatial_dims=2)
+            call = self._prepare(inputs, formatted, target, additional_forward_args)
         features = (
             features_of(image_feature_maps(f, name, call.num_examples)).to(call.work_dtype)
             for f, name in zip(single_outputs(clean, layers), ("layer", "mask_layer"))
@@ -308,12 +339,15 @@ class _Stages:
         layer: nn.Module,
         features_of: Callable[[Tensor], Tensor],
         clean_inverted: Tensor,
-        mask_of: ChannelCombinationMask,
+        mask: ChannelCombinationMask,
+        perturbation: Perturbation,
         reference: Tensor,
+        generator: torch.Generator,
         apply_softmax: bool,
     ) -> None:
         self.call, self.layer, self.features_of = call, layer, features_of
-        self.clean_inverted, self.mask_of, self.reference = clean_inverted, mask_of, reference
+        self.clean_inverted, self.mask, self.reference = clean_inverted, mask, reference
+        self.perturbation, self.generator = perturbation, generator
         self.clean_energy = clean_inverted.flatten(1).square().sum(dim=1)
         self.apply_softmax = apply_softmax
         clean_output = call.clean_output.detach().to(call.work_dtype)
@@ -325,26 +359,31 @@ class _Stages:
     def _probability(self, images: Tensor, targets: Tensor, args: tuple | None) -> Tensor:
         return select_scores(self.call.forward([images], args), targets, self.apply_softmax)
 
-    def inversion(self, batch: slice, init_weight: float, inversion_l1: float) -> MaskProblem:
+    def _shown(self, rows: ExampleRows, mask: Tensor) -> Tensor:
+        """Φ(x, m), Eq. 2."""
+        return self.perturbation.apply(rows.inputs[0], mask, rows.references[0])
+
+    def inversion(self, batch: slice, inversion_l1: float) -> MaskProblem:
         """Algorithm 1: the part of the image that reproduces the features of ``layer``."""
 
-        def objective(params: Sequence[Tensor], rows: ExampleRows) -> tuple[Tensor, Tensor]:
-            (omega,) = params
-            images, references, args = rows.inputs[0], rows.references[0], rows.additional_args
-            kept = blend(images, self.mask_of(omega, rows.indices), references)  # Eq. 2
+        def objective(params: list[Tensor], rows: ExampleRows, step: int) -> tuple[Tensor, Tensor]:
+            args = rows.additional_args
+            (mask,) = self.mask.render(params, rows.inputs, rows.indices)
+            kept = self._shown(rows, mask)
             (inverted,) = run_recording(
                 lambda: self.call.forward([kept], args), [self.layer], stop_after=True
             )
             error = self.features_of(inverted).to(kept.dtype) - self.clean_inverted[rows.indices]
             energy = self.clean_energy[rows.indices].clamp_min(1e-12)
             relative = error.flatten(1).square().sum(1) / energy
-            loss = relative + inversion_l1 * omega.mean(dim=1)  # Eq. 8
+            loss = relative + inversion_l1 * self.mask.mean(params, rows.indices)  # Eq. 8
             with torch.no_grad():
                 probability = self._probability(kept, rows.targets, args)
             return loss, probability
 
-        omega = self.mask_of.init(init_weight)[batch]
-        return MaskProblem([omega], objective, self._examples(batch), ChannelCombinationMask.clamp_)
+        examples = self._examples(batch)
+        omega = self.mask.init(examples.inputs, self.generator)
+        return MaskProblem(omega, objective, examples, self.mask.project_)
 
     def gradient_start(self, mask_layer: nn.Module, omega: Tensor, chunk: int | None) -> Tensor:
         """Stage 2's start: the class score's mean gradient per channel of ``mask_layer``, kept
@@ -373,22 +412,22 @@ class _Stages:
         (Eq. 5)."""
         background_weight, target_l1, area_weight = loss_weights
 
-        def objective(params: Sequence[Tensor], rows: ExampleRows) -> tuple[Tensor, Tensor]:
-            (weights,) = params
-            images, references, args = rows.inputs[0], rows.references[0], rows.additional_args
-            mask = self.mask_of(weights, rows.indices)
-            kept = blend(images, mask, references)  # Eq. 2
-            removed = blend(images, 1.0 - mask, references)  # Eq. 4
+        def objective(params: list[Tensor], rows: ExampleRows, step: int) -> tuple[Tensor, Tensor]:
+            (mask,) = self.mask.render(params, rows.inputs, rows.indices)
+            kept = self._shown(rows, mask)  # Eq. 2
+            removed = self._shown(rows, 1.0 - mask)  # Eq. 4
             both = torch.cat([kept, removed])  # one forward pass for both
-            args_twice = map_batch(args, images.shape[0], lambda arg: torch.cat([arg, arg]))
+            count, args = len(rows.indices), rows.additional_args
+            args_twice = map_batch(args, count, lambda arg: torch.cat([arg, arg]))
             scores = self._probability(both, rows.targets.repeat(2, 1), args_twice)
             kept_score, removed_score = scores.chunk(2)
             loss = -kept_score + background_weight * removed_score  # Eq. 9
             area = self.clean_score[rows.indices] * mask.flatten(1).mean(dim=1)  # Eq. 5
-            return loss + target_l1 * weights.mean(dim=1) + area_weight * area, kept_score
+            loss = loss + target_l1 * self.mask.mean(params, rows.indices)
+            return loss + area_weight * area, kept_score
 
         examples = self._examples(batch)
-        return MaskProblem([omega[batch]], objective, examples, ChannelCombinationMask.clamp_)
+        return MaskProblem([omega[batch]], objective, examples, self.mask.project_)
 
 
 __all__ = ["GuidedFeatureInversion"]

@@ -17,10 +17,17 @@ from captum.attr import LayerAttribution, PerturbationAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
-from captum_masks._base import MaskAttribution, leaves_model_as_found
-from captum_masks._compat import _format_additional_forward_args
-from captum_masks._hooks import check_layers, replacing_output, run_recording
-from captum_masks._inputs import format_inputs
+from captum_masks._engine.call import MaskAttribution
+from captum_masks._engine.checks import format_inputs
+from captum_masks._engine.compat import (
+    BaselineType,
+    TargetType,
+    _format_additional_forward_args,
+)
+from captum_masks._engine.hooks import check_layers, replacing_output, run_recording
+from captum_masks._engine.model_state import leaves_model_as_found
+from captum_masks.masks.sigmoid import SigmoidMask
+from captum_masks.masks.upsampled import UpsampledMask
 from captum_masks.meaningful_perturbation import MeaningfulPerturbation
 from captum_masks.neuromask import GROUP_SPARSE_WEIGHT, NeuroMaskAttr
 
@@ -125,9 +132,9 @@ class LayerMeaningfulPerturbation(_LayerMask):
 
     For an ``nn.Embedding`` layer the output is (N, L, D) and the mask spans the L tokens
     (``channels_last=True`` is set for you); for other layers pass ``channels_last`` as for
-    the method itself. The defaults give one mask value per position (no upsampling, smoothing
-    or jitter: neighbouring tokens are not neighbouring pixels); set ``mask_factor``,
-    ``mask_sigma`` and ``jitter`` for feature maps.
+    the method itself. The defaults give one mask value per position
+    (``mask=UpsampledMask(factor=1, smooth_sigma=0, jitter=0)``: neighbouring tokens are not
+    neighbouring pixels); pass another :class:`~captum_masks.UpsampledMask` for feature maps.
 
     Args:
         forward_func (Callable): the model, taking the caller's inputs (token ids included).
@@ -145,9 +152,7 @@ class LayerMeaningfulPerturbation(_LayerMask):
     method = MeaningfulPerturbation
     layer_defaults = {
         "perturbation": "constant",
-        "mask_factor": 1,
-        "mask_sigma": 0.0,
-        "jitter": 0,
+        "mask": UpsampledMask(factor=1, smooth_sigma=0.0, jitter=0),
         "tv_weight": 0.0,
     }
 
@@ -156,10 +161,11 @@ class LayerMeaningfulPerturbation(_LayerMask):
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor, ...],
-        target: Any = None,
+        target: TargetType = None,
         additional_forward_args: Any = None,
-        layer_baselines: Any = None,
+        layer_baselines: BaselineType = None,
         layer_mask: Tensor | tuple[Tensor, ...] | None = None,
+        *,
         padding_mask: Tensor | None = None,
         **kwargs: Any,
     ) -> Tensor | tuple[Tensor, Any]:
@@ -184,7 +190,7 @@ class LayerMeaningfulPerturbation(_LayerMask):
                 Padding keeps its own output whatever the mask, so it is never evidence, and
                 gets attribution 0. Default: None
             **kwargs: any other argument of :meth:`MeaningfulPerturbation.attribute`
-                (``game``, ``n_iter``, ``l1_weight``, ``return_history``, ...); the defaults
+                (``game``, ``optimization``, ``l1_weight``, ``return_history``, ...); the defaults
                 differ only as the class docstring says.
 
         Returns:
@@ -222,7 +228,7 @@ class LayerNeuroMask(_LayerMask):
     (``sparse_weight=0.035``: the grid's 35, calibrated on 50 000-pixel photos, would pull a
     dozen tokens' weights to −τ against any evidence), and the Laplacian smoothness is off
     (``smooth_weight=0``): neighbouring tokens need not matter alike. Each position gets its
-    own weight (``mask_factor=1``), on a feature map as on tokens.
+    own weight (``mask=SigmoidMask(block=1)``), on a feature map as on tokens.
 
     Args:
         forward_func (Callable): the model, taking the caller's inputs (token ids included).
@@ -240,7 +246,7 @@ class LayerNeuroMask(_LayerMask):
     layer_defaults = {
         "smooth_weight": 0.0,
         "sparse_weight": GROUP_SPARSE_WEIGHT,
-        "mask_factor": 1,
+        "mask": SigmoidMask(block=1),
     }
 
     @log_usage()
@@ -248,10 +254,11 @@ class LayerNeuroMask(_LayerMask):
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor, ...],
-        target: Any = None,
+        target: TargetType = None,
         additional_forward_args: Any = None,
-        layer_baselines: Any = None,
+        layer_baselines: BaselineType = None,
         layer_mask: Tensor | tuple[Tensor, ...] | None = None,
+        *,
         padding_mask: Tensor | None = None,
         **kwargs: Any,
     ) -> Tensor | tuple[Tensor, Any]:
@@ -273,7 +280,7 @@ class LayerNeuroMask(_LayerMask):
             padding_mask (Tensor, optional): bool, True at padding positions: (N, L) for an
                 (N, L, D) output or broadcastable to the output. Padding keeps its own output
                 whatever the mask and gets attribution 0. Default: None
-            **kwargs: any other argument of :meth:`NeuroMaskAttr.attribute` (``n_iter``,
+            **kwargs: any other argument of :meth:`NeuroMaskAttr.attribute` (``optimization``,
                 ``sparse_weight``, ``return_history``, ...).
 
         Returns:

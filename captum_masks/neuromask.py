@@ -3,34 +3,28 @@ Deep Neural Networks through Mask Learning", 2019)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-from captum.log import log_usage
+import torch
 from torch import Tensor
 
-from captum_masks._base import MaskAttribution, leaves_model_as_found, make_generator
-from captum_masks._inputs import (
-    format_inputs,
+from captum_masks._engine.call import MaskAttribution, mask_attribute
+from captum_masks._engine.checks import (
+    check_instance,
     check_non_negative,
-    check_positive_int,
+    format_inputs,
     per_input_baselines,
     select_log_scores,
 )
-from captum_masks._groups import resolve_groups
-from captum_masks._layout import MaskLayout
-from captum_masks._optimize import (
-    ExampleRows,
-    MaskProblem,
-    OptimizationHistory,
-    OptimizationSettings,
-    OptimizerType,
-    SchedulerType,
-    optimize_masks,
-)
-from captum_masks.masks import SigmoidMask
+from captum_masks._engine.compat import BaselineType, TargetType
+from captum_masks._engine.layout import MaskLayout
+from captum_masks._engine.loop import ExampleRows, MaskProblem, optimize_masks
+from captum_masks._engine.model_state import make_generator
+from captum_masks.masks.groups import GroupedMask, mask_over_inputs
+from captum_masks.masks.sigmoid import SigmoidMask
+from captum_masks.optimization import SHARED_DEFAULTS, Optimization, OptimizationHistory
 from captum_masks.perturbations import blend, constant_reference
-from captum_masks.regularizers import l1, laplacian
+from captum_masks.regularizers import laplacian
 
 
 class NeuroMaskAttr(MaskAttribution):
@@ -46,7 +40,7 @@ class NeuroMaskAttr(MaskAttribution):
     where c is the explained class, b the baseline (0 by default: the paper's pure
     multiplication x̄ = m·x), ∇² a discrete Laplacian and τ the offset that pulls unused weights
     to −τ, where σ(−τ / T) ≈ 0. The mask has one channel and spans the spatial axes: (H, W) of
-    (N, C, H, W) images, with one weight per block of pixels (``mask_factor``), the length L of
+    (N, C, H, W) images, with one weight per block of pixels (:class:`~captum_masks.SigmoidMask`'s ``block``), the length L of
     (N, C, L) sequences, or of (N, L, D) sequences with ``channels_last=True``, (D, H, W) of
     volumes; rows (N, F) and ``feature_mask`` groups get one weight each. Attributions are m
     expanded to the input's exact shape, in [0, 1], higher = more important. Token ids are
@@ -70,13 +64,13 @@ class NeuroMaskAttr(MaskAttribution):
       object 0.67 → 0.85 on the calibration pairs, 0.84 → 0.89 on single objects).
     - 100 iterations: at λ_sp = 35 the weights reach −τ within about 100 steps and the masks of
       100 and 300 iterations score the same on the calibration photos. Early stopping
-      (``tolerance``) stays off by default: the weights' tail keeps the loss falling slowly, so
+      (``Optimization.tolerance``) stays off by default: the weights' tail keeps the loss falling slowly, so
       the relative test fires only near the end and saves nothing.
     - T = 1.5: on the calibration photos it keeps more of the mask on the explained object than
       T = 2 (the previous default); a sharper T = 1 points at the wrong shape more often on
       64-px pairs, and on short token sequences can leave a mask at 0 everywhere, evidence
       included (README, NeuroMask's calibration). τ = 20 (the paper's) gives σ(−τ / T) ≈ 2e-6.
-    - On images, one weight per block of pixels rather than per pixel (``mask_factor``: 4 × 4
+    - On images, one weight per block of pixels rather than per pixel (``SigmoidMask.block``: 4 × 4
       at 224 px, about 56 weights along the shorter side). A pixel mask keeps a speckle of
       single pixels wherever the model responds, and next to a second object that speckle can
       land on it; blocks are too coarse for that. On 80 calibration rows of two-object photos
@@ -95,49 +89,47 @@ class NeuroMaskAttr(MaskAttribution):
         >>> tokens = neuromask.attribute(embeddings, target=1, channels_last=True)  # (N, L, D)
     """
 
-    @log_usage()
-    @leaves_model_as_found
+    default_optimization = Optimization(n_iter=100, lr=0.2, optimizer="rmsprop").over(
+        SHARED_DEFAULTS
+    )
+    moved_arguments = {
+        "temperature": "mask=SigmoidMask(temperature=...)",
+        "init_range": "mask=SigmoidMask(init_range=...)",
+        "mask_factor": "mask=SigmoidMask(block=...)",
+    }
+
+    @mask_attribute
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor, ...],
-        target: Any = None,
+        target: TargetType = None,
         additional_forward_args: Any = None,
-        baselines: Any = None,
+        baselines: BaselineType = None,
         feature_mask: Tensor | tuple[Tensor, ...] | None = None,
-        n_iter: int = 100,
-        lr: float = 0.2,
-        optimizer: OptimizerType = "rmsprop",
-        scheduler: SchedulerType = None,
-        temperature: float = 1.5,
-        init_range: tuple[float, float] = (-1.0, 1.0),
+        *,
+        mask: SigmoidMask | None = None,
         tau: float = 20.0,
         pred_weight: float = 0.4,
         sparse_weight: float | None = None,
         smooth_weight: float = 0.03,
         smooth_kernel_size: int = 3,
         squared_smoothness: bool = False,
-        mask_factor: int | None = None,
         channels_last: bool | None = None,
         apply_softmax: bool = True,
-        tolerance: float | None = None,
-        patience: int = 10,
-        internal_batch_size: int | None = None,
-        seed: int = 0,
-        show_progress: bool = False,
+        optimization: Optimization | None = None,
         return_history: bool = False,
     ) -> Tensor | tuple[Tensor, ...] | tuple[Tensor | tuple[Tensor, ...], OptimizationHistory]:
         r"""
         Args:
             inputs (Tensor or tuple[Tensor, ...]): batch first, of any rank: (N, F) rows get
                 one weight per feature; (N, C, L) sequences, (N, C, H, W) images and
-                (N, C, D, H, W) volumes one per position of their spatial axes, and (N, L, D)
-                with ``channels_last=True`` one per position L (the README's input table). A
-                tuple gets one mask per tensor. Each example is optimised independently, so a
-                batch gives the same masks as one-by-one calls.
+                (N, C, D, H, W) volumes one per position (or block) of their spatial axes, and
+                (N, L, D) with ``channels_last=True`` one per position L. A tuple gets one mask
+                per tensor. Each example is optimised independently, so a batch gives the same
+                masks as one-by-one calls.
             target (int, tuple, Tensor, list or None, optional): the output index to explain,
                 in any Captum form. None explains each example's predicted class on the
-                unmasked input (the paper's arg max of y). Class 0 is explained like any other.
-                Default: None
+                unmasked input (the paper's arg max of y). Default: None
             additional_forward_args (Any, optional): extra arguments passed to ``forward_func``
                 after the inputs. Default: None
             baselines (scalar, sequence, Tensor or tuple, optional): what a masked-out position
@@ -147,17 +139,14 @@ class NeuroMaskAttr(MaskAttribution):
             feature_mask (Tensor or tuple[Tensor, ...], optional): Captum's feature groups:
                 integer ids broadcastable to each input (batch axis 1, or N for one grouping per
                 example); elements with one id, in any tensor of the tuple, share one weight.
-                With groups the sparseness term weighs each group by its share of the input and
-                the Laplacian, defined on a grid, is off. Default: None
-            n_iter (int, optional): optimisation steps T of Algorithm 1. Default: 100
-            lr (float, optional): learning rate α. Default: 0.2
-            optimizer (str or callable, optional): ``"rmsprop"`` (the paper's), ``"adam"``,
-                ``"sgd"`` or ``(params, lr) -> torch.optim.Optimizer``. Default: "rmsprop"
-            scheduler (callable, optional): ``optimizer -> scheduler``, stepped every
-                iteration. Default: None
-            temperature (float, optional): T in m = σ(W / T); lower is sharper. Default: 1.5
-            init_range (tuple of float, optional): W starts uniform in [low, high), drawn from
-                ``seed``. Default: (-1, 1)
+                The sparseness term then weighs each group by its share of the input and the
+                Laplacian, defined on a grid, is off. Default: None
+            mask (SigmoidMask, optional): the parametrisation m = σ(W / T): its temperature T,
+                the range W starts in, and the block of positions each weight covers. None is
+                ``SigmoidMask(temperature=1.5, init_range=(-1, 1), block=None)``: 4 × 4 blocks
+                at 224 px, one weight per position at 64 px and on sequences, volumes and rows.
+                A block other than None or 1 with ``feature_mask`` is an error: the groups set
+                the mask's resolution. Default: None
             tau (float, optional): τ, the value the sparseness term pulls W towards.
                 Default: 20
             pred_weight (float, optional): λ_p, weight of the cross-entropy. Default: 0.4
@@ -171,32 +160,16 @@ class NeuroMaskAttr(MaskAttribution):
                 (2-D, centre −24, the authors' ImageNet kernel). Default: 3
             squared_smoothness (bool, optional): square the Laplacian response instead of its
                 absolute value (the authors' code; the paper writes L1). Default: False
-            mask_factor (int, optional): one weight W per block of ``mask_factor`` positions
-                along each spatial axis (``mask_factor`` × ``mask_factor`` pixels of an image),
-                repeated over its block; the sparseness and smoothness terms are taken on the
-                blocks. 1 is the paper's one weight per position. None: on images (two spatial
-                axes) the shorter side / 56, rounded, at least 1 (4 at 224 px, 1 at 64 px);
-                elsewhere 1. Not used with ``feature_mask``, whose groups set the mask's
-                resolution. Default: None
             channels_last (bool, optional): the inputs are (N, L, D) (or (N, H, W, C)): the
                 mask spans every axis but the first and last. None reads them channels first and
                 warns about 3-D inputs, which may be either. Default: None
             apply_softmax (bool, optional): ``forward_func`` returns logits (True) or
                 probabilities (False). Default: True
-            tolerance (float, optional): early stopping, per example: an example stops once
-                its loss has not fallen below its best by more than ``tolerance`` times the
-                best's magnitude for ``patience`` steps (a relative tolerance: one value fits
-                any loss scale), and
-                leaves the batch (the others run on without it; its mask is the one it had).
-                ``history.steps`` holds each example's own count. None runs all ``n_iter``
-                steps. Default: None
-            patience (int, optional): see ``tolerance``. Default: 10
-            internal_batch_size (int, optional): optimise at most this many examples at a time;
-                the result does not depend on it. Default: None (the whole batch)
-            seed (int, optional): seed of the call's own generator for the initial W (one
-                draw, shared by the examples of the batch); the global RNG is never used nor
-                changed. Default: 0
-            show_progress (bool, optional): a progress bar over the iterations. Default: False
+            optimization (Optimization, optional): the loop's settings
+                (:class:`~captum_masks.Optimization`); fields left unset take this method's
+                defaults: ``n_iter=100, lr=0.2, optimizer="rmsprop", tolerance=None`` (steps
+                T and rate α of Algorithm 1; the seed draws the initial W, one draw shared by
+                the examples). Default: None
             return_history (bool, optional): also return an
                 :class:`~captum_masks.OptimizationHistory` with the per-step loss and the
                 probability of the explained class on the masked input. Default: False
@@ -212,99 +185,60 @@ class NeuroMaskAttr(MaskAttribution):
             >>> mask = neuromask.attribute(image)               # explains the predicted class
             >>> mask, history = neuromask.attribute(image, target=0, return_history=True)
             >>> history.probability[:, 0]   # the target's probability at every step
+            >>> pixels = neuromask.attribute(image, mask=SigmoidMask(block=1))  # per pixel
         """
         _check_weights(pred_weight, sparse_weight, smooth_weight, tau, smooth_kernel_size)
-        if mask_factor is not None:
-            check_positive_int("mask_factor", mask_factor)
-        if mask_factor not in (None, 1) and feature_mask is not None:
+        cells = check_instance("mask", mask, SigmoidMask, SigmoidMask())
+        if cells.block not in (None, 1) and feature_mask is not None:
             raise ValueError(
-                "mask_factor applies to the mask on the input's positions; with feature_mask "
-                "the groups set the mask's resolution, so leave mask_factor at None or 1 "
-                f"(got {mask_factor})"
+                "mask.block applies to the mask on the input's positions; with feature_mask the "
+                f"groups set the mask's resolution, so leave block at None or 1 (got {cells.block})"
             )
-        parametrisation = SigmoidMask(temperature, init_range)
-        settings = OptimizationSettings(  # the fields in order, named alike
-            n_iter, lr, optimizer, scheduler, tolerance, patience, internal_batch_size,
-            show_progress, "NeuroMask",
-        )
+        settings = self._optimization(optimization)
         layout = MaskLayout(channels_last)
         # shapes and groups are checked before the model runs on the inputs
         formatted = format_inputs(inputs)
-        groups = resolve_groups(feature_mask, formatted, "NeuroMaskAttr")
+        masks = mask_over_inputs(cells, feature_mask, formatted, layout, "NeuroMaskAttr")
         if sparse_weight is None:
-            sparse_weight = GRID_SPARSE_WEIGHT if groups is None else GROUP_SPARSE_WEIGHT
-        call = self._prepare(inputs, target, additional_forward_args, formatted=formatted)
+            grouped = isinstance(masks, GroupedMask)
+            sparse_weight = GROUP_SPARSE_WEIGHT if grouped else GRID_SPARSE_WEIGHT
+        call = self._prepare(inputs, formatted, target, additional_forward_args)
         layout.check(call.inputs, "NeuroMaskAttr")
         images = [layout.to_channels_first(x) for x in call.work_inputs]
         references = [
             constant_reference(x, 0.0 if b is None else layout.baseline_to_channels_first(b, x))
             for x, b in zip(images, per_input_baselines(baselines, len(images)))
         ]
-        grids = [  # one weight per block of each input's positions
-            parametrisation.blocked(
-                image_mask_factor(x.shape[2:]) if mask_factor is None else mask_factor
-            )
-            for x in images
-        ]
-        generator = make_generator(seed, call.device)
-        # every example starts from the same draw: a batch gives one-by-one results; with groups,
-        # W has one weight per group and the Laplacian, defined on a grid, is off
-        if groups is None:
-            first = [grid.init(x[:1], generator) for grid, x in zip(grids, images)]
-        else:
-            first = [parametrisation.draw((1, groups.count), generator, images[0])]
-        initial = [w.expand(call.num_examples, *w.shape[1:]).clone() for w in first]
-
-        def masks(params: Sequence[Tensor], rows: ExampleRows) -> list[Tensor]:
-            """σ(W / T) of each input of ``rows``, channels first."""
-            if groups is None:
-                return [grid(w, x.shape[2:]) for grid, w, x in zip(grids, params, rows.inputs)]
-            expanded = groups.expand(parametrisation(params[0]), rows.indices)
-            return [layout.to_channels_first(m) for m in expanded]
+        initial = masks.init(images, make_generator(settings.seed, call.device))
 
         def build_problem(batch: slice) -> MaskProblem:
-            def objective(params: Sequence[Tensor], rows: ExampleRows) -> tuple[Tensor, Tensor]:
+            def objective(params: list[Tensor], rows: ExampleRows, step: int) -> tuple[Tensor, Tensor]:
                 masked = [  # x̄ = σ(W / T)·x + (1 − σ(W / T))·b, Algorithm 1 line 5
                     layout.to_caller(blend(x, m, b))
-                    for m, x, b in zip(masks(params, rows), rows.inputs, rows.references)
+                    for x, m, b in zip(
+                        rows.inputs, masks.render(params, rows.inputs, rows.indices), rows.references
+                    )
                 ]
                 output = call.forward(masked, rows.additional_args)
                 log_probability = select_log_scores(output, rows.targets, apply_softmax)
                 loss = -pred_weight * log_probability  # λ_p·L_pred, line 8
-                for w in params:
-                    if groups is not None:  # λ_sp·L_sparse, line 9, each group by its share
-                        sparseness = groups.weighted_mean((w + tau).abs(), rows.indices)
-                        loss = loss + sparse_weight * sparseness
-                        continue
-                    size = w[0].numel()
-                    loss = loss + sparse_weight * l1(w + tau) / size  # λ_sp·L_sparse, line 9
-                    smoothness = laplacian(w, smooth_kernel_size, squared_smoothness) / size
-                    loss = loss + smooth_weight * smoothness  # λ_sm·L_smooth, line 10
+                sparseness = masks.mean([w + tau for w in params], rows.indices)
+                loss = loss + sparse_weight * sparseness  # λ_sp·L_sparse, line 9
+                for grid in masks.grids(params):  # λ_sm·L_smooth, line 10
+                    smoothness = laplacian(grid, smooth_kernel_size, squared_smoothness)
+                    loss = loss + smooth_weight * smoothness / grid[0].numel()
                 return loss, log_probability.exp()
 
             examples = call.examples(batch, images, references)
-            return MaskProblem([w[batch] for w in initial], objective, examples)
+            return MaskProblem([w[batch] for w in initial], objective, examples, masks.project_)
 
-        weights, history = optimize_masks(build_problem, call.num_examples, settings)
-        everyone = call.examples(slice(None), images, references)
+        weights, history = optimize_masks(build_problem, call.num_examples, settings, "NeuroMask")
+        everyone = torch.arange(call.num_examples, device=call.device)
         attributions = tuple(
             layout.to_caller(m.expand_as(x)).to(caller.dtype).contiguous()
-            for m, x, caller in zip(masks(weights, everyone), images, call.inputs)
+            for m, x, caller in zip(masks.render(weights, images, everyone), images, call.inputs)
         )
         return call.result(attributions, history, return_history)
-
-
-#: weights along an image's shorter side by default: 4 × 4 blocks at 224 px, chosen on the
-#: calibration photos (the class docstring)
-IMAGE_MASK_CELLS = 56
-
-
-def image_mask_factor(spatial_shape: Sequence[int]) -> int:
-    """The default ``mask_factor``: blocks of about 1/56 of an image's shorter side; 1 for
-    sequences, volumes and rows, whose positions are tokens, voxels or features."""
-    if len(spatial_shape) != 2:
-        return 1
-    return max(1, round(min(spatial_shape) / IMAGE_MASK_CELLS))
 
 
 #: λ_sp on a grid of positions: calibrated on 224-px photos (the class docstring)

@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-BaselineType = float | Sequence[float] | Tensor | None
+from captum_masks._engine.checks import (
+    check_at_least,
+    check_non_negative,
+    check_positive_int,
+)
 
-PERTURBATIONS = ("blur", "constant", "noise")
+BaselineValue = float | Sequence[float] | Tensor | None
+
 
 
 #: σ below which the Gaussian's neighbours weigh exp(−0.5 / σ²) = 0 in any float dtype (and a
@@ -80,7 +87,7 @@ def gaussian_blur(inputs: Tensor, sigma: float) -> Tensor:
     return out
 
 
-def constant_reference(inputs: Tensor, value: BaselineType = None) -> Tensor:
+def constant_reference(inputs: Tensor, value: BaselineValue = None) -> Tensor:
     """A constant replacement for ``inputs``: a scalar, one value per channel, or a tensor.
 
     Args:
@@ -127,7 +134,7 @@ def constant_reference(inputs: Tensor, value: BaselineType = None) -> Tensor:
 def noise_reference(
     inputs: Tensor,
     generator: torch.Generator,
-    mean: BaselineType = None,
+    mean: BaselineValue = None,
     std: float | None = None,
 ) -> Tensor:
     """I.i.d. Gaussian noise η(u) drawn from ``generator`` (Fong & Vedaldi, Eq. 2, second case).
@@ -158,48 +165,6 @@ def noise_reference(
         (1, *inputs.shape[1:]), generator=generator, device=inputs.device, dtype=inputs.dtype
     )
     return centre + scale * noise
-
-
-def make_reference(
-    inputs: Tensor,
-    perturbation: str,
-    generator: torch.Generator,
-    baselines: BaselineType = None,
-    blur_sigma: float = 10.0,
-    noise_std: float | None = None,
-) -> Tensor:
-    """The reference that Φ shows where the mask is 0.
-
-    Args:
-        inputs (Tensor): (N, C, ...) input.
-        perturbation (str): ``"blur"`` (:func:`gaussian_blur` with ``blur_sigma``),
-            ``"constant"`` (:func:`constant_reference` of ``baselines``) or ``"noise"``
-            (:func:`noise_reference` centred on ``baselines`` with ``noise_std``).
-        generator (torch.Generator): the call's generator, used by ``"noise"``.
-        baselines: see :func:`constant_reference`; must be None for ``"blur"``.
-        blur_sigma (float): σ₀ of the blur in pixels.
-        noise_std (float or None): see :func:`noise_reference`.
-
-    Returns:
-        Tensor with the shape, device and dtype of ``inputs``.
-
-    Examples::
-
-        >>> reference = make_reference(images, "blur", torch.Generator(), blur_sigma=10.0)
-        >>> perturbed = blend(images, mask, reference)
-    """
-    if perturbation == "blur":
-        if baselines is not None:
-            raise ValueError(
-                "baselines is only used by perturbation='constant' or 'noise'; "
-                "the blur perturbation replaces content by a blurred copy of the input"
-            )
-        return gaussian_blur(inputs, blur_sigma)
-    if perturbation == "constant":
-        return constant_reference(inputs, baselines)
-    if perturbation == "noise":
-        return noise_reference(inputs, generator, baselines, noise_std)
-    raise ValueError(f"perturbation must be one of {PERTURBATIONS}, got {perturbation!r}")
 
 
 def blur_pyramid(inputs: Tensor, levels: int = 8, max_sigma: float = 20.0) -> Tensor:
@@ -247,28 +212,6 @@ def pyramid_blend(pyramid: Tensor, mask: Tensor) -> Tensor:
     return torch.lerp(below, above, fraction).squeeze(1)  # one pass, and one in backward
 
 
-def choose_perturbation(
-    perturbation: str | None, inputs: Sequence[Tensor], baselines: Sequence[BaselineType]
-) -> str:
-    """The perturbation a call uses: ``perturbation`` itself, or for None ``"blur"`` when every
-    input has spatial axes and no ``baselines`` are given, ``"constant"`` (the baselines, as
-    Captum's perturbation methods use them) otherwise. A blur of (N,) or (N, F) rows is refused:
-    their features have no neighbours."""
-    if perturbation is None:
-        spatial = all(x.dim() > 2 for x in inputs)
-        given = any(b is not None for b in baselines)
-        return "blur" if spatial and not given else "constant"
-    if perturbation not in PERTURBATIONS:
-        raise ValueError(f"perturbation must be one of {PERTURBATIONS}, got {perturbation!r}")
-    if perturbation == "blur" and any(x.dim() <= 2 for x in inputs):
-        raise ValueError(
-            "perturbation='blur' needs inputs with spatial axes to blur along; (N, F) rows have "
-            "none: use perturbation='constant' (deleted features take baselines, default 0) or "
-            "'noise'"
-        )
-    return perturbation
-
-
 def blend(inputs: Tensor, mask: Tensor, reference: Tensor) -> Tensor:
     """Φ(x, m) = m·x + (1 − m)·reference: keep the input where m = 1, show the reference at 0.
 
@@ -287,15 +230,182 @@ def blend(inputs: Tensor, mask: Tensor, reference: Tensor) -> Tensor:
     return mask * inputs + (1.0 - mask) * reference
 
 
+class Perturbation(Protocol):
+    """Φ: what a method shows where its mask is 0. ``reference`` is computed once per call;
+    ``apply`` blends it with the input under a mask at every step."""
+
+    def reference(
+        self, inputs: Tensor, baselines: BaselineValue, generator: torch.Generator
+    ) -> Tensor:
+        """The reference for ``(N, C, *spatial)`` inputs (``baselines`` as Captum's)."""
+        ...
+
+    def apply(self, inputs: Tensor, mask: Tensor, reference: Tensor) -> Tensor:
+        """Φ(x, m): the input where ``mask`` is 1, the reference where it is 0."""
+        ...
+
+
+class _Blended:
+    """A reference of the input's shape, shown through :func:`blend`."""
+
+    def apply(self, inputs: Tensor, mask: Tensor, reference: Tensor) -> Tensor:
+        return blend(inputs, mask, reference)
+
+
+@dataclass(frozen=True)
+class Blur(_Blended):
+    """A Gaussian blur of the input along its spatial axes (Fong & Vedaldi, Eq. 2, third case).
+
+    Args:
+        sigma (float): σ₀ of the blur, in pixels, ≥ 0. Default: 10
+
+    Examples::
+
+        >>> mp.attribute(images, target=3, perturbation=Blur(sigma=5.0))
+    """
+
+    sigma: float = 10.0
+
+    def __post_init__(self) -> None:
+        check_non_negative(sigma=self.sigma)
+
+    def reference(
+        self, inputs: Tensor, baselines: BaselineValue, generator: torch.Generator
+    ) -> Tensor:
+        if baselines is not None:
+            raise ValueError(
+                "baselines is only used by the constant and noise perturbations; the blur "
+                "perturbation replaces content by a blurred copy of the input"
+            )
+        return gaussian_blur(inputs, self.sigma)
+
+
+@dataclass(frozen=True)
+class Constant(_Blended):
+    """The ``baselines`` (Fong & Vedaldi, Eq. 2, first case; Captum's baselines): a scalar, one
+    value per channel or a tensor broadcastable to the input; None is each example's mean
+    colour (0 for rows), unless the method says otherwise.
+
+    Examples::
+
+        >>> mp.attribute(images, target=3, perturbation=Constant(), baselines=0.0)
+    """
+
+    def reference(
+        self, inputs: Tensor, baselines: BaselineValue, generator: torch.Generator
+    ) -> Tensor:
+        return constant_reference(inputs, baselines)
+
+
+@dataclass(frozen=True)
+class Noise(_Blended):
+    """I.i.d. Gaussian noise around the ``baselines`` (Fong & Vedaldi, Eq. 2, second case),
+    drawn once per call from its seed.
+
+    Args:
+        std (float or None): the noise's standard deviation; None is each example's
+            per-channel standard deviation. Default: None
+
+    Examples::
+
+        >>> mp.attribute(images, target=3, perturbation=Noise(std=0.5))
+    """
+
+    std: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.std is not None:
+            check_non_negative(std=self.std)
+
+    def reference(
+        self, inputs: Tensor, baselines: BaselineValue, generator: torch.Generator
+    ) -> Tensor:
+        return noise_reference(inputs, generator, baselines, self.std)
+
+
+@dataclass(frozen=True)
+class BlurPyramid:
+    """Increasingly blurred copies of the input, a mask value picking between them (Fong,
+    Patrick & Vedaldi, 2019): 1 shows the input, 0 the most blurred copy.
+
+    Args:
+        levels (int): copies in the pyramid, at least 2. Default: 8
+        max_sigma (float): σ of the most blurred copy, in pixels. Default: 20
+
+    Examples::
+
+        >>> ep.attribute(images, target=3, perturbation=BlurPyramid(levels=4, max_sigma=10.0))
+    """
+
+    levels: int = 8
+    max_sigma: float = 20.0
+
+    def __post_init__(self) -> None:
+        check_positive_int("levels", self.levels)
+        if self.levels < 2:
+            raise ValueError(f"levels must be at least 2, got {self.levels!r}")
+        check_at_least("max_sigma", self.max_sigma, 0.0, "σ of the most blurred copy")
+
+    def reference(
+        self, inputs: Tensor, baselines: BaselineValue, generator: torch.Generator
+    ) -> Tensor:
+        if baselines is not None:
+            raise ValueError(
+                "baselines is only used by perturbation='constant'; the blur perturbation "
+                "replaces content by blurred copies of the input"
+            )
+        return blur_pyramid(inputs, self.levels, self.max_sigma)
+
+    def apply(self, inputs: Tensor, mask: Tensor, reference: Tensor) -> Tensor:
+        return pyramid_blend(reference, mask)
+
+
+def resolve_perturbation(
+    perturbation: str | Perturbation | None,
+    inputs: Sequence[Tensor],
+    baselines: Sequence[BaselineValue],
+    by_name: Mapping[str, Perturbation],
+) -> Perturbation:
+    """The perturbation a call uses: an object as given, a name from the method's ``by_name``
+    (its defaults), or for None ``"blur"`` when every input has spatial axes and no
+    ``baselines`` are given, ``"constant"`` (the baselines, as Captum's perturbation methods use
+    them) otherwise. A blur of (N,) or (N, F) rows is refused: their features have no
+    neighbours."""
+    if perturbation is None:
+        spatial = all(x.dim() > 2 for x in inputs)
+        given = any(b is not None for b in baselines)
+        perturbation = "blur" if spatial and not given else "constant"
+    if isinstance(perturbation, str):
+        if perturbation not in by_name:
+            names = ", ".join(map(repr, by_name))
+            raise ValueError(f"perturbation must be one of {names} or a perturbation object, "
+                             f"got {perturbation!r}")
+        perturbation = by_name[perturbation]
+    allowed = tuple(type(p) for p in by_name.values())
+    if not isinstance(perturbation, allowed):
+        kinds = ", ".join(kind.__name__ for kind in allowed)
+        raise TypeError(f"perturbation must be a name or one of {kinds}, got {perturbation!r}")
+    if isinstance(perturbation, (Blur, BlurPyramid)) and any(x.dim() <= 2 for x in inputs):
+        raise ValueError(
+            "perturbation='blur' needs inputs with spatial axes to blur along; (N, F) rows have "
+            "none: use perturbation='constant' (deleted features take baselines, default 0) or "
+            "'noise'"
+        )
+    return perturbation
+
+
 __all__ = [
-    "PERTURBATIONS",
+    "Blur",
+    "BlurPyramid",
+    "Constant",
+    "Noise",
+    "Perturbation",
     "blend",
     "blur_pyramid",
-    "choose_perturbation",
     "constant_reference",
     "gaussian_blur",
     "gaussian_kernel1d",
-    "make_reference",
     "noise_reference",
     "pyramid_blend",
+    "resolve_perturbation",
 ]

@@ -9,20 +9,20 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from captum.log import log_usage
 from torch import Tensor
 
-from captum_masks._base import MaskAttribution, leaves_model_as_found, make_generator
-from captum_masks._compat import progress
-from captum_masks._groups import FeatureGroups, resolve_groups
-from captum_masks._inputs import (
+from captum_masks._engine.call import MaskAttribution, mask_attribute
+from captum_masks._engine.checks import (
     check_positive_int,
     format_inputs,
     map_batch,
     per_input_baselines,
     select_scores,
 )
-from captum_masks._layout import MaskLayout
+from captum_masks._engine.compat import BaselineType, TargetType, progress
+from captum_masks._engine.layout import MaskLayout
+from captum_masks._engine.model_state import make_generator
+from captum_masks.masks.groups import FeatureGroups, resolve_groups
 from captum_masks.perturbations import blend, constant_reference
 
 _INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
@@ -62,15 +62,15 @@ class RISE(MaskAttribution):
         >>> quick = rise.attribute(images, target=3, n_samples=500)   # noisier
     """
 
-    @log_usage()
-    @leaves_model_as_found
+    @mask_attribute
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor, ...],
-        target: Any = None,
+        target: TargetType = None,
         additional_forward_args: Any = None,
-        baselines: Any = None,
+        baselines: BaselineType = None,
         feature_mask: Tensor | tuple[Tensor, ...] | None = None,
+        *,
         n_samples: int = 4000,
         grid_size: int = 7,
         keep_probability: float = 0.5,
@@ -142,7 +142,7 @@ class RISE(MaskAttribution):
         layout = MaskLayout(channels_last)
         formatted = format_inputs(inputs)
         groups = resolve_groups(feature_mask, formatted, "RISE")
-        call = self._prepare(inputs, target, additional_forward_args, formatted=formatted)
+        call = self._prepare(inputs, formatted, target, additional_forward_args)
         layout.check(call.inputs, "RISE")
         images = [layout.to_channels_first(x) for x in call.work_inputs]
         references = [

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from captum_masks import MeaningfulPerturbation, explain_dataset
-from captum_masks._distributed import rank_and_world_size
+from captum_masks._engine.distributed import rank_and_world_size
 
 N_EXAMPLES = 22
 BATCH_SIZE = 2

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from captum_masks import AmortizedExplainer, MaskNet
 from captum_masks.amortized.losses import ExplainedBatch, LossSettings, stalder_terms
-from captum_masks.masks import upsample_linearly
+from captum_masks.masks.interpolation import upsample_linearly
 
 SMALL = {"width": 8, "depth": 1}
 

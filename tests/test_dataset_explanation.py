@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from captum_masks import RISE, DatasetExplanations, MeaningfulPerturbation, explain_dataset
-from captum_masks._dataset_files import MANIFEST
+from captum_masks.datasets.storage import MANIFEST
 
 SCRIPT = Path(__file__).parent / "distributed_explain.py"
 TESTS = Path(__file__).parent

@@ -9,7 +9,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from captum_masks import masks, perturbations, regularizers
-from captum_masks._optimize import ExampleRows, MaskProblem, OptimizationSettings, optimize_masks
+from captum_masks._engine.loop import (
+    ExampleRows,
+    MaskProblem,
+    OptimizationSettings,
+    optimize_masks,
+)
 
 
 # ---------------------------------------------------------------- perturbations

@@ -529,7 +529,7 @@ def test_captum_layer_configs(method, case):
             assert "layer" in str(error)
             return
     with torch.no_grad():
-        from captum_masks._hooks import run_recording
+        from captum_masks._engine.hooks import run_recording
 
         inputs = args["inputs"] if isinstance(args["inputs"], tuple) else (args["inputs"],)
         extra = args.get("additional_forward_args") or ()

@@ -20,7 +20,7 @@ from captum_masks import (
     NeuroMaskAttr,
     explain_dataset,
 )
-from captum_masks._dataset_files import MANIFEST
+from captum_masks.datasets.storage import MANIFEST
 
 
 def conv_model(dtype: torch.dtype, dims: int = 2) -> nn.Module:

@@ -12,23 +12,29 @@ import torch
 from captum.log import log_usage
 from torch import Tensor, nn
 
-from captum_masks._base import MaskAttribution, leaves_model_as_found, seeded_global_rng, work_dtype
-from captum_masks._compat import _format_output
-from captum_masks._hooks import check_layers, last_feature_map, replacing_output, run_recording
-from captum_masks._inputs import (
+from captum_masks._engine.call import MaskAttribution, work_dtype
+from captum_masks._engine.checks import (
     check_choice,
     check_one_tensor,
     check_positive_ints,
     format_inputs,
     run_forward,
 )
-from captum_masks._layout import MaskLayout
-from captum_masks._warnings import warn_user
+from captum_masks._engine.compat import TargetType, _format_output
+from captum_masks._engine.hooks import (
+    check_layers,
+    last_feature_map,
+    replacing_output,
+    run_recording,
+)
+from captum_masks._engine.layout import MaskLayout
+from captum_masks._engine.model_state import leaves_model_as_found, seeded_global_rng
+from captum_masks._engine.user_warnings import warn_user
 from captum_masks.amortized.fitting import FittingMixin
 from captum_masks.amortized.networks import MaskNet, checked_logits, deeplab_explainer
 from captum_masks.amortized.persistence import PersistenceMixin
 from captum_masks.amortized.training import evaluating
-from captum_masks.masks import upsample_linearly
+from captum_masks.masks.interpolation import upsample_linearly
 
 TARGET_SOURCES = ("labels", "predictions")
 #: ``feature_layer``'s default: the classifier's last feature map
@@ -299,7 +305,7 @@ class AmortizedExplainer(FittingMixin, PersistenceMixin, MaskAttribution):
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor],
-        target: Any = None,
+        target: TargetType = None,
         additional_forward_args: Any = None,
     ) -> Tensor | tuple[Tensor]:
         r"""
@@ -325,13 +331,9 @@ class AmortizedExplainer(FittingMixin, PersistenceMixin, MaskAttribution):
             >>> explainer.attribute(images, target=torch.tensor([0, 3]))
         """
         check_one_tensor(inputs)
-        call = self._prepare(
-            inputs,
-            target,
-            additional_forward_args,
-            spatial_dims=(1, 2, 3) if self.layer is None else None,
-            masked=self.layer is None,
-        )
+        spatial_dims = (1, 2, 3) if self.layer is None else None
+        formatted = format_inputs(inputs, spatial_dims, masked=self.layer is None)
+        call = self._prepare(inputs, formatted, target, additional_forward_args)
         if call.targets.shape[1] != 1 or call.clean_output.shape[1] != self.num_classes:
             raise ValueError(
                 f"forward_func must return (N, {self.num_classes}) scores for num_classes="

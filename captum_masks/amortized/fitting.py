@@ -13,10 +13,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from captum_masks._base import check_seed, modules_of, restored_buffers, warn_if_training
-from captum_masks._io import save_atomically
-from captum_masks._inputs import check_choice, check_positive, check_positive_int
-from captum_masks._distributed import rank_and_world_size
+from captum_masks._engine.checks import check_choice, check_positive, check_positive_int
+from captum_masks._engine.distributed import rank_and_world_size
+from captum_masks._engine.files import save_atomically
+from captum_masks._engine.model_state import (
+    check_seed,
+    modules_of,
+    restored_buffers,
+    warn_if_training,
+)
 from captum_masks.amortized.distributed import shard, wrap_distributed
 from captum_masks.amortized.losses import LOSSES, ExplainedBatch, LossSettings
 from captum_masks.amortized.networks import checked_logits

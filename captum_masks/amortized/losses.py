@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from captum_masks._inputs import check_choice, check_non_negative
+from captum_masks._engine.checks import check_choice, check_non_negative
 from captum_masks.perturbations import blend
 from captum_masks.regularizers import area_bounds, total_variation
 

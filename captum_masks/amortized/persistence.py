@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from captum_masks._io import save_atomically
+from captum_masks._engine.files import save_atomically
 
 if TYPE_CHECKING:
     from captum_masks.amortized.explainer import AmortizedExplainer

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from captum_masks._compat import progress
+from captum_masks._engine.compat import progress
 
 
 @dataclass

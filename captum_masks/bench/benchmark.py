@@ -38,7 +38,7 @@ from captum.attr import Attribution
 from torch import Tensor, nn
 
 from captum_masks import explain_dataset, metrics
-from captum_masks._distributed import rank_and_world_size
+from captum_masks._engine.distributed import rank_and_world_size
 from captum_masks.bench.runners import (
     ALL_METHODS,
     AMORTIZED_SUITES,
@@ -151,7 +151,7 @@ def run_benchmark(
         >>> result = run_benchmark("synthetic", n=20)
         >>> print(format_table(result))
     """
-    from captum_masks._compat import progress
+    from captum_masks._engine.compat import progress
 
     methods = _chosen_methods(suite, methods, n, overrides or {})
     if objects is None:

@@ -11,12 +11,12 @@ from typing import Any
 
 import torch
 
-from captum_masks.bench.speed import SPEED_METHODS
-from captum_masks.bench.runners import ALL_METHODS
-from captum_masks.bench.suites import SUITES
+from captum_masks.bench.cli_types import image, positive_int, setting, target
 from captum_masks.bench.layouts import SPLITS
 from captum_masks.bench.objects import OBJECTS
-from captum_masks.bench.cli_types import image, positive_int, setting, target
+from captum_masks.bench.runners import ALL_METHODS
+from captum_masks.bench.speed import SPEED_METHODS
+from captum_masks.bench.suites import SUITES
 from captum_masks.bench.zoo import SAMPLE_IMAGES
 
 THREADS_HELP = (
@@ -310,7 +310,10 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
         run_demo(image=args.image, out=args.out, n_iter=args.n_iter, seed=args.seed)
     elif args.command == "benchmark":
         from captum_masks.bench.benchmark import (
-            format_rows, format_table, run_benchmark, save_figure
+            format_rows,
+            format_table,
+            run_benchmark,
+            save_figure,
         )
         from captum_masks.bench.explain import process_group_from_environment
 
@@ -336,7 +339,10 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
         save_figure(result, out)
         print(f"\nSaved {out}")
     elif args.command == "explain":
-        from captum_masks.bench.explain import process_group_from_environment, run_explain
+        from captum_masks.bench.explain import (
+            process_group_from_environment,
+            run_explain,
+        )
 
         with process_group_from_environment():
             report = run_explain(
@@ -378,7 +384,10 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
         )
         print(format_explainer_epochs(rows))
     elif args.command == "class-masking":
-        from captum_masks.bench.class_masking import class_masking_report, format_class_masking
+        from captum_masks.bench.class_masking import (
+            class_masking_report,
+            format_class_masking,
+        )
 
         report = class_masking_report(args.n, args.seed, args.retrain, dict(args.set))
         print(format_class_masking(report))

@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from captum_masks._compat import progress
+from captum_masks._engine.compat import progress
 from captum_masks.bench import zoo
 from captum_masks.bench.runners import method_runners
 from captum_masks.bench.suites import Suite, image_suite, photos_pairs_suite

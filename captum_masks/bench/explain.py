@@ -7,24 +7,24 @@ import contextlib
 import importlib
 import os
 import time
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from captum_masks import (
+    RISE,
     ExtremalPerturbation,
     GuidedFeatureInversion,
     LayerMeaningfulPerturbation,
     LayerNeuroMask,
     MeaningfulPerturbation,
     NeuroMaskAttr,
-    RISE,
     explain_dataset,
 )
-from captum_masks._distributed import rank_and_world_size
+from captum_masks._engine.distributed import rank_and_world_size
 
 #: this package's methods that ``explain`` builds from a model (and a layer for the Layer ones)
 OUR_EXPLAIN_METHODS = {

@@ -11,8 +11,8 @@ import torch
 from torch import Tensor
 
 from captum_masks.amortized import AmortizedExplainer
-from captum_masks.extremal_perturbation import ExtremalPerturbation
 from captum_masks.bench.suites import Suite
+from captum_masks.extremal_perturbation import ExtremalPerturbation
 from captum_masks.guided_feature_inversion import GuidedFeatureInversion
 from captum_masks.meaningful_perturbation import GAMES, MeaningfulPerturbation
 from captum_masks.neuromask import NeuroMaskAttr

@@ -19,7 +19,6 @@ from torch import Tensor
 from captum_masks.bench import zoo
 from captum_masks.bench.objects import OBJECTS
 
-
 SHAPES = ("circle", "square", "triangle", "cross")
 BACKGROUNDS = ("brick", "grass", "gravel", "camera", "china", "flower")
 IMAGE_SIZE = 64

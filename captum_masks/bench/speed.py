@@ -37,9 +37,9 @@ import torch
 from captum.attr import Attribution
 from torch import Tensor, nn
 
-from captum_masks._inputs import check_positive_int
-from captum_masks.bench.suites import photos_suite
+from captum_masks._engine.checks import check_positive_int
 from captum_masks.amortized import AmortizedExplainer
+from captum_masks.bench.suites import photos_suite
 from captum_masks.extremal_perturbation import ExtremalPerturbation
 from captum_masks.guided_feature_inversion import GuidedFeatureInversion
 from captum_masks.meaningful_perturbation import MeaningfulPerturbation

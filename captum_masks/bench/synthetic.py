@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from captum_masks._base import seeded_global_rng
-from captum_masks._io import save_atomically
+from captum_masks._engine.files import save_atomically
+from captum_masks._engine.model_state import seeded_global_rng
 from captum_masks.bench import layouts
 from captum_masks.bench.shapes import (
     BACKGROUNDS,

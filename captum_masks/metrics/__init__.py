@@ -11,10 +11,25 @@ target by its softmax probability.
 """
 
 from captum_masks.metrics.curves import deletion_insertion_curve
-from captum_masks.metrics.localisation import box_iou, class_discrimination, localization_error, map_mean, map_total_variation, mask_iou, pointing_game, relevance_mass, saliency_metric, threshold_heatmap, tightest_box
+from captum_masks.metrics.localisation import (
+    box_iou,
+    class_discrimination,
+    localization_error,
+    map_mean,
+    map_total_variation,
+    mask_iou,
+    pointing_game,
+    relevance_mass,
+    saliency_metric,
+    threshold_heatmap,
+    tightest_box,
+)
 from captum_masks.metrics.maps import to_heatmap
 from captum_masks.metrics.masking import class_specific_masking, salient_object_scores
-from captum_masks.metrics.sanity import model_randomization_check, spearman_rank_correlation
+from captum_masks.metrics.sanity import (
+    model_randomization_check,
+    spearman_rank_correlation,
+)
 
 __all__ = [
     "box_iou",

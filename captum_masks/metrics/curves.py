@@ -9,9 +9,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from captum_masks._inputs import check_positive_int, resolve_targets, select_scores
+from captum_masks._engine.checks import (
+    check_positive_int,
+    resolve_targets,
+    select_scores,
+)
 from captum_masks.metrics.maps import to_heatmap
 from captum_masks.perturbations import gaussian_blur
+
 
 def deletion_insertion_curve(
     forward_func: Callable,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+
 def to_heatmap(attributions: Tensor | tuple, absolute: bool = False) -> Tensor:
     """Reduce attributions to one (N, H, W) map per example.
 

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from captum_masks.metrics.maps import as_masks, min_max_normalise, to_heatmap
 
+
 def class_specific_masking(
     forward_func: Callable,
     inputs: Tensor,

@@ -8,8 +8,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from captum_masks._base import seeded_global_rng
+from captum_masks._engine.model_state import seeded_global_rng
 from captum_masks.metrics.maps import to_heatmap
+
 
 def spearman_rank_correlation(first: Tensor, second: Tensor) -> Tensor:
     """Spearman's ρ between matching rows of two (N, ...) tensors, ties averaged.

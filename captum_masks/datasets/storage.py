@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from captum_masks._base import work_dtype
-from captum_masks.low_resolution import LowResolutionMask
+from captum_masks._engine.call import work_dtype
+from captum_masks.masks.low_resolution import LowResolutionMask
 
 #: bump when the files' layout changes, so that old folders are refused rather than misread
 FORMAT_VERSION = 2

@@ -15,32 +15,32 @@ import torch
 from torch import Tensor, nn
 
 from captum_masks import metrics
-from captum_masks._base import modules_of
-from captum_masks._compat import progress
-from captum_masks._dataset_files import (
-    FORMAT_VERSION,
-    DatasetExplanations,
-    agree_on_manifest,
-    as_tuple,
-    attribution_entries,
-    history_entries,
-    batch_file,
-    batch_length,
-    collate,
-    describe,
-    fingerprint_data,
-    fingerprint_model,
-    method_description,
-)
-from captum_masks._distributed import rank_and_world_size
-from captum_masks._inputs import (
+from captum_masks._engine.checks import (
     check_choice,
     check_non_negative,
     check_positive,
     check_positive_int,
     select_scores,
 )
-from captum_masks._io import save_atomically
+from captum_masks._engine.compat import progress
+from captum_masks._engine.distributed import rank_and_world_size
+from captum_masks._engine.files import save_atomically
+from captum_masks._engine.model_state import modules_of
+from captum_masks.datasets.storage import (
+    FORMAT_VERSION,
+    DatasetExplanations,
+    agree_on_manifest,
+    as_tuple,
+    attribution_entries,
+    batch_file,
+    batch_length,
+    collate,
+    describe,
+    fingerprint_data,
+    fingerprint_model,
+    history_entries,
+    method_description,
+)
 
 TARGETS = ("predicted", "label")
 PRECISIONS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from captum_masks.masks import UpsampledMask, upsample_linearly
+from captum_masks.masks.interpolation import upsample_linearly, upsample_smoothly
 
 UPSAMPLINGS = ("linear", "smooth")
 
@@ -55,7 +55,7 @@ class LowResolutionMask:
     def expand(self, spatial_shape: Sequence[int]) -> Tensor:
         """The attribution's channel, ``(N, 1, *spatial_shape)`` in [0, 1]."""
         if self.upsampling == "smooth":
-            mask = UpsampledMask(self.factor, self.sigma)(self.values, spatial_shape)
+            mask = upsample_smoothly(self.values, spatial_shape, self.factor, self.sigma)
         else:
             mask = upsample_linearly(self.values, spatial_shape)
         return (1.0 - mask if self.complement else mask).clamp(0.0, 1.0)

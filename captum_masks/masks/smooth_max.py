@@ -10,11 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from captum_masks._inputs import check_at_least, check_positive_int
-from captum_masks.masks import clamp_to_unit_interval_, upsample_linearly
+from captum_masks._engine.checks import check_at_least, check_positive_int
+from captum_masks.masks.base import CellMask, clamp_to_unit_interval_
+from captum_masks.masks.interpolation import upsample_linearly
 
 
-class SmoothMaxMask:
+class SmoothMaxMask(CellMask):
     r"""Fong, Patrick & Vedaldi's smooth mask (ICCV 2019, Section 3.3): parameters m̄ on a grid
     of ``step`` pixels in [0, 1]; the mask at pixel u is a smooth maximum, over the grid points
     v near u, of k(u − v)·m̄(v), with the kernel k(z) = exp(−2·max(‖z‖/σ − ½, 0)²) (flat out to
@@ -33,18 +34,22 @@ class SmoothMaxMask:
     the border, as the authors' code does with a margin of σ.
 
     Args:
-        step (int): grid spacing in pixels (the paper's 7 px at 224 px).
-        sigma (float): kernel width σ in pixels (the paper's 21).
-        temperature (float): T of the smooth maximum (the paper's 20).
-        stride (int): pixels between the points where the mask is evaluated.
-        margin (float): width in pixels of the band around the image where the mask is also
-            evaluated (rounded to whole strides).
+        step (int): grid spacing in pixels (the paper's 7 px at 224 px). Default: 7
+        sigma (float): kernel width σ in pixels (the paper's 21). Default: 21
+        temperature (float): T of the smooth maximum (the paper's 20). Default: 20
+        stride (int): pixels between the points where the mask is evaluated (1: every pixel).
+            Default: 4
+        margin (float or None): width in pixels of the band around the image where the mask is
+            also evaluated (rounded to whole strides); None is σ, as the authors' code.
+            Default: None
+        init_value (float): the value every grid parameter starts at, in [0, 1]. Default: 1
 
     Examples::
 
-        >>> parametrisation = SmoothMaxMask(step=7, sigma=21.0)
-        >>> theta = parametrisation.init(images, fill=1.0)      # (N, 1, 32, 32) for 224 px
-        >>> mask = parametrisation(theta, images.shape[2:])     # (N, 1, 224, 224)
+        >>> mask = SmoothMaxMask(step=7, sigma=21.0, stride=1)
+        >>> attribution = ExtremalPerturbation(model).attribute(images, target=3, mask=mask)
+        >>> theta = mask.init([images], generator)[0]             # (N, 1, 32, 32) for 224 px
+        >>> full = mask.expand(theta, images.shape[2:])           # (N, 1, 224, 224)
     """
 
     def __init__(
@@ -53,8 +58,10 @@ class SmoothMaxMask:
         sigma: float = 21.0,
         temperature: float = 20.0,
         stride: int = 4,
-        margin: float = 0.0,
+        margin: float | None = None,
+        init_value: float = 1.0,
     ) -> None:
+        margin = sigma if margin is None else margin
         check_positive_int("step", step)
         check_positive_int("stride", stride)
         check_at_least("sigma", sigma, 1e-3, "the kernel's width in pixels")
@@ -65,22 +72,34 @@ class SmoothMaxMask:
         self.sigma = float(sigma)
         self.temperature = float(temperature)
         self.margin = float(margin)
+        if not (isinstance(init_value, (int, float)) and 0.0 <= init_value <= 1.0):
+            raise ValueError(f"init_value must be in [0, 1], got {init_value!r}")
+        self.init_value = float(init_value)
         self.radius = 1 + math.ceil(self.sigma / step)
         self.band = round(self.margin / stride)  # evaluated points outside the image, per side
         # grid cells a neighbour of an evaluated point can be from the image's grid
         self.padding = self.radius + math.ceil(self.margin / step) + 1
         self._geometry: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}
 
-    def init(self, inputs: Tensor, fill: float) -> Tensor:
-        """Grid parameters ``(N, 1, ⌈H / step⌉, ⌈W / step⌉)`` all equal to ``fill``."""
-        grid = [math.ceil(side / self.step) for side in inputs.shape[2:]]
-        return torch.full(
-            (inputs.shape[0], 1, *grid), float(fill), device=inputs.device, dtype=inputs.dtype
-        )
+    def cell_shape(self, spatial_shape: Sequence[int]) -> list[int]:
+        return [math.ceil(side / self.step) for side in spatial_shape]
 
-    def __call__(self, params: Tensor, spatial_shape: Sequence[int]) -> Tensor:
+    def init_cells(
+        self, shape: Sequence[int], like: Tensor, generator: torch.Generator
+    ) -> Tensor:
+        return like.new_full(tuple(shape), self.init_value)
+
+    def expand(
+        self,
+        params: Tensor,
+        spatial_shape: Sequence[int],
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         """The ``(N, 1, H, W)`` mask of grid parameters ``(N, 1, h, w)``, in [0, 1]."""
         return self.upsample(self.evaluated(params, spatial_shape), spatial_shape)
+
+    def project_cells_(self, params: Tensor) -> None:
+        clamp_to_unit_interval_(params)
 
     def evaluated(self, params: Tensor, spatial_shape: Sequence[int]) -> Tensor:
         """The mask at the evaluated points only, ``(N, 1, ⌈H / stride⌉ + 2·band,
@@ -135,12 +154,11 @@ class SmoothMaxMask:
             self._geometry[key] = (rows.T.flatten(), cols.T.flatten(), kernel)
         return self._geometry[key]
 
-    clamp_ = staticmethod(clamp_to_unit_interval_)
-
     def __repr__(self) -> str:
         return (
             f"SmoothMaxMask(step={self.step}, sigma={self.sigma}, "
-            f"temperature={self.temperature}, stride={self.stride}, margin={self.margin})"
+            f"temperature={self.temperature}, stride={self.stride}, margin={self.margin}, "
+            f"init_value={self.init_value})"
         )
 
 

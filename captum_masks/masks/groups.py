@@ -1,4 +1,5 @@
-"""Captum's ``feature_mask``: which input elements share one mask value.
+"""Captum's ``feature_mask``: which input elements share one mask value, as a mask whose
+cells are groups.
 
 A feature mask holds an integer group id per element, broadcastable to its input (batch axis of
 size 1 for one grouping shared by the batch, or N for one per example). The same id in several
@@ -14,6 +15,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from captum_masks._engine.layout import MaskLayout
+from captum_masks.masks.base import CellMask, Mask
 
 #: the most spatial axes a mask can span on its own (volumes); more need a feature_mask
 MAX_SPATIAL_AXES = 3
@@ -109,11 +113,72 @@ class FeatureGroups:
         return (self.sizes[examples] > 0).sum(dim=1)
 
 
+class GroupedMask:
+    """A :class:`~captum_masks.masks.CellMask` whose cells are Captum's feature groups instead of
+    a grid: one parameter per group, turned into its mask value by ``cells`` and put on every
+    element of the group. The :class:`~captum_masks.masks.Mask` of a call with a
+    ``feature_mask``, or of (N, F) rows.
+
+    Args:
+        cells (CellMask): gives the parameters' start, their values and their projection.
+        groups (FeatureGroups): the groups, relabelled.
+        layout (MaskLayout): where the caller's inputs keep their channels; the rendered masks
+            are channels first.
+    """
+
+    def __init__(self, cells: CellMask, groups: FeatureGroups, layout: MaskLayout) -> None:
+        self.cells, self.groups, self.layout = cells, groups, layout
+
+    def init(self, inputs: Sequence[Tensor], generator: torch.Generator) -> list[Tensor]:
+        shape = (inputs[0].shape[0], self.groups.count)
+        return [self.cells.init_cells(shape, inputs[0], generator)]
+
+    def render(
+        self,
+        params: Sequence[Tensor],
+        inputs: Sequence[Tensor],
+        rows: Tensor,
+        generator: torch.Generator | None = None,
+    ) -> list[Tensor]:
+        expanded = self.groups.expand(self.cells.values(params[0]), rows)
+        return [self.layout.to_channels_first(m) for m in expanded]
+
+    def project_(self, params: Sequence[Tensor]) -> None:
+        self.cells.project_cells_(params[0])
+
+    def grids(self, params: Sequence[Tensor]) -> list[Tensor]:
+        return []  # groups have no neighbours: no smoothness term
+
+    def mean(self, values: Sequence[Tensor], rows: Tensor) -> Tensor:
+        return self.groups.weighted_mean(values[0].abs(), rows)
+
+    def total(self, values: Sequence[Tensor], rows: Tensor) -> Tensor:
+        return self.mean(values, rows) * self.groups.used(rows)
+
+    def low_resolution(self, params: Sequence[Tensor]) -> None:
+        return None
+
+
+def mask_over_inputs(
+    cells: CellMask,
+    feature_mask: Any,
+    inputs: Sequence[Tensor],
+    layout: MaskLayout,
+    method: str,
+) -> Mask:
+    """The call's :class:`~captum_masks.masks.Mask`: ``cells`` on a grid over each input's
+    spatial axes, or on the feature groups :func:`resolve_groups` finds. ``inputs`` are in the
+    caller's layout."""
+    groups = resolve_groups(feature_mask, inputs, method)
+    return cells if groups is None else GroupedMask(cells, groups, layout)
+
+
 def resolve_groups(
     feature_mask: Any, inputs: Sequence[Tensor], method: str
 ) -> FeatureGroups | None:
     """The call's grouping: from ``feature_mask``; per feature when every input is (N,) or
-    (N, F); None (the mask spans the spatial axes of each input) otherwise."""
+    (N, F) rows (their features have no order, so a mask upsampled or smoothed along them would
+    mean nothing); None (the mask spans the spatial axes of each input) otherwise."""
     if feature_mask is not None:
         return FeatureGroups.from_feature_mask(feature_mask, inputs)
     rows = [x.dim() <= 2 for x in inputs]
@@ -139,4 +204,4 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
-__all__ = ["MAX_SPATIAL_AXES", "FeatureGroups", "resolve_groups"]
+__all__ = ["MAX_SPATIAL_AXES", "FeatureGroups", "GroupedMask", "mask_over_inputs", "resolve_groups"]

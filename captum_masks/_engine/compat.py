@@ -9,8 +9,11 @@ from captum._utils.common import (
     _format_output,
 )
 from captum._utils.progress import progress
+from captum._utils.typing import BaselineType, TargetType
 
 __all__ = [
+    "BaselineType",
+    "TargetType",
     "_format_additional_forward_args",
     "_format_output",
     "progress",

@@ -18,26 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from captum_masks._compat import progress
-from captum_masks._inputs import check_positive_int, map_batch
-from captum_masks._warnings import warn_user
-
-if TYPE_CHECKING:
-    from captum_masks.low_resolution import LowResolutionMask
-
-OPTIMIZERS = {
-    "adam": torch.optim.Adam,
-    "rmsprop": torch.optim.RMSprop,
-    "sgd": torch.optim.SGD,
-}
-
-OptimizerType = str | Callable[[list[Tensor], float], torch.optim.Optimizer]
-SchedulerType = Callable[[torch.optim.Optimizer], object] | None
+from captum_masks._engine.checks import map_batch
+from captum_masks._engine.compat import progress
+from captum_masks._engine.user_warnings import warn_user
+from captum_masks.optimization import Optimization, OptimizationHistory
 
 
 @dataclass(frozen=True)
@@ -76,9 +65,10 @@ class MaskProblem:
 
     Attributes:
         params: initial mask parameters, batch-first (copied; the copies are optimised).
-        objective: ``objective(params, rows)`` maps the parameters of some examples and their
-            :class:`ExampleRows` to ``(loss, probability)``, both (n,): the per-example loss
-            to minimise and the target probability to report.
+        objective: ``objective(params, rows, step)`` maps the parameters of some examples,
+            their :class:`ExampleRows` and the step index (0 first) to ``(loss, probability)``,
+            both (n,): the per-example loss to minimise and the target probability to
+            report.
         examples: the chunk's :class:`ExampleRows`; the loop passes the objective those of
             the examples still running.
         project: optional in-place projection applied to the parameters after every step
@@ -86,92 +76,28 @@ class MaskProblem:
     """
 
     params: Sequence[Tensor]
-    objective: Callable[[Sequence[Tensor], ExampleRows], tuple[Tensor, Tensor]]
+    objective: Callable[[Sequence[Tensor], ExampleRows, int], tuple[Tensor, Tensor]]
     examples: ExampleRows
     project: Callable[[Sequence[Tensor]], None] | None = None
-
-
-@dataclass
-class OptimizationHistory:
-    """Per-step record of an optimisation, one column per example.
-
-    Attributes:
-        loss (Tensor): (n_iter, N) loss of each example before each step.
-        probability (Tensor): (n_iter, N) the explained class's probability before each step.
-        steps (Tensor): (N,) steps each example ran; its rows at or past that are NaN (it
-            stopped early).
-        low_resolution (tuple of LowResolutionMask, optional): the final masks, one per input,
-            in the low-resolution form the method optimised them in, from which
-            :meth:`~captum_masks.LowResolutionMask.expand` recomputes the attributions; None
-            for a method or call without one (a pixel-level mask, feature groups).
-    """
-
-    loss: Tensor
-    probability: Tensor
-    steps: Tensor
-    low_resolution: tuple[LowResolutionMask, ...] | None = None
-
-    def followed_by(self, later: OptimizationHistory) -> OptimizationHistory:
-        """One history of two optimisations run one after the other (e.g. two stages)."""
-        return OptimizationHistory(
-            torch.cat([self.loss, later.loss]),
-            torch.cat([self.probability, later.probability]),
-            self.steps + later.steps,
-        )
-
-
-@dataclass(frozen=True)
-class OptimizationSettings:
-    """How :func:`optimize_masks` runs: see the method docstrings for each argument."""
-
-    n_iter: int
-    lr: float
-    optimizer: OptimizerType = "adam"
-    scheduler: SchedulerType = None
-    tolerance: float | None = None
-    patience: int = 10
-    internal_batch_size: int | None = None
-    show_progress: bool = False
-    progress_desc: str = "Mask optimisation"
-    #: warn about examples whose target probability stays near 0 and never moves
-    warn_without_signal: bool = True
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        check_positive_int("n_iter", self.n_iter)
-        if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or self.lr <= 0:
-            raise ValueError(f"lr must be a number > 0, got {self.lr!r}")
-        if isinstance(self.optimizer, str) and self.optimizer not in OPTIMIZERS:
-            raise ValueError(
-                f"optimizer must be one of {sorted(OPTIMIZERS)} or a callable "
-                f"(params, lr) -> torch.optim.Optimizer, got {self.optimizer!r}"
-            )
-        if not isinstance(self.optimizer, str) and not callable(self.optimizer):
-            raise TypeError(f"optimizer must be a string or a callable, got {self.optimizer!r}")
-        if self.tolerance is not None and not self.tolerance >= 0:
-            raise ValueError(f"tolerance must be None or >= 0, got {self.tolerance!r}")
-        check_positive_int("patience", self.patience)
-        check_positive_int("internal_batch_size", self.internal_batch_size, allow_none=True)
-
-    def make_optimizer(self, params: list[Tensor]) -> torch.optim.Optimizer:
-        if isinstance(self.optimizer, str):
-            return OPTIMIZERS[self.optimizer](params, lr=self.lr)
-        return self.optimizer(params, self.lr)
 
 
 def optimize_masks(
     build_problem: Callable[[slice], MaskProblem],
     num_examples: int,
-    settings: OptimizationSettings,
+    settings: Optimization,
+    description: str,
+    warn_without_signal: bool = True,
 ) -> tuple[list[Tensor], OptimizationHistory]:
     """Optimise mask parameters for ``num_examples`` examples, chunk by chunk.
 
     Args:
         build_problem: given the slice of examples of a chunk, returns its :class:`MaskProblem`.
         num_examples: batch size N.
-        settings: iterations, optimiser, schedule, early stopping, chunking and progress.
+        settings: iterations, optimiser, schedule, early stopping, chunking and progress, every
+            field resolved.
+        description: the progress bar's label.
+        warn_without_signal: warn about examples whose target probability stays near 0 and
+            never moves (off for an objective that does not score the target).
 
     Returns:
         The optimised parameters (each concatenated over chunks, detached) and the history.
@@ -181,7 +107,7 @@ def optimize_masks(
         slice(start, min(start + chunk, num_examples)) for start in range(0, num_examples, chunk)
     ]
     bar = (
-        progress(desc=settings.progress_desc, total=settings.n_iter * len(slices))
+        progress(desc=description, total=settings.n_iter * len(slices))
         if settings.show_progress
         else None
     )
@@ -198,8 +124,8 @@ def optimize_masks(
             bar.close()
     params = [torch.cat(parts) for parts in zip(*results)]
     loss, probability, steps = (torch.cat(parts, dim=-1) for parts in zip(*histories))
-    if settings.warn_without_signal:
-        warn_without_signal(probability)
+    if warn_without_signal:
+        _warn_without_signal(probability)
     return params, OptimizationHistory(loss=loss, probability=probability, steps=steps)
 
 
@@ -209,7 +135,7 @@ SIGNAL_FLOOR = 1e-2
 SIGNAL_SPREAD = 1e-3
 
 
-def warn_without_signal(probability: Tensor) -> None:
+def _warn_without_signal(probability: Tensor) -> None:
     """Warn about the examples whose target probability (a (steps, N) history, NaN after an early
     stop) stayed below ``SIGNAL_FLOOR`` and moved by less than ``SIGNAL_SPREAD``: their masks
     reflect the regularisers, not the model."""
@@ -229,7 +155,7 @@ def warn_without_signal(probability: Tensor) -> None:
 
 
 def _optimize_chunk(
-    problem: MaskProblem, settings: OptimizationSettings, bar
+    problem: MaskProblem, settings: Optimization, bar: Any
 ) -> tuple[list[Tensor], tuple[Tensor, Tensor, Tensor]]:
     params = [p.detach().clone().requires_grad_(True) for p in problem.params]
     count = params[0].shape[0]
@@ -238,13 +164,13 @@ def _optimize_chunk(
     stopping = _PerExampleStopping(count, settings, params[0].device)
     losses: list[Tensor] = []
     probabilities: list[Tensor] = []
-    for _ in range(settings.n_iter):
+    for step in range(settings.n_iter):
         rows = stopping.running_rows()  # None while every example runs
         if rows is None:
-            loss, probability = problem.objective(params, problem.examples)
+            loss, probability = problem.objective(params, problem.examples, step)
         else:
             running = [p[rows] for p in params]
-            loss, probability = problem.objective(running, problem.examples.take(rows))
+            loss, probability = problem.objective(running, problem.examples.take(rows), step)
             stopped_values = [p.detach().clone() for p in params]
         grads = torch.autograd.grad(loss.sum(), params)
         for param, grad in zip(params, grads):
@@ -276,7 +202,7 @@ class _PerExampleStopping:
     by more than ``tolerance`` × abs(best) for ``patience`` steps (never without a tolerance). The
     tolerance is relative so that one value fits losses of any scale."""
 
-    def __init__(self, count: int, settings: OptimizationSettings, device: torch.device) -> None:
+    def __init__(self, count: int, settings: Optimization, device: torch.device) -> None:
         self.tolerance, self.patience = settings.tolerance, settings.patience
         self.stopped = torch.zeros(count, dtype=torch.bool, device=device)
         self.steps = torch.zeros(count, dtype=torch.long, device=device)
@@ -319,11 +245,7 @@ def _pad_rows(rows: Tensor, total: int) -> Tensor:
 
 
 __all__ = [
-    "OPTIMIZERS",
     "ExampleRows",
     "MaskProblem",
-    "OptimizationHistory",
-    "OptimizationSettings",
     "optimize_masks",
-    "warn_without_signal",
 ]

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
-from captum_masks._warnings import warn_user
+from captum_masks._engine.user_warnings import warn_user
 
 
 class MaskLayout:

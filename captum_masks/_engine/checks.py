@@ -14,7 +14,6 @@ import torch
 from torch import Tensor
 
 
-
 def format_inputs(
     inputs: Any, spatial_dims: int | tuple[int, ...] | None = None, masked: bool = True
 ) -> tuple[Tensor, ...]:
@@ -238,6 +237,16 @@ def check_positive_ints(**values: Any) -> None:
         check_positive_int(name, value)
 
 
+def check_instance(name: str, value: Any, kind: type, default: Any) -> Any:
+    """``value`` when it is a ``kind``, ``default`` when it is None; a ``TypeError`` naming
+    ``name`` otherwise."""
+    if value is None:
+        return default
+    if not isinstance(value, kind):
+        raise TypeError(f"{name} must be a {kind.__name__} or None, got {value!r}")
+    return value
+
+
 def check_at_least(name: str, value: Any, lower: float, why: str) -> None:
     """``value`` must be a real number ≥ ``lower``; ``why`` ends the error message."""
     if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and value >= lower):
@@ -248,6 +257,7 @@ __all__ = [
     "TargetError",
     "check_at_least",
     "check_choice",
+    "check_instance",
     "check_non_negative",
     "check_positive",
     "check_positive_int",

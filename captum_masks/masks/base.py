@@ -1,0 +1,152 @@
+"""The one interface every mask parametrisation implements, and the base of those with a grid.
+
+A method never asks which parametrisation it holds: it creates the parameters for a batch
+(:meth:`Mask.init`), renders the masks at its inputs' shapes (:meth:`Mask.render`), lets the loop
+project the parameters after each step (:meth:`Mask.project_`), takes its regularisers on the
+cells (:meth:`Mask.mean`, :meth:`Mask.total`, :meth:`Mask.grids`) and reads the low-resolution
+result (:meth:`Mask.low_resolution`). A grid over each input's spatial axes
+(:class:`CellMask`: :class:`~captum_masks.UpsampledMask`, :class:`~captum_masks.SigmoidMask`,
+:class:`~captum_masks.SmoothMaxMask`) and Captum's feature groups (:class:`GroupedMask`) are two
+implementations of it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from captum_masks.masks.low_resolution import LowResolutionMask
+
+
+class Mask(Protocol):
+    """A mask parametrisation over a call's inputs (channels first, batch first).
+
+    ``params`` are a list of batch-first tensors, optimised by the loop; ``rows`` are the batch
+    positions of the examples they belong to (a chunk of the call, or the examples still
+    running).
+    """
+
+    def init(self, inputs: Sequence[Tensor], generator: torch.Generator) -> list[Tensor]:
+        """The initial parameters for the examples of ``inputs``."""
+        ...
+
+    def render(
+        self,
+        params: Sequence[Tensor],
+        inputs: Sequence[Tensor],
+        rows: Tensor,
+        generator: torch.Generator | None = None,
+    ) -> list[Tensor]:
+        """One mask per input, in [0, 1], broadcastable to it: (n, 1 or C, \\*spatial). A
+        ``generator`` draws this step's random shifts where the parametrisation has them."""
+        ...
+
+    def project_(self, params: Sequence[Tensor]) -> None:
+        """Put the parameters back in their domain after an optimiser step (in place)."""
+        ...
+
+    def grids(self, params: Sequence[Tensor]) -> list[Tensor]:
+        """The low-resolution grids (n, 1, \\*cells) a smoothness term acts on; none for a
+        mask without neighbouring cells."""
+        ...
+
+    def mean(self, values: Sequence[Tensor], rows: Tensor) -> Tensor:
+        """Per example, the mean of ``|values|`` (one tensor shaped like each parameter) over
+        the mask's cells, each cell weighed by its share of the input; summed over inputs."""
+        ...
+
+    def total(self, values: Sequence[Tensor], rows: Tensor) -> Tensor:
+        """Per example, the sum of ``|values|`` over the mask's cells (a cell covering k times
+        the input of another counts k times as much); summed over inputs."""
+        ...
+
+    def low_resolution(self, params: Sequence[Tensor]) -> tuple[LowResolutionMask, ...] | None:
+        """The final masks in the compact form they were optimised in, or None."""
+        ...
+
+
+class CellMask(ABC):
+    """A mask with one parameter per cell of a grid over each input's spatial axes.
+
+    A subclass says how many cells an input gets (:meth:`cell_shape`), how the cells start
+    (:meth:`init_cells`), how a cell's parameter becomes its value in [0, 1] (:meth:`values`),
+    and how the grid becomes the full-resolution mask (:meth:`expand`). The same subclass, with
+    Captum's feature groups in place of the grid, is a :class:`GroupedMask`: its cells are the
+    groups.
+    """
+
+    @abstractmethod
+    def cell_shape(self, spatial_shape: Sequence[int]) -> list[int]:
+        """The grid's shape for an input with ``spatial_shape``."""
+
+    @abstractmethod
+    def init_cells(
+        self, shape: Sequence[int], like: Tensor, generator: torch.Generator
+    ) -> Tensor:
+        """Initial parameters of ``shape`` (batch first) on ``like``'s device and dtype."""
+
+    @abstractmethod
+    def expand(
+        self, params: Tensor, spatial_shape: Sequence[int], generator: torch.Generator | None
+    ) -> Tensor:
+        """The ``(n, 1, *spatial_shape)`` mask of the grid ``params``."""
+
+    def values(self, params: Tensor) -> Tensor:
+        """A cell's mask value from its parameter; the parameter itself by default."""
+        return params
+
+    def project_cells_(self, params: Tensor) -> None:
+        """The projection after a step; none by default."""
+
+    def low_resolution_of(self, params: Tensor) -> LowResolutionMask | None:
+        """The compact form of one input's final grid; None by default."""
+        return None
+
+    def init(self, inputs: Sequence[Tensor], generator: torch.Generator) -> list[Tensor]:
+        return [
+            self.init_cells((x.shape[0], 1, *self.cell_shape(x.shape[2:])), x, generator)
+            for x in inputs
+        ]
+
+    def render(
+        self,
+        params: Sequence[Tensor],
+        inputs: Sequence[Tensor],
+        rows: Tensor,
+        generator: torch.Generator | None = None,
+    ) -> list[Tensor]:
+        return [self.expand(p, x.shape[2:], generator) for p, x in zip(params, inputs)]
+
+    def project_(self, params: Sequence[Tensor]) -> None:
+        for param in params:
+            self.project_cells_(param)
+
+    def grids(self, params: Sequence[Tensor]) -> list[Tensor]:
+        return list(params)
+
+    def mean(self, values: Sequence[Tensor], rows: Tensor) -> Tensor:
+        return sum((_abs_sum(v) / v[0].numel() for v in values), values[0].new_zeros(()))
+
+    def total(self, values: Sequence[Tensor], rows: Tensor) -> Tensor:
+        return sum((_abs_sum(v) for v in values), values[0].new_zeros(()))
+
+    def low_resolution(self, params: Sequence[Tensor]) -> tuple[LowResolutionMask, ...] | None:
+        compact = [self.low_resolution_of(p) for p in params]
+        return None if any(c is None for c in compact) else tuple(c for c in compact if c)
+
+
+def _abs_sum(values: Tensor) -> Tensor:
+    return values.reshape(values.shape[0], -1).abs().sum(dim=1)
+
+
+def clamp_to_unit_interval_(params: Tensor) -> None:
+    """Project mask parameters back onto [0, 1] after an optimiser step (in place)."""
+    params.clamp_(0.0, 1.0)
+
+
+__all__ = ["CellMask", "Mask", "clamp_to_unit_interval_"]

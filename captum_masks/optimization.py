@@ -1,0 +1,217 @@
+"""How an optimising method runs its loop (:class:`Optimization`) and what the loop records
+(:class:`OptimizationHistory`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import numbers
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from captum_masks._engine.checks import check_positive_int
+
+if TYPE_CHECKING:
+    from captum_masks.masks.low_resolution import LowResolutionMask
+
+OPTIMIZERS = {
+    "adam": torch.optim.Adam,
+    "rmsprop": torch.optim.RMSprop,
+    "sgd": torch.optim.SGD,
+}
+
+OptimizerType = str | Callable[[list[Tensor], float], torch.optim.Optimizer]
+SchedulerType = Callable[[torch.optim.Optimizer], object] | None
+
+
+class _MethodDefault:
+    """The value of a field left unset: the method's own default applies."""
+
+    def __repr__(self) -> str:
+        return "<method default>"
+
+    def __reduce__(self) -> str:
+        return "METHOD_DEFAULT"  # one object, also after pickling (explain_dataset's workers)
+
+
+#: an :class:`Optimization` field left unset; typed Any so each field keeps its own type
+METHOD_DEFAULT: Any = _MethodDefault()
+
+
+@dataclass(frozen=True)
+class Optimization:
+    r"""How an optimising method runs its loop: iterations, optimiser, schedule, early stopping,
+    chunking, progress and the call's randomness. One object for every method
+    (:class:`~captum_masks.MeaningfulPerturbation`, :class:`~captum_masks.NeuroMaskAttr`,
+    :class:`~captum_masks.ExtremalPerturbation`, :class:`~captum_masks.GuidedFeatureInversion`),
+    passed as ``attribute(..., optimization=Optimization(...))``. A field left unset takes the
+    method's own default, listed in its ``default_optimization`` and in its docstring, so
+    ``Optimization(n_iter=50)`` changes the iterations and nothing else.
+
+    Examples stay independent whatever these settings: the loop differentiates the sum of
+    per-example losses, and each example stops on its own loss, so a batch gives the masks of
+    one-by-one calls and ``internal_batch_size`` never changes a result.
+
+    Args:
+        n_iter (int, optional): the most optimisation steps an example runs (fewer once it
+            stops early, see ``tolerance``).
+        lr (float, optional): the learning rate, > 0.
+        optimizer (str or callable, optional): ``"adam"``, ``"rmsprop"``, ``"sgd"`` or a
+            callable ``(params, lr) -> torch.optim.Optimizer``.
+        scheduler (callable or None, optional): ``optimizer -> scheduler`` (e.g.
+            ``functools.partial(torch.optim.lr_scheduler.StepLR, step_size=100, gamma=0.5)``),
+            stepped once per iteration; None keeps ``lr`` constant.
+        tolerance (float or None, optional): early stopping, per example: an example stops once
+            its loss has not fallen below its best by more than ``tolerance`` times the best's
+            magnitude for ``patience`` steps (relative, so one value fits any loss scale), and
+            leaves the batch with the mask it had; ``history.steps`` holds each example's own
+            count. None runs all ``n_iter`` steps.
+        patience (int, optional): see ``tolerance``.
+        internal_batch_size (int or None, optional): optimise at most this many examples at a
+            time to bound memory; None optimises the whole batch at once.
+        show_progress (bool, optional): a progress bar over the iterations.
+        seed (int, optional): seed of the call's own random generators (jitter, noise, initial
+            weights); an example draws the same numbers alone or in any batch, and the global
+            RNG is never used nor changed.
+
+    Examples::
+
+        >>> from captum_masks import MeaningfulPerturbation, Optimization
+        >>> mp = MeaningfulPerturbation(model)
+        >>> quick = mp.attribute(images, target=3, optimization=Optimization(n_iter=50))
+        >>> paper = mp.attribute(images, target=3, optimization=Optimization(tolerance=None))
+        >>> MeaningfulPerturbation.default_optimization.n_iter
+        300
+    """
+
+    n_iter: int = METHOD_DEFAULT
+    lr: float = METHOD_DEFAULT
+    optimizer: OptimizerType = METHOD_DEFAULT
+    scheduler: SchedulerType = METHOD_DEFAULT
+    tolerance: float | None = METHOD_DEFAULT
+    patience: int = METHOD_DEFAULT
+    internal_batch_size: int | None = METHOD_DEFAULT
+    show_progress: bool = METHOD_DEFAULT
+    seed: int = METHOD_DEFAULT
+
+    def __post_init__(self) -> None:
+        for name, value in self.given().items():
+            _check_field(name, value)
+
+    def given(self) -> dict[str, Any]:
+        """The fields that were set, by name."""
+        return {
+            field.name: getattr(self, field.name)
+            for field in dataclasses.fields(self)
+            if getattr(self, field.name) is not METHOD_DEFAULT
+        }
+
+    def over(self, defaults: Optimization) -> Optimization:
+        """These settings, with ``defaults``' value for every field left unset."""
+        return dataclasses.replace(defaults, **self.given())
+
+    def make_optimizer(self, params: list[Tensor]) -> torch.optim.Optimizer:
+        """The optimiser over ``params`` (all fields resolved)."""
+        if isinstance(self.optimizer, str):
+            return OPTIMIZERS[self.optimizer](params, lr=self.lr)
+        return self.optimizer(params, self.lr)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={value!r}" for name, value in self.given().items())
+        return f"Optimization({fields})"
+
+
+def _check_field(name: str, value: Any) -> None:
+    if name in ("n_iter", "patience"):
+        check_positive_int(name, value)
+    elif name == "internal_batch_size":
+        check_positive_int(name, value, allow_none=True)
+    elif name == "lr":
+        if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value > 0:
+            raise ValueError(f"lr must be a number > 0, got {value!r}")
+    elif name == "optimizer":
+        if isinstance(value, str) and value not in OPTIMIZERS:
+            raise ValueError(
+                f"optimizer must be one of {sorted(OPTIMIZERS)} or a callable "
+                f"(params, lr) -> torch.optim.Optimizer, got {value!r}"
+            )
+        if not isinstance(value, str) and not callable(value):
+            raise TypeError(f"optimizer must be a string or a callable, got {value!r}")
+    elif name == "scheduler":
+        if value is not None and not callable(value):
+            raise TypeError(f"scheduler must be None or a callable optimizer -> scheduler, got {value!r}")
+    elif name == "tolerance":
+        if value is not None and not (
+            isinstance(value, numbers.Real) and not isinstance(value, bool) and value >= 0
+        ):
+            raise ValueError(f"tolerance must be None or a number >= 0, got {value!r}")
+    elif name == "show_progress":
+        if not isinstance(value, bool):
+            raise TypeError(f"show_progress must be a bool, got {type(value).__name__}")
+    elif name == "seed":
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+            raise TypeError(f"seed must be an int, got {type(value).__name__}")
+
+
+#: the fields every method shares unless it says otherwise
+SHARED_DEFAULTS = Optimization(
+    optimizer="adam",
+    scheduler=None,
+    tolerance=None,
+    patience=10,
+    internal_batch_size=None,
+    show_progress=False,
+    seed=0,
+)
+
+FIELDS = tuple(field.name for field in dataclasses.fields(Optimization))
+
+
+def halving_every(steps: int) -> Callable[[torch.optim.Optimizer], object]:
+    """A scheduler factory that halves the learning rate every ``steps`` iterations."""
+    check_positive_int("steps", steps)
+    return functools.partial(torch.optim.lr_scheduler.StepLR, step_size=steps, gamma=0.5)
+
+
+@dataclass
+class OptimizationHistory:
+    """Per-step record of an optimisation, one column per example.
+
+    Attributes:
+        loss (Tensor): (n_iter, N) loss of each example before each step.
+        probability (Tensor): (n_iter, N) the explained class's probability before each step.
+        steps (Tensor): (N,) steps each example ran; its rows at or past that are NaN (it
+            stopped early).
+        low_resolution (tuple of LowResolutionMask, optional): the final masks, one per input,
+            in the low-resolution form the method optimised them in, from which
+            :meth:`~captum_masks.LowResolutionMask.expand` recomputes the attributions; None
+            for a method or call without one (a pixel-level mask, feature groups).
+    """
+
+    loss: Tensor
+    probability: Tensor
+    steps: Tensor
+    low_resolution: tuple[LowResolutionMask, ...] | None = None
+
+    def followed_by(self, later: OptimizationHistory) -> OptimizationHistory:
+        """One history of two optimisations run one after the other (e.g. two stages)."""
+        return OptimizationHistory(
+            torch.cat([self.loss, later.loss]),
+            torch.cat([self.probability, later.probability]),
+            self.steps + later.steps,
+        )
+
+
+__all__ = [
+    "FIELDS",
+    "METHOD_DEFAULT",
+    "OPTIMIZERS",
+    "Optimization",
+    "OptimizationHistory",
+    "SHARED_DEFAULTS",
+    "halving_every",
+]
