@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from captum_masks import MeaningfulPerturbation, explain_dataset
+from captum_masks import MeaningfulPerturbation, Optimization, explain_dataset
 from captum_masks._engine.distributed import rank_and_world_size
 
 N_EXAMPLES = 22
 BATCH_SIZE = 2
-ATTRIBUTE_KWARGS = {"n_iter": 8, "seed": 3}
+ATTRIBUTE_KWARGS = {"optimization": Optimization(n_iter=8, seed=3)}
 
 
 class SeededImages(torch.utils.data.Dataset):

@@ -5,13 +5,12 @@ import dataclasses
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from amortized_problems import Quadrants, batches, quadrant_data, quadrant_masks
-import warnings
-
 from conftest import (
     NormCNN,
     TinyCNN,

@@ -70,8 +70,8 @@ def test_speed_with_early_stopping_reports_the_iterations_run():
         short_iters=2,
         long_iters=4,
         repeats=1,
-        settings={"tolerance": 1e9},
-        before={"tolerance": None, "n_iter": 15},
+        settings={"optimization.tolerance": 1e9},
+        before={"optimization.tolerance": None, "optimization.n_iter": 15},
         images=2,
     )
     # no step improves by 1e9: every image stops after its patience (10) plus the first step

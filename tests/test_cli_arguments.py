@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from captum_masks.bench.cli import main
-from captum_masks.bench.speed import SPEED_METHODS
 from captum_masks.bench.runners import ALL_METHODS
+from captum_masks.bench.speed import SPEED_METHODS
 from captum_masks.bench.suites import SUITES
 from captum_masks.bench.zoo import SAMPLE_IMAGES
 

@@ -10,6 +10,7 @@ pytest.importorskip("captum_masks.bench.zoo")
 
 from conftest import run_cli
 
+from captum_masks import Optimization, SigmoidMask
 from captum_masks.bench.benchmark import (
     METRIC_COLUMNS,
     format_rows,
@@ -239,7 +240,7 @@ def test_command_prints_a_table_every_row_and_saves_the_grid(tmp_path):
 def test_overrides_reach_this_packages_methods(tmp_path):
     one, three = (
         run_benchmark(
-            "synthetic", ["NeuroMaskAttr"], n=2, show_progress=False, overrides={"n_iter": n_iter}
+            "synthetic", ["NeuroMaskAttr"], n=2, show_progress=False, overrides={"optimization": Optimization(n_iter=n_iter)}
         )
         for n_iter in (1, 3)
     )
@@ -266,7 +267,7 @@ def test_overrides_reach_this_packages_methods(tmp_path):
 
 def test_overrides_go_only_to_the_methods_that_take_them():
     both = ["NeuroMaskAttr", "GuidedFeatureInversion"]
-    short = run_benchmark("synthetic", both, n=1, show_progress=False, overrides={"n_iter": 1})
+    short = run_benchmark("synthetic", both, n=1, show_progress=False, overrides={"optimization": Optimization(n_iter=1)})
     plain = run_benchmark("synthetic", ["GuidedFeatureInversion"], n=1, show_progress=False)
     torch.testing.assert_close(  # GFI has no n_iter: unchanged
         short.attributions["GuidedFeatureInversion"], plain.attributions["GuidedFeatureInversion"]
@@ -277,7 +278,7 @@ def test_overrides_go_only_to_the_methods_that_take_them():
             ["GuidedFeatureInversion", "Saliency"],
             n=1,
             show_progress=False,
-            overrides={"temperature": 1.0},
+            overrides={"mask": SigmoidMask(temperature=1.0)},
         )
 
 
@@ -294,7 +295,10 @@ def quick_explainer_settings(monkeypatch):
 def test_class_masking_report_scores_the_explainer_next_to_the_ground_truth(
     quick_explainer_settings,
 ):
-    from captum_masks.bench.class_masking import class_masking_report, format_class_masking
+    from captum_masks.bench.class_masking import (
+        class_masking_report,
+        format_class_masking,
+    )
 
     report = class_masking_report(n=12, retrain=True)
     assert report["history"] is not None and len(report["history"].train_loss) == 1

@@ -1,7 +1,6 @@
 """The Captum contract, side effects, determinism and bad input, for every mask-optimisation
 method alike, on tiny models and small inputs."""
 
-import inspect
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from captum_masks import (
     MeaningfulPerturbation,
     NeuroMaskAttr,
 )
+from captum_masks.bench.runners import method_arguments
 
 
 @dataclass
@@ -47,7 +47,7 @@ class Method:
     #: builds the explainer for a model (GFI also needs a layer)
     make: Callable = None
     #: the keyword arguments that set the number of iterations to n
-    iterations: Callable[[int], dict] = lambda n: {"n_iter": n}
+    iterations: Callable[[int], dict] = lambda n: {"optimization.n_iter": n}
     #: the method explains several input tensors at once
     takes_tuples: bool = True
     #: how close a batch must be to one-by-one calls (float error of batched convolutions)
@@ -67,8 +67,12 @@ class Method:
     def explainer(self, model):
         return (self.make or self.cls)(model)
 
-    def __call__(self, model, inputs, n_iter=8, **kwargs):
-        return self.explainer(model).attribute(inputs, **{**self.iterations(n_iter), **kwargs})
+    def __call__(self, model, inputs, n_iter=8, **settings):
+        """``settings`` as the bench's ``--set`` takes them: ``"optimization.n_iter"`` is the
+        field ``n_iter`` of the ``optimization`` argument."""
+        explainer = self.explainer(model)
+        arguments = method_arguments(self.cls, {**self.iterations(n_iter), **settings})
+        return explainer.attribute(inputs, **arguments)
 
 
 def last_relu(model):
@@ -96,32 +100,31 @@ BASELINES = st.none() | numbers(-2, 2)
 METHODS = {
     "MeaningfulPerturbation": Method(
         MeaningfulPerturbation,
-        deterministic={"jitter": 0},
-        keep_all={"mask_init": 1.0, "jitter": 0},
+        deterministic={"mask.jitter": 0},
+        keep_all={"mask.init_value": 1.0, "mask.jitter": 0},
         seeded={"perturbation": "noise"},
         fuzzed={
-            "n_iter": iterations(3),
+            "optimization.n_iter": iterations(3),
             "game": mostly(st.sampled_from(["deletion", "preservation"]), st.just("keep")),
             "perturbation": PERTURBATION_NAMES,
             "baselines": BASELINES,
-            "mask_factor": mostly(st.integers(1, 12), st.integers(-1, 0)),
-            "mask_sigma": mostly(numbers(0, 8), numbers(-1, -1e-3)),
-            "mask_init": mostly(numbers(0, 1), numbers(1.001, 1.5)),
-            "jitter": mostly(st.integers(0, 6), st.just(-1)),
-            "blur_sigma": mostly(numbers(0, 20), numbers(-1, -1e-3)),
+            "mask.factor": mostly(st.integers(1, 12), st.integers(-1, 0)),
+            "mask.smooth_sigma": mostly(numbers(0, 8), numbers(-1, -1e-3)),
+            "mask.init_value": mostly(numbers(0, 1), numbers(1.001, 1.5)),
+            "mask.jitter": mostly(st.integers(0, 6), st.just(-1)),
             "tv_beta": mostly(numbers(1, 4), numbers(-1, 0.99)),
-            "internal_batch_size": CHUNKS,
-            "seed": st.integers(0, 3),
+            "optimization.internal_batch_size": CHUNKS,
+            "optimization.seed": st.integers(0, 3),
         },
     ),
     "NeuroMaskAttr": Method(
         NeuroMaskAttr,
-        keep_all={"init_range": (60.0, 61.0)},
+        keep_all={"mask.init_range": (60.0, 61.0)},
         fuzzed={
-            "n_iter": iterations(3),
+            "optimization.n_iter": iterations(3),
             "baselines": BASELINES,
-            "temperature": mostly(numbers(1e-6, 3), numbers(-1, 0)),
-            "init_range": mostly(
+            "mask.temperature": mostly(numbers(1e-6, 3), numbers(-1, 0)),
+            "mask.init_range": mostly(
                 st.tuples(numbers(-3, 0), numbers(0.01, 3)),
                 st.tuples(numbers(0, 3), numbers(-3, 0)),
             ),
@@ -129,32 +132,30 @@ METHODS = {
             "smooth_kernel_size": mostly(st.sampled_from([3, 5]), st.just(1)),
             "squared_smoothness": st.booleans(),
             "channels_last": st.booleans(),
-            "internal_batch_size": CHUNKS,
-            "seed": st.integers(0, 3),
+            "optimization.internal_batch_size": CHUNKS,
+            "optimization.seed": st.integers(0, 3),
         },
     ),
     "GuidedFeatureInversion": Method(
         GuidedFeatureInversion,
         make=lambda model: GuidedFeatureInversion(model, layer=last_relu(model)),
-        iterations=lambda n: {"inversion_iters": max(1, n // 4), "target_iters": n},
+        iterations=lambda n: {"inversion.n_iter": max(1, n // 4), "optimization.n_iter": n},
         takes_tuples=False,
         # min-max normalisation by a small range magnifies float error
         batch_atol=1e-4,
         keep_all=None,  # the mask is min-max normalised: never all ones
         seeded={"perturbation": "noise"},
         fuzzed={
-            "inversion_iters": iterations(2),
-            "target_iters": iterations(3),
+            "inversion.n_iter": iterations(2),
+            "optimization.n_iter": iterations(3),
             "stage": mostly(st.sampled_from(["target", "inversion"]), st.just("both")),
             "perturbation": PERTURBATION_NAMES,
             "baselines": BASELINES,
-            "blur_sigma": mostly(numbers(0, 20), numbers(-1, -1e-3)),
             "activation": mostly(st.sampled_from(["relu", None]), st.just("tanh")),
-            "lr_step": iterations(4),
-            "init_weight": mostly(numbers(0, 1), numbers(-1, -1e-3)),
+            "inversion.init_weight": mostly(numbers(0, 1), numbers(-1, -1e-3)),
             "background_weight": mostly(numbers(0, 2), numbers(-1, -1e-3)),
             "area_weight": mostly(numbers(0, 8), numbers(-1, -1e-3)),
-            "internal_batch_size": CHUNKS,
+            "optimization.internal_batch_size": CHUNKS,
         },
     ),
     "ExtremalPerturbation": Method(
@@ -163,7 +164,7 @@ METHODS = {
         keep_all=None,  # the smooth maximum of parameters at 1 is just below 1
         draws_random=False,
         fuzzed={
-            "n_iter": iterations(3),
+            "optimization.n_iter": iterations(3),
             "game": mostly(st.sampled_from(["preservation", "deletion", "dual"]), st.just("both")),
             "reward": mostly(st.sampled_from(["simple", "contrastive"]), st.just("soft")),
             "areas": mostly(
@@ -171,13 +172,11 @@ METHODS = {
                 numbers(1.0, 2.0),
             ),
             "perturbation": mostly(st.sampled_from(["blur", "constant"]), st.just("noise")),
-            "step": mostly(st.integers(1, 9), st.integers(-1, 0)),
-            "sigma": mostly(numbers(0.5, 30), numbers(-1, 0)),
-            "stride": mostly(st.integers(1, 5), st.just(0)),
-            "levels": mostly(st.integers(2, 9), st.integers(0, 1)),
-            "max_blur": mostly(numbers(0, 20), numbers(-1, -1e-3)),
+            "mask.step": mostly(st.integers(1, 9), st.integers(-1, 0)),
+            "mask.sigma": mostly(numbers(0.5, 30), numbers(-1, 0)),
+            "mask.stride": mostly(st.integers(1, 5), st.just(0)),
             "jitter": st.booleans(),
-            "internal_batch_size": CHUNKS,
+            "optimization.internal_batch_size": CHUNKS,
         },
     ),
 }
@@ -283,21 +282,26 @@ def test_multiplies_by_inputs_and_no_convergence_delta(method, tiny_model):
 # ---------------------------------------------------------------- batching and determinism
 def test_batch_equals_per_example(method, tiny_model, images):
     targets = [0, 3, 1]
-    settings = {"n_iter": 20, **method.deterministic}
+    settings = {"optimization.n_iter": 20, **method.deterministic}
     batched = method(tiny_model, images, target=targets, **settings)
     single = torch.cat(
         [method(tiny_model, images[i : i + 1], target=t, **settings) for i, t in enumerate(targets)]
     )
-    chunked = method(tiny_model, images, target=targets, internal_batch_size=2, **settings)
+    chunked = method(
+        tiny_model, images, target=targets, **{"optimization.internal_batch_size": 2, **settings}
+    )
     torch.testing.assert_close(batched, single, atol=method.batch_atol, rtol=0)
     torch.testing.assert_close(batched, chunked, atol=method.batch_atol, rtol=0)
 
 
 def test_early_stopping_is_per_example_and_batch_equals_one_by_one(method, tiny_model, images):
-    if "tolerance" not in inspect.signature(method.cls.attribute).parameters:
-        pytest.skip(f"{method.cls.__name__} has no early stopping")
     targets = [0, 3, 1]
-    settings = {"tolerance": 1e-3, "patience": 3, "return_history": True, **method.deterministic}
+    settings = {
+        "optimization.tolerance": 1e-3,
+        "optimization.patience": 3,
+        "return_history": True,
+        **method.deterministic,
+    }
     batched, history = method(tiny_model, images, n_iter=200, target=targets, **settings)
     for i, t in enumerate(targets):
         single, alone = method(tiny_model, images[i : i + 1], n_iter=200, target=t, **settings)
@@ -309,9 +313,9 @@ def test_early_stopping_is_per_example_and_batch_equals_one_by_one(method, tiny_
 def test_same_seed_same_result_other_seed_other_result(method, tiny_model, images):
     if not method.draws_random:
         pytest.skip(f"{method.cls.__name__} draws no random numbers")
-    first = method(tiny_model, images, target=1, seed=7, **method.seeded)
-    again = method(tiny_model, images, target=1, seed=7, **method.seeded)
-    other = method(tiny_model, images, target=1, seed=8, **method.seeded)
+    first = method(tiny_model, images, target=1, **{"optimization.seed": 7}, **method.seeded)
+    again = method(tiny_model, images, target=1, **{"optimization.seed": 7}, **method.seeded)
+    other = method(tiny_model, images, target=1, **{"optimization.seed": 8}, **method.seeded)
     assert torch.equal(first, again) and not torch.equal(first, other)
 
 
@@ -379,7 +383,8 @@ def test_wrapped_models_give_the_eager_result_or_a_clear_error(method, images, w
         return
     else:
         explainer = method.cls(wrapped, layer=wrapped.module.relu)
-    result = explainer.attribute(images, target=1, **method.iterations(8))
+    arguments = method_arguments(method.cls, method.iterations(8))
+    result = explainer.attribute(images, target=1, **arguments)
     torch.testing.assert_close(result, eager, atol=method.batch_atol, rtol=0)
 
 
@@ -414,10 +419,10 @@ def test_zero_iterations_is_a_clear_error(method, tiny_model, images):
         (lambda x: x, {"target": torch.tensor([0, 1])}, ValueError, "one entry per example"),
         (lambda x: x, {"target": 1.5}, TypeError, "target"),
         (lambda x: x, {"target": (0, 1)}, ValueError, "target"),
-        (lambda x: x, {"lr": -0.1}, ValueError, "lr"),
-        (lambda x: x, {"optimizer": "lbfgs"}, ValueError, "optimizer"),
-        (lambda x: x, {"internal_batch_size": 0}, ValueError, "internal_batch_size"),
-        (lambda x: x, {"seed": 1.5}, TypeError, "seed"),
+        (lambda x: x, {"optimization.lr": -0.1}, ValueError, "lr"),
+        (lambda x: x, {"optimization.optimizer": "lbfgs"}, ValueError, "optimizer"),
+        (lambda x: x, {"optimization.internal_batch_size": 0}, ValueError, "internal_batch"),
+        (lambda x: x, {"optimization.seed": 1.5}, TypeError, "seed"),
     ],
 )
 def test_bad_input_is_a_clear_error_and_changes_nothing(
@@ -427,7 +432,7 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(
     snapshot = inputs.clone() if isinstance(inputs, torch.Tensor) else inputs.copy()
     before = model_state(tiny_model)
     with pytest.raises(error, match=message):
-        method(tiny_model, inputs, **{"n_iter": 2, **kwargs})
+        method(tiny_model, inputs, **{"optimization.n_iter": 2, **kwargs})
     if isinstance(inputs, torch.Tensor):
         assert torch.equal(inputs, snapshot) or torch.isnan(snapshot).any()
     assert_same_state(before, model_state(tiny_model))
@@ -630,7 +635,10 @@ def test_fuzz_returns_a_valid_mask_or_a_clear_error_and_never_changes_the_model(
     x_before = x.clone()
     before = model_state(model)
     assert_valid_mask_or_clear_error(
-        lambda: method.explainer(model).attribute(x, target=target, **options), x
+        lambda: method.explainer(model).attribute(
+            x, target=target, **method_arguments(method.cls, options)
+        ),
+        x,
     )
     assert_same_state(before, model_state(model))
     assert torch.equal(x, x_before)

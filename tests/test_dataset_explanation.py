@@ -22,7 +22,12 @@ from distributed_explain import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from captum_masks import RISE, DatasetExplanations, MeaningfulPerturbation, explain_dataset
+from captum_masks import (
+    RISE,
+    DatasetExplanations,
+    MeaningfulPerturbation,
+    explain_dataset,
+)
 from captum_masks.datasets.storage import MANIFEST
 
 SCRIPT = Path(__file__).parent / "distributed_explain.py"
@@ -65,7 +70,7 @@ def test_one_process_gives_each_example_what_the_method_gives_it(one_process):
     assert one_process["targets"].tolist() == labels.tolist()
     probabilities = tiny_model()(images).softmax(1)[torch.arange(N_EXAMPLES), labels]
     torch.testing.assert_close(one_process["probabilities"], probabilities.float())
-    assert one_process["history.loss"].shape == (N_EXAMPLES, ATTRIBUTE_KWARGS["n_iter"])
+    assert one_process["history.loss"].shape == (N_EXAMPLES, ATTRIBUTE_KWARGS["optimization"].n_iter)
     for score in ("pointing", "relevance_mass", "deletion_auc", "insertion_auc"):
         values = one_process[f"scores.{score}"]
         assert values.shape == (N_EXAMPLES,) and ((values >= 0) & (values <= 1)).all()
@@ -332,7 +337,7 @@ def test_explain_command_explains_a_folder_of_images_and_resumes(tmp_path, image
 
 def test_explain_command_stores_low_resolution_masks_and_reports_the_size(tmp_path, image_folder):
     arguments = ["--data", image_folder, "--model", "distributed_explain:tiny_float_model"]
-    arguments += ["--set", "n_iter=2"]
+    arguments += ["--set", "optimization.n_iter=2"]
     sizes = {}
     for flags in ([], ["--low-resolution"]):
         out = tmp_path / ("grid" if flags else "full")

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from captum_masks import ExtremalPerturbation, SmoothMaxMask
+from captum_masks import BlurPyramid, ExtremalPerturbation, Optimization, SmoothMaxMask
 from captum_masks.regularizers import area
 
 # the evidence: a 48-px square, 4.6% of the image, centred left to right so that the default
@@ -59,9 +59,8 @@ def test_several_areas_are_rows_of_one_batch_and_their_masks_are_averaged():
     explainer = ExtremalPerturbation(BrightSquare().eval())
     x = images(1)
     both, history = explainer.attribute(
-        x, target=1, areas=(0.03, 0.08), n_iter=60, return_history=True
-    )
-    alone = [explainer.attribute(x, target=1, areas=a, n_iter=60) for a in (0.03, 0.08)]
+        x, target=1, areas=(0.03, 0.08), return_history=True, optimization=Optimization(n_iter=60))
+    alone = [explainer.attribute(x, target=1, areas=a, optimization=Optimization(n_iter=60)) for a in (0.03, 0.08)]
     torch.testing.assert_close(both, (alone[0] + alone[1]) / 2, atol=1e-5, rtol=0)
     assert history.loss.shape == (60, 2)  # one column per (image, area)
     assert alone[0][:, 0].mean() < alone[1][:, 0].mean()
@@ -128,9 +127,9 @@ def test_the_area_term_is_zero_for_a_binary_mask_of_its_area_and_takes_one_area_
         ({"reward": "soft"}, "reward"),
         ({"perturbation": "noise"}, "perturbation"),
         ({"perturbation": "blur", "baselines": 0.0}, "baselines"),
-        ({"levels": 1}, "levels"),
-        ({"stride": 0}, "stride"),
-        ({"margin": -1.0}, "margin"),
+        ({"perturbation": BlurPyramid(levels=1)}, "levels"),
+        ({"mask": SmoothMaxMask(stride=0)}, "stride"),
+        ({"mask": SmoothMaxMask(margin=-1.0)}, "margin"),
     ],
 )
 def test_bad_options_are_clear_errors_before_the_model_runs(kwargs, message):

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from captum_masks import GuidedFeatureInversion
+from captum_masks import GuidedFeatureInversion, InversionStage, Optimization
 
 
 class ColourClassifier(nn.Module):
@@ -56,7 +56,7 @@ def test_explaining_each_class_highlights_its_own_object(explained, other):
 
 #: one stage-2 step at a negligible rate, so the mask is where stage 2 starts (and stage 1's ω
 #: stays at its uniform start, which keeps both objects)
-FROZEN_STAGES = {"target_iters": 1, "lr": 1e-9, "perturbation": "constant", "baselines": 0.0}
+FROZEN_STAGES = {"perturbation": "constant", "baselines": 0.0, "optimization": Optimization(n_iter=1, lr=1e-9)}
 
 
 @pytest.mark.parametrize("explained, other", [(0, 1), (1, 0)])
@@ -90,10 +90,7 @@ def test_inversion_stage_is_class_agnostic_and_shorter():
     gfi = GuidedFeatureInversion(model, layer=model.relu)
     # γ = 0: stage 1 is pure feature inversion, which needs both objects
     settings = {
-        "perturbation": "constant",
-        "baselines": 0.0,
-        "return_history": True,
-        "inversion_l1": 0.0,
+        "perturbation": "constant", "baselines": 0.0, "return_history": True, "inversion": InversionStage(l1_weight=0.0)
     }
     salient, inversion = gfi.attribute(image, stage="inversion", **settings)
     for target in (0, 1):
@@ -150,7 +147,7 @@ def test_runs_on_torchvision_architectures_and_leaves_them_untouched(build, laye
     x = torch.randn(2, 3, 64, 64)
     before = model_state(model)
     gfi = GuidedFeatureInversion(model, layer=layer(model), mask_layer=mask_layer(model))
-    attribution = gfi.attribute(x, target=[0, 3], inversion_iters=2, target_iters=3)
+    attribution = gfi.attribute(x, target=[0, 3], inversion=InversionStage(n_iter=2), optimization=Optimization(n_iter=3))
     assert attribution.shape == x.shape
     assert torch.isfinite(attribution).all() and 0 <= attribution.min() <= attribution.max() <= 1
     assert_same_state(before, model_state(model))
@@ -168,12 +165,10 @@ def test_area_weight_adds_the_mask_mean_times_the_clean_score_to_the_stage_two_l
         scores = model(images)
     clean = (scores.softmax(dim=1) if apply_softmax else scores)[:, 1].abs()
     gfi = GuidedFeatureInversion(model, layer=model.features[3])
-    salient = gfi.attribute(images, stage="inversion", inversion_iters=4)
+    salient = gfi.attribute(images, stage="inversion", inversion=InversionStage(n_iter=4))
     losses = [
         gfi.attribute(
-            images, target=1, inversion_iters=4, target_iters=2, area_weight=beta,
-            apply_softmax=apply_softmax, target_start="inversion", return_history=True,
-        )[1].loss[4]  # stage 2's first row, taken at stage 1's ω
+            images, target=1, area_weight=beta, apply_softmax=apply_softmax, target_start="inversion", return_history=True, inversion=InversionStage(n_iter=4), optimization=Optimization(n_iter=2))[1].loss[4]  # stage 2's first row, taken at stage 1's ω
         for beta in (0.0, area_weight)
     ]
     added = area_weight * clean * salient[:, 0].mean(dim=(1, 2))
@@ -191,8 +186,7 @@ def test_lr_is_halved_every_lr_step_iterations():
         return optimizer
 
     GuidedFeatureInversion(model, layer=model.relu).attribute(
-        image, target=0, optimizer=recording_adam, lr=0.08, target_iters=25, lr_step=10
-    )
+        image, target=0, lr_step=10, optimization=Optimization(optimizer=recording_adam, lr=0.08, n_iter=25))
     stage_one, stage_two = seen
     assert stage_one.param_groups[0]["lr"] == pytest.approx(0.08)  # no schedule in stage 1
     assert stage_two.param_groups[0]["lr"] == pytest.approx(0.08 / 4)
@@ -204,10 +198,10 @@ def test_lr_is_halved_every_lr_step_iterations():
         ({"stage": "both"}, ValueError, "stage"),
         ({"activation": "gelu"}, ValueError, "activation"),
         ({"lr_step": 0}, ValueError, "lr_step"),
-        ({"inversion_l1": -1.0}, ValueError, "inversion_l1"),
+        ({"inversion": InversionStage(l1_weight=-1.0)}, ValueError, "inversion_l1"),
         ({"area_weight": -0.1}, ValueError, "area_weight"),
         ({"perturbation": "pixelate"}, ValueError, "perturbation"),
-        ({"target_iters": 0}, ValueError, "target_iters"),
+        ({"optimization": Optimization(n_iter=0)}, ValueError, "target_iters"),
         ({"target_start": "zeros"}, ValueError, "target_start"),
     ],
 )

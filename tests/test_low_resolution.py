@@ -15,9 +15,13 @@ from captum_masks import (
     DatasetExplanations,
     ExtremalPerturbation,
     GuidedFeatureInversion,
+    InversionStage,
     LowResolutionMask,
     MeaningfulPerturbation,
     NeuroMaskAttr,
+    Optimization,
+    SmoothMaxMask,
+    UpsampledMask,
     explain_dataset,
 )
 from captum_masks.datasets.storage import MANIFEST
@@ -34,17 +38,13 @@ def explained(method: str, model: nn.Module, images: torch.Tensor, option: objec
     """(attributions, history) of ``method`` with its one varied ``option``, in few steps."""
     if method == "MeaningfulPerturbation":
         return MeaningfulPerturbation(model).attribute(
-            images, target=0, n_iter=4, game=option, mask_factor=4, return_history=True
-        )
+            images, target=0, game=option, return_history=True, optimization=Optimization(n_iter=4), mask=UpsampledMask(factor=4))
     if method == "ExtremalPerturbation":
         areas, stride = option
         return ExtremalPerturbation(model).attribute(
-            images, target=1, n_iter=4, areas=areas, stride=stride, step=3, sigma=5.0,
-            return_history=True,
-        )
+            images, target=1, areas=areas, return_history=True, optimization=Optimization(n_iter=4), mask=SmoothMaxMask(stride=stride, step=3, sigma=5.0))
     return GuidedFeatureInversion(model, model[1]).attribute(
-        images, target=2, inversion_iters=3, target_iters=3, stage=option, return_history=True
-    )
+        images, target=2, stage=option, return_history=True, inversion=InversionStage(n_iter=3), optimization=Optimization(n_iter=3))
 
 
 OPTIONS = {
@@ -81,13 +81,11 @@ def test_the_low_resolution_mask_expands_to_the_attribution(method, dtype, heigh
 def test_mp_grid_is_a_sixty_fourth_of_the_image_and_expands_along_one_axis_too():
     images = torch.rand(2, 3, 64, 64)
     attributions, history = MeaningfulPerturbation(conv_model(torch.float32)).attribute(
-        images, target=0, n_iter=3, return_history=True
-    )
+        images, target=0, return_history=True, optimization=Optimization(n_iter=3))
     assert history.low_resolution[0].values.shape == (2, 1, 8, 8)  # mask_factor 8
     signals = torch.rand(2, 3, 40)
     attributions, history = MeaningfulPerturbation(conv_model(torch.float32, dims=1)).attribute(
-        signals, target=0, n_iter=3, channels_last=False, return_history=True
-    )
+        signals, target=0, channels_last=False, return_history=True, optimization=Optimization(n_iter=3))
     (low,) = history.low_resolution
     assert low.values.shape == (2, 1, 5)
     torch.testing.assert_close(low.expand((40,)).expand_as(attributions), attributions)
@@ -98,9 +96,8 @@ def test_calls_without_a_grid_have_no_low_resolution_mask():
     images = torch.rand(2, 3, 16, 16)
     groups = (torch.arange(256).view(1, 1, 16, 16) // 64).expand(2, 1, 16, 16)
     _, grouped = MeaningfulPerturbation(model).attribute(
-        images, target=0, n_iter=2, feature_mask=groups, return_history=True
-    )
-    _, pixels = NeuroMaskAttr(model).attribute(images, target=0, n_iter=2, return_history=True)
+        images, target=0, feature_mask=groups, return_history=True, optimization=Optimization(n_iter=2))
+    _, pixels = NeuroMaskAttr(model).attribute(images, target=0, return_history=True, optimization=Optimization(n_iter=2))
     assert grouped.low_resolution is None and pixels.low_resolution is None
 
 
@@ -117,10 +114,10 @@ def dataset_run(out, method, **kwargs):
 def test_explain_dataset_stores_the_grid_and_reads_back_the_attributions(tmp_path, method):
     model = tiny_model()
     build = {
-        "MeaningfulPerturbation": lambda: (MeaningfulPerturbation(model), {"n_iter": 4, "mask_factor": 4}),
-        "ExtremalPerturbation": lambda: (ExtremalPerturbation(model), {"n_iter": 4, "step": 3, "sigma": 5.0}),
+        "MeaningfulPerturbation": lambda: (MeaningfulPerturbation(model), {"mask_factor": 4, "optimization": Optimization(n_iter=4)}),
+        "ExtremalPerturbation": lambda: (ExtremalPerturbation(model), {"optimization": Optimization(n_iter=4), "mask": SmoothMaxMask(step=3, sigma=5.0)}),
         "GuidedFeatureInversion": lambda: (
-            GuidedFeatureInversion(model, model[2]), {"inversion_iters": 3, "target_iters": 3}
+            GuidedFeatureInversion(model, model[2]), {"inversion": InversionStage(n_iter=3), "optimization": Optimization(n_iter=3)}
         ),
     }[method]
     attribution, kwargs = build()
@@ -154,8 +151,8 @@ def test_low_resolution_is_refused_for_methods_without_a_grid(tmp_path):
     neuromask = NeuroMaskAttr(tiny_model())
     out = tmp_path / "neuromask"
     with pytest.raises(ValueError, match="NeuroMaskAttr returned no low-resolution masks"):
-        dataset_run(out, neuromask, attribute_kwargs={"n_iter": 2}, low_resolution=True)
+        dataset_run(out, neuromask, attribute_kwargs={"optimization": Optimization(n_iter=2)}, low_resolution=True)
     assert [f.name for f in out.iterdir()] == [MANIFEST]
     # a folder without results takes other settings
-    results = dataset_run(out, neuromask, attribute_kwargs={"n_iter": 2})
+    results = dataset_run(out, neuromask, attribute_kwargs={"optimization": Optimization(n_iter=2)})
     assert results.is_complete() and DatasetExplanations(out).manifest["low_resolution"] is False

@@ -11,9 +11,9 @@ from conftest import SpotDetector, TinyCNN, assert_same_state, model_state
 from hypothesis import given
 from hypothesis import strategies as st
 
-from captum_masks import MeaningfulPerturbation
+from captum_masks import MeaningfulPerturbation, Optimization, UpsampledMask
 
-FAST = {"n_iter": 8}
+FAST = {"optimization": Optimization(n_iter=8)}
 
 
 # ---------------------------------------------------------------- what it finds
@@ -24,16 +24,7 @@ def test_points_at_the_evidence(game):
     image[..., 20:28, 4:12] = 1.0
     attribution = MeaningfulPerturbation(model).attribute(
         image,
-        target=1,
-        game=game,
-        perturbation="constant",
-        baselines=0.0,
-        mask_factor=4,
-        mask_sigma=1.0,
-        l1_weight=1e-2,
-        n_iter=150,
-        jitter=0,
-    )[0, 0]
+        target=1, game=game, perturbation="constant", baselines=0.0, l1_weight=1e-2, mask=UpsampledMask(factor=4, smooth_sigma=1.0, jitter=0), optimization=Optimization(n_iter=150))[0, 0]
     inside = attribution[20:28, 4:12].mean()
     outside = torch.cat([attribution[:16].flatten(), attribution[:, 16:].flatten()]).mean()
     assert inside > outside + 0.3
@@ -43,16 +34,14 @@ def test_points_at_the_evidence(game):
 
 def test_history_records_the_decreasing_target_probability(tiny_model, images):
     _, history = MeaningfulPerturbation(tiny_model).attribute(
-        images, target=0, return_history=True, n_iter=40, lr=0.2
-    )
+        images, target=0, return_history=True, optimization=Optimization(n_iter=40, lr=0.2))
     assert history.loss.shape == history.probability.shape == (40, 3)
     # early stopping is on by default: each example's record ends where it stopped
     for k, steps in enumerate(history.steps.tolist()):
         assert 1 < steps <= 40 and torch.isnan(history.probability[steps:, k]).all()
         assert history.probability[steps - 1, k] < history.probability[0, k]
     _, full = MeaningfulPerturbation(tiny_model).attribute(
-        images, target=0, return_history=True, n_iter=40, lr=0.2, tolerance=None
-    )
+        images, target=0, return_history=True, optimization=Optimization(n_iter=40, lr=0.2, tolerance=None))
     assert (full.steps == 40).all() and not torch.isnan(full.probability).any()
 
 
@@ -74,13 +63,7 @@ def test_any_shape_and_setting_gives_finite_values_in_unit_range(
     x = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(batch))
     attribution = MeaningfulPerturbation(model).attribute(
         x,
-        game=game,
-        perturbation=perturbation,
-        mask_factor=factor,
-        jitter=jitter,
-        optimizer=optimizer,
-        n_iter=3,
-    )
+        game=game, perturbation=perturbation, mask=UpsampledMask(factor=factor, jitter=jitter), optimization=Optimization(optimizer=optimizer, n_iter=3))
     assert attribution.shape == x.shape
     assert torch.isfinite(attribution).all() and attribution.min() >= 0 and attribution.max() <= 1
 
@@ -93,7 +76,7 @@ def test_any_shape_and_setting_gives_finite_values_in_unit_range(
         ({"perturbation": "pixelate"}, "perturbation"),
         ({"perturbation": "blur", "baselines": 0.0}, "baselines"),
         ({"perturbation": "constant", "baselines": torch.zeros(2, 2)}, "baselines"),
-        ({"mask_init": 2.0}, "mask_init"),
+        ({"mask": UpsampledMask(init_value=2.0)}, "mask_init"),
         ({"mask_factor": 0}, "mask_factor"),
         ({"tv_weight": -1.0}, "tv_weight"),
     ],
@@ -102,7 +85,7 @@ def test_bad_option_is_a_clear_error_and_changes_nothing(tiny_model, images, kwa
     snapshot = images.clone()
     before = model_state(tiny_model)
     with pytest.raises(ValueError, match=message):
-        MeaningfulPerturbation(tiny_model).attribute(images, **{"n_iter": 2, **kwargs})
+        MeaningfulPerturbation(tiny_model).attribute(images, **{"optimization": Optimization(n_iter=2), **kwargs})
     assert torch.equal(images, snapshot)
     assert_same_state(before, model_state(tiny_model))
 
@@ -125,4 +108,4 @@ def test_input_kinds_it_cannot_mask_are_a_clear_error_before_the_model_runs(
         raise AssertionError("the model ran before the arguments were checked")
 
     with pytest.raises((ValueError, TypeError), match=message):
-        MeaningfulPerturbation(model).attribute(make_inputs(images), n_iter=2, **kwargs)
+        MeaningfulPerturbation(model).attribute(make_inputs(images), **kwargs, optimization=Optimization(n_iter=2))

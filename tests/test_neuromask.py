@@ -8,12 +8,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from captum_masks import NeuroMaskAttr
+from captum_masks import NeuroMaskAttr, Optimization, SigmoidMask
 
 # the toy detectors' logits move by at most ±2, far less than a real classifier's: weigh the
 # prediction more, and sparseness less (the authors' 0.35, not the default calibrated on
 # EfficientNet-Lite0), so that sparseness does not win outright
-TOY = {"n_iter": 150, "pred_weight": 4.0, "sparse_weight": 0.35}
+TOY = {"pred_weight": 4.0, "sparse_weight": 0.35, "optimization": Optimization(n_iter=150)}
 
 
 def spot_image():
@@ -90,7 +90,7 @@ def first_masked_input(model, x, **kwargs):
         seen.append(inputs[0].detach().clone())
         return model(*inputs)
 
-    NeuroMaskAttr(record).attribute(x, n_iter=1, **kwargs)
+    NeuroMaskAttr(record).attribute(x, **kwargs, optimization=Optimization(n_iter=1))
     return seen[1]  # seen[0] is the clean forward pass
 
 
@@ -119,7 +119,7 @@ def test_per_position_baseline_tensor_in_the_callers_layout():
 
 def test_smoothness_options_change_the_mask(tiny_model, images):
     neuromask = NeuroMaskAttr(tiny_model)
-    settings = {"target": 1, "n_iter": 30, "smooth_weight": 3.0}
+    settings = {"target": 1, "smooth_weight": 3.0, "optimization": Optimization(n_iter=30)}
     l1 = neuromask.attribute(images, **settings)
     squared = neuromask.attribute(images, squared_smoothness=True, **settings)
     five = neuromask.attribute(images, smooth_kernel_size=5, **settings)
@@ -132,10 +132,10 @@ def test_smoothness_alone_smooths_the_initial_noise(tiny_model, images):
     def roughness(mask):
         return (mask[..., 1:, :] - mask[..., :-1, :]).abs().mean()
 
-    only_smoothness = {"target": 1, "n_iter": 60, "pred_weight": 0.0, "sparse_weight": 0.0}
+    only_smoothness = {"target": 1, "pred_weight": 0.0, "sparse_weight": 0.0, "optimization": Optimization(n_iter=60)}
     untouched = neuromask.attribute(images, smooth_weight=0.0, **only_smoothness)
     smoothed = neuromask.attribute(images, smooth_weight=1.0, **only_smoothness)
-    initial = neuromask.attribute(images, n_iter=1, lr=1e-12, target=1)
+    initial = neuromask.attribute(images, target=1, optimization=Optimization(n_iter=1, lr=1e-12))
     torch.testing.assert_close(untouched, initial)  # nothing else moves the weights
     assert roughness(smoothed) < 0.5 * roughness(untouched)
 
@@ -164,8 +164,7 @@ def test_any_shape_and_setting_gives_finite_values_in_unit_range(
 ):
     x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(batch))
     attribution = NeuroMaskAttr(first_four_features).attribute(
-        x, temperature=temperature, optimizer=optimizer, squared_smoothness=squared, n_iter=3
-    )
+        x, squared_smoothness=squared, mask=SigmoidMask(temperature=temperature), optimization=Optimization(optimizer=optimizer, n_iter=3))
     assert attribution.shape == x.shape
     assert torch.isfinite(attribution).all() and attribution.min() >= 0 and attribution.max() <= 1
 
@@ -174,7 +173,7 @@ def test_any_shape_and_setting_gives_finite_values_in_unit_range(
 def test_mask_factor_gives_one_value_per_block_and_batch_equals_one_by_one(factor, shape, batch):
     x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(factor))
     neuromask = NeuroMaskAttr(first_four_features)
-    settings = {"target": 1, "mask_factor": factor, "n_iter": 4, "channels_last": False}
+    settings = {"target": 1, "mask_factor": factor, "channels_last": False, "optimization": Optimization(n_iter=4)}
     attribution = neuromask.attribute(x, **settings)
     assert attribution.shape == x.shape
     spatial = attribution[:, :1]
@@ -200,15 +199,15 @@ def test_mask_factor_gives_one_value_per_block_and_batch_equals_one_by_one(facto
 def test_default_mask_factor_is_one_56th_of_an_images_shorter_side_and_1_elsewhere(shape, factor):
     x = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
     neuromask = NeuroMaskAttr(first_four_features)
-    settings = {"target": 1, "n_iter": 2, "channels_last": False}
+    settings = {"target": 1, "channels_last": False, "optimization": Optimization(n_iter=2)}
     default = neuromask.attribute(x, **settings)
-    assert torch.equal(default, neuromask.attribute(x, mask_factor=factor, **settings))
-    assert not torch.equal(default, neuromask.attribute(x, mask_factor=factor + 1, **settings))
+    assert torch.equal(default, neuromask.attribute(x, **settings, mask=SigmoidMask(block=factor)))
+    assert not torch.equal(default, neuromask.attribute(x, **settings, mask=SigmoidMask(block=factor + 1)))
 
 
 def test_mask_factor_keeps_the_evidence_at_block_resolution():
     model = SpotDetector(top=20, left=4, side=8)
-    attribution = NeuroMaskAttr(model).attribute(spot_image(), target=1, mask_factor=4, **TOY)
+    attribution = NeuroMaskAttr(model).attribute(spot_image(), **TOY, target=1, mask=SigmoidMask(block=4))
     inside, outside = inside_and_outside(attribution[0, 0])
     assert inside > 0.8 and outside < 0.2
     default = NeuroMaskAttr(model).attribute(spot_image(), target=1, **TOY)
@@ -218,8 +217,8 @@ def test_mask_factor_keeps_the_evidence_at_block_resolution():
 @pytest.mark.parametrize(
     "make_inputs, kwargs, error, message",
     [
-        (lambda x: x, {"temperature": 0.0}, ValueError, "temperature"),
-        (lambda x: x, {"init_range": (1.0, -1.0)}, ValueError, "init_range"),
+        (lambda x: x, {"mask": SigmoidMask(temperature=0.0)}, ValueError, "temperature"),
+        (lambda x: x, {"mask": SigmoidMask(init_range=(1.0, -1.0))}, ValueError, "init_range"),
         (lambda x: x, {"smooth_kernel_size": 4}, ValueError, "smooth_kernel_size"),
         (lambda x: x, {"tau": -1.0}, ValueError, "tau"),
         (lambda x: x, {"sparse_weight": -0.1}, ValueError, "sparse_weight"),
@@ -243,7 +242,7 @@ def test_bad_option_is_a_clear_error_and_changes_nothing(
     snapshot = [x.clone() for x in inputs] if isinstance(inputs, tuple) else inputs.clone()
     before = model_state(tiny_model)
     with pytest.raises(error, match=message):
-        NeuroMaskAttr(tiny_model).attribute(inputs, **{"n_iter": 2, **kwargs})
+        NeuroMaskAttr(tiny_model).attribute(inputs, **{"optimization": Optimization(n_iter=2), **kwargs})
     if isinstance(inputs, tuple):
         assert all(torch.equal(x, y) for x, y in zip(inputs, snapshot))
     else:

@@ -29,7 +29,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from torch import nn
 
-from captum_masks import RISE
+from captum_masks import RISE, Optimization
 
 FEW = {"n_samples": 64}
 
@@ -122,8 +122,8 @@ def test_an_example_depends_only_on_itself_and_not_on_the_chunking(
 ):
     targets = [r + 1 for r in rows]
     batch = RISE(tiny_model).attribute(
-        images[rows], target=targets, internal_batch_size=internal_batch_size, **FEW
-    )
+        images[rows], **FEW, 
+    target=targets, internal_batch_size=internal_batch_size)
     alone = torch.cat(
         [RISE(tiny_model).attribute(images[r : r + 1], target=r + 1, **FEW) for r in rows]
     )
@@ -131,9 +131,9 @@ def test_an_example_depends_only_on_itself_and_not_on_the_chunking(
 
 
 def test_same_seed_same_result_other_seed_other_result(tiny_model, images):
-    first = RISE(tiny_model).attribute(images, target=1, seed=3, **FEW)
-    assert torch.equal(first, RISE(tiny_model).attribute(images, target=1, seed=3, **FEW))
-    assert not torch.equal(first, RISE(tiny_model).attribute(images, target=1, seed=4, **FEW))
+    first = RISE(tiny_model).attribute(images, **FEW, target=1, seed=3)
+    assert torch.equal(first, RISE(tiny_model).attribute(images, **FEW, target=1, seed=3))
+    assert not torch.equal(first, RISE(tiny_model).attribute(images, **FEW, target=1, seed=4))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16], ids=str)
@@ -171,7 +171,7 @@ def test_leaves_everything_untouched_when_the_model_raises_midway():
     x = torch.randn(2, 3, 10, 10)
     with pytest.raises(RuntimeError, match="boom"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        RISE(model).attribute(x, target=0, internal_batch_size=4, **FEW)
+        RISE(model).attribute(x, **FEW, target=0, internal_batch_size=4)
     handle.remove()
     before["hooks"] = model_state(model)["hooks"]
     assert_same_state(before, model_state(model))
@@ -185,7 +185,7 @@ def test_leaves_everything_untouched_when_the_model_raises_midway():
         ({"grid_size": 0}, "grid_size"),
         ({"keep_probability": 0.0}, "keep_probability"),
         ({"keep_probability": 1.5}, "keep_probability"),
-        ({"internal_batch_size": 0}, "internal_batch_size"),
+        ({"optimization": Optimization(internal_batch_size=0)}, "internal_batch_size"),
         ({"target": 7}, "out of range"),
         ({"baselines": torch.zeros(5, 5)}, "baselines"),
         ({"feature_mask": torch.zeros(1, 1, 5, 5, dtype=torch.long)}, "feature_mask"),
@@ -210,12 +210,7 @@ def test_fuzz_returns_a_valid_map_or_a_clear_error(data):
         st.fixed_dictionaries(
             {},
             optional={
-                "n_samples": st.integers(-1, 20),
-                "grid_size": st.integers(0, 9),
-                "keep_probability": st.floats(-0.5, 1.5, allow_nan=False),
-                "internal_batch_size": st.none() | st.integers(-1, 10),
-                "seed": st.integers(0, 3),
-                "baselines": st.none() | st.floats(-2, 2, allow_nan=False),
+                "n_samples": st.integers(-1, 20), "grid_size": st.integers(0, 9), "keep_probability": st.floats(-0.5, 1.5, allow_nan=False), "internal_batch_size": st.none() | st.integers(-1, 10), "seed": st.integers(0, 3), "baselines": st.none() | st.floats(-2, 2, allow_nan=False)
             },
         )
     )

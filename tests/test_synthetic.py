@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 
 pytest.importorskip("captum_masks.bench.zoo")
 
-from captum_masks.bench.shapes import SHAPES, make_synthetic, shape_mask
 from captum_masks.bench import synthetic
+from captum_masks.bench.shapes import SHAPES, make_synthetic, shape_mask
 from captum_masks.bench.synthetic import load_reference_cnn
 
 seeds = st.integers(min_value=0, max_value=10_000)

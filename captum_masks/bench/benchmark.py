@@ -44,8 +44,8 @@ from captum_masks.bench.runners import (
     AMORTIZED_SUITES,
     DEFAULT_METHODS,
     OUR_METHODS,
-    accepted,
     method_runners,
+    takes,
 )
 from captum_masks.bench.suites import (
     SUITE_BUILDERS,
@@ -131,9 +131,9 @@ def run_benchmark(
             (:mod:`captum_masks.bench.layouts`), disjoint generator seeds for the synthetic images.
         deletion_steps (int): steps of the deletion and insertion curves.
         show_progress (bool): a progress bar over the methods.
-        overrides (dict, optional): keyword arguments for this package's methods on top of the
-            suite's settings, such as ``{"temperature": 1.0, "n_iter": 150}``; each goes to the
-            selected methods that take it, and one that none of them takes is an error.
+        overrides (dict, optional): settings for this package's methods on top of the suite's,
+            such as ``{"mask.temperature": 1.0, "optimization.n_iter": 150}``; each goes to
+            the selected methods that take it, and one that none of them takes is an error.
         workdir (str, optional): explain through :func:`captum_masks.explain_dataset` into
             ``workdir/<method>``, so that a run can be resumed and, under ``torchrun``, the rows
             are shared by the processes (each method's batch is its rows ÷ processes). Rank 0
@@ -240,7 +240,7 @@ def _chosen_methods(suite: str, methods: Sequence[str] | None, n: int, overrides
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     ours = [m for m in methods if m in OUR_METHODS]
-    unused = [k for k in overrides if not any(k in accepted(m, overrides) for m in ours)]
+    unused = [k for k in overrides if not any(takes(m, k) for m in ours)]
     if unused:
         raise ValueError(
             f"overrides {unused} are not arguments of any selected method of this package "

@@ -100,7 +100,7 @@ def _add_speed(commands: Any, common: argparse.ArgumentParser) -> None:
     _add_settings(
         speed,
         "other arguments for the run at default settings (s / image, iterations run), e.g. "
-        "--set tolerance=1e-3",
+        "--set optimization.tolerance=1e-3",
     )
     speed.add_argument(
         "--before",
@@ -109,7 +109,7 @@ def _add_speed(commands: Any, common: argparse.ArgumentParser) -> None:
         metavar="NAME=VALUE",
         type=setting,
         help="also time a whole run with these arguments, e.g. the previous defaults "
-        "--before tolerance=None, and print its iterations run and s / image alongside",
+        "--before optimization.tolerance=None, and print its iterations run and s / image alongside",
     )
 
 
@@ -162,7 +162,8 @@ def _add_benchmark(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     _add_settings(
         bench,
-        "override an argument of this package's methods, e.g. --set temperature=1.0 n_iter=150",
+        "override an argument of this package's methods, e.g. --set mask.temperature=1.0 "
+        "optimization.n_iter=150 'perturbation=Blur(sigma=5.0)'",
     )
 
 
@@ -280,7 +281,7 @@ def _add_explain(commands: Any, common: argparse.ArgumentParser) -> None:
         help="smoothing (px) of the map before the pointing game, where the data has masks; "
         "the README's photo tables use 4",
     )
-    _add_settings(explain, "the method's attribute arguments, e.g. --set n_iter=150 seed=0")
+    _add_settings(explain, "the method's attribute arguments, e.g. --set optimization.n_iter=150")
 
 
 def _add_scaling(commands: Any, common: argparse.ArgumentParser) -> None:

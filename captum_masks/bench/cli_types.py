@@ -48,14 +48,39 @@ def image(text: str) -> str:
 
 
 def setting(text: str) -> tuple[str, object]:
-    """``NAME=VALUE`` for ``--set``: the value as a Python literal, else the bare word."""
+    """``NAME=VALUE`` for ``--set``. NAME is an argument, or ``argument.field`` for a field of
+    an object argument (``optimization.n_iter``); VALUE a Python literal, a call of one of this
+    package's classes with literal arguments (``Blur(sigma=5.0)``), else the bare word."""
     name, separator, value = text.partition("=")
-    if not separator or not name.isidentifier():
+    if not separator or not all(part.isidentifier() for part in name.split(".")):
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
     try:
         return name, ast.literal_eval(value)
     except (ValueError, SyntaxError):
-        return name, value  # a bare word such as rmsprop
+        pass
+    made = _package_object(value)
+    return name, value if made is None else made  # a bare word such as rmsprop
+
+
+def _package_object(text: str) -> object | None:
+    """``Class(name=literal, ...)`` for a class of ``captum_masks``, built; None for other text."""
+    import captum_masks
+
+    try:
+        call = ast.parse(text, mode="eval").body
+    except SyntaxError:
+        return None
+    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)):
+        return None
+    kind = getattr(captum_masks, call.func.id, None)
+    if call.func.id not in captum_masks.__all__ or not isinstance(kind, type):
+        raise argparse.ArgumentTypeError(f"{call.func.id} is not a class of captum_masks")
+    try:
+        args = [ast.literal_eval(a) for a in call.args]
+        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg}
+        return kind(*args, **kwargs)
+    except (ValueError, TypeError) as error:
+        raise argparse.ArgumentTypeError(f"cannot build {text}: {error}") from None
 
 
 __all__ = ["image", "positive_int", "setting", "target"]

@@ -25,6 +25,7 @@ from captum_masks import (
     explain_dataset,
 )
 from captum_masks._engine.distributed import rank_and_world_size
+from captum_masks.bench.runners import method_arguments
 
 #: this package's methods that ``explain`` builds from a model (and a layer for the Layer ones)
 OUR_EXPLAIN_METHODS = {
@@ -136,7 +137,9 @@ def run_explain(
         out (str): the results' folder.
         model (str): ``efficientnet_lite0`` or ``module:function``.
         layer (str, optional): the layer of a layer method, by its name in the model.
-        settings (dict, optional): the method's ``attribute`` arguments.
+        settings (dict, optional): the method's ``attribute`` arguments, dotted names included
+            (``{"optimization.n_iter": 150}``, see
+            :func:`~captum_masks.bench.runners.method_arguments`).
         first (int, optional): explain only the dataset's first ``first`` examples.
         **options: the other arguments of :func:`captum_masks.explain_dataset`.
 
@@ -158,7 +161,7 @@ def run_explain(
         attribution,
         dataset,
         out,
-        attribute_kwargs=settings,
+        attribute_kwargs=method_arguments(type(attribution), settings or {}),
         device=device,
         **options,
     )

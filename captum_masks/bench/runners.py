@@ -3,6 +3,7 @@ suite's settings: the rows of the benchmark."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from captum_masks.extremal_perturbation import ExtremalPerturbation
 from captum_masks.guided_feature_inversion import GuidedFeatureInversion
 from captum_masks.meaningful_perturbation import GAMES, MeaningfulPerturbation
 from captum_masks.neuromask import NeuroMaskAttr
+from captum_masks.optimization import Optimization
 from captum_masks.rise import RISE
 
 CAPTUM_METHODS = ("Saliency", "IntegratedGradients", "Occlusion", "FeatureAblation", "LayerGradCam")
@@ -46,10 +48,68 @@ OUR_CLASSES = {
 }
 
 
-def accepted(method: str, overrides: dict) -> dict:
-    """The overrides that ``method``'s ``attribute`` takes."""
+def takes(method: str, name: str) -> bool:
+    """Whether ``method``'s ``attribute`` takes the setting ``name`` (``"n_samples"``, or a field
+    of an object argument such as ``"optimization.n_iter"``)."""
     parameters = inspect.signature(OUR_CLASSES[method.split("/")[0]].attribute).parameters
-    return {name: value for name, value in overrides.items() if name in parameters}
+    return name.split(".")[0] in parameters
+
+
+def accepted(method: str, overrides: dict) -> dict:
+    """The overrides that ``method``'s ``attribute`` takes, as its keyword arguments."""
+    cls = OUR_CLASSES[method.split("/")[0]]
+    return method_arguments(cls, {k: v for k, v in overrides.items() if takes(method, k)})
+
+
+def method_arguments(method: type, settings: dict) -> dict:
+    """``settings`` as keyword arguments of ``method.attribute``: a plain name as it is, and
+    ``"argument.field"`` names gathered into the object ``argument`` takes, e.g.
+    ``{"optimization.n_iter": 50}`` becomes ``{"optimization": Optimization(n_iter=50)}`` and
+    ``{"mask.temperature": 1.0}`` a :class:`~captum_masks.SigmoidMask` for NeuroMaskAttr. A
+    field changes the object a plain name gives, or else the argument's default."""
+    arguments = {k: v for k, v in settings.items() if "." not in k}
+    fields: dict[str, dict] = {}
+    for name, value in settings.items():
+        if "." in name:
+            argument, field = name.split(".", 1)
+            fields.setdefault(argument, {})[field] = value
+    parameters = inspect.signature(method.attribute).parameters
+    for argument, changes in fields.items():
+        if argument not in parameters:
+            raise ValueError(f"{method.__name__}.attribute takes no argument {argument!r}")
+        base = arguments.get(argument)
+        arguments[argument] = _with_fields(base, _argument_type(method, argument), changes)
+    return arguments
+
+
+def _argument_type(method: type, argument: str) -> type:
+    """The class of this package named in ``argument``'s annotation (e.g. ``SigmoidMask | None``)."""
+    import captum_masks
+
+    annotation = str(inspect.signature(method.attribute).parameters[argument].annotation)
+    for name in annotation.replace(" ", "").split("|"):
+        if isinstance(getattr(captum_masks, name, None), type):
+            return getattr(captum_masks, name)
+    raise ValueError(f"{method.__name__}.attribute's {argument} takes no object with fields")
+
+
+def _with_fields(base: object, kind: type, changes: dict) -> object:
+    """``base`` (or ``kind()`` for None) with the fields ``changes`` set."""
+    if base is None:
+        return kind(**changes)
+    if isinstance(base, Optimization):
+        return Optimization(**{**base.given(), **changes})
+    if dataclasses.is_dataclass(base):
+        return dataclasses.replace(base, **changes)
+    current = {p: getattr(base, p) for p in inspect.signature(type(base)).parameters}
+    return type(base)(**{**current, **changes})
+
+
+def with_seed(arguments: dict, seed: int) -> dict:
+    """``arguments`` with the benchmark's ``seed`` in their optimisation settings (a seed that
+    ``arguments`` set themselves stays)."""
+    optimization = arguments.get("optimization") or Optimization()
+    return {**arguments, "optimization": Optimization(**{"seed": seed, **optimization.given()})}
 
 
 def method_runners(
@@ -57,9 +117,10 @@ def method_runners(
 ) -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
     """Each method as ``(inputs, targets) -> attributions`` with the suite's settings.
 
-    ``overrides`` are keyword arguments given, on top of the suite's settings, to every method of
-    this package whose ``attribute`` takes them (e.g. ``{"temperature": 1.0}`` reaches
-    NeuroMaskAttr only), to compare settings on the same images.
+    ``overrides`` are settings given, on top of the suite's settings, to every method of this
+    package whose ``attribute`` takes them (e.g. ``{"mask.temperature": 1.0}`` reaches
+    NeuroMaskAttr only, ``{"optimization.n_iter": 50}`` every optimising method; see
+    :func:`method_arguments`), to compare settings on the same images.
     """
     return {
         **_our_runners(suite, seed, overrides or {}),
@@ -74,15 +135,19 @@ def _our_runners(
     model = suite.model
 
     def meaningful_perturbation(game: str) -> Callable[[Tensor, Tensor], Tensor]:
-        settings = {**suite.mp_settings[game], **accepted("MeaningfulPerturbation", overrides)}
+        settings = with_seed(
+            {**suite.mp_settings[game], **accepted("MeaningfulPerturbation", overrides)}, seed
+        )
         return lambda x, t: MeaningfulPerturbation(model).attribute(
-            x, target=t, game=game, seed=seed, **settings
+            x, target=t, game=game, **settings
         )
 
     def guided_feature_inversion(stage: str) -> Callable[[Tensor, Tensor], Tensor]:
-        settings = {**suite.gfi_settings, **accepted("GuidedFeatureInversion", overrides)}
+        settings = with_seed(
+            {**suite.gfi_settings, **accepted("GuidedFeatureInversion", overrides)}, seed
+        )
         return lambda x, t: GuidedFeatureInversion(model, *suite.gfi_layers).attribute(
-            x, target=t, stage=stage, seed=seed, **settings
+            x, target=t, stage=stage, **settings
         )
 
     def amortized(x: Tensor, t: Tensor) -> Tensor:
@@ -102,19 +167,23 @@ def _our_runners(
         settings = {"n_samples": cells, **accepted("RISE", overrides)}
         return RISE(model).attribute(x, target=t, seed=seed, **settings)
 
-    neuromask_settings = {**suite.neuromask_settings, **accepted("NeuroMaskAttr", overrides)}
-    ep_settings = {**suite.ep_settings, **accepted("ExtremalPerturbation", overrides)}
+    neuromask_settings = with_seed(
+        {**suite.neuromask_settings, **accepted("NeuroMaskAttr", overrides)}, seed
+    )
+    ep_settings = with_seed(
+        {**suite.ep_settings, **accepted("ExtremalPerturbation", overrides)}, seed
+    )
     return {
         "AmortizedExplainer": amortized,
         **{f"MeaningfulPerturbation/{game}": meaningful_perturbation(game) for game in GAMES},
         "NeuroMaskAttr": lambda x, t: NeuroMaskAttr(model).attribute(
-            x, target=t, seed=seed, **neuromask_settings
+            x, target=t, **neuromask_settings
         ),
         "GuidedFeatureInversion": guided_feature_inversion("target"),
         "GuidedFeatureInversion/inversion": guided_feature_inversion("inversion"),
         "RISE": rise,
         "ExtremalPerturbation": lambda x, t: ExtremalPerturbation(model).attribute(
-            x, target=t, seed=seed, **ep_settings
+            x, target=t, **ep_settings
         ),
     }
 

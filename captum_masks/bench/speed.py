@@ -39,9 +39,10 @@ from torch import Tensor, nn
 
 from captum_masks._engine.checks import check_positive_int
 from captum_masks.amortized import AmortizedExplainer
+from captum_masks.bench.runners import method_arguments
 from captum_masks.bench.suites import photos_suite
 from captum_masks.extremal_perturbation import ExtremalPerturbation
-from captum_masks.guided_feature_inversion import GuidedFeatureInversion
+from captum_masks.guided_feature_inversion import GuidedFeatureInversion, InversionStage
 from captum_masks.meaningful_perturbation import MeaningfulPerturbation
 from captum_masks.neuromask import NeuroMaskAttr
 from captum_masks.rise import RISE
@@ -58,18 +59,20 @@ class SpeedSpec:
 
     Attributes:
         make (callable): model -> the attribution method.
-        iteration_argument (str or None): the ``attribute`` argument varied to time one
-            iteration; None for a method that explains in one pass.
-        default_arguments (tuple of str): the iteration arguments whose defaults add up to a
-            default run.
+        iteration_argument (str or None): the setting varied to time one iteration (a dotted
+            name such as ``"optimization.n_iter"``, see
+            :func:`~captum_masks.bench.runners.method_arguments`); None for a method that
+            explains in one pass.
+        extra_iterations (int): iterations a default run adds to the varied setting's default
+            (Guided Feature Inversion's first stage).
         passes_per_iteration (int): model passes per image in one iteration.
         keeps_history (bool): ``attribute`` returns an optimisation history with the steps each
             image ran; without one (RISE's fixed number of masks) every iteration runs.
     """
 
     make: Callable[[nn.Module], Attribution]
-    iteration_argument: str | None = "n_iter"
-    default_arguments: tuple[str, ...] = ("n_iter",)
+    iteration_argument: str | None = "optimization.n_iter"
+    extra_iterations: int = 0
     passes_per_iteration: int = 1
     keeps_history: bool = True
 
@@ -80,8 +83,7 @@ SPEED_METHODS: dict[str, SpeedSpec] = {
     "NeuroMaskAttr": SpeedSpec(NeuroMaskAttr),
     "GuidedFeatureInversion": SpeedSpec(
         lambda model: GuidedFeatureInversion(model, layer=model._bn1),
-        iteration_argument="target_iters",
-        default_arguments=("inversion_iters", "target_iters"),
+        extra_iterations=InversionStage().n_iter,
         passes_per_iteration=2,
     ),
     "ExtremalPerturbation": SpeedSpec(ExtremalPerturbation),
@@ -89,15 +91,25 @@ SPEED_METHODS: dict[str, SpeedSpec] = {
     "RISE": SpeedSpec(
         RISE,
         iteration_argument="n_samples",
-        default_arguments=("n_samples",),
         keeps_history=False,
     ),
     "AmortizedExplainer": SpeedSpec(
         lambda model: AmortizedExplainer(model, num_classes=1000),
         iteration_argument=None,
-        default_arguments=(),
     ),
 }
+
+
+def _default_iterations(explainer: Attribution, spec: SpeedSpec) -> int:
+    """The iterations of a default run: the varied setting's default, and the extra ones."""
+    if spec.iteration_argument is None:
+        return 1
+    argument, _, field = spec.iteration_argument.partition(".")
+    if field:
+        default = getattr(getattr(explainer, f"default_{argument}"), field)
+    else:
+        default = inspect.signature(explainer.attribute).parameters[argument].default
+    return default + spec.extra_iterations
 
 
 def _seconds(work: Callable[[], object], repeats: int) -> float:
@@ -151,10 +163,11 @@ def measure_speed(
         short_iters, long_iters (int): the two run lengths whose difference gives the
             per-iteration time.
         repeats (int): interleaved repetitions; medians are reported.
-        settings (dict, optional): other arguments of the method's ``attribute`` for the run at
-            default settings (the per-iteration time is always measured at full length).
-        before (dict, optional): arguments of a second whole run in the same process, such as
-            the previous defaults (``{"tolerance": None}``), to compare with.
+        settings (dict, optional): other settings of the method's ``attribute`` for the run at
+            default settings, dotted names included (``{"optimization.tolerance": 1e-3}``); the
+            per-iteration time is always measured at full length.
+        before (dict, optional): settings of a second whole run in the same process, such as
+            the previous defaults (``{"optimization.tolerance": None}``), to compare with.
         images (int): held-out photos the whole runs explain, ``batch_size`` at a time (at
             least one batch): with early stopping the iterations depend on the image.
 
@@ -184,13 +197,17 @@ def measure_speed(
     model = suite.model
     explainer = spec.make(model)
     parameters = inspect.signature(explainer.attribute).parameters
-    default_iters = sum(parameters[name].default for name in spec.default_arguments)
-    unknown = sorted((set(settings or {}) | set(before or {})) - set(parameters))
+    default_iters = _default_iterations(explainer, spec)
+    names = set(settings or {}) | set(before or {})
+    unknown = sorted(name for name in names if name.split(".")[0] not in parameters)
     if unknown:
         raise ValueError(
             f"settings {unknown} are not arguments of {method}.attribute: time it without them "
             "(--methods picks the methods to time)"
         )
+
+    def to_arguments(settings: dict) -> dict:
+        return method_arguments(type(explainer), settings)
 
     def whole_run(arguments: dict) -> tuple[float, float]:
         """Seconds per image and mean iterations run explaining the photos with ``arguments``."""
@@ -199,22 +216,23 @@ def measure_speed(
         batches = zip(suite.inputs.split(batch_size), suite.targets.split(batch_size))
         for inputs, targets in batches:
             if not spec.keeps_history:
-                explainer.attribute(inputs, target=targets, **arguments)
+                explainer.attribute(inputs, target=targets, **to_arguments(arguments))
                 ran = arguments.get(spec.iteration_argument, default_iters)
                 steps.append(torch.full((len(inputs),), float(ran)))
                 continue
             _, history = explainer.attribute(
-                inputs, target=targets, return_history=True, **arguments
+                inputs, target=targets, return_history=True, **to_arguments(arguments)
             )
             steps.append(history.steps.double())
         per_image = (time.perf_counter() - start) / suite.inputs.shape[0]
         return per_image, torch.cat(steps).mean().item()
 
     def run(n_iter: int | None) -> Callable[[], object]:
-        settings = {} if n_iter is None else {spec.iteration_argument: n_iter}
-        if "tolerance" in parameters:  # every timed iteration must run
-            settings["tolerance"] = None
-        return lambda: explainer.attribute(x, target=target, **settings)
+        settings: dict = {} if n_iter is None else {spec.iteration_argument: n_iter}
+        if "optimization" in parameters:  # every timed iteration must run
+            settings["optimization.tolerance"] = None
+        arguments = to_arguments(settings)
+        return lambda: explainer.attribute(x, target=target, **arguments)
 
     def time_bare() -> tuple[float, float | None]:
         """Seconds of one bare pass, and its page faults."""

@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from captum_masks.masks import SmoothMaxMask, UpsampledMask
 from captum_masks.meaningful_perturbation import GAMES
+from captum_masks.perturbations import Blur, BlurPyramid
 
 SUITES = ("synthetic", "photos", "synthetic-pairs", "photos-pairs", "photo-objects")
 
@@ -53,31 +55,27 @@ def _synthetic_settings(model: nn.Module, size: int) -> dict:
         "pointing_tolerance": max(1, round(15 * scale)),
         # the last ReLU: 96 post-activation channels at 1/8 of the image, like VGG's conv5
         "gfi_layers": (model.features[-1], model.features[-1]),
-        "gfi_settings": {"blur_sigma": 11 * scale},
+        "gfi_settings": {"perturbation": Blur(sigma=11 * scale)},
         "mp_settings": {
             # the paper's spatial settings are for 224 px: scale them to the image
             "deletion": {
-                "mask_factor": 4,
-                "mask_sigma": 5 * scale,
-                "blur_sigma": 10 * scale,
-                "jitter": 0,
+                "mask": UpsampledMask(factor=4, smooth_sigma=5 * scale, jitter=0),
+                "perturbation": Blur(sigma=10 * scale),
             },
             # keeping a shape must keep all of it: a finer mask and a stronger area penalty,
             # against a background blurred enough to erase the shapes
             "preservation": {
-                "mask_factor": 2,
-                "mask_sigma": 0.7,
+                "mask": UpsampledMask(factor=2, smooth_sigma=0.7, jitter=0),
                 "l1_weight": 5e-3,
-                "blur_sigma": 10.0,
-                "jitter": 0,
+                "perturbation": Blur(sigma=10.0),
             },
         },
         # the paper's grid, smoothing and blur are in pixels of a 224 px image
         "ep_settings": {
-            "step": max(1, round(7 * scale)),
-            "sigma": 21 * scale,
-            "max_blur": 20 * scale,
-            "stride": max(1, round(4 * scale)),
+            "mask": SmoothMaxMask(
+                step=max(1, round(7 * scale)), sigma=21 * scale, stride=max(1, round(4 * scale))
+            ),
+            "perturbation": BlurPyramid(max_sigma=20 * scale),
         },
         "blur_sigma": 10 * scale,
     }

@@ -107,7 +107,8 @@ def explain_dataset(
         batch_size (int, optional): examples per call of ``method.attribute`` and per file.
             Part of the files' layout: a resumed run must use the same one.
         attribute_kwargs (dict, optional): other arguments of ``method.attribute``, such as
-            ``{"n_iter": 150, "seed": 0}``; ``inputs`` and ``target`` are set here.
+            ``{"optimization": Optimization(n_iter=150, seed=0)}``; ``inputs`` and ``target``
+            are set here.
         precision (str, optional): the stored attributions' dtype: ``"float32"``,
             ``"float16"`` or ``"bfloat16"`` (half the size of float32), or None (default) for
             the dtype the method returns. Scores are computed before any reduction.
@@ -135,10 +136,10 @@ def explain_dataset(
 
     Examples::
 
-        >>> from captum_masks import MeaningfulPerturbation, explain_dataset
+        >>> from captum_masks import MeaningfulPerturbation, Optimization, explain_dataset
         >>> results = explain_dataset(
         ...     MeaningfulPerturbation(model), val_set, "runs/mp", batch_size=16,
-        ...     attribute_kwargs={"seed": 0}, precision="float16",
+        ...     attribute_kwargs={"optimization": Optimization(n_iter=150)}, precision="float16",
         ... )
         >>> print(results.table())           # where the dataset gives masks
         >>> maps = results.load()["attributions"]

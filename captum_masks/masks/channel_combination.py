@@ -69,11 +69,13 @@ class ChannelCombinationMask:
     def grids(self, params: Sequence[Tensor]) -> list[Tensor]:
         return []  # channels have no neighbours
 
+    # ω ≥ 0 after every step, so its plain mean is its L1 norm, with the subgradient 1 at 0
+    # that Algorithms 1–2 use (abs would stop pulling a channel at 0)
     def mean(self, values: Sequence[Tensor], rows: Tensor) -> Tensor:
-        return values[0].abs().mean(dim=1)
+        return values[0].mean(dim=1)
 
     def total(self, values: Sequence[Tensor], rows: Tensor) -> Tensor:
-        return values[0].abs().sum(dim=1)
+        return values[0].sum(dim=1)
 
     def low_resolution(self, params: Sequence[Tensor]) -> tuple[LowResolutionMask, ...]:
         return (LowResolutionMask(self.at_layer_resolution(params[0])),)
