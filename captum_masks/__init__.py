@@ -35,6 +35,7 @@ from captum_masks.perturbations import (
     gaussian_blur,
     noise_reference,
 )
+from captum_masks.regularizers import Laplacian
 from captum_masks.rise import RISE
 from captum_masks.visualization import attribution_to_image, image_to_numpy
 
@@ -52,6 +53,7 @@ __all__ = [
     "FitHistory",
     "GuidedFeatureInversion",
     "InversionStage",
+    "Laplacian",
     "LayerMeaningfulPerturbation",
     "LayerNeuroMask",
     "LowResolutionMask",

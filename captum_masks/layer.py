@@ -53,16 +53,54 @@ class _LayerMask(LayerAttribution, PerturbationAttribution):
     def multiplies_by_inputs(self) -> bool:
         return False
 
-    def _attribute_layer(
+    @log_usage()
+    @leaves_model_as_found
+    def attribute(
         self,
-        inputs: Any,
-        target: Any,
-        additional_forward_args: Any,
-        layer_baselines: Any,
-        layer_mask: Any,
-        padding_mask: Tensor | None,
-        options: dict[str, Any],
-    ) -> Any:
+        inputs: Tensor | tuple[Tensor, ...],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        layer_baselines: BaselineType = None,
+        layer_mask: Tensor | tuple[Tensor, ...] | None = None,
+        *,
+        padding_mask: Tensor | None = None,
+        **kwargs: Any,
+    ) -> Tensor | tuple[Tensor, Any]:
+        r"""
+        Args:
+            inputs (Tensor or tuple[Tensor, ...]): the model's inputs, batch first, of any
+                dtype (token ids included); they are not masked, ``layer``'s output is.
+            target (int, tuple, Tensor, list or None, optional): the output index to explain,
+                in any Captum form; None explains each example's predicted class.
+                Default: None
+            additional_forward_args (Any, optional): passed to the model after the inputs.
+                Default: None
+            layer_baselines (scalar, Tensor, optional): what a masked-out position of the
+                layer's output becomes: a scalar, one value per feature (e.g. a pad token's
+                embedding, ``model.embedding.weight[pad_id]``), or a tensor broadcastable to
+                the layer's output. None: the method's own (the class docstring says which).
+                Default: None
+            layer_mask (Tensor, optional): Captum's ``layer_mask``: integer group ids
+                broadcastable to the layer's output; positions with one id share one mask
+                value (e.g. the tokens of one word). Default: None
+            padding_mask (Tensor, optional): bool, True at padding positions: (N, L) for an
+                (N, L, D) output (e.g. ``token_ids == pad_id``) or broadcastable to the output.
+                Padding keeps its own output whatever the mask, so it is never evidence, and
+                gets attribution 0. Default: None
+            **kwargs: any other keyword of the method's ``attribute`` (``optimization``,
+                ``mask``, ``return_history``, ...); the defaults differ only as the class
+                docstring says.
+
+        Returns:
+            *Tensor* of **attributions** with the shape of ``layer``'s output, in [0, 1],
+            higher = more important; with ``return_history=True``, ``(attributions, history)``.
+
+        Examples::
+
+            >>> explainer = LayerNeuroMask(model, model.embedding)
+            >>> pad = model.embedding.weight[0].detach()
+            >>> attribution = explainer.attribute(token_ids, target=1, layer_baselines=pad)
+        """
         model_inputs = format_inputs(inputs, masked=False)
         extra = _format_additional_forward_args(additional_forward_args) or ()
         with torch.no_grad():
@@ -70,7 +108,7 @@ class _LayerMask(LayerAttribution, PerturbationAttribution):
                 lambda: self.forward_func(*model_inputs, *extra), [self.layer]
             )
         if isinstance(self.layer, nn.Embedding):
-            options.setdefault("channels_last", True)  # (N, L, D): mask the tokens
+            kwargs.setdefault("channels_last", True)  # (N, L, D): mask the tokens
         padding = _padding_positions(padding_mask, activation)
 
         def masked_forward(layer_output: Tensor, clean: Tensor, pad: Tensor, *rest: Any) -> Any:
@@ -87,7 +125,7 @@ class _LayerMask(LayerAttribution, PerturbationAttribution):
             additional_forward_args=(activation, padding, *model_inputs, *extra),
             baselines=layer_baselines,
             feature_mask=layer_mask,
-            **{**self.layer_defaults, **options},
+            **{**self.layer_defaults, **kwargs},
         )
         attribution, *history = result if isinstance(result, tuple) else (result,)
         attribution = attribution.masked_fill(padding, 0.0)
@@ -156,63 +194,6 @@ class LayerMeaningfulPerturbation(_LayerMask):
         "tv_weight": 0.0,
     }
 
-    @log_usage()
-    @leaves_model_as_found
-    def attribute(
-        self,
-        inputs: Tensor | tuple[Tensor, ...],
-        target: TargetType = None,
-        additional_forward_args: Any = None,
-        layer_baselines: BaselineType = None,
-        layer_mask: Tensor | tuple[Tensor, ...] | None = None,
-        *,
-        padding_mask: Tensor | None = None,
-        **kwargs: Any,
-    ) -> Tensor | tuple[Tensor, Any]:
-        r"""
-        Args:
-            inputs (Tensor or tuple[Tensor, ...]): the model's inputs, batch first, of any
-                dtype (token ids included); they are not masked, ``layer``'s output is.
-            target (int, tuple, Tensor, list or None, optional): the output index to explain,
-                in any Captum form; None explains each example's predicted class.
-                Default: None
-            additional_forward_args (Any, optional): passed to the model after the inputs.
-                Default: None
-            layer_baselines (scalar, Tensor, optional): what a deleted position of the layer's
-                output becomes: a scalar, one value per feature (e.g. a pad token's embedding,
-                ``model.embedding.weight[pad_id]``), or a tensor broadcastable to the layer's
-                output. None: each example's mean over the positions. Default: None
-            layer_mask (Tensor, optional): Captum's ``layer_mask``: integer group ids
-                broadcastable to the layer's output; positions with one id share one mask value
-                (e.g. the tokens of one word). Default: None
-            padding_mask (Tensor, optional): bool, True at padding positions: (N, L) for an
-                (N, L, D) output (e.g. ``token_ids == pad_id``) or broadcastable to the output.
-                Padding keeps its own output whatever the mask, so it is never evidence, and
-                gets attribution 0. Default: None
-            **kwargs: any other argument of :meth:`MeaningfulPerturbation.attribute`
-                (``game``, ``optimization``, ``l1_weight``, ``return_history``, ...); the defaults
-                differ only as the class docstring says.
-
-        Returns:
-            *Tensor* of **attributions** with the shape of ``layer``'s output, in [0, 1],
-            higher = more important; with ``return_history=True``, ``(attributions, history)``.
-
-        Examples::
-
-            >>> explainer = LayerMeaningfulPerturbation(model, model.embedding)
-            >>> pad = model.embedding.weight[0].detach()
-            >>> attribution = explainer.attribute(token_ids, target=1, layer_baselines=pad)
-        """
-        return self._attribute_layer(
-            inputs,
-            target,
-            additional_forward_args,
-            layer_baselines,
-            layer_mask,
-            padding_mask,
-            kwargs,
-        )
-
 
 class LayerNeuroMask(_LayerMask):
     r"""
@@ -248,59 +229,6 @@ class LayerNeuroMask(_LayerMask):
         "sparse_weight": GROUP_SPARSE_WEIGHT,
         "mask": SigmoidMask(block=1),
     }
-
-    @log_usage()
-    @leaves_model_as_found
-    def attribute(
-        self,
-        inputs: Tensor | tuple[Tensor, ...],
-        target: TargetType = None,
-        additional_forward_args: Any = None,
-        layer_baselines: BaselineType = None,
-        layer_mask: Tensor | tuple[Tensor, ...] | None = None,
-        *,
-        padding_mask: Tensor | None = None,
-        **kwargs: Any,
-    ) -> Tensor | tuple[Tensor, Any]:
-        r"""
-        Args:
-            inputs (Tensor or tuple[Tensor, ...]): the model's inputs, batch first, of any
-                dtype (token ids included); they are not masked, ``layer``'s output is.
-            target (int, tuple, Tensor, list or None, optional): the output index to explain,
-                in any Captum form; None explains each example's predicted class.
-                Default: None
-            additional_forward_args (Any, optional): passed to the model after the inputs.
-                Default: None
-            layer_baselines (scalar, Tensor, optional): what a masked-out position becomes: a
-                scalar, one value per feature (e.g. a pad token's embedding), or a tensor
-                broadcastable to the layer's output. None: 0. Default: None
-            layer_mask (Tensor, optional): Captum's ``layer_mask``: integer group ids
-                broadcastable to the layer's output; positions with one id share one mask
-                value. Default: None
-            padding_mask (Tensor, optional): bool, True at padding positions: (N, L) for an
-                (N, L, D) output or broadcastable to the output. Padding keeps its own output
-                whatever the mask and gets attribution 0. Default: None
-            **kwargs: any other argument of :meth:`NeuroMaskAttr.attribute` (``optimization``,
-                ``sparse_weight``, ``return_history``, ...).
-
-        Returns:
-            *Tensor* of **attributions** with the shape of ``layer``'s output, in [0, 1],
-            higher = more important; with ``return_history=True``, ``(attributions, history)``.
-
-        Examples::
-
-            >>> explainer = LayerNeuroMask(model, model.embedding)
-            >>> attribution = explainer.attribute(token_ids, target=1)
-        """
-        return self._attribute_layer(
-            inputs,
-            target,
-            additional_forward_args,
-            layer_baselines,
-            layer_mask,
-            padding_mask,
-            kwargs,
-        )
 
 
 __all__ = ["LayerMeaningfulPerturbation", "LayerNeuroMask"]

@@ -24,7 +24,7 @@ from captum_masks.masks.groups import GroupedMask, mask_over_inputs
 from captum_masks.masks.sigmoid import SigmoidMask
 from captum_masks.optimization import SHARED_DEFAULTS, Optimization, OptimizationHistory
 from captum_masks.perturbations import blend, constant_reference
-from captum_masks.regularizers import laplacian
+from captum_masks.regularizers import Laplacian
 
 
 class NeuroMaskAttr(MaskAttribution):
@@ -96,6 +96,8 @@ class NeuroMaskAttr(MaskAttribution):
         "temperature": "mask=SigmoidMask(temperature=...)",
         "init_range": "mask=SigmoidMask(init_range=...)",
         "mask_factor": "mask=SigmoidMask(block=...)",
+        "smooth_kernel_size": "smoothness=Laplacian(kernel_size=...)",
+        "squared_smoothness": "smoothness=Laplacian(squared=...)",
     }
 
     @mask_attribute
@@ -112,8 +114,7 @@ class NeuroMaskAttr(MaskAttribution):
         pred_weight: float = 0.4,
         sparse_weight: float | None = None,
         smooth_weight: float = 0.03,
-        smooth_kernel_size: int = 3,
-        squared_smoothness: bool = False,
+        smoothness: Laplacian | None = None,
         channels_last: bool | None = None,
         apply_softmax: bool = True,
         optimization: Optimization | None = None,
@@ -156,10 +157,11 @@ class NeuroMaskAttr(MaskAttribution):
                 Default: None
             smooth_weight (float, optional): λ_sm, weight of the mean Laplacian response.
                 Default: 0.03
-            smooth_kernel_size (int, optional): 3 (1-D [1, −2, 1] or 2-D with centre −8) or 5
-                (2-D, centre −24, the authors' ImageNet kernel). Default: 3
-            squared_smoothness (bool, optional): square the Laplacian response instead of its
-                absolute value (the authors' code; the paper writes L1). Default: False
+            smoothness (Laplacian, optional): the smoothness term's kernel, 3 (1-D [1, −2, 1]
+                or 2-D with centre −8) or 5 (2-D, centre −24, the authors' ImageNet kernel), and
+                whether its response is squared (the authors' code) rather than taken in
+                absolute value (the paper's L1). None is ``Laplacian(kernel_size=3,
+                squared=False)``. Default: None
             channels_last (bool, optional): the inputs are (N, L, D) (or (N, H, W, C)): the
                 mask spans every axis but the first and last. None reads them channels first and
                 warns about 3-D inputs, which may be either. Default: None
@@ -187,8 +189,14 @@ class NeuroMaskAttr(MaskAttribution):
             >>> history.probability[:, 0]   # the target's probability at every step
             >>> pixels = neuromask.attribute(image, mask=SigmoidMask(block=1))  # per pixel
         """
-        _check_weights(pred_weight, sparse_weight, smooth_weight, tau, smooth_kernel_size)
+        check_non_negative(
+            pred_weight=pred_weight,
+            sparse_weight=0.0 if sparse_weight is None else sparse_weight,
+            smooth_weight=smooth_weight,
+            tau=tau,
+        )
         cells = check_instance("mask", mask, SigmoidMask, SigmoidMask())
+        smoother = check_instance("smoothness", smoothness, Laplacian, Laplacian())
         if cells.block not in (None, 1) and feature_mask is not None:
             raise ValueError(
                 "mask.block applies to the mask on the input's positions; with feature_mask the "
@@ -225,8 +233,7 @@ class NeuroMaskAttr(MaskAttribution):
                 sparseness = masks.mean([w + tau for w in params], rows.indices)
                 loss = loss + sparse_weight * sparseness  # λ_sp·L_sparse, line 9
                 for grid in masks.grids(params):  # λ_sm·L_smooth, line 10
-                    smoothness = laplacian(grid, smooth_kernel_size, squared_smoothness)
-                    loss = loss + smooth_weight * smoothness / grid[0].numel()
+                    loss = loss + smooth_weight * smoother(grid) / grid[0].numel()
                 return loss, log_probability.exp()
 
             examples = call.examples(batch, images, references)
@@ -248,19 +255,6 @@ GRID_SPARSE_WEIGHT = 35.0
 #: tabular model of 12 features, 3 used: relevance mass 0.25 at 35, 0.41 at the authors' 0.35,
 #: 0.94 at 0.035; a token model's evidence token is found at 0.35 and 0.035, not at 3.5)
 GROUP_SPARSE_WEIGHT = 0.035
-
-
-def _check_weights(
-    pred_weight: Any, sparse_weight: Any, smooth_weight: Any, tau: Any, smooth_kernel_size: Any
-) -> None:
-    check_non_negative(
-        pred_weight=pred_weight,
-        sparse_weight=0.0 if sparse_weight is None else sparse_weight,
-        smooth_weight=smooth_weight,
-        tau=tau,
-    )
-    if smooth_kernel_size not in (3, 5):
-        raise ValueError(f"smooth_kernel_size must be 3 or 5, got {smooth_kernel_size!r}")
 
 
 __all__ = ["NeuroMaskAttr"]

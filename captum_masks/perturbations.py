@@ -385,6 +385,11 @@ def resolve_perturbation(
     if not isinstance(perturbation, allowed):
         kinds = ", ".join(kind.__name__ for kind in allowed)
         raise TypeError(f"perturbation must be a name or one of {kinds}, got {perturbation!r}")
+    if isinstance(perturbation, (Blur, BlurPyramid)) and any(b is not None for b in baselines):
+        raise ValueError(
+            "baselines is only used by the constant and noise perturbations; the blur "
+            "perturbation replaces content by a blurred copy of the input"
+        )
     if isinstance(perturbation, (Blur, BlurPyramid)) and any(x.dim() <= 2 for x in inputs):
         raise ValueError(
             "perturbation='blur' needs inputs with spatial axes to blur along; (N, F) rows have "

@@ -5,6 +5,8 @@ Masks are ``(N, 1, *spatial)`` with one, two or three spatial axes (sequences, i
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -90,6 +92,36 @@ def laplacian(mask: Tensor, kernel_size: int = 3, squared: bool = False) -> Tens
         centre = centre.narrow(axis, border, mask.shape[axis] - 2 * border)
     response = window - kernel_size ** (mask.dim() - 2) * centre
     return _flat(response.square() if squared else response.abs()).sum(dim=1)
+
+
+@dataclass(frozen=True)
+class Laplacian:
+    """A smoothness term: :func:`laplacian` with its settings, per example (NeuroMask's
+    ‖W ⊛ ∇²‖₁).
+
+    Args:
+        kernel_size (int): 3 or 5 (images only; 5 is the NeuroMask authors' ImageNet kernel).
+            Default: 3
+        squared (bool): the sum of squared responses (the authors' code) instead of their
+            absolute values (the paper's L1). Default: False
+
+    Examples::
+
+        >>> neuromask.attribute(images, target=3, smoothness=Laplacian(kernel_size=5, squared=True))
+    """
+
+    kernel_size: int = 3
+    squared: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kernel_size not in (3, 5):
+            raise ValueError(f"kernel_size must be 3 or 5, got {self.kernel_size!r}")
+        if not isinstance(self.squared, bool):
+            raise TypeError(f"squared must be a bool, got {type(self.squared).__name__}")
+
+    def __call__(self, mask: Tensor) -> Tensor:
+        """The term for ``(N, 1, *spatial)`` masks: (N,)."""
+        return laplacian(mask, self.kernel_size, self.squared)
 
 
 def area(mask: Tensor, fraction: float | Tensor) -> Tensor:

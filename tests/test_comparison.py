@@ -10,7 +10,6 @@ pytest.importorskip("captum_masks.bench.zoo")
 
 from conftest import run_cli
 
-from captum_masks import Optimization, SigmoidMask
 from captum_masks.bench.benchmark import (
     METRIC_COLUMNS,
     format_rows,
@@ -240,7 +239,11 @@ def test_command_prints_a_table_every_row_and_saves_the_grid(tmp_path):
 def test_overrides_reach_this_packages_methods(tmp_path):
     one, three = (
         run_benchmark(
-            "synthetic", ["NeuroMaskAttr"], n=2, show_progress=False, overrides={"optimization": Optimization(n_iter=n_iter)}
+            "synthetic",
+            ["NeuroMaskAttr"],
+            n=2,
+            show_progress=False,
+            overrides={"optimization.n_iter": n_iter},
         )
         for n_iter in (1, 3)
     )
@@ -254,31 +257,34 @@ def test_overrides_reach_this_packages_methods(tmp_path):
         "--n",
         "1",
         "--set",
-        "n_iter=2",
-        "optimizer=adam",
+        "optimization.n_iter=2",
+        "optimization.optimizer=adam",
         "--out",
         str(tmp_path / "x.png"),
     )
     assert result.returncode == 0, result.stderr
-    assert "--set n_iter=2 optimizer=adam" in result.stdout
+    assert "--set optimization.n_iter=2 optimization.optimizer=adam" in result.stdout
     bad = run_cli("benchmark", "--set", "n_iter", "--out", str(tmp_path / "y.png"))
     assert bad.returncode != 0 and "expected NAME=VALUE" in bad.stderr
 
 
 def test_overrides_go_only_to_the_methods_that_take_them():
     both = ["NeuroMaskAttr", "GuidedFeatureInversion"]
-    short = run_benchmark("synthetic", both, n=1, show_progress=False, overrides={"optimization": Optimization(n_iter=1)})
-    plain = run_benchmark("synthetic", ["GuidedFeatureInversion"], n=1, show_progress=False)
-    torch.testing.assert_close(  # GFI has no n_iter: unchanged
+    short = run_benchmark(
+        "synthetic", both, n=1, show_progress=False, overrides={"mask.temperature": 0.5}
+    )
+    plain = run_benchmark("synthetic", both, n=1, show_progress=False)
+    assert not torch.equal(short.attributions["NeuroMaskAttr"], plain.attributions["NeuroMaskAttr"])
+    torch.testing.assert_close(  # GFI's mask has no temperature: unchanged
         short.attributions["GuidedFeatureInversion"], plain.attributions["GuidedFeatureInversion"]
     )
-    with pytest.raises(ValueError, match=r"overrides \['temperature'\] are not arguments"):
+    with pytest.raises(ValueError, match=r"overrides \['mask.temperature'\] are not arguments"):
         run_benchmark(
             "synthetic",
             ["GuidedFeatureInversion", "Saliency"],
             n=1,
             show_progress=False,
-            overrides={"mask": SigmoidMask(temperature=1.0)},
+            overrides={"mask.temperature": 1.0},
         )
 
 

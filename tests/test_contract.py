@@ -35,6 +35,7 @@ from captum_masks import (
     GuidedFeatureInversion,
     MeaningfulPerturbation,
     NeuroMaskAttr,
+    Optimization,
 )
 from captum_masks.bench.runners import method_arguments
 
@@ -129,8 +130,8 @@ METHODS = {
                 st.tuples(numbers(0, 3), numbers(-3, 0)),
             ),
             "tau": mostly(numbers(0, 30), numbers(-1, -1e-3)),
-            "smooth_kernel_size": mostly(st.sampled_from([3, 5]), st.just(1)),
-            "squared_smoothness": st.booleans(),
+            "smoothness.kernel_size": mostly(st.sampled_from([3, 5]), st.just(1)),
+            "smoothness.squared": st.booleans(),
             "channels_last": st.booleans(),
             "optimization.internal_batch_size": CHUNKS,
             "optimization.seed": st.integers(0, 3),
@@ -259,7 +260,8 @@ def test_additional_forward_args_reach_the_model(method, tiny_model, images):
 def test_noise_tunnel_wraps_it(method, tiny_model, images):
     tunnel = NoiseTunnel(method.explainer(tiny_model))
     attribution = tunnel.attribute(
-        images, nt_type="smoothgrad", nt_samples=2, target=1, stdevs=0.1, **method.iterations(8)
+        images, nt_type="smoothgrad", nt_samples=2, target=1, stdevs=0.1,
+        **method_arguments(method.cls, method.iterations(8)),
     )
     assert attribution.shape == images.shape
     assert torch.isfinite(attribution).all() and attribution.min() >= 0 and attribution.max() <= 1
@@ -267,7 +269,9 @@ def test_noise_tunnel_wraps_it(method, tiny_model, images):
 
 def test_captum_metrics_run_on_it(method, tiny_model, images):
     explainer = method.explainer(tiny_model)
-    assert_captum_metrics_run(tiny_model, explainer, images, method.iterations(4))
+    assert_captum_metrics_run(
+        tiny_model, explainer, images, method_arguments(method.cls, method.iterations(4))
+    )
 
 
 def test_output_feeds_captum_visualization(method, tiny_model, images):
@@ -490,7 +494,7 @@ def test_an_example_depends_only_on_itself_at_default_settings(method, rows, int
     batch = method.explainer(model).attribute(
         POOL[rows],
         target=[POOL_TARGETS[i] for i in rows],
-        internal_batch_size=internal_batch_size,
+        optimization=Optimization(internal_batch_size=internal_batch_size),
     )
     torch.testing.assert_close(batch, expected, atol=method.batch_atol, rtol=0)
 

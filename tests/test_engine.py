@@ -9,12 +9,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from captum_masks import masks, perturbations, regularizers
-from captum_masks._engine.loop import (
-    ExampleRows,
-    MaskProblem,
-    OptimizationSettings,
-    optimize_masks,
-)
+from captum_masks._engine.loop import ExampleRows, MaskProblem, optimize_masks
+from captum_masks.masks.interpolation import upsample_linearly
+from captum_masks.optimization import SHARED_DEFAULTS, Optimization
+
+
+def loop_settings(n_iter: int, lr: float, **fields) -> Optimization:
+    """The loop's settings: these fields over the ones every method shares."""
+    return Optimization(n_iter=n_iter, lr=lr, **fields).over(SHARED_DEFAULTS)
+
+
+def optimize(build, count, settings):
+    """:func:`optimize_masks` on a stand-in objective, whose 'probability' is no probability."""
+    return optimize_masks(build, count, settings, "test", warn_without_signal=False)
 
 
 # ---------------------------------------------------------------- perturbations
@@ -85,9 +92,9 @@ def test_blend_endpoints():
     torch.testing.assert_close(half, (x + reference) / 2)
 
 
-def test_make_reference_rejects_baselines_for_blur():
+def test_blur_rejects_baselines():
     with pytest.raises(ValueError, match="baselines"):
-        perturbations.make_reference(torch.zeros(1, 1, 4, 4), "blur", torch.Generator(), 0.0)
+        perturbations.Blur().reference(torch.zeros(1, 1, 4, 4), 0.0, torch.Generator())
 
 
 # ---------------------------------------------------------------- masks
@@ -101,19 +108,19 @@ def test_make_reference_rejects_baselines_for_blur():
 def test_upsampled_mask_shape_and_range(height, width, factor, sigma, jitter):
     images = torch.zeros(2, 3, height, width, dtype=torch.float64)
     parametrisation = masks.UpsampledMask(factor, sigma, jitter)
-    params = parametrisation.init(images, fill=0.5)
+    (params,) = parametrisation.init([images], torch.Generator())
     assert params.shape == (2, 1, math.ceil(height / factor), math.ceil(width / factor))
     params = torch.rand(
         params.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64
     )
-    mask = parametrisation(params, (height, width), torch.Generator().manual_seed(1))
+    mask = parametrisation.expand(params, (height, width), torch.Generator().manual_seed(1))
     assert mask.shape == (2, 1, height, width) and mask.dtype == torch.float64
     assert mask.min() >= -1e-12 and mask.max() <= 1 + 1e-12  # a convex combination of params
 
 
 def test_upsampled_mask_equals_upsample_then_blur():
     params = torch.rand(2, 1, 5, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    mask = masks.UpsampledMask(factor=4, smooth_sigma=2.0)(params, (18, 26))
+    mask = masks.UpsampledMask(factor=4, smooth_sigma=2.0).expand(params, (18, 26))
     direct = torch.nn.functional.interpolate(
         params, scale_factor=4, mode="bilinear", align_corners=False
     )
@@ -135,12 +142,12 @@ def test_upsample_linearly_is_interpolate_in_one_two_and_three_dimensions(
     size = [side * scale + extra for side in low]
     mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(low)]
     expected = torch.nn.functional.interpolate(values, size=size, mode=mode, align_corners=False)
-    upsampled = masks.upsample_linearly(values, size)
+    upsampled = upsample_linearly(values, size)
     assert upsampled.shape == expected.shape and upsampled.dtype == dtype
     tolerance = 2e-2 if dtype == torch.bfloat16 else 1e-6
     torch.testing.assert_close(upsampled, expected, atol=tolerance, rtol=0)
     # each example is upsampled alike alone and in the batch, to rounding
-    alone = masks.upsample_linearly(values[-1:], size)
+    alone = upsample_linearly(values[-1:], size)
     torch.testing.assert_close(alone, upsampled[-1:], atol=tolerance, rtol=0)
 
 
@@ -151,24 +158,24 @@ def test_upsampled_mask_jitter_shifts_within_range():
     generator = torch.Generator().manual_seed(0)
     positions = set()
     for _ in range(16):  # one optimisation step each
-        shifted = parametrisation(params, (12, 12), generator)
+        shifted = parametrisation.expand(params, (12, 12), generator)
         at_step = {divmod(m.flatten().argmax().item(), 12) for m in shifted}
         assert len(at_step) == 1  # the batch shares the step's shift, so no example depends on
         positions |= at_step  # the others
     assert len(positions) > 1  # steps draw new shifts
     assert all(6 <= r < 10 and 6 <= c < 10 for r, c in positions)
-    assert torch.equal(parametrisation(params, (12, 12)), params)  # no generator, no jitter
+    assert torch.equal(parametrisation.expand(params, (12, 12)), params)  # no generator: no jitter
 
 
 def test_sigmoid_mask_init_range_and_seed():
     parametrisation = masks.SigmoidMask(temperature=0.5, init_range=(-2.0, 3.0))
     images = torch.zeros(4, 3, 10, 10)
-    weights = parametrisation.init(images, torch.Generator().manual_seed(0))
-    again = parametrisation.init(images, torch.Generator().manual_seed(0))
+    (weights,) = parametrisation.init([images], torch.Generator().manual_seed(0))
+    (again,) = parametrisation.init([images], torch.Generator().manual_seed(0))
     assert weights.shape == (4, 1, 10, 10) and torch.equal(weights, again)
     assert weights.min() >= -2.0 and weights.max() < 3.0
     torch.testing.assert_close(
-        parametrisation(torch.tensor([1.0])), torch.sigmoid(torch.tensor([2.0]))
+        parametrisation.values(torch.tensor([1.0])), torch.sigmoid(torch.tensor([2.0]))
     )
     with pytest.raises(ValueError, match="temperature"):
         masks.SigmoidMask(temperature=0.0)
@@ -232,7 +239,7 @@ def quadratic_problem(targets, rows_seen=None, scale=1.0):
     many examples each objective call scored; ``scale`` multiplies the loss."""
 
     def build(batch):
-        def objective(params, rows):
+        def objective(params, rows, step):
             (theta,) = params
             if rows_seen is not None:
                 rows_seen.append(theta.shape[0])
@@ -249,10 +256,10 @@ def quadratic_problem(targets, rows_seen=None, scale=1.0):
 @pytest.mark.parametrize("optimizer", ["adam", "rmsprop", "sgd"])
 def test_loop_converges_with_each_optimizer(optimizer):
     targets = torch.tensor([[1.0, -2.0], [3.0, 0.5]])
-    (theta,), history = optimize_masks(
+    (theta,), history = optimize(
         quadratic_problem(targets),
         2,
-        OptimizationSettings(n_iter=400, lr=0.05, optimizer=optimizer),
+        loop_settings(n_iter=400, lr=0.05, optimizer=optimizer),
     )
     torch.testing.assert_close(theta, targets, atol=0.05, rtol=0)
     assert history.loss.shape == (400, 2)
@@ -261,20 +268,20 @@ def test_loop_converges_with_each_optimizer(optimizer):
 
 def test_chunking_and_batching_do_not_change_results():
     targets = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
-    settings = OptimizationSettings(n_iter=30, lr=0.1)
-    (whole,), history = optimize_masks(quadratic_problem(targets), 5, settings)
+    settings = loop_settings(n_iter=30, lr=0.1)
+    (whole,), history = optimize(quadratic_problem(targets), 5, settings)
     settings = dataclasses.replace(settings, internal_batch_size=2)
-    (chunked,), chunked_history = optimize_masks(quadratic_problem(targets), 5, settings)
+    (chunked,), chunked_history = optimize(quadratic_problem(targets), 5, settings)
     torch.testing.assert_close(whole, chunked)
     torch.testing.assert_close(history.loss, chunked_history.loss)
-    (single,), _ = optimize_masks(quadratic_problem(targets[3:4]), 1, OptimizationSettings(30, 0.1))
+    (single,), _ = optimize(quadratic_problem(targets[3:4]), 1, loop_settings(30, 0.1))
     torch.testing.assert_close(whole[3:4], single)
 
 
 def test_early_stopping_stops_and_marks_the_rest_nan():
     targets = torch.ones(2, 1)
-    settings = OptimizationSettings(n_iter=500, lr=0.5, optimizer="sgd", tolerance=1e-6, patience=3)
-    _, history = optimize_masks(quadratic_problem(targets), 2, settings)
+    settings = loop_settings(n_iter=500, lr=0.5, optimizer="sgd", tolerance=1e-6, patience=3)
+    _, history = optimize(quadratic_problem(targets), 2, settings)
     steps = int(history.steps[0])
     assert steps < 100
     assert torch.isnan(history.loss[steps:]).all() and not torch.isnan(history.loss[:steps]).any()
@@ -282,15 +289,13 @@ def test_early_stopping_stops_and_marks_the_rest_nan():
 
 #: plain gradient descent on 1 + ‖θ − t‖² shrinks the error by 0.8 a step: the loss improves by
 #: less than the tolerance (relative to a loss near 1) after a number of steps that grows with |t|
-SETTLING = OptimizationSettings(
-    n_iter=200, lr=0.1, optimizer="sgd", tolerance=1e-4, patience=3, warn_without_signal=False
-)
+SETTLING = loop_settings(n_iter=200, lr=0.1, optimizer="sgd", tolerance=1e-4, patience=3)
 
 
 def test_each_example_stops_on_its_own_and_leaves_the_batch():
     targets = torch.tensor([[0.0], [0.1], [3.0]])  # already optimal, close, far
     rows_seen = []
-    (theta,), history = optimize_masks(quadratic_problem(targets, rows_seen), 3, SETTLING)
+    (theta,), history = optimize(quadratic_problem(targets, rows_seen), 3, SETTLING)
     steps = history.steps.tolist()
     # the optimal one never improves: it stops once patience steps have passed without a gain
     assert steps[0] == 1 + SETTLING.patience
@@ -311,9 +316,9 @@ def test_each_example_stops_on_its_own_and_leaves_the_batch():
 def test_early_stopping_keeps_batch_equal_to_one_by_one(targets, chunk, data):
     targets = torch.tensor(targets, dtype=torch.float64).unsqueeze(1)
     settings = dataclasses.replace(SETTLING, internal_batch_size=chunk)
-    (theta,), history = optimize_masks(quadratic_problem(targets), len(targets), settings)
+    (theta,), history = optimize(quadratic_problem(targets), len(targets), settings)
     k = data.draw(st.integers(0, len(targets) - 1))
-    (alone,), alone_history = optimize_masks(quadratic_problem(targets[k : k + 1]), 1, SETTLING)
+    (alone,), alone_history = optimize(quadratic_problem(targets[k : k + 1]), 1, SETTLING)
     torch.testing.assert_close(theta[k : k + 1], alone)
     assert history.steps[k] == alone_history.steps[0]
     torch.testing.assert_close(history.loss[:, k : k + 1], alone_history.loss, equal_nan=True)
@@ -322,9 +327,9 @@ def test_early_stopping_keeps_batch_equal_to_one_by_one(targets, chunk, data):
 def test_the_tolerance_is_relative_to_the_loss():
     """A loss a thousand times larger (with SGD's step scaled back) stops at the same steps."""
     targets = torch.tensor([[0.1], [3.0]], dtype=torch.float64)
-    _, history = optimize_masks(quadratic_problem(targets), 2, SETTLING)
+    _, history = optimize(quadratic_problem(targets), 2, SETTLING)
     larger = dataclasses.replace(SETTLING, lr=SETTLING.lr / 1000)
-    _, scaled = optimize_masks(quadratic_problem(targets, scale=1000.0), 2, larger)
+    _, scaled = optimize(quadratic_problem(targets, scale=1000.0), 2, larger)
     assert history.steps.tolist() == scaled.steps.tolist()
     assert (history.steps < SETTLING.n_iter).all()
 
@@ -332,7 +337,7 @@ def test_the_tolerance_is_relative_to_the_loss():
 def test_without_a_tolerance_every_example_runs_every_step():
     targets = torch.tensor([[0.0], [3.0]])
     settings = dataclasses.replace(SETTLING, tolerance=None)
-    _, history = optimize_masks(quadratic_problem(targets), 2, settings)
+    _, history = optimize(quadratic_problem(targets), 2, settings)
     assert history.steps.tolist() == [settings.n_iter] * 2
     assert not torch.isnan(history.loss).any()
 
@@ -350,8 +355,8 @@ def test_scheduler_and_projection_are_applied():
         seen_lrs.append(optimizer.param_groups[0]["lr"])
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
 
-    (theta,), _ = optimize_masks(
-        build, 1, OptimizationSettings(n_iter=50, lr=0.1, scheduler=scheduler)
+    (theta,), _ = optimize(
+        build, 1, loop_settings(n_iter=50, lr=0.1, scheduler=scheduler)
     )
     assert seen_lrs == [0.1]
     assert theta.item() <= 1.0  # projected each step; the unprojected optimum is 5
@@ -370,4 +375,4 @@ def test_scheduler_and_projection_are_applied():
 )
 def test_settings_validation_names_the_argument(field, value, message):
     with pytest.raises(ValueError, match=message):  # validated on construction
-        OptimizationSettings(**{"n_iter": 10, "lr": 0.1, field: value})
+        loop_settings(**{"n_iter": 10, "lr": 0.1, field: value})

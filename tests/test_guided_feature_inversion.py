@@ -175,7 +175,7 @@ def test_area_weight_adds_the_mask_mean_times_the_clean_score_to_the_stage_two_l
     torch.testing.assert_close(losses[1] - losses[0], added)
 
 
-def test_lr_is_halved_every_lr_step_iterations():
+def test_lr_is_halved_every_10_iterations_of_stage_2_by_default():
     model = ColourClassifier()
     image, _, _ = two_objects()
     seen = []
@@ -186,7 +186,8 @@ def test_lr_is_halved_every_lr_step_iterations():
         return optimizer
 
     GuidedFeatureInversion(model, layer=model.relu).attribute(
-        image, target=0, lr_step=10, optimization=Optimization(optimizer=recording_adam, lr=0.08, n_iter=25))
+        image, target=0, optimization=Optimization(optimizer=recording_adam, lr=0.08, n_iter=25)
+    )
     stage_one, stage_two = seen
     assert stage_one.param_groups[0]["lr"] == pytest.approx(0.08)  # no schedule in stage 1
     assert stage_two.param_groups[0]["lr"] == pytest.approx(0.08 / 4)
@@ -197,11 +198,11 @@ def test_lr_is_halved_every_lr_step_iterations():
     [
         ({"stage": "both"}, ValueError, "stage"),
         ({"activation": "gelu"}, ValueError, "activation"),
-        ({"lr_step": 0}, ValueError, "lr_step"),
-        ({"inversion": InversionStage(l1_weight=-1.0)}, ValueError, "inversion_l1"),
+        ({"inversion": lambda: InversionStage(l1_weight=-1.0)}, ValueError, "l1_weight"),
         ({"area_weight": -0.1}, ValueError, "area_weight"),
         ({"perturbation": "pixelate"}, ValueError, "perturbation"),
-        ({"optimization": Optimization(n_iter=0)}, ValueError, "target_iters"),
+        ({"optimization": lambda: Optimization(n_iter=0)}, ValueError, "n_iter"),
+        ({"inversion": lambda: InversionStage(n_iter=0)}, ValueError, "n_iter"),
         ({"target_start": "zeros"}, ValueError, "target_start"),
     ],
 )
@@ -211,7 +212,8 @@ def test_bad_option_is_a_clear_error_and_changes_nothing(
     before = model_state(tiny_model)
     gfi = GuidedFeatureInversion(tiny_model, layer=tiny_model.features[3])
     with pytest.raises(error, match=message):
-        gfi.attribute(images, target=0, **kwargs)
+        built = {k: v() if callable(v) else v for k, v in kwargs.items()}
+        gfi.attribute(images, target=0, **built)
     assert_same_state(before, model_state(tiny_model))
 
 

@@ -21,7 +21,8 @@ from captum_masks import (
     LayerNeuroMask,
     MeaningfulPerturbation,
     NeuroMaskAttr,
-from captum_masks import Optimization, UpsampledMask
+    Optimization,
+    UpsampledMask,
 )
 
 METHODS = [MeaningfulPerturbation, NeuroMaskAttr]

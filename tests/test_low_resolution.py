@@ -114,7 +114,10 @@ def dataset_run(out, method, **kwargs):
 def test_explain_dataset_stores_the_grid_and_reads_back_the_attributions(tmp_path, method):
     model = tiny_model()
     build = {
-        "MeaningfulPerturbation": lambda: (MeaningfulPerturbation(model), {"mask_factor": 4, "optimization": Optimization(n_iter=4)}),
+        "MeaningfulPerturbation": lambda: (
+            MeaningfulPerturbation(model),
+            {"mask": UpsampledMask(factor=4), "optimization": Optimization(n_iter=4)},
+        ),
         "ExtremalPerturbation": lambda: (ExtremalPerturbation(model), {"optimization": Optimization(n_iter=4), "mask": SmoothMaxMask(step=3, sigma=5.0)}),
         "GuidedFeatureInversion": lambda: (
             GuidedFeatureInversion(model, model[2]), {"inversion": InversionStage(n_iter=3), "optimization": Optimization(n_iter=3)}

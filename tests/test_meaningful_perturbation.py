@@ -76,8 +76,8 @@ def test_any_shape_and_setting_gives_finite_values_in_unit_range(
         ({"perturbation": "pixelate"}, "perturbation"),
         ({"perturbation": "blur", "baselines": 0.0}, "baselines"),
         ({"perturbation": "constant", "baselines": torch.zeros(2, 2)}, "baselines"),
-        ({"mask": UpsampledMask(init_value=2.0)}, "mask_init"),
-        ({"mask_factor": 0}, "mask_factor"),
+        ({"mask": lambda: UpsampledMask(init_value=2.0)}, "init_value"),
+        ({"mask": lambda: UpsampledMask(factor=0)}, "factor"),
         ({"tv_weight": -1.0}, "tv_weight"),
     ],
 )
@@ -85,7 +85,9 @@ def test_bad_option_is_a_clear_error_and_changes_nothing(tiny_model, images, kwa
     snapshot = images.clone()
     before = model_state(tiny_model)
     with pytest.raises(ValueError, match=message):
-        MeaningfulPerturbation(tiny_model).attribute(images, **{"optimization": Optimization(n_iter=2), **kwargs})
+        built = {k: v() if callable(v) else v for k, v in kwargs.items()}
+        optimization = Optimization(n_iter=2)
+        MeaningfulPerturbation(tiny_model).attribute(images, optimization=optimization, **built)
     assert torch.equal(images, snapshot)
     assert_same_state(before, model_state(tiny_model))
 

@@ -29,7 +29,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from torch import nn
 
-from captum_masks import RISE, Optimization
+from captum_masks import RISE
 
 FEW = {"n_samples": 64}
 
@@ -185,7 +185,7 @@ def test_leaves_everything_untouched_when_the_model_raises_midway():
         ({"grid_size": 0}, "grid_size"),
         ({"keep_probability": 0.0}, "keep_probability"),
         ({"keep_probability": 1.5}, "keep_probability"),
-        ({"optimization": Optimization(internal_batch_size=0)}, "internal_batch_size"),
+        ({"internal_batch_size": 0}, "internal_batch_size"),
         ({"target": 7}, "out of range"),
         ({"baselines": torch.zeros(5, 5)}, "baselines"),
         ({"feature_mask": torch.zeros(1, 1, 5, 5, dtype=torch.long)}, "feature_mask"),

@@ -50,9 +50,18 @@ OUR_CLASSES = {
 
 def takes(method: str, name: str) -> bool:
     """Whether ``method``'s ``attribute`` takes the setting ``name`` (``"n_samples"``, or a field
-    of an object argument such as ``"optimization.n_iter"``)."""
-    parameters = inspect.signature(OUR_CLASSES[method.split("/")[0]].attribute).parameters
-    return name.split(".")[0] in parameters
+    of an object argument such as ``"optimization.n_iter"`` or ``"mask.temperature"``)."""
+    cls = OUR_CLASSES[method.split("/")[0]]
+    argument, _, field = name.partition(".")
+    if argument not in inspect.signature(cls.attribute).parameters:
+        return False
+    if not field:
+        return True
+    try:
+        kind = _argument_type(cls, argument)
+    except ValueError:
+        return False
+    return field in inspect.signature(kind).parameters
 
 
 def accepted(method: str, overrides: dict) -> dict:

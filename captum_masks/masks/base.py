@@ -140,13 +140,25 @@ class CellMask(ABC):
         return None if any(c is None for c in compact) else tuple(c for c in compact if c)
 
 
+class UnitIntervalMask(CellMask):
+    """A :class:`CellMask` whose parameters are the cells' values themselves, in [0, 1]: they
+    start at ``init_value`` and are clamped back onto [0, 1] after every step."""
+
+    def __init__(self, init_value: float) -> None:
+        if not (isinstance(init_value, (int, float)) and 0.0 <= init_value <= 1.0):
+            raise ValueError(f"init_value must be in [0, 1], got {init_value!r}")
+        self.init_value = float(init_value)
+
+    def init_cells(
+        self, shape: Sequence[int], like: Tensor, generator: torch.Generator
+    ) -> Tensor:
+        return like.new_full(tuple(shape), self.init_value)
+
+    def project_cells_(self, params: Tensor) -> None:
+        params.clamp_(0.0, 1.0)
+
 def _abs_sum(values: Tensor) -> Tensor:
     return values.reshape(values.shape[0], -1).abs().sum(dim=1)
 
 
-def clamp_to_unit_interval_(params: Tensor) -> None:
-    """Project mask parameters back onto [0, 1] after an optimiser step (in place)."""
-    params.clamp_(0.0, 1.0)
-
-
-__all__ = ["CellMask", "Mask", "clamp_to_unit_interval_"]
+__all__ = ["CellMask", "Mask", "UnitIntervalMask"]

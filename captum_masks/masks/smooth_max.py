@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from captum_masks._engine.checks import check_at_least, check_positive_int
-from captum_masks.masks.base import CellMask, clamp_to_unit_interval_
+from captum_masks.masks.base import UnitIntervalMask
 from captum_masks.masks.interpolation import upsample_linearly
 
 
-class SmoothMaxMask(CellMask):
+class SmoothMaxMask(UnitIntervalMask):
     r"""Fong, Patrick & Vedaldi's smooth mask (ICCV 2019, Section 3.3): parameters m̄ on a grid
     of ``step`` pixels in [0, 1]; the mask at pixel u is a smooth maximum, over the grid points
     v near u, of k(u − v)·m̄(v), with the kernel k(z) = exp(−2·max(‖z‖/σ − ½, 0)²) (flat out to
@@ -72,9 +72,7 @@ class SmoothMaxMask(CellMask):
         self.sigma = float(sigma)
         self.temperature = float(temperature)
         self.margin = float(margin)
-        if not (isinstance(init_value, (int, float)) and 0.0 <= init_value <= 1.0):
-            raise ValueError(f"init_value must be in [0, 1], got {init_value!r}")
-        self.init_value = float(init_value)
+        super().__init__(init_value)
         self.radius = 1 + math.ceil(self.sigma / step)
         self.band = round(self.margin / stride)  # evaluated points outside the image, per side
         # grid cells a neighbour of an evaluated point can be from the image's grid
@@ -84,11 +82,6 @@ class SmoothMaxMask(CellMask):
     def cell_shape(self, spatial_shape: Sequence[int]) -> list[int]:
         return [math.ceil(side / self.step) for side in spatial_shape]
 
-    def init_cells(
-        self, shape: Sequence[int], like: Tensor, generator: torch.Generator
-    ) -> Tensor:
-        return like.new_full(tuple(shape), self.init_value)
-
     def expand(
         self,
         params: Tensor,
@@ -97,9 +90,6 @@ class SmoothMaxMask(CellMask):
     ) -> Tensor:
         """The ``(N, 1, H, W)`` mask of grid parameters ``(N, 1, h, w)``, in [0, 1]."""
         return self.upsample(self.evaluated(params, spatial_shape), spatial_shape)
-
-    def project_cells_(self, params: Tensor) -> None:
-        clamp_to_unit_interval_(params)
 
     def evaluated(self, params: Tensor, spatial_shape: Sequence[int]) -> Tensor:
         """The mask at the evaluated points only, ``(N, 1, ⌈H / stride⌉ + 2·band,

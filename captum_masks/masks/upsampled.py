@@ -9,12 +9,12 @@ import torch
 from torch import Tensor
 
 from captum_masks._engine.checks import check_at_least, check_positive_int
-from captum_masks.masks.base import CellMask, clamp_to_unit_interval_
+from captum_masks.masks.base import UnitIntervalMask
 from captum_masks.masks.interpolation import _apply_per_axis, smooth_upsampling
 from captum_masks.masks.low_resolution import LowResolutionMask
 
 
-class UpsampledMask(CellMask):
+class UpsampledMask(UnitIntervalMask):
     r"""A low-resolution mask, upsampled by ``factor`` and smoothed (Fong & Vedaldi, Eq. 4):
     Meaningful Perturbation's mask.
 
@@ -56,21 +56,14 @@ class UpsampledMask(CellMask):
         if not isinstance(jitter, int) or isinstance(jitter, bool) or jitter < 0:
             raise ValueError(f"jitter must be an int >= 0, got {jitter!r}")
         check_at_least("smooth_sigma", smooth_sigma, 0.0, "σ of the smoothing, in pixels")
-        if not (isinstance(init_value, (int, float)) and 0.0 <= init_value <= 1.0):
-            raise ValueError(f"init_value must be in [0, 1], got {init_value!r}")
+        super().__init__(init_value)
         self.factor = factor
         self.smooth_sigma = smooth_sigma
         self.jitter = jitter
-        self.init_value = float(init_value)
         self._operators: dict[tuple, Tensor] = {}
 
     def cell_shape(self, spatial_shape: Sequence[int]) -> list[int]:
         return [math.ceil(side / self.factor) for side in spatial_shape]
-
-    def init_cells(
-        self, shape: Sequence[int], like: Tensor, generator: torch.Generator
-    ) -> Tensor:
-        return like.new_full(tuple(shape), self.init_value)
 
     def expand(
         self,
@@ -92,9 +85,6 @@ class UpsampledMask(CellMask):
             shifts = torch.zeros(len(operators), dtype=torch.long, device=params.device)
         shifted = [ops[shift] for ops, shift in zip(operators, shifts)]
         return _apply_per_axis(shifted, params[:, 0]).unsqueeze(1)
-
-    def project_cells_(self, params: Tensor) -> None:
-        clamp_to_unit_interval_(params)
 
     def low_resolution_of(self, params: Tensor) -> LowResolutionMask:
         return LowResolutionMask(params, "smooth", self.factor, self.smooth_sigma)
