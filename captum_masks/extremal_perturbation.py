@@ -39,7 +39,10 @@ REWARDS = ("simple", "contrastive")
 #: how much the area weight λ grows over a run: TorchRay's 1.0035 per step over its 800 steps
 AREA_WEIGHT_GROWTH = 1.0035**800
 #: what a perturbation's name means for this method
-PERTURBATIONS = {"blur": BlurPyramid(levels=8, max_sigma=20.0), "constant": Constant()}
+PERTURBATIONS: dict[str, Perturbation] = {
+    "blur": BlurPyramid(levels=8, max_sigma=20.0),
+    "constant": Constant(),
+}
 
 
 class ExtremalPerturbation(MaskAttribution):
@@ -246,8 +249,8 @@ class ExtremalPerturbation(MaskAttribution):
         # the mean over areas commutes with the (linear) upsampling: take it on the small grid
         per_image = evaluated.view(call.num_examples, num_areas, *evaluated.shape[1:]).mean(dim=1)
         history.low_resolution = (LowResolutionMask(per_image),)
-        mask = history.low_resolution[0].expand(spatial)
-        attribution = mask.expand_as(image).to(call.inputs[0].dtype).contiguous()
+        final = history.low_resolution[0].expand(spatial)
+        attribution = final.expand_as(image).to(call.inputs[0].dtype).contiguous()
         return call.result([attribution], history, return_history)
 
 
@@ -275,7 +278,8 @@ def _check_arguments(
     """Validate the options and return the areas as a tuple of floats."""
     fractions = (areas,) if isinstance(areas, numbers.Real) else tuple(areas)
     if not fractions or not all(
-        isinstance(a, numbers.Real) and not isinstance(a, bool) and 0 < a < 1 for a in fractions
+        isinstance(a, numbers.Real) and not isinstance(a, bool) and 0 < float(a) < 1
+        for a in fractions
     ):
         raise ValueError(f"areas must be a number or a sequence of numbers in (0, 1), got {areas!r}")
     check_choice("game", game, GAMES)

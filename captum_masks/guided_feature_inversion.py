@@ -56,7 +56,11 @@ ACTIVATIONS: dict[str | None, Callable[[Tensor], Tensor]] = {
     None: lambda features: features,
 }
 #: what a perturbation's name means for this method (the paper's blur radius 11)
-PERTURBATIONS = {"blur": Blur(sigma=11.0), "constant": Constant(), "noise": Noise()}
+PERTURBATIONS: dict[str, Perturbation] = {
+    "blur": Blur(sigma=11.0),
+    "constant": Constant(),
+    "noise": Noise(),
+}
 
 
 @dataclass(frozen=True)

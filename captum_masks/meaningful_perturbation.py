@@ -37,7 +37,11 @@ from captum_masks.regularizers import total_variation
 
 GAMES = ("deletion", "preservation")
 #: what a perturbation's name means for this method
-PERTURBATIONS = {"blur": Blur(sigma=10.0), "constant": Constant(), "noise": Noise()}
+PERTURBATIONS: dict[str, Perturbation] = {
+    "blur": Blur(sigma=10.0),
+    "constant": Constant(),
+    "noise": Noise(),
+}
 
 
 class MeaningfulPerturbation(MaskAttribution):

@@ -25,7 +25,7 @@ OPTIMIZERS = {
 }
 
 OptimizerType = str | Callable[[list[Tensor], float], torch.optim.Optimizer]
-SchedulerType = Callable[[torch.optim.Optimizer], object] | None
+SchedulerType = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler] | None
 
 
 class _MethodDefault:
@@ -131,7 +131,7 @@ def _check_field(name: str, value: Any) -> None:
     elif name == "internal_batch_size":
         check_positive_int(name, value, allow_none=True)
     elif name == "lr":
-        if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value > 0:
+        if not isinstance(value, numbers.Real) or isinstance(value, bool) or not float(value) > 0:
             raise ValueError(f"lr must be a number > 0, got {value!r}")
     elif name == "optimizer":
         if isinstance(value, str) and value not in OPTIMIZERS:
@@ -143,10 +143,12 @@ def _check_field(name: str, value: Any) -> None:
             raise TypeError(f"optimizer must be a string or a callable, got {value!r}")
     elif name == "scheduler":
         if value is not None and not callable(value):
-            raise TypeError(f"scheduler must be None or a callable optimizer -> scheduler, got {value!r}")
+            raise TypeError(
+                f"scheduler must be None or a callable optimizer -> scheduler, got {value!r}"
+            )
     elif name == "tolerance":
         if value is not None and not (
-            isinstance(value, numbers.Real) and not isinstance(value, bool) and value >= 0
+            isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value) >= 0
         ):
             raise ValueError(f"tolerance must be None or a number >= 0, got {value!r}")
     elif name == "show_progress":

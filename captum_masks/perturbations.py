@@ -212,13 +212,14 @@ def pyramid_blend(pyramid: Tensor, mask: Tensor) -> Tensor:
     return torch.lerp(below, above, fraction).squeeze(1)  # one pass, and one in backward
 
 
-def blend(inputs: Tensor, mask: Tensor, reference: Tensor) -> Tensor:
+def blend(inputs: Tensor, mask: Tensor, reference: Tensor | float) -> Tensor:
     """Φ(x, m) = m·x + (1 − m)·reference: keep the input where m = 1, show the reference at 0.
 
     Args:
         inputs (Tensor): (N, C, ...) input.
         mask (Tensor): (N, 1, ...) mask in [0, 1], broadcast over channels.
-        reference (Tensor): what replaces the input, shaped like ``inputs``.
+        reference (Tensor or float): what replaces the input, shaped like ``inputs`` or one
+            value.
 
     Returns:
         Tensor shaped like ``inputs``; differentiable in ``mask``.

@@ -5,6 +5,8 @@ Masks are ``(N, 1, *spatial)`` with one, two or three spatial axes (sequences, i
 
 from __future__ import annotations
 
+import functools
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -55,7 +57,8 @@ def total_variation(mask: Tensor, beta: float = 1.0) -> Tensor:
 def _window_sum(mask: Tensor, size: int, axis: int) -> Tensor:
     """Sum of ``size`` consecutive values along ``axis`` (valid positions only)."""
     length = mask.shape[axis] - size + 1
-    return sum(mask.narrow(axis, offset, length) for offset in range(size))
+    windows = [mask.narrow(axis, offset, length) for offset in range(size)]
+    return functools.reduce(operator.add, windows)
 
 
 def laplacian(mask: Tensor, kernel_size: int = 3, squared: bool = False) -> Tensor:

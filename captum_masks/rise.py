@@ -225,7 +225,7 @@ class _MaskSampler:
 
         if groups is not None:
             self.cells = [kept(n_samples, groups.count)]
-            self.shifts = []
+            self.shifts: list[Tensor] = []
             return
         self.cells, self.shifts = [], []
         for x in images:

@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from captum_masks import AmortizedExplainer, MaskNet
+from captum_masks.amortized.fitting import Trainer
 from captum_masks.amortized.losses import ExplainedBatch, LossSettings, stalder_terms
 from captum_masks.masks.interpolation import upsample_linearly
 
@@ -198,14 +199,15 @@ def test_rows_for_each_class_of_an_input_share_one_pass_of_the_explainer(
     x = torch.rand(5, 3, 12, 12, generator=generator)
     order = torch.rand(5, 4, generator=generator).argsort(dim=1)[:, :classes_per_input]
     labels = torch.zeros(5, 4).scatter_(1, order, 1.0)
-    batch = explainer._batch((x, labels), "labels", separate_classes=True)
-    explainer._logits(x[:1])  # builds the network
+    trainer = Trainer(explainer.network, LossSettings(), "labels", separate_classes=True)
+    batch = trainer.batch((x, labels))
+    explainer.network.logits(x[:1])  # builds the network
     seen = []
     explainer.explainer.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[0]))
-    shared = explainer._loss_terms(batch, LossSettings(), explainer.explainer)
+    shared = trainer.loss_terms(batch, explainer.explainer)
     assert seen == [5]
     duplicated = dataclasses.replace(batch, inputs=x[batch.rows], rows=None)
-    one_by_one = explainer._loss_terms(duplicated, LossSettings(), explainer.explainer)
+    one_by_one = trainer.loss_terms(duplicated, explainer.explainer)
     assert seen == [5, 5 * classes_per_input]
     for name, value in one_by_one.items():
         torch.testing.assert_close(shared[name], value)
@@ -390,11 +392,11 @@ def test_early_stopping_keeps_the_best_epoch(monkeypatch):
     losses = iter([1.0, 0.5, 0.7, 0.9, 0.2])
     states = []
 
-    def evaluate(data, step):
+    def evaluate(trainer, data, step):
         states.append({k: v.clone() for k, v in explainer.explainer.state_dict().items()})
         return next(losses)
 
-    monkeypatch.setattr(explainer, "_evaluate", evaluate)
+    monkeypatch.setattr(Trainer, "_evaluate", evaluate)
     history = explainer.fit(batches(x, y, 16), [(x, y)], epochs=5, patience=2, show_progress=False)
     assert history.stopped_early and history.best_epoch == 1
     assert history.val_loss == [1.0, 0.5, 0.7, 0.9]

@@ -98,6 +98,7 @@ def resolve_targets(target: Any, output: Tensor) -> Tensor:
             )
         return output.argmax(dim=1, keepdim=True)
 
+    per_example: list[Any]
     if isinstance(target, Tensor):
         if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
             raise TypeError(f"target tensor must hold integers, got dtype {target.dtype}")
@@ -201,7 +202,7 @@ def check_one_tensor(inputs: Any, kind: str = "tensor") -> None:
         raise ValueError(f"inputs must be one {kind} (or a 1-tuple), got {len(inputs)} tensors")
 
 
-def check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
 
@@ -210,7 +211,7 @@ def check_positive(name: str, value: Any, allow_zero: bool = False) -> None:
     ok = (
         isinstance(value, numbers.Real)
         and not isinstance(value, bool)
-        and (value >= 0 if allow_zero else value > 0)
+        and (float(value) >= 0 if allow_zero else float(value) > 0)
     )
     if not ok:
         bound = ">= 0" if allow_zero else "> 0"
@@ -249,7 +250,9 @@ def check_instance(name: str, value: Any, kind: type, default: Any) -> Any:
 
 def check_at_least(name: str, value: Any, lower: float, why: str) -> None:
     """``value`` must be a real number ≥ ``lower``; ``why`` ends the error message."""
-    if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and value >= lower):
+    if not (
+        isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value) >= lower
+    ):
         raise ValueError(f"{name} must be a number >= {lower} ({why}), got {value!r}")
 
 

@@ -42,7 +42,7 @@ def check_layers(forward_func: Callable, layers: Sequence[nn.Module], names: Seq
 @contextlib.contextmanager
 def recording(
     layers: Sequence[nn.Module], stop_after: bool = False
-) -> Iterator[dict[nn.Module, Tensor]]:
+) -> Iterator[dict[nn.Module, list[Tensor]]]:
     """Record the output of each layer on the next forward pass.
 
     Args:
@@ -108,7 +108,9 @@ def last_feature_map(
 
     def hook(module: nn.Module, args: tuple, output: object) -> None:
         floating = isinstance(output, Tensor) and output.is_floating_point()
-        shapes.setdefault(module, []).append(tuple(output.shape) if floating else None)
+        shapes.setdefault(module, []).append(
+            tuple(output.shape) if isinstance(output, Tensor) and floating else None
+        )
 
     handles = [module.register_forward_hook(hook) for module in model.modules()]
     try:
@@ -164,6 +166,7 @@ def layer_gradient(
 
     def hook(module: nn.Module, args: tuple, output: object) -> None:
         output = output[0] if isinstance(output, tuple) else output
+        assert isinstance(output, Tensor), "the layer's output is checked by check_layers"
         if not output.requires_grad:  # frozen parameters and inputs: a leaf of its own
             output.requires_grad_()
         outputs.append(output)

@@ -76,7 +76,7 @@ class MaskProblem:
     """
 
     params: Sequence[Tensor]
-    objective: Callable[[Sequence[Tensor], ExampleRows, int], tuple[Tensor, Tensor]]
+    objective: Callable[[list[Tensor], ExampleRows, int], tuple[Tensor, Tensor]]
     examples: ExampleRows
     project: Callable[[Sequence[Tensor]], None] | None = None
 

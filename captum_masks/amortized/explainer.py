@@ -5,45 +5,41 @@ Interpretability")."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from captum.log import log_usage
 from torch import Tensor, nn
 
-from captum_masks._engine.call import MaskAttribution, work_dtype
+from captum_masks._engine.call import MaskAttribution
 from captum_masks._engine.checks import (
     check_choice,
     check_one_tensor,
     check_positive_ints,
     format_inputs,
-    run_forward,
 )
 from captum_masks._engine.compat import TargetType, _format_output
-from captum_masks._engine.hooks import (
-    check_layers,
-    last_feature_map,
-    replacing_output,
-    run_recording,
-)
+from captum_masks._engine.files import save_atomically
+from captum_masks._engine.hooks import check_layers
 from captum_masks._engine.layout import MaskLayout
-from captum_masks._engine.model_state import leaves_model_as_found, seeded_global_rng
-from captum_masks._engine.user_warnings import warn_user
-from captum_masks.amortized.fitting import FittingMixin
-from captum_masks.amortized.networks import MaskNet, checked_logits, deeplab_explainer
-from captum_masks.amortized.persistence import PersistenceMixin
-from captum_masks.amortized.training import evaluating
-from captum_masks.masks.interpolation import upsample_linearly
+from captum_masks._engine.model_state import leaves_model_as_found
+from captum_masks.amortized.fitting import Trainer
+from captum_masks.amortized.losses import LossSettings
+from captum_masks.amortized.network import ExplainerNetwork
+from captum_masks.amortized.persistence import (
+    checkpoint_header,
+    feature_channels,
+    read_checkpoint,
+)
+from captum_masks.amortized.training import FitHistory, evaluating
 
-TARGET_SOURCES = ("labels", "predictions")
 #: ``feature_layer``'s default: the classifier's last feature map
 AUTO_FEATURES = "auto"
-#: wider maps (an ImageNet network's head) are left out of the automatic choice
-AUTO_MAX_CHANNELS = 256
 
 
-class AmortizedExplainer(FittingMixin, PersistenceMixin, MaskAttribution):
+class AmortizedExplainer(MaskAttribution):
     r"""
     A second network, the *explainer*, learns to output a mask for every class of a frozen
     classifier in one forward pass, so explaining a new input costs one pass of the explainer
@@ -164,142 +160,43 @@ class AmortizedExplainer(FittingMixin, PersistenceMixin, MaskAttribution):
                     "layer and feature_layer cannot be combined: with layer the explainer "
                     "already sees the model's own representation"
                 )
-        self.num_classes = num_classes
-        self.multilabel = multilabel
-        self.feature_layer = feature_layer
-        self.layer = layer
         if channels_last is None:  # an embedding's (N, L, D) output: mask the tokens
             channels_last = isinstance(layer, nn.Embedding)
-        self.layout = MaskLayout(channels_last)
-        self.width = width
-        self.depth = depth
-        self.baselines = float(baselines)
-        self._kind = "custom" if isinstance(explainer, nn.Module) else explainer or "compact"
-        self.explainer: nn.Module | None = explainer if isinstance(explainer, nn.Module) else None
-        self._input_shape: tuple[int, int] | None = None  # (input channels, spatial dims)
-        # a network the caller hands over may be trained; the default one is not until fit or load
-        self._trained = isinstance(explainer, nn.Module)
-        self._seed = 0
-
-    # ------------------------------------------------------------------ explainer input
-    def _features(self, x: Tensor) -> Tensor | None:
-        """The classifier's features of ``x`` at ``feature_layer``, at their own resolution."""
-        if isinstance(self.feature_layer, str):  # "auto", resolved on the first input
-            self.feature_layer = None if self.layout.channels_last else self._last_feature_map(x)
-        if self.feature_layer is None:
-            return None
-        with torch.no_grad():
-            (features,) = run_recording(
-                lambda: self.forward_func(self.layout.to_caller(x)),
-                [self.feature_layer],
-                stop_after=True,
-            )
-        if features.dim() != x.dim():
-            raise ValueError(
-                f"feature_layer output has shape {tuple(features.shape)}, which cannot be "
-                f"resized to inputs of shape {tuple(x.shape)}: it needs the same number of axes "
-                "(N, C, *spatial), channels first"
-            )
-        return features
-
-    def _last_feature_map(self, x: Tensor) -> nn.Module | None:
-        """The module ``feature_layer="auto"`` stands for, found on one input."""
-        return last_feature_map(
-            self.forward_func,
-            lambda: self.forward_func(self.layout.to_caller(x[:1])),
-            x.shape[2:],
-            AUTO_MAX_CHANNELS,
+        self.network = ExplainerNetwork(
+            forward_func,
+            num_classes,
+            kind="custom" if isinstance(explainer, nn.Module) else explainer or "compact",
+            module=explainer if isinstance(explainer, nn.Module) else None,
+            multilabel=multilabel,
+            feature_layer=feature_layer,
+            layer=layer,
+            layout=MaskLayout(channels_last),
+            width=width,
+            depth=depth,
+            baselines=float(baselines),
         )
 
-    def _explainer_inputs(self, x: Tensor) -> tuple[Tensor, ...]:
-        """The explainer network's arguments in the work dtype (float32 for half precision): ``x``
-        and the classifier's features, native for MaskNet, else resized and concatenated."""
-        features = self._features(x)
-        x = x.to(work_dtype(x.dtype))  # the explainer trains in full precision
-        if features is None:
-            return (x,)
-        features = features.to(x.dtype)
-        if self._kind == "compact":
-            return x, features
-        return (torch.cat([x, upsample_linearly(features, x.shape[2:])], dim=1),)
+    @property
+    def explainer(self) -> nn.Module | None:
+        """The explainer network (None until it is built on the first input, fit or load)."""
+        return self.network.module
 
-    def _build(self, explainer_inputs: tuple[Tensor, ...], input_channels: int) -> None:
-        """Build the default explainer for these inputs (once), on their device and dtype."""
-        explainer_input = explainer_inputs[0]
-        spatial_dims = explainer_input.dim() - 2
-        if self.explainer is None:
-            with seeded_global_rng(self._seed):
-                if self._kind == "deeplabv3_resnet50":
-                    if spatial_dims != 2 or explainer_input.shape[1] != 3:
-                        raise ValueError(
-                            "explainer='deeplabv3_resnet50' takes (N, 3, H, W) images without "
-                            f"feature_layer; got an explainer input of shape "
-                            f"{tuple(explainer_input.shape)}"
-                        )
-                    self.explainer = deeplab_explainer(self.num_classes)
-                else:
-                    self.explainer = MaskNet(
-                        explainer_input.shape[1],
-                        self.num_classes,
-                        spatial_dims,
-                        self.width,
-                        self.depth,
-                        feature_channels=sum(f.shape[1] for f in explainer_inputs[1:]),
-                    )
-            self.explainer.eval()  # fit switches it to training mode while it trains
-            self._input_shape = (input_channels, spatial_dims)
-        self.explainer.to(device=explainer_input.device, dtype=explainer_input.dtype)
+    @property
+    def num_classes(self) -> int:
+        return self.network.num_classes
 
-    def _target_logits(self, x: Tensor, classes: Tensor) -> Tensor:
-        """The logits S_c (N, 1, *spatial) of one class c per example."""
-        explainer_inputs = self._explainer_inputs(x)
-        self._build(explainer_inputs, x.shape[1])
-        if (
-            isinstance(self.explainer, MaskNet)
-            and self.explainer.head.out_channels == self.num_classes
-        ):
-            return self.explainer.class_logits(explainer_inputs[0], classes, *explainer_inputs[1:])
-        rows = torch.arange(x.shape[0], device=x.device)
-        return checked_logits(self.explainer, explainer_inputs, x, self.num_classes)[
-            rows, classes
-        ].unsqueeze(1)
+    @property
+    def multilabel(self) -> bool:
+        return self.network.multilabel
 
-    def _logits(self, x: Tensor) -> Tensor:
-        """Class logits S (N, num_classes, *spatial) for channels-first inputs."""
-        explainer_inputs = self._explainer_inputs(x)
-        self._build(explainer_inputs, x.shape[1])
-        return checked_logits(self.explainer, explainer_inputs, x, self.num_classes)
+    @property
+    def feature_layer(self) -> nn.Module | str | None:
+        return self.network.feature_layer
 
-    def _check_inputs(self, inputs: Any) -> tuple[Tensor, Tensor | None]:
-        """The tensor the explainer masks, channels first, and (with ``layer``) the caller's
-        inputs that the classifier runs on."""
-        if self.layer is None:
-            (x,) = format_inputs(
-                inputs if isinstance(inputs, Tensor) else tuple(inputs), (1, 2, 3)
-            )
-            model_inputs = None
-        else:
-            (model_inputs,) = format_inputs(
-                inputs if isinstance(inputs, Tensor) else tuple(inputs), masked=False
-            )
-            with torch.no_grad():
-                (x,) = run_recording(lambda: self.forward_func(model_inputs), [self.layer])
-            if x.dim() not in (3, 4, 5):
-                raise ValueError(
-                    f"layer {type(self.layer).__name__} returns shape {tuple(x.shape)}; the "
-                    "explainer masks outputs with 1 to 3 axes of positions: (N, L, D), "
-                    "(N, C, L), (N, C, H, W) or (N, C, D, H, W)"
-                )
-        x = self.layout.to_channels_first(x)
-        if self._input_shape is not None and (x.shape[1], x.dim() - 2) != self._input_shape:
-            channels, dims = self._input_shape
-            raise ValueError(
-                f"inputs must have {channels} channels and {dims} spatial axes like the data "
-                f"the explainer was built for, got shape {tuple(x.shape)}"
-            )
-        return x, model_inputs
+    @property
+    def layer(self) -> nn.Module | None:
+        return self.network.layer
 
-    # ------------------------------------------------------------------ inference
     @log_usage()
     @leaves_model_as_found
     def attribute(
@@ -331,19 +228,19 @@ class AmortizedExplainer(FittingMixin, PersistenceMixin, MaskAttribution):
             >>> explainer.attribute(images, target=torch.tensor([0, 3]))
         """
         check_one_tensor(inputs)
-        spatial_dims = (1, 2, 3) if self.layer is None else None
-        formatted = format_inputs(inputs, spatial_dims, masked=self.layer is None)
+        spatial_dims = (1, 2, 3) if self.network.layer is None else None
+        formatted = format_inputs(inputs, spatial_dims, masked=self.network.layer is None)
         call = self._prepare(inputs, formatted, target, additional_forward_args)
-        if call.targets.shape[1] != 1 or call.clean_output.shape[1] != self.num_classes:
+        if call.targets.shape[1] != 1 or call.clean_output.shape[1] != self.network.num_classes:
             raise ValueError(
-                f"forward_func must return (N, {self.num_classes}) scores for num_classes="
-                f"{self.num_classes}, got {tuple(call.clean_output.shape)}"
+                f"forward_func must return (N, {self.network.num_classes}) scores for num_classes="
+                f"{self.network.num_classes}, got {tuple(call.clean_output.shape)}"
             )
-        x, _ = self._check_inputs(call.inputs[0])
-        self._warn_if_untrained()
-        with torch.no_grad(), evaluating(self.explainer):
-            mask = torch.sigmoid(self._target_logits(x, call.targets[:, 0]))
-        attribution = self.layout.to_caller(mask.expand_as(x)).to(x.dtype).contiguous()
+        x, _ = self.network.check_inputs(call.inputs[0])
+        self.network.warn_if_untrained()
+        with torch.no_grad(), evaluating(self.network.module):
+            mask = torch.sigmoid(self.network.target_logits(x, call.targets[:, 0]))
+        attribution = self.network.layout.to_caller(mask.expand_as(x)).to(x.dtype).contiguous()
         return _format_output(call.is_inputs_tuple, (attribution,))
 
     @leaves_model_as_found
@@ -361,38 +258,199 @@ class AmortizedExplainer(FittingMixin, PersistenceMixin, MaskAttribution):
 
             >>> masks = explainer.explain_all(images)     # masks[:, c] explains class c
         """
-        x, _ = self._check_inputs(inputs)
-        self._warn_if_untrained()
-        with torch.no_grad(), evaluating(self.explainer):
-            return torch.sigmoid(self._logits(x)).to(x.dtype)
+        x, _ = self.network.check_inputs(inputs)
+        self.network.warn_if_untrained()
+        with torch.no_grad(), evaluating(self.network.module):
+            return torch.sigmoid(self.network.logits(x)).to(x.dtype)
 
-    def _warn_if_untrained(self) -> None:
-        if not self._trained:
-            warn_user(
-                "the explainer network has not been trained: its masks (about 0.5 everywhere) "
-                "say nothing about the model. Call fit(...) or AmortizedExplainer.load(...) "
-                "first"
-            )
+    # ------------------------------------------------------------------ training
+    def fit(
+        self,
+        train_data: Iterable,
+        val_data: Iterable | None = None,
+        epochs: int = 10,
+        loss: str = "stalder",
+        targets: str = "labels",
+        lr: float = 4e-3,
+        entropy_weight: float = 1.0,
+        area_weight: float = 1.0,
+        tv_weight: float = 1.0,
+        area_bounds: tuple[float, float] = (0.05, 0.3),
+        mask_area_weights: tuple[float, float] = (0.1, 0.3),
+        l1_weight: float = 1e-3,
+        l2_weight: float = 1e-4,
+        separate_classes: bool = True,
+        patience: int | None = 3,
+        checkpoint: str | os.PathLike | None = None,
+        resume: bool = False,
+        seed: int = 0,
+        show_progress: bool = True,
+    ) -> FitHistory:
+        r"""Train the explainer with the classifier frozen.
 
-    def _classify(
-        self, x: Tensor, dtype: torch.dtype | None = None, model_inputs: Tensor | None = None
-    ) -> Tensor:
-        """The classifier's scores for channels-first ``x``, which is cast to ``dtype`` (the
-        data's own) first; the scores come back in the work dtype. With ``layer``, ``x`` is that
-        layer's (masked) output and the classifier runs on ``model_inputs`` with it swapped in."""
-        caller = self.layout.to_caller(x if dtype is None else x.to(dtype))
-        if self.layer is None:
-            scores = run_forward(self.forward_func, (caller,), None)
-        else:
-            with replacing_output(self.layer, caller):
-                scores = run_forward(self.forward_func, (model_inputs,), None)
-        scores = scores.to(work_dtype(x.dtype))
-        if scores.dim() != 2 or scores.shape[1] != self.num_classes:
+        Args:
+            train_data (iterable): batches of ``(inputs, labels)`` (or inputs alone with
+                ``targets="predictions"``), e.g. a ``DataLoader``; iterated once per epoch.
+                Single-label labels are (N,) class indices, multi-label labels (N, num_classes)
+                multi-hot.
+            val_data (iterable, optional): the same, evaluated after every epoch; early stopping
+                and the kept explainer follow its loss (else the training loss).
+            epochs (int, optional): maximum number of passes over ``train_data``. Default: 10
+            loss (str, optional): ``"stalder"`` (Eq. 1–8) or ``"phillips"``. Default: "stalder"
+            targets (str, optional): explain the ``"labels"`` of the data (Stalder et al.'s
+                choice) or the classifier's ``"predictions"``. Default: "labels"
+            lr (float, optional): Adam's learning rate. Default: 4e-3
+            entropy_weight (float, optional): λ_e. Default: 1
+            area_weight (float, optional): λ_a. Default: 1
+            tv_weight (float, optional): λ_tv. Default: 1
+            area_bounds (tuple of float, optional): (a, b), the least and largest area of a
+                present class's mask (Eq. 4–5). Default: (0.05, 0.3)
+            mask_area_weights (tuple of float, optional): the weights of A(m) and A(n) inside
+                λ_a's term: the authors' code's (0.1, 0.3), under which the classification term
+                outweighs the area and each class's mask leaves the other classes' objects
+                sooner; (1, 1) is Eq. 6 as written, with tighter masks that take longer to
+                become class-specific (README). Default: (0.1, 0.3)
+            l1_weight, l2_weight (float, optional): Phillips et al.'s penalties on the mask
+                (their values). Default: 1e-3, 1e-4
+            separate_classes (bool, optional): train on one row per (input, class of that
+                input): the target set Y is that class alone, and every other class, present
+                or not, is a non-target, so m ⊙ x must show that class without the others and a
+                class's mask has to leave out the other classes' objects. False is Eq. 2 as
+                written, all of an input's classes in one m; on the two-object synthetic suite
+                that gave every class the same mask (see the README). Single-label data is the
+                same either way. Default: True
+            patience (int or None, optional): stop after this many epochs without a better loss;
+                None trains all epochs. The explainer of the best epoch is kept. Default: 3
+            checkpoint (str or path, optional): written after every epoch (to a temporary file,
+                then renamed, so an interruption never leaves a broken file). Default: None
+            resume (bool, optional): continue from ``checkpoint`` if it exists; the result is
+                the same as an uninterrupted run on the same data. Default: False
+            seed (int, optional): seeds the default explainer's initial weights (the global RNG
+                is left as it was). Default: 0
+            show_progress (bool, optional): a progress bar with the loss terms. Default: True
+
+        Returns:
+            :class:`FitHistory`.
+
+        Under ``torchrun`` (``torch.distributed`` initialised), the explainer is wrapped in
+        ``DistributedDataParallel``; a ``DataLoader`` is re-sharded with a
+        ``DistributedSampler`` (each process takes ``batch_size / world_size`` examples per
+        step, so one step sees the same examples as a single process), any other iterable by
+        taking every ``world_size``-th row of each batch; only rank 0 shows progress and writes
+        checkpoints.
+
+        Examples::
+
+            >>> history = explainer.fit(train_loader, val_loader, epochs=20, checkpoint="ex.pt",
+            ...                         resume=True)
+            >>> history.val_loss
+        """
+        settings = LossSettings(
+            loss,
+            entropy_weight,
+            area_weight,
+            tv_weight,
+            area_bounds,
+            mask_area_weights,
+            l1_weight,
+            l2_weight,
+        )
+        trainer = Trainer(self.network, settings, targets, separate_classes)
+        return trainer.fit(
+            train_data,
+            val_data,
+            epochs=epochs,
+            lr=lr,
+            patience=patience,
+            checkpoint=checkpoint,
+            resume=resume,
+            seed=seed,
+            show_progress=show_progress,
+        )
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the trained explainer and its settings (atomically: a temporary file, then a
+        rename).
+
+        Args:
+            path (str or path): the file to write.
+
+        Examples::
+
+            >>> explainer.save("explainer.pt")
+        """
+        module = self.network.module
+        if module is None:
+            raise ValueError("nothing to save: fit the explainer (or call attribute) first")
+        save_atomically({**checkpoint_header(self.network.config()), "state": module.state_dict()}, path)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        forward_func: Callable,
+        explainer: nn.Module | None = None,
+        map_location: str | torch.device | None = None,
+    ) -> AmortizedExplainer:
+        """Load an explainer written by :meth:`save` (or a :meth:`fit` checkpoint).
+
+        Files are read with ``torch.load(weights_only=True)``: nothing in them is executed.
+
+        Args:
+            path (str or path): the file.
+            forward_func (Callable): the classifier the explainer was trained for.
+            explainer (nn.Module, optional): an untrained instance of the network, needed when
+                it was a custom module.
+            map_location (optional): as for ``torch.load``.
+
+        Returns:
+            :class:`AmortizedExplainer`.
+
+        Examples::
+
+            >>> explainer = AmortizedExplainer.load("explainer.pt", model)
+        """
+        saved = read_checkpoint(path, map_location)
+        config = saved["config"]
+        if config["explainer"] == "custom" and explainer is None:
             raise ValueError(
-                f"forward_func must return (N, {self.num_classes}) scores for num_classes="
-                f"{self.num_classes}, got {tuple(scores.shape)}"
+                f"{os.fspath(path)} holds a custom explainer network: pass an instance of it as "
+                "explainer="
             )
-        return scores
+        layers = {}
+        for key in ("feature_layer", "layer"):  # checkpoints before layer= have no "layer"
+            if config.get(key) is not None:
+                if not isinstance(forward_func, nn.Module):
+                    raise ValueError(f"the explainer used a {key}: forward_func must be the model")
+                layers[key] = forward_func.get_submodule(config[key])
+        restored = cls(
+            forward_func,
+            config["num_classes"],
+            explainer={"custom": explainer, "compact": None}.get(
+                config["explainer"], config["explainer"]
+            ),
+            multilabel=config["multilabel"],
+            feature_layer=layers.get("feature_layer"),
+            layer=layers.get("layer"),
+            channels_last=config["channels_last"],
+            width=config["width"],
+            depth=config["depth"],
+            baselines=config["baselines"],
+        )
+        network = restored.network
+        if network.module is None:
+            channels, dims = config["input_channels"], config["spatial_dims"]
+            features = feature_channels(saved["state"], network.kind)
+            probe = torch.zeros(1, channels, *([8] * dims))
+            fed = (torch.zeros(1, features, *([1] * dims)),) if features else ()
+            network.build((probe, *fed), channels)
+        assert network.module is not None
+        network.module.load_state_dict(saved["state"])
+        network.trained = True
+        if config["input_channels"] is not None:
+            network.input_shape = (config["input_channels"], config["spatial_dims"])
+        return restored
 
 
 __all__ = ["AmortizedExplainer"]

@@ -112,7 +112,7 @@ class MaskNet(nn.Module):
                 + ("with" if self.projection is not None else "without")
                 + " feature_channels: pass classifier_features exactly when it has them"
             )
-        if classifier_features is not None:
+        if classifier_features is not None and self.projection is not None:
             projected = upsample_linearly(self.projection(classifier_features), x.shape[2:])
             x = torch.cat([x, projected], dim=1)
         skips = []

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
+import operator
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -96,7 +98,7 @@ def train_epoch(
     bar = progress(batches, desc=description, disable=not show_progress)
     for raw in bar:
         terms = step(raw)
-        total = sum(terms.values())
+        total: Tensor = functools.reduce(operator.add, terms.values())
         optimizer.zero_grad(set_to_none=True)
         total.mean().backward()  # the explainer's own parameters: the classifier is frozen
         optimizer.step()
@@ -122,7 +124,7 @@ def mean_loss(step: Callable[[Any], dict[str, Tensor]], batches: Iterable) -> fl
     total, count = 0.0, 0
     with torch.no_grad():
         for raw in batches:
-            loss = sum(step(raw).values())
+            loss: Tensor = functools.reduce(operator.add, step(raw).values())
             total += float(loss.sum())
             count += loss.shape[0]
     if count == 0:

@@ -283,7 +283,7 @@ def _pending_batches(
 ) -> list[int]:
     """The batches without a finished file, as rank 0 sees them, so that every rank splits
     the same list."""
-    pending = [None]
+    pending: list[list[int] | None] = [None]
     if rank == 0:
         done = {int(f.stem.split("-")[1]) for f in out.glob("batch-*.pt")}
         pending = [[b for b in range(n_batches) if b not in done]]
@@ -291,6 +291,7 @@ def _pending_batches(
         torch.distributed.broadcast_object_list(
             pending, src=0, device=device if device.type != "cpu" else None
         )
+    assert pending[0] is not None
     return pending[0]
 
 

@@ -245,10 +245,12 @@ def collate(items: list) -> dict:
         if key not in keys:
             continue
         values = [p[key] for p in parsed]
+        stacked: Tensor | tuple[Tensor, ...]
         if key == "inputs" and isinstance(values[0], (tuple, list)):
-            batch[key] = tuple(torch.stack(parts) for parts in zip(*values))
+            stacked = tuple(torch.stack(parts) for parts in zip(*values))
         else:
-            batch[key] = torch.stack([torch.as_tensor(v) for v in values])
+            stacked = torch.stack([torch.as_tensor(v) for v in values])
+        batch[key] = stacked
     return batch
 
 

@@ -25,6 +25,7 @@ def to_heatmap(attributions: Tensor | tuple, absolute: bool = False) -> Tensor:
         if len(attributions) != 1:
             raise ValueError("attributions must be one tensor (or a 1-tuple) for image metrics")
         attributions = attributions[0]
+    assert isinstance(attributions, Tensor)
     attributions = attributions.detach()
     if attributions.dim() == 3:
         return attributions.abs() if absolute else attributions
