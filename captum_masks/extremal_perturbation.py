@@ -263,7 +263,7 @@ def _reward(output: Tensor, targets: Tensor, reward: str, apply_softmax: bool) -
         return score
     rows = torch.arange(output.shape[0], device=output.device)
     others = output.clone()
-    others[(rows, *targets.unbind(dim=1))] = -torch.inf
+    others[(rows,) + tuple(targets.unbind(dim=1))] = -torch.inf
     return score - others.flatten(1).amax(dim=1)
 
 

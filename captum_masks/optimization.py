@@ -173,7 +173,7 @@ SHARED_DEFAULTS = Optimization(
 FIELDS = tuple(field.name for field in dataclasses.fields(Optimization))
 
 
-def halving_every(steps: int) -> Callable[[torch.optim.Optimizer], object]:
+def halving_every(steps: int) -> SchedulerType:
     """A scheduler factory that halves the learning rate every ``steps`` iterations."""
     check_positive_int("steps", steps)
     return functools.partial(torch.optim.lr_scheduler.StepLR, step_size=steps, gamma=0.5)

@@ -151,7 +151,8 @@ def select_scores(output: Tensor, targets: Tensor, apply_softmax: bool) -> Tenso
     if apply_softmax:
         output = torch.softmax(output, dim=1)
     rows = torch.arange(output.shape[0], device=output.device)
-    return output[(rows, *targets.unbind(dim=1))]
+    index = (rows,) + tuple(targets.unbind(dim=1))
+    return output[index]
 
 
 def select_log_scores(output: Tensor, targets: Tensor, apply_softmax: bool) -> Tensor:

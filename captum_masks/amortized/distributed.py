@@ -30,7 +30,7 @@ def shard(data: Iterable, epoch: int, rank: int, world_size: int) -> Iterable:
                 f"under torchrun the DataLoader's batch_size ({data.batch_size}) must be a "
                 f"multiple of the world size ({world_size})"
             )
-        sampler = DistributedSampler(
+        sampler: DistributedSampler = DistributedSampler(
             data.dataset,
             num_replicas=world_size,
             rank=rank,

@@ -99,6 +99,7 @@ class MaskNet(nn.Module):
         # then starts near its optimum and has a gradient to hold on to the evidence while the
         # area terms shrink the masks. Starting small (σ(−3)) stalls on the synthetic suite with
         # the masks off the objects, where the dimmed image gives the classifier no signal.
+        assert self.head.bias is not None
         nn.init.constant_(self.head.bias, initial_logit)
         # and every class starts alike: a random head can start one class's mask deep in the
         # flat tail on the very pixels that hold its evidence
@@ -149,7 +150,9 @@ class MaskNet(nn.Module):
         features = self.features(x, classifier_features)
         weight = self.head.weight.flatten(1)[classes]  # (N, width)
         logits = torch.einsum("nc...,nc->n...", features, weight)
-        return (logits + self.head.bias[classes].view(-1, *[1] * (logits.dim() - 1))).unsqueeze(1)
+        bias = self.head.bias
+        assert bias is not None
+        return (logits + bias[classes].view(-1, *[1] * (logits.dim() - 1))).unsqueeze(1)
 
 
 class _SegmentationOutput(nn.Module):

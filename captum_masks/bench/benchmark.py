@@ -157,7 +157,8 @@ def run_benchmark(
     if objects is None:
         data = SUITE_BUILDERS[suite](n, seed, split)
     elif suite == "photos-pairs":
-        data = photos_pairs_suite(n, seed, split, tuple(objects))
+        first, second = objects
+        data = photos_pairs_suite(n, seed, split, (first, second))
     else:
         raise ValueError(
             f"objects picks the two objects of the photos-pairs suite, not of {suite!r}"

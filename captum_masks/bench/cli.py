@@ -380,18 +380,18 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
             format_explainer_epochs,
         )
 
-        rows = explainer_epochs_report(
+        epoch_rows = explainer_epochs_report(
             args.suite, args.epochs, args.n, args.split, args.train_size, overrides=dict(args.set)
         )
-        print(format_explainer_epochs(rows))
+        print(format_explainer_epochs(epoch_rows))
     elif args.command == "class-masking":
         from captum_masks.bench.class_masking import (
             class_masking_report,
             format_class_masking,
         )
 
-        report = class_masking_report(args.n, args.seed, args.retrain, dict(args.set))
-        print(format_class_masking(report))
+        masking = class_masking_report(args.n, args.seed, args.retrain, dict(args.set))
+        print(format_class_masking(masking))
     else:
         from captum_masks.bench.speed import SPEED_METHODS, format_speed, measure_speed
 

@@ -129,7 +129,8 @@ def _draw_layout(
         image, masks, alone = single.image, single.mask, single.image
     else:
         size = int(rng.choice(PAIR_SIZES))
-        pair = zoo.paste_pair(*objects, background, object_size=size, seed=paste_seed)
+        first, second = objects
+        pair = zoo.paste_pair(first, second, background, object_size=size, seed=paste_seed)
         image, masks = pair.image, pair.masks
         alone = torch.cat(
             [

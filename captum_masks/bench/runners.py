@@ -7,6 +7,7 @@ import dataclasses
 import inspect
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -38,7 +39,7 @@ ALL_METHODS = DEFAULT_METHODS + REFERENCE_METHODS
 #: the suites whose model has a trained AmortizedExplainer
 AMORTIZED_SUITES = ("synthetic-pairs",)
 #: the class behind each of this package's rows (``--set`` checks its arguments against it)
-OUR_CLASSES = {
+OUR_CLASSES: dict[str, type[Any]] = {
     "MeaningfulPerturbation": MeaningfulPerturbation,
     "NeuroMaskAttr": NeuroMaskAttr,
     "GuidedFeatureInversion": GuidedFeatureInversion,
@@ -70,7 +71,7 @@ def accepted(method: str, overrides: dict) -> dict:
     return method_arguments(cls, {k: v for k, v in overrides.items() if takes(method, k)})
 
 
-def method_arguments(method: type, settings: dict) -> dict:
+def method_arguments(method: type[Any], settings: dict) -> dict:
     """``settings`` as keyword arguments of ``method.attribute``: a plain name as it is, and
     ``"argument.field"`` names gathered into the object ``argument`` takes, e.g.
     ``{"optimization.n_iter": 50}`` becomes ``{"optimization": Optimization(n_iter=50)}`` and
@@ -91,7 +92,7 @@ def method_arguments(method: type, settings: dict) -> dict:
     return arguments
 
 
-def _argument_type(method: type, argument: str) -> type:
+def _argument_type(method: type[Any], argument: str) -> type:
     """The class of this package named in ``argument``'s annotation (e.g. ``SigmoidMask | None``)."""
     import captum_masks
 
@@ -108,7 +109,7 @@ def _with_fields(base: object, kind: type, changes: dict) -> object:
         return kind(**changes)
     if isinstance(base, Optimization):
         return Optimization(**{**base.given(), **changes})
-    if dataclasses.is_dataclass(base):
+    if dataclasses.is_dataclass(base) and not isinstance(base, type):
         return dataclasses.replace(base, **changes)
     current = {p: getattr(base, p) for p in inspect.signature(type(base)).parameters}
     return type(base)(**{**current, **changes})

@@ -32,6 +32,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from captum.attr import Attribution
@@ -47,10 +48,7 @@ from captum_masks.meaningful_perturbation import MeaningfulPerturbation
 from captum_masks.neuromask import NeuroMaskAttr
 from captum_masks.rise import RISE
 
-try:  # page faults are counted where the platform counts them (not on Windows)
-    import resource
-except ImportError:  # pragma: no cover
-    resource = None
+Result = TypeVar("Result")
 
 
 @dataclass(frozen=True)
@@ -82,7 +80,7 @@ SPEED_METHODS: dict[str, SpeedSpec] = {
     "MeaningfulPerturbation": SpeedSpec(MeaningfulPerturbation),
     "NeuroMaskAttr": SpeedSpec(NeuroMaskAttr),
     "GuidedFeatureInversion": SpeedSpec(
-        lambda model: GuidedFeatureInversion(model, layer=model._bn1),
+        lambda model: GuidedFeatureInversion(model, layer=model.get_submodule("_bn1")),
         extra_iterations=InversionStage().n_iter,
         passes_per_iteration=2,
     ),
@@ -112,6 +110,12 @@ def _default_iterations(explainer: Attribution, spec: SpeedSpec) -> int:
     return default + spec.extra_iterations
 
 
+def _median_or_none(values: list[float | None]) -> float | None:
+    """The median of ``values``, or None where page faults were not counted."""
+    counted = [v for v in values if v is not None]
+    return statistics.median(counted) if len(counted) == len(values) else None
+
+
 def _seconds(work: Callable[[], object], repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -125,17 +129,21 @@ def page_faults() -> int | None:
     """This process's minor page faults so far: memory the allocator had handed back to the
     system and takes again, paid for on first touch (None where the platform does not count
     them)."""
-    if resource is None:  # pragma: no cover
+    try:  # page faults are counted where the platform counts them (not on Windows)
+        import resource
+    except ImportError:  # pragma: no cover
         return None
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def _faults_per(work: Callable[[], object], count: int) -> tuple[object, float | None]:
+def _faults_per(work: Callable[[], Result], count: int) -> tuple[Result, float | None]:
     """``work()``'s result and the page faults it took, per ``count``."""
     before = page_faults()
     result = work()
     after = page_faults()
-    return result, None if before is None else (after - before) / count
+    if before is None or after is None:  # pragma: no cover
+        return result, None
+    return result, (after - before) / count
 
 
 def bare_forward_backward(model: nn.Module, inputs: Tensor, target: Tensor) -> None:
@@ -268,7 +276,12 @@ def measure_speed(
             iterations.append((long - short) / (long_iters - short_iters))
             bare.append((bare_before + bare_after) / 2)
             ratios.append(iterations[-1] / bare[-1])
-            if short_faults is None:  # pragma: no cover
+            if (
+                short_faults is None
+                or long_faults is None
+                or faults_before is None
+                or faults_after is None
+            ):  # pragma: no cover
                 bare_faults.append(None)
                 faults.append(None)
                 continue
@@ -287,8 +300,8 @@ def measure_speed(
         "bare_seconds": bare_seconds,
         "iteration_seconds": iteration_seconds,
         "ratio": ratio,
-        "bare_faults": None if None in bare_faults else statistics.median(bare_faults),
-        "iteration_faults": None if None in faults else statistics.median(faults),
+        "bare_faults": _median_or_none(bare_faults),
+        "iteration_faults": _median_or_none(faults),
         "default_iters": default_iters,
         "seconds_per_image": per_image,
         "iterations_run": iterations_run,
@@ -306,7 +319,7 @@ def format_speed(results: list[dict]) -> str:
     """Results of :func:`measure_speed` as a markdown table, one row each, followed by how many
     times less time per image AmortizedExplainer takes than each optimisation method measured at
     the same batch size."""
-    columns = ("method", "batch", "images / iteration", "forward+backward (s)")
+    columns: tuple[str, ...] = ("method", "batch", "images / iteration", "forward+backward (s)")
     columns += ("per iteration (s)", "ratio", "page faults: bare", "page faults: iteration")
     columns += ("iterations", "iterations run", "s / image")
     compared = any("seconds_per_image_before" in result for result in results)

@@ -49,12 +49,15 @@ class Suite:
 def _synthetic_settings(model: nn.Module, size: int) -> dict:
     """The methods' settings for the 64 px synthetic images on a reference CNN."""
     scale = size / 224
+    features = model.get_submodule("features")
+    assert isinstance(features, nn.Sequential)
+    last_relu = features[-1]
     return {
         "last_conv": model.last_conv,
         "patch": 8,
         "pointing_tolerance": max(1, round(15 * scale)),
         # the last ReLU: 96 post-activation channels at 1/8 of the image, like VGG's conv5
-        "gfi_layers": (model.features[-1], model.features[-1]),
+        "gfi_layers": (last_relu, last_relu),
         "gfi_settings": {"perturbation": Blur(sigma=11 * scale)},
         "mp_settings": {
             # the paper's spatial settings are for 224 px: scale them to the image

@@ -18,6 +18,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -154,7 +155,7 @@ def load_reference_cnn(
     Returns:
         :class:`ReferenceModel`.
     """
-    settings = dict(TRAIN_SETTINGS, multilabel=multilabel)
+    settings: dict[str, Any] = dict(TRAIN_SETTINGS, multilabel=multilabel)
     if objects != "shapes":  # the shapes' key names the shipped weights
         settings["objects"] = objects
     label = f"{'multi' if multilabel else 'single'}{'' if objects == 'shapes' else '_' + objects}"
@@ -207,8 +208,9 @@ def _train(model: nn.Module, settings: dict, verbose: bool) -> None:
     )
     with seeded_global_rng(settings["seed"]):
         for module in model.modules():
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset):
+                reset()
         optimizer = torch.optim.AdamW(model.parameters(), lr=settings["lr"], weight_decay=1e-4)
         steps = settings["epochs"] * (len(data) // settings["batch_size"])
         scheduler = torch.optim.lr_scheduler.OneCycleLR(

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from captum_masks._engine.call import work_dtype
+from captum_masks.amortized.network import ExplainerNetwork
 from captum_masks.masks.low_resolution import LowResolutionMask
 
 #: bump when the files' layout changes, so that old folders are refused rather than misread
@@ -138,7 +139,7 @@ def method_description(method: Any, model: nn.Module | None) -> dict:
     """The method's class, and the modules and plain settings it was built with (a Layer
     method's layer, by its name in the model)."""
     names = {} if model is None else {id(m): name for name, m in model.named_modules()}
-    built_with = {}
+    built_with: dict[str, Any] = {}
     for name, value in sorted(vars(method).items()):
         if name == "forward_func" or name.startswith("_"):
             continue
@@ -146,6 +147,8 @@ def method_description(method: Any, model: nn.Module | None) -> dict:
             built_with[name] = f"module {names.get(id(value), type(value).__name__)}"
         elif isinstance(value, (bool, int, float, str)) or value is None:
             built_with[name] = value
+        elif isinstance(value, ExplainerNetwork):  # AmortizedExplainer's settings
+            built_with[name] = value.config()
     return {"class": f"{type(method).__module__}.{type(method).__qualname__}", **built_with}
 
 
