@@ -31,10 +31,13 @@ from hypothesis import strategies as st
 from torch import nn
 
 from captum_masks import (
+    Blur,
+    BlurPyramid,
     ExtremalPerturbation,
     GuidedFeatureInversion,
     MeaningfulPerturbation,
     NeuroMaskAttr,
+    Noise,
     Optimization,
 )
 from captum_masks.bench.runners import method_arguments
@@ -95,6 +98,12 @@ def iterations(most: int) -> st.SearchStrategy:
 
 
 PERTURBATION_NAMES = mostly(st.sampled_from(["blur", "constant", "noise"]), st.just("zeros"))
+#: a name, or a perturbation object with its own settings
+PERTURBATIONS = st.one_of(
+    PERTURBATION_NAMES,
+    numbers(0, 20).map(lambda sigma: Blur(sigma=sigma)),
+    numbers(0, 2).map(lambda std: Noise(std=std)),
+)
 CHUNKS = mostly(st.none() | st.integers(1, 3), st.integers(-1, 0))
 BASELINES = st.none() | numbers(-2, 2)
 
@@ -107,7 +116,7 @@ METHODS = {
         fuzzed={
             "optimization.n_iter": iterations(3),
             "game": mostly(st.sampled_from(["deletion", "preservation"]), st.just("keep")),
-            "perturbation": PERTURBATION_NAMES,
+            "perturbation": PERTURBATIONS,
             "baselines": BASELINES,
             "mask.factor": mostly(st.integers(1, 12), st.integers(-1, 0)),
             "mask.smooth_sigma": mostly(numbers(0, 8), numbers(-1, -1e-3)),
@@ -150,7 +159,7 @@ METHODS = {
             "inversion.n_iter": iterations(2),
             "optimization.n_iter": iterations(3),
             "stage": mostly(st.sampled_from(["target", "inversion"]), st.just("both")),
-            "perturbation": PERTURBATION_NAMES,
+            "perturbation": PERTURBATIONS,
             "baselines": BASELINES,
             "activation": mostly(st.sampled_from(["relu", None]), st.just("tanh")),
             "inversion.init_weight": mostly(numbers(0, 1), numbers(-1, -1e-3)),
@@ -172,7 +181,10 @@ METHODS = {
                 numbers(0.01, 0.9) | st.lists(numbers(0.01, 0.9), min_size=1, max_size=3),
                 numbers(1.0, 2.0),
             ),
-            "perturbation": mostly(st.sampled_from(["blur", "constant"]), st.just("noise")),
+            "perturbation": st.one_of(
+                mostly(st.sampled_from(["blur", "constant"]), st.just("noise")),
+                st.builds(BlurPyramid, levels=st.integers(2, 9), max_sigma=numbers(0, 20)),
+            ),
             "mask.step": mostly(st.integers(1, 9), st.integers(-1, 0)),
             "mask.sigma": mostly(numbers(0.5, 30), numbers(-1, 0)),
             "mask.stride": mostly(st.integers(1, 5), st.just(0)),
