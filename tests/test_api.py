@@ -45,7 +45,12 @@ ATTRIBUTIONS = sorted(
     ),
     key=lambda cls: cls.__name__,
 )
-OPTIMIZING = [MeaningfulPerturbation, NeuroMaskAttr, ExtremalPerturbation, GuidedFeatureInversion]
+OPTIMIZING = [
+    MeaningfulPerturbation,
+    NeuroMaskAttr,
+    ExtremalPerturbation,
+    GuidedFeatureInversion,
+]
 
 
 def parameters(cls: type) -> list[inspect.Parameter]:
@@ -55,7 +60,12 @@ def parameters(cls: type) -> list[inspect.Parameter]:
 
 def test_every_public_attribution_class_is_found():
     names = {cls.__name__ for cls in ATTRIBUTIONS}
-    assert {"MeaningfulPerturbation", "NeuroMaskAttr", "ExtremalPerturbation", "RISE"} <= names
+    assert {
+        "MeaningfulPerturbation",
+        "NeuroMaskAttr",
+        "ExtremalPerturbation",
+        "RISE",
+    } <= names
     assert {"GuidedFeatureInversion", "AmortizedExplainer", "LayerNeuroMask"} <= names
 
 
@@ -63,7 +73,9 @@ def test_every_public_attribution_class_is_found():
 def test_attribute_has_captums_positional_head_and_keyword_only_tail(cls):
     params = parameters(cls)
     assert len(params) <= MOST_PARAMETERS, [p.name for p in params]
-    positional = [p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    positional = [
+        p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    ]
     assert tuple(positional[: len(HEAD)]) == HEAD
     optional = positional[len(HEAD) :]
     assert all(name in OPTIONAL_HEAD for name in optional), optional
@@ -71,7 +83,8 @@ def test_attribute_has_captums_positional_head_and_keyword_only_tail(cls):
     assert optional == sorted(optional, key=OPTIONAL_HEAD.index)
     rest = params[len(positional) :]
     assert all(
-        p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.VAR_KEYWORD) for p in rest
+        p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.VAR_KEYWORD)
+        for p in rest
     )
 
 
@@ -85,7 +98,12 @@ def test_optimising_methods_take_one_optimization_with_complete_defaults(cls):
 
 MOVED = [
     (MeaningfulPerturbation, "n_iter", 3, "optimization=Optimization(n_iter=...)"),
-    (MeaningfulPerturbation, "tolerance", None, "optimization=Optimization(tolerance=...)"),
+    (
+        MeaningfulPerturbation,
+        "tolerance",
+        None,
+        "optimization=Optimization(tolerance=...)",
+    ),
     (MeaningfulPerturbation, "seed", 1, "optimization=Optimization(seed=...)"),
     (MeaningfulPerturbation, "mask_factor", 4, "mask=UpsampledMask(factor=...)"),
     (MeaningfulPerturbation, "blur_sigma", 3.0, "perturbation=Blur(sigma=...)"),
@@ -95,14 +113,26 @@ MOVED = [
     (ExtremalPerturbation, "internal_batch_size", 2, "optimization=Optimization("),
     (ExtremalPerturbation, "step", 5, "mask=SmoothMaxMask(step=...)"),
     (ExtremalPerturbation, "max_blur", 5.0, "perturbation=BlurPyramid(max_sigma=...)"),
-    (GuidedFeatureInversion, "target_iters", 5, "optimization=Optimization(n_iter=...)"),
-    (GuidedFeatureInversion, "inversion_iters", 5, "inversion=InversionStage(n_iter=...)"),
+    (
+        GuidedFeatureInversion,
+        "target_iters",
+        5,
+        "optimization=Optimization(n_iter=...)",
+    ),
+    (
+        GuidedFeatureInversion,
+        "inversion_iters",
+        5,
+        "inversion=InversionStage(n_iter=...)",
+    ),
     (GuidedFeatureInversion, "lr_step", 5, "scheduler=functools.partial("),
 ]
 
 
 @pytest.mark.parametrize(
-    "cls, name, value, spelling", MOVED, ids=[f"{c.__name__}-{n}" for c, n, _, _ in MOVED]
+    "cls, name, value, spelling",
+    MOVED,
+    ids=[f"{c.__name__}-{n}" for c, n, _, _ in MOVED],
 )
 def test_an_old_flat_setting_is_a_type_error_that_shows_the_new_spelling(
     cls, name, value, spelling, tiny_model, images
@@ -124,7 +154,9 @@ def test_a_misspelt_keyword_is_pythons_own_type_error(tiny_model, images):
 
 def test_settings_after_the_head_cannot_be_positional(tiny_model, images):
     with pytest.raises(TypeError, match="positional"):
-        MeaningfulPerturbation(tiny_model).attribute(images, 0, None, None, None, "preservation")
+        MeaningfulPerturbation(tiny_model).attribute(
+            images, 0, None, None, None, "preservation"
+        )
 
 
 def test_optimization_keeps_only_the_fields_given_and_fills_the_rest_from_the_method():
@@ -132,8 +164,15 @@ def test_optimization_keeps_only_the_fields_given_and_fills_the_rest_from_the_me
     assert quick.given() == {"n_iter": 5} and repr(quick) == "Optimization(n_iter=5)"
     resolved = quick.over(NeuroMaskAttr.default_optimization)
     assert resolved.n_iter == 5
-    assert resolved.optimizer == NeuroMaskAttr.default_optimization.optimizer == "rmsprop"
-    assert Optimization(tolerance=None).over(MeaningfulPerturbation.default_optimization).tolerance is None
+    assert (
+        resolved.optimizer == NeuroMaskAttr.default_optimization.optimizer == "rmsprop"
+    )
+    assert (
+        Optimization(tolerance=None)
+        .over(MeaningfulPerturbation.default_optimization)
+        .tolerance
+        is None
+    )
 
 
 @pytest.mark.parametrize(
@@ -157,7 +196,10 @@ def test_a_bad_optimization_field_is_a_clear_error_when_built(fields, error, mes
 
 
 def test_optimization_is_frozen_and_survives_pickling():
-    settings = Optimization(n_iter=7, scheduler=functools.partial(torch.optim.lr_scheduler.StepLR, step_size=2))
+    settings = Optimization(
+        n_iter=7,
+        scheduler=functools.partial(torch.optim.lr_scheduler.StepLR, step_size=2),
+    )
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.n_iter = 3  # type: ignore[misc]
     again = pickle.loads(pickle.dumps(settings))
@@ -166,7 +208,9 @@ def test_optimization_is_frozen_and_survives_pickling():
 
 def test_a_wrong_object_for_a_setting_names_the_argument(tiny_model, images):
     explainer = MeaningfulPerturbation(tiny_model)
-    with pytest.raises(TypeError, match="optimization must be a captum_masks.Optimization"):
+    with pytest.raises(
+        TypeError, match="optimization must be a captum_masks.Optimization"
+    ):
         explainer.attribute(images, target=0, optimization={"n_iter": 3})
     with pytest.raises(TypeError, match="mask must be a UpsampledMask or None"):
         explainer.attribute(images, target=0, mask=SigmoidMask())
@@ -193,10 +237,20 @@ def test_a_bad_mask_or_perturbation_is_a_clear_error_when_built(make, message):
         make()
 
 
-@pytest.mark.parametrize("mask", [UpsampledMask(), SigmoidMask(), SmoothMaxMask()], ids=repr)
+@pytest.mark.parametrize(
+    "mask", [UpsampledMask(), SigmoidMask(), SmoothMaxMask()], ids=repr
+)
 def test_every_grid_mask_implements_the_one_interface(mask):
     assert isinstance(mask, CellMask)
-    for method in ("init", "render", "project_", "grids", "mean", "total", "low_resolution"):
+    for method in (
+        "init",
+        "render",
+        "project_",
+        "grids",
+        "mean",
+        "total",
+        "low_resolution",
+    ):
         assert callable(getattr(mask, method))
     assert {name for name in dir(Mask) if not name.startswith("_")} <= set(dir(mask))
 
@@ -206,12 +260,16 @@ def test_every_grid_mask_implements_the_one_interface(mask):
     batch=st.integers(1, 3),
     dtype=st.sampled_from([torch.float32, torch.float64]),
 )
-def test_a_grid_mask_renders_in_the_unit_interval_at_the_inputs_shape(sides, batch, dtype):
+def test_a_grid_mask_renders_in_the_unit_interval_at_the_inputs_shape(
+    sides, batch, dtype
+):
     inputs = [torch.zeros(batch, 2, *sides, dtype=dtype)]
     rows = torch.arange(batch)
     for mask in (UpsampledMask(factor=4, smooth_sigma=1.0), SigmoidMask(block=3)):
         params = mask.init(inputs, torch.Generator().manual_seed(0))
-        (rendered,) = mask.render(params, inputs, rows, torch.Generator().manual_seed(1))
+        (rendered,) = mask.render(
+            params, inputs, rows, torch.Generator().manual_seed(1)
+        )
         assert rendered.shape == (batch, 1, *sides) and rendered.dtype == dtype
         assert rendered.min() >= 0 and rendered.max() <= 1
 
@@ -228,7 +286,10 @@ def test_feature_groups_are_a_mask_like_the_grids():
     (rendered,) = grouped.render([params], rows, torch.arange(2))
     assert torch.equal(rendered, torch.full((2, 5), UpsampledMask().init_value))
     images = [torch.randn(2, 3, 8, 8)]
-    assert mask_over_inputs(UpsampledMask(), None, images, MaskLayout(None), "test") is not None
+    assert (
+        mask_over_inputs(UpsampledMask(), None, images, MaskLayout(None), "test")
+        is not None
+    )
 
 
 def test_the_step_index_reaches_the_objective():
@@ -241,9 +302,31 @@ def test_the_step_index_reaches_the_objective():
         return params[0].square().sum(1), params[0].new_ones(len(rows.indices))
 
     x = torch.zeros(2, 3)
-    rows = ExampleRows([x], [x], torch.zeros(2, 1, dtype=torch.long), None, torch.arange(2))
-    settings = Optimization(n_iter=4, lr=0.1).over(MeaningfulPerturbation.default_optimization)
+    rows = ExampleRows(
+        [x], [x], torch.zeros(2, 1, dtype=torch.long), None, torch.arange(2)
+    )
+    settings = Optimization(n_iter=4, lr=0.1).over(
+        MeaningfulPerturbation.default_optimization
+    )
     optimize_masks(
-        lambda batch: MaskProblem([torch.ones(2, 3)], objective, rows), 2, settings, "test", False
+        lambda batch: MaskProblem([torch.ones(2, 3)], objective, rows),
+        2,
+        settings,
+        "test",
+        False,
     )
     assert seen == [0, 1, 2, 3]
+
+
+def test_explain_dataset_refuses_an_old_flat_setting_before_it_writes_anything(
+    tmp_path, tiny_model
+):
+    data = [torch.zeros(3, 8, 8)] * 2
+    with pytest.raises(TypeError, match=r"optimization=Optimization\(n_iter=\.\.\.\)"):
+        captum_masks.explain_dataset(
+            MeaningfulPerturbation(tiny_model),
+            data,
+            tmp_path / "run",
+            attribute_kwargs={"n_iter": 3},
+        )
+    assert not (tmp_path / "run").exists()

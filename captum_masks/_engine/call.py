@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -152,25 +152,39 @@ def mask_attribute(attribute: Callable) -> Callable:
     """Decorate a method's ``attribute``: Captum's usage log (``NoiseTunnel`` calls
     ``attribute.__wrapped__``, the function under it), a ``TypeError`` that shows the new
     spelling of a moved keyword, and :func:`leaves_model_as_found`."""
-    own = set(inspect.signature(attribute).parameters)
-    takes_optimization = "optimization" in own
 
     @functools.wraps(attribute)
     def checked(self: MaskAttribution, *args: Any, **kwargs: Any) -> Any:
-        for name in kwargs:
-            if name in own:
-                continue
-            spelling = self.moved_arguments.get(name)
-            if spelling is None and takes_optimization and name in FIELDS:
-                spelling = f"optimization=Optimization({name}=...)"
-            if spelling is not None:
-                raise TypeError(
-                    f"{type(self).__name__}.attribute() takes no argument {name!r} any more: "
-                    f"pass {spelling}"
-                )
+        reject_moved_keywords(self, kwargs)
         return attribute(self, *args, **kwargs)
 
     return log_usage()(leaves_model_as_found(checked))
 
 
-__all__ = ["MaskAttribution", "PreparedCall", "mask_attribute", "work_dtype"]
+def reject_moved_keywords(method: Any, kwargs: Mapping[str, Any]) -> None:
+    """A ``TypeError`` that shows the new spelling of a keyword that moved into a settings
+    object (``n_iter=`` into ``optimization=Optimization(n_iter=...)``); nothing for other
+    keywords, which Python checks as usual, nor for a method that is not a mask method."""
+    if not isinstance(method, MaskAttribution):
+        return
+    own = set(inspect.signature(type(method).attribute).parameters)
+    for name in kwargs:
+        if name in own:
+            continue
+        spelling = method.moved_arguments.get(name)
+        if spelling is None and "optimization" in own and name in FIELDS:
+            spelling = f"optimization=Optimization({name}=...)"
+        if spelling is not None:
+            raise TypeError(
+                f"{type(method).__name__}.attribute() takes no argument {name!r} any more: "
+                f"pass {spelling}"
+            )
+
+
+__all__ = [
+    "MaskAttribution",
+    "PreparedCall",
+    "mask_attribute",
+    "reject_moved_keywords",
+    "work_dtype",
+]

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from captum_masks import metrics
+from captum_masks._engine.call import reject_moved_keywords
 from captum_masks._engine.checks import (
     check_choice,
     check_non_negative,
@@ -259,6 +260,7 @@ def _checked_arguments(
             f"{type(method).__name__} has none"
         )
     kwargs = dict(attribute_kwargs or {})
+    reject_moved_keywords(method, kwargs)
     reserved = sorted({"inputs", "target"} & set(kwargs))
     if reserved:
         raise ValueError(
