@@ -10,6 +10,7 @@ pytest.importorskip("captum_masks.bench.zoo")
 
 from conftest import run_cli
 
+from captum_masks import AmortizedExplainer
 from captum_masks.bench.benchmark import (
     METRIC_COLUMNS,
     format_rows,
@@ -332,7 +333,6 @@ def test_a_new_default_of_fit_retrains_the_cached_explainer(
 ):
     """The cache key holds fit's defaults: after a release changes one, the benchmark trains
     a new explainer instead of loading one trained with the old value."""
-    from captum_masks.amortized.fitting import FittingMixin
     from captum_masks.bench.synthetic import load_synthetic_explainer
 
     monkeypatch.setenv("CAPTUM_MASKS_CACHE", str(tmp_path))
@@ -340,11 +340,11 @@ def test_a_new_default_of_fit_retrains_the_cached_explainer(
     assert history is not None
     _, history = load_synthetic_explainer(verbose=False)
     assert history is None  # cached
-    values = FittingMixin.fit.__defaults__
-    names = list(inspect.signature(FittingMixin.fit).parameters)[-len(values) :]
+    values = AmortizedExplainer.fit.__defaults__
+    names = list(inspect.signature(AmortizedExplainer.fit).parameters)[-len(values) :]
     defaults = dict(zip(names, values))
     defaults["mask_area_weights"] = (1.0, 1.0)
-    monkeypatch.setattr(FittingMixin.fit, "__defaults__", tuple(defaults.values()))
+    monkeypatch.setattr(AmortizedExplainer.fit, "__defaults__", tuple(defaults.values()))
     _, history = load_synthetic_explainer(verbose=False)
     assert history is not None
     assert len(list(tmp_path.glob("amortized_explainer_multi_*.pt"))) == 2
