@@ -149,15 +149,17 @@ class RISE(MaskAttribution):
             constant_reference(x, 0.0 if b is None else layout.baseline_to_channels_first(b, x))
             for x, b in zip(images, per_input_baselines(baselines, len(images)))
         ]
-        sampler = _MaskSampler(
-            images, layout, groups, n_samples, grid_size, keep_probability, seed
+        generator = make_generator(seed, call.device)
+        sampler: _GridSampler | _GroupSampler = (
+            _GridSampler(images, n_samples, grid_size, keep_probability, generator)
+            if groups is None
+            else _GroupSampler(groups, layout, n_samples, keep_probability, generator, images[0])
         )
         num_examples = call.num_examples
         per_pass = n_samples if internal_batch_size is None else internal_batch_size
         chunk = max(1, per_pass // num_examples)
-        totals = [
-            x.new_zeros(num_examples, *m.shape[1:]) for x, m in zip(images, sampler.probe())
-        ]
+        first = sampler.masks(slice(0, 1), torch.zeros(1, dtype=torch.long, device=call.device))
+        totals = [x.new_zeros(num_examples, *m.shape[2:]) for x, m in zip(images, first)]
         chunks = range(0, n_samples, chunk)
         bar = progress(desc="RISE", total=len(chunks)) if show_progress else None
         everyone = torch.arange(num_examples, device=call.device)
@@ -197,61 +199,36 @@ class RISE(MaskAttribution):
         return call.result(attributions, None, return_history=False)
 
 
-class _MaskSampler:
-    """RISE's random masks for every input tensor, drawn once for the whole call (so a chunk of
-    masks does not depend on the chunking) and built at full resolution chunk by chunk."""
+class _GridSampler:
+    """RISE's random grid masks for every input tensor (Section 3.2), drawn once for the whole
+    call (so a chunk of masks does not depend on the chunking) and built at full resolution
+    chunk by chunk; every example sees the same masks."""
 
     def __init__(
         self,
         images: Sequence[Tensor],
-        layout: MaskLayout,
-        groups: FeatureGroups | None,
         n_samples: int,
         grid_size: int,
         keep_probability: float,
-        seed: int,
+        generator: torch.Generator,
     ) -> None:
-        self.images = images
-        self.layout = layout
-        self.groups = groups
-        self.grid_size = grid_size
-        generator = make_generator(seed, images[0].device)
-        like = images[0]
-
-        def kept(*shape: int) -> Tensor:
-            # drawn in float32 whatever the input's dtype: the same masks for every dtype
-            draw = torch.rand(shape, generator=generator, device=like.device)
-            return (draw < keep_probability).to(like.dtype)
-
-        if groups is not None:
-            self.cells = [kept(n_samples, groups.count)]
-            self.shifts: list[Tensor] = []
-            return
-        self.cells, self.shifts = [], []
+        self.images, self.grid_size = images, grid_size
+        self.cells: list[Tensor] = []
+        self.shifts: list[Tensor] = []
         for x in images:
             sides = x.shape[2:]
-            self.cells.append(kept(n_samples, 1, *[grid_size] * len(sides)))
+            self.cells.append(
+                _kept((n_samples, 1, *[grid_size] * len(sides)), keep_probability, generator, x)
+            )
             cell_sizes = [math.ceil(side / grid_size) for side in sides]
             shift = torch.rand(
                 (n_samples, len(sides)), generator=generator, device=x.device, dtype=torch.float64
             )
             self.shifts.append((shift * torch.tensor(cell_sizes, device=x.device)).long())
 
-    def probe(self) -> list[Tensor]:
-        """One mask per input, shaped as the masks of one example: (1, 1|C, *spatial)."""
-        return [m[:, 0] for m in self.masks(slice(0, 1), torch.zeros(1, dtype=torch.long))]
-
     def masks(self, samples: slice, examples: Tensor) -> list[Tensor]:
-        """Per input, the masks ``samples`` for ``examples``: (n, k, 1|C, *spatial), k masks."""
-        if self.groups is not None:
-            values = self.cells[0][samples]  # (k, G), the same for every example
-            count = values.shape[0]
-            rows = examples.repeat_interleave(count)  # example-major, like the copies
-            expanded = self.groups.expand(values.repeat(len(examples), 1), rows)
-            return [
-                self.layout.to_channels_first(m).unflatten(0, (len(examples), count))
-                for m in expanded
-            ]
+        """Per input, the masks ``samples`` for ``examples``: (1, k, 1, *spatial), shared by
+        the examples."""
         return [
             self._upsampled(cells[samples], shifts[samples], x.shape[2:]).unsqueeze(0)
             for cells, shifts, x in zip(self.cells, self.shifts, self.images)
@@ -273,5 +250,41 @@ class _MaskSampler:
             up = up.gather(dim, index)
         return up
 
+
+class _GroupSampler:
+    """RISE on Captum's feature groups: each mask keeps every group with probability p, drawn
+    once for the whole call; an example's groups may be its own."""
+
+    def __init__(
+        self,
+        groups: FeatureGroups,
+        layout: MaskLayout,
+        n_samples: int,
+        keep_probability: float,
+        generator: torch.Generator,
+        like: Tensor,
+    ) -> None:
+        self.groups, self.layout = groups, layout
+        self.cells = _kept((n_samples, groups.count), keep_probability, generator, like)
+
+    def masks(self, samples: slice, examples: Tensor) -> list[Tensor]:
+        """Per input, the masks ``samples`` for ``examples``: (n, k, 1|C, *spatial)."""
+        values = self.cells[samples]  # (k, G), the same for every example
+        count = values.shape[0]
+        rows = examples.repeat_interleave(count)  # example-major, like the copies
+        expanded = self.groups.expand(values.repeat(len(examples), 1), rows)
+        return [
+            self.layout.to_channels_first(m).unflatten(0, (len(examples), count))
+            for m in expanded
+        ]
+
+
+def _kept(
+    shape: Sequence[int], keep_probability: float, generator: torch.Generator, like: Tensor
+) -> Tensor:
+    """Cells kept with probability p: drawn in float32 whatever the input's dtype, so every
+    dtype sees the same masks."""
+    draw = torch.rand(tuple(shape), generator=generator, device=like.device)
+    return (draw < keep_probability).to(like.dtype)
 
 __all__ = ["RISE"]
