@@ -330,3 +330,26 @@ def test_explain_dataset_refuses_an_old_flat_setting_before_it_writes_anything(
             attribute_kwargs={"n_iter": 3},
         )
     assert not (tmp_path / "run").exists()
+
+
+class TokenModel(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embedding = torch.nn.Embedding(10, 4)
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, ids):
+        return self.head(self.embedding(ids).mean(dim=1))
+
+
+@pytest.mark.parametrize(
+    "cls", [captum_masks.LayerMeaningfulPerturbation, captum_masks.LayerNeuroMask]
+)
+def test_a_layer_method_passes_an_old_flat_setting_on_to_the_same_error(cls):
+    model = TokenModel().eval()
+    explainer = cls(model, model.embedding)
+    ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    with pytest.raises(TypeError, match=r"optimization=Optimization\(n_iter=\.\.\.\)"):
+        explainer.attribute(ids, target=0, n_iter=3)
+    quick = explainer.attribute(ids, target=0, optimization=Optimization(n_iter=3))
+    assert quick.shape == (2, 3, 4)
