@@ -39,7 +39,7 @@ from captum_masks.regularizers import Laplacian
 from captum_masks.rise import RISE
 from captum_masks.visualization import attribution_to_image, image_to_numpy
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "RISE",
