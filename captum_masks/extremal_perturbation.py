@@ -76,7 +76,8 @@ class ExtremalPerturbation(MaskAttribution):
       schedule is stretched to the run, whatever its length. Chosen on the calibration photos
       (README, ExtremalPerturbation): relevance mass 0.85 with every photo pointed at, against
       0.81 for 300 steps at lr 0.05; lr 0.2 missed 4 of 6 photos.
-    - The mask is evaluated every 4 pixels and bilinearly upsampled (``SmoothMaxMask.stride``), a sixteenth
+    - The mask is evaluated every 4 pixels and bilinearly upsampled (``SmoothMaxMask.stride``), a
+      sixteenth
       of the exact generator's cost at the same smoothness; the area term sorts the evaluated
       points rather than every pixel.
     - The area term counts the mask in the image and in a band of σ around it, as the authors'
@@ -208,7 +209,9 @@ class ExtremalPerturbation(MaskAttribution):
         n_iter = settings.n_iter
 
         def build_problem(batch: slice) -> MaskProblem:
-            def objective(params: list[Tensor], rows: ExampleRows, step: int) -> tuple[Tensor, Tensor]:
+            def objective(
+                params: list[Tensor], rows: ExampleRows, step: int
+            ) -> tuple[Tensor, Tensor]:
                 evaluated = parametrisation.evaluated(params[0], spatial)
                 mask = parametrisation.upsample(evaluated, spatial)
                 image, reference = rows.inputs[0], rows.references[0]
@@ -240,7 +243,9 @@ class ExtremalPerturbation(MaskAttribution):
                 return loss, kept
 
             examples = everyone.take(torch.arange(len(row_areas), device=call.device)[batch])
-            params = parametrisation.init(examples.inputs, make_generator(settings.seed, call.device))
+            params = parametrisation.init(
+                examples.inputs, make_generator(settings.seed, call.device)
+            )
             return MaskProblem(params, objective, examples, parametrisation.project_)
 
         description = f"Extremal Perturbation ({game})"
@@ -281,7 +286,9 @@ def _check_arguments(
         isinstance(a, numbers.Real) and not isinstance(a, bool) and 0 < float(a) < 1
         for a in fractions
     ):
-        raise ValueError(f"areas must be a number or a sequence of numbers in (0, 1), got {areas!r}")
+        raise ValueError(
+            f"areas must be a number or a sequence of numbers in (0, 1), got {areas!r}"
+        )
     check_choice("game", game, GAMES)
     check_choice("reward", reward, REWARDS)
     check_at_least("area_weight", area_weight, 0.0, "the weight of the area term")

@@ -95,7 +95,8 @@ class GuidedFeatureInversion(MaskAttribution):
     normalised and upsampled (Eq. 6–7), so it follows object parts the network already detects:
 
     .. math::
-        m(\omega) = \mathrm{up}\Big(\mathrm{minmax}\big(\textstyle\sum_i \omega_i f_i^{l_1}(x)\big)\Big),
+        m(\omega) = \mathrm{up}\Big(\mathrm{minmax}\big(
+            \textstyle\sum_i \omega_i f_i^{l_1}(x)\big)\Big),
         \qquad \Phi(x, m) = m \odot x + (1 - m) \odot p
 
     with p a blurred copy of x (or a constant or noise). Stage 1 (Algorithm 1) finds the part of
@@ -393,20 +394,28 @@ class _Stages:
         """Stage 2's start: the class score's mean gradient per channel of ``mask_layer``, kept
         where positive, scaled to the largest weight of stage 1's ``omega`` (``omega`` itself
         for an image without a positive channel); ``chunk`` images per backward pass."""
-        size, channels = chunk or self.call.num_examples, []
-        for start in range(0, self.call.num_examples, size):
-            rows = self._examples(slice(start, start + size))
-            gradient = layer_gradient(
-                lambda: self.call.forward(rows.inputs, rows.additional_args),
-                mask_layer,
-                lambda output: select_scores(output, rows.targets, False),
-            )
-            channels.append(gradient.flatten(2).mean(dim=2).clamp_min(0).to(omega.dtype))
-        alpha = torch.cat(channels)
+        size = chunk or self.call.num_examples
+        alpha = torch.cat(
+            [
+                self._channel_gradient(mask_layer, slice(start, start + size)).to(omega.dtype)
+                for start in range(0, self.call.num_examples, size)
+            ]
+        )
         top = alpha.amax(dim=1, keepdim=True)
         largest = omega.amax(dim=1, keepdim=True)
         scaled = alpha * largest / top.clamp_min(torch.finfo(top.dtype).tiny)
         return torch.where(top > 0, scaled, omega)
+
+    def _channel_gradient(self, mask_layer: nn.Module, batch: slice) -> Tensor:
+        """(n, K): the positive part of the class score's mean gradient on each channel of
+        ``mask_layer`` (Grad-CAM's α), for the examples in ``batch``."""
+        rows = self._examples(batch)
+        gradient = layer_gradient(
+            lambda: self.call.forward(rows.inputs, rows.additional_args),
+            mask_layer,
+            lambda output: select_scores(output, rows.targets, False),
+        )
+        return gradient.flatten(2).mean(dim=2).clamp_min(0)
 
     def target(
         self, batch: slice, omega: Tensor, loss_weights: tuple[float, float, float]

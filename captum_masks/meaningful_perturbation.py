@@ -65,10 +65,12 @@ class MeaningfulPerturbation(MaskAttribution):
     the deletion game (what had to be deleted), M for the preservation game (what had to be kept),
     expanded over channels to the input's exact shape.
 
-    Differences from the paper, by design: the mask starts uniform (:class:`~captum_masks.UpsampledMask`'s ``init_value``) instead of at the
+    Differences from the paper, by design: the mask starts uniform
+    (:class:`~captum_masks.UpsampledMask`'s ``init_value``) instead of at the
     paper's search for the smallest suppressing circle; the jitter shifts the mask rather than the
     image (the same expectation up to the border); L1 and TV act on the low-resolution mask as in
-    the authors' code. Each example stops once its loss has settled (``Optimization.tolerance``): on the
+    the authors' code. Each example stops once its loss has settled (``Optimization.tolerance``):
+    on the
     held-out photos the masks settle in about a third of the 300 iterations (the README's speed
     table) and keep the quality of the full schedule (its calibration table).
 
@@ -221,7 +223,9 @@ class MeaningfulPerturbation(MaskAttribution):
         def build_problem(batch: slice) -> MaskProblem:
             jitter = make_generator(settings.seed, call.device)  # E_τ: the same τ in any chunk
 
-            def objective(params: list[Tensor], rows: ExampleRows, step: int) -> tuple[Tensor, Tensor]:
+            def objective(
+                params: list[Tensor], rows: ExampleRows, step: int
+            ) -> tuple[Tensor, Tensor]:
                 jittered = masks.render(params, rows.inputs, rows.indices, jitter)  # M_τ
                 perturbed = [  # Φ(x, M_τ), Eq. 2
                     phi.apply(x, m, r) for x, m, r in zip(rows.inputs, jittered, rows.references)

@@ -40,7 +40,8 @@ class NeuroMaskAttr(MaskAttribution):
     where c is the explained class, b the baseline (0 by default: the paper's pure
     multiplication x̄ = m·x), ∇² a discrete Laplacian and τ the offset that pulls unused weights
     to −τ, where σ(−τ / T) ≈ 0. The mask has one channel and spans the spatial axes: (H, W) of
-    (N, C, H, W) images, with one weight per block of pixels (:class:`~captum_masks.SigmoidMask`'s ``block``), the length L of
+    (N, C, H, W) images, with one weight per block of pixels
+    (:class:`~captum_masks.SigmoidMask`'s ``block``), the length L of
     (N, C, L) sequences, or of (N, L, D) sequences with ``channels_last=True``, (D, H, W) of
     volumes; rows (N, F) and ``feature_mask`` groups get one weight each. Attributions are m
     expanded to the input's exact shape, in [0, 1], higher = more important. Token ids are
@@ -64,7 +65,8 @@ class NeuroMaskAttr(MaskAttribution):
       object 0.67 → 0.85 on the calibration pairs, 0.84 → 0.89 on single objects).
     - 100 iterations: at λ_sp = 35 the weights reach −τ within about 100 steps and the masks of
       100 and 300 iterations score the same on the calibration photos. Early stopping
-      (``Optimization.tolerance``) stays off by default: the weights' tail keeps the loss falling slowly, so
+      (``Optimization.tolerance``) stays off by default: the weights' tail keeps the loss falling
+      slowly, so
       the relative test fires only near the end and saves nothing.
     - T = 1.5: on the calibration photos it keeps more of the mask on the explained object than
       T = 2 (the previous default); a sharper T = 1 points at the wrong shape more often on
@@ -200,7 +202,8 @@ class NeuroMaskAttr(MaskAttribution):
         if cells.block not in (None, 1) and feature_mask is not None:
             raise ValueError(
                 "mask.block applies to the mask on the input's positions; with feature_mask the "
-                f"groups set the mask's resolution, so leave block at None or 1 (got {cells.block})"
+                "groups set the mask's resolution, so leave block at None or 1 "
+                f"(got {cells.block})"
             )
         settings = self._optimization(optimization)
         layout = MaskLayout(channels_last)
@@ -220,11 +223,15 @@ class NeuroMaskAttr(MaskAttribution):
         initial = masks.init(images, make_generator(settings.seed, call.device))
 
         def build_problem(batch: slice) -> MaskProblem:
-            def objective(params: list[Tensor], rows: ExampleRows, step: int) -> tuple[Tensor, Tensor]:
+            def objective(
+                params: list[Tensor], rows: ExampleRows, step: int
+            ) -> tuple[Tensor, Tensor]:
                 masked = [  # x̄ = σ(W / T)·x + (1 − σ(W / T))·b, Algorithm 1 line 5
                     layout.to_caller(blend(x, m, b))
                     for x, m, b in zip(
-                        rows.inputs, masks.render(params, rows.inputs, rows.indices), rows.references
+                        rows.inputs,
+                        masks.render(params, rows.inputs, rows.indices),
+                        rows.references,
                     )
                 ]
                 output = call.forward(masked, rows.additional_args)

@@ -26,7 +26,6 @@ from captum_masks._engine.checks import (
 BaselineValue = float | Sequence[float] | Tensor | None
 
 
-
 #: σ below which the Gaussian's neighbours weigh exp(−0.5 / σ²) = 0 in any float dtype (and a
 #: σ that underflows to 0 in float32 would give 0 / 0 at the centre)
 NEGLIGIBLE_SIGMA = 1e-2
@@ -379,8 +378,10 @@ def resolve_perturbation(
     if isinstance(perturbation, str):
         if perturbation not in by_name:
             names = ", ".join(map(repr, by_name))
-            raise ValueError(f"perturbation must be one of {names} or a perturbation object, "
-                             f"got {perturbation!r}")
+            raise ValueError(
+                f"perturbation must be one of {names} or a perturbation object, "
+                f"got {perturbation!r}"
+            )
         perturbation = by_name[perturbation]
     allowed = tuple(type(p) for p in by_name.values())
     if not isinstance(perturbation, allowed):

@@ -110,7 +110,8 @@ class Laplacian:
 
     Examples::
 
-        >>> neuromask.attribute(images, target=3, smoothness=Laplacian(kernel_size=5, squared=True))
+        >>> smoothness = Laplacian(kernel_size=5, squared=True)
+        >>> neuromask.attribute(images, target=3, smoothness=smoothness)
     """
 
     kernel_size: int = 3

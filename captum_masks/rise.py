@@ -3,6 +3,7 @@ Models", BMVC 2018)."""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -176,7 +177,7 @@ class RISE(MaskAttribution):
                     args = map_batch(
                         call.additional_args,
                         num_examples,
-                        lambda arg: arg.repeat_interleave(count, dim=0),
+                        functools.partial(torch.repeat_interleave, repeats=count, dim=0),
                     )
                     output = call.forward(perturbed, args)
                     scores = select_scores(
@@ -274,8 +275,7 @@ class _GroupSampler:
         rows = examples.repeat_interleave(count)  # example-major, like the copies
         expanded = self.groups.expand(values.repeat(len(examples), 1), rows)
         return [
-            self.layout.to_channels_first(m).unflatten(0, (len(examples), count))
-            for m in expanded
+            self.layout.to_channels_first(m).unflatten(0, (len(examples), count)) for m in expanded
         ]
 
 
@@ -286,5 +286,6 @@ def _kept(
     dtype sees the same masks."""
     draw = torch.rand(tuple(shape), generator=generator, device=like.device)
     return (draw < keep_probability).to(like.dtype)
+
 
 __all__ = ["RISE"]

@@ -134,7 +134,8 @@ def test_projecting_features_before_resizing_them_is_projecting_the_resized_feat
     projection = MaskNet(1, 2, len(spatial), width=4, feature_channels=6).projection.double()
     size = [side * factor + 1 for side in spatial]
     torch.testing.assert_close(
-        upsample_linearly(projection(features), size), projection(upsample_linearly(features, size))
+        upsample_linearly(projection(features), size),
+        projection(upsample_linearly(features, size)),
     )
 
 
@@ -187,9 +188,7 @@ def test_another_class_of_the_input_is_not_held_to_an_empty_mask_in_a_row_for_on
 
 @hypothesis_settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 1000), classes_per_input=st.integers(1, 3))
-def test_rows_for_each_class_of_an_input_share_one_pass_of_the_explainer(
-    seed, classes_per_input
-):
+def test_rows_for_each_class_of_an_input_share_one_pass_of_the_explainer(seed, classes_per_input):
     """With one row per (input, class), the explainer runs once per input and its logits are
     shared by the input's rows: the loss terms are those of the rows run one by one."""
     torch.manual_seed(seed)
@@ -517,7 +516,11 @@ def test_deeplab_explainer_option_gives_per_class_logits():
             "labels",
             r"forward_func must return \(N, 3\)",
         ),
-        (lambda: AmortizedExplainer(Quadrants(), 4), "out_of_range", r"labels must be in \[0, 4\)"),
+        (
+            lambda: AmortizedExplainer(Quadrants(), 4),
+            "out_of_range",
+            r"labels must be in \[0, 4\)",
+        ),
         (
             lambda: AmortizedExplainer(Quadrants(), 4, explainer=nn.Conv2d(3, 2, 1)),
             "labels",

@@ -54,7 +54,7 @@ OPTIMIZING = [
 
 
 def parameters(cls: type) -> list[inspect.Parameter]:
-    """``cls.attribute``'s parameters without ``self`` (through the decorators' ``__wrapped__``)."""
+    """``cls.attribute``'s parameters without ``self``, through the decorators' ``__wrapped__``."""
     return list(inspect.signature(cls.attribute).parameters.values())[1:]
 
 
@@ -73,9 +73,7 @@ def test_every_public_attribution_class_is_found():
 def test_attribute_has_captums_positional_head_and_keyword_only_tail(cls):
     params = parameters(cls)
     assert len(params) <= MOST_PARAMETERS, [p.name for p in params]
-    positional = [
-        p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
-    ]
+    positional = [p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
     assert tuple(positional[: len(HEAD)]) == HEAD
     optional = positional[len(HEAD) :]
     assert all(name in OPTIONAL_HEAD for name in optional), optional
@@ -83,8 +81,7 @@ def test_attribute_has_captums_positional_head_and_keyword_only_tail(cls):
     assert optional == sorted(optional, key=OPTIONAL_HEAD.index)
     rest = params[len(positional) :]
     assert all(
-        p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.VAR_KEYWORD)
-        for p in rest
+        p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.VAR_KEYWORD) for p in rest
     )
 
 
@@ -154,9 +151,7 @@ def test_a_misspelt_keyword_is_pythons_own_type_error(tiny_model, images):
 
 def test_settings_after_the_head_cannot_be_positional(tiny_model, images):
     with pytest.raises(TypeError, match="positional"):
-        MeaningfulPerturbation(tiny_model).attribute(
-            images, 0, None, None, None, "preservation"
-        )
+        MeaningfulPerturbation(tiny_model).attribute(images, 0, None, None, None, "preservation")
 
 
 def test_optimization_keeps_only_the_fields_given_and_fills_the_rest_from_the_method():
@@ -164,13 +159,9 @@ def test_optimization_keeps_only_the_fields_given_and_fills_the_rest_from_the_me
     assert quick.given() == {"n_iter": 5} and repr(quick) == "Optimization(n_iter=5)"
     resolved = quick.over(NeuroMaskAttr.default_optimization)
     assert resolved.n_iter == 5
+    assert resolved.optimizer == NeuroMaskAttr.default_optimization.optimizer == "rmsprop"
     assert (
-        resolved.optimizer == NeuroMaskAttr.default_optimization.optimizer == "rmsprop"
-    )
-    assert (
-        Optimization(tolerance=None)
-        .over(MeaningfulPerturbation.default_optimization)
-        .tolerance
+        Optimization(tolerance=None).over(MeaningfulPerturbation.default_optimization).tolerance
         is None
     )
 
@@ -208,9 +199,7 @@ def test_optimization_is_frozen_and_survives_pickling():
 
 def test_a_wrong_object_for_a_setting_names_the_argument(tiny_model, images):
     explainer = MeaningfulPerturbation(tiny_model)
-    with pytest.raises(
-        TypeError, match="optimization must be a captum_masks.Optimization"
-    ):
+    with pytest.raises(TypeError, match="optimization must be a captum_masks.Optimization"):
         explainer.attribute(images, target=0, optimization={"n_iter": 3})
     with pytest.raises(TypeError, match="mask must be a UpsampledMask or None"):
         explainer.attribute(images, target=0, mask=SigmoidMask())
@@ -237,9 +226,7 @@ def test_a_bad_mask_or_perturbation_is_a_clear_error_when_built(make, message):
         make()
 
 
-@pytest.mark.parametrize(
-    "mask", [UpsampledMask(), SigmoidMask(), SmoothMaxMask()], ids=repr
-)
+@pytest.mark.parametrize("mask", [UpsampledMask(), SigmoidMask(), SmoothMaxMask()], ids=repr)
 def test_every_grid_mask_implements_the_one_interface(mask):
     assert isinstance(mask, CellMask)
     for method in (
@@ -260,16 +247,12 @@ def test_every_grid_mask_implements_the_one_interface(mask):
     batch=st.integers(1, 3),
     dtype=st.sampled_from([torch.float32, torch.float64]),
 )
-def test_a_grid_mask_renders_in_the_unit_interval_at_the_inputs_shape(
-    sides, batch, dtype
-):
+def test_a_grid_mask_renders_in_the_unit_interval_at_the_inputs_shape(sides, batch, dtype):
     inputs = [torch.zeros(batch, 2, *sides, dtype=dtype)]
     rows = torch.arange(batch)
     for mask in (UpsampledMask(factor=4, smooth_sigma=1.0), SigmoidMask(block=3)):
         params = mask.init(inputs, torch.Generator().manual_seed(0))
-        (rendered,) = mask.render(
-            params, inputs, rows, torch.Generator().manual_seed(1)
-        )
+        (rendered,) = mask.render(params, inputs, rows, torch.Generator().manual_seed(1))
         assert rendered.shape == (batch, 1, *sides) and rendered.dtype == dtype
         assert rendered.min() >= 0 and rendered.max() <= 1
 
@@ -286,10 +269,7 @@ def test_feature_groups_are_a_mask_like_the_grids():
     (rendered,) = grouped.render([params], rows, torch.arange(2))
     assert torch.equal(rendered, torch.full((2, 5), UpsampledMask().init_value))
     images = [torch.randn(2, 3, 8, 8)]
-    assert (
-        mask_over_inputs(UpsampledMask(), None, images, MaskLayout(None), "test")
-        is not None
-    )
+    assert mask_over_inputs(UpsampledMask(), None, images, MaskLayout(None), "test") is not None
 
 
 def test_the_step_index_reaches_the_objective():
@@ -302,12 +282,8 @@ def test_the_step_index_reaches_the_objective():
         return params[0].square().sum(1), params[0].new_ones(len(rows.indices))
 
     x = torch.zeros(2, 3)
-    rows = ExampleRows(
-        [x], [x], torch.zeros(2, 1, dtype=torch.long), None, torch.arange(2)
-    )
-    settings = Optimization(n_iter=4, lr=0.1).over(
-        MeaningfulPerturbation.default_optimization
-    )
+    rows = ExampleRows([x], [x], torch.zeros(2, 1, dtype=torch.long), None, torch.arange(2))
+    settings = Optimization(n_iter=4, lr=0.1).over(MeaningfulPerturbation.default_optimization)
     optimize_masks(
         lambda batch: MaskProblem([torch.ones(2, 3)], objective, rows),
         2,

@@ -224,8 +224,16 @@ def test_bad_arguments_are_clear_errors(kwargs, message):
 def test_command_prints_a_table_every_row_and_saves_the_grid(tmp_path):
     out = tmp_path / "bench.png"
     result = run_cli(
-        "benchmark", "--suite", "photos", "--methods", *FAST_METHODS, "--n", "2", "--rows",
-        "--out", str(out),
+        "benchmark",
+        "--suite",
+        "photos",
+        "--methods",
+        *FAST_METHODS,
+        "--n",
+        "2",
+        "--rows",
+        "--out",
+        str(out),
     )
     assert result.returncode == 0, result.stderr
     assert "photos suite, held-out split, 2 images" in result.stdout
@@ -275,7 +283,9 @@ def test_overrides_go_only_to_the_methods_that_take_them():
         "synthetic", both, n=1, show_progress=False, overrides={"mask.temperature": 0.5}
     )
     plain = run_benchmark("synthetic", both, n=1, show_progress=False)
-    assert not torch.equal(short.attributions["NeuroMaskAttr"], plain.attributions["NeuroMaskAttr"])
+    assert not torch.equal(
+        short.attributions["NeuroMaskAttr"], plain.attributions["NeuroMaskAttr"]
+    )
     torch.testing.assert_close(  # GFI's mask has no temperature: unchanged
         short.attributions["GuidedFeatureInversion"], plain.attributions["GuidedFeatureInversion"]
     )

@@ -223,7 +223,9 @@ def test_tuple_in_tuple_out(method):
 @pytest.mark.parametrize(
     "target", [2, [0, 1, 4], torch.tensor([3, 3, 0]), torch.tensor(2), None], ids=str
 )
-def test_every_target_form_matches_explicit_per_example_targets(method, tiny_model, images, target):
+def test_every_target_form_matches_explicit_per_example_targets(
+    method, tiny_model, images, target
+):
     _, history = method(
         tiny_model, images, target=target, return_history=True, **method.deterministic
     )
@@ -272,7 +274,11 @@ def test_additional_forward_args_reach_the_model(method, tiny_model, images):
 def test_noise_tunnel_wraps_it(method, tiny_model, images):
     tunnel = NoiseTunnel(method.explainer(tiny_model))
     attribution = tunnel.attribute(
-        images, nt_type="smoothgrad", nt_samples=2, target=1, stdevs=0.1,
+        images,
+        nt_type="smoothgrad",
+        nt_samples=2,
+        target=1,
+        stdevs=0.1,
         **method_arguments(method.cls, method.iterations(8)),
     )
     assert attribution.shape == images.shape
@@ -301,7 +307,10 @@ def test_batch_equals_per_example(method, tiny_model, images):
     settings = {"optimization.n_iter": 20, **method.deterministic}
     batched = method(tiny_model, images, target=targets, **settings)
     single = torch.cat(
-        [method(tiny_model, images[i : i + 1], target=t, **settings) for i, t in enumerate(targets)]
+        [
+            method(tiny_model, images[i : i + 1], target=t, **settings)
+            for i, t in enumerate(targets)
+        ]
     )
     chunked = method(
         tiny_model, images, target=targets, **{"optimization.internal_batch_size": 2, **settings}

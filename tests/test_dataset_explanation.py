@@ -70,7 +70,10 @@ def test_one_process_gives_each_example_what_the_method_gives_it(one_process):
     assert one_process["targets"].tolist() == labels.tolist()
     probabilities = tiny_model()(images).softmax(1)[torch.arange(N_EXAMPLES), labels]
     torch.testing.assert_close(one_process["probabilities"], probabilities.float())
-    assert one_process["history.loss"].shape == (N_EXAMPLES, ATTRIBUTE_KWARGS["optimization"].n_iter)
+    assert one_process["history.loss"].shape == (
+        N_EXAMPLES,
+        ATTRIBUTE_KWARGS["optimization"].n_iter,
+    )
     for score in ("pointing", "relevance_mass", "deletion_auc", "insertion_auc"):
         values = one_process[f"scores.{score}"]
         assert values.shape == (N_EXAMPLES,) and ((values >= 0) & (values <= 1)).all()
@@ -214,7 +217,9 @@ def test_storage_half_precision_and_one_copy_of_a_repeated_mask(tmp_path):
         IntegratedGradients(tiny_model()), SeededImages(), tmp_path / "ig", show_progress=False
     )
     assert next(gradients.batches())["attributions"].shape[1] == 3
-    assert "attributions.repeated_channels" not in torch.load(gradients.files()[0], weights_only=True)
+    assert "attributions.repeated_channels" not in torch.load(
+        gradients.files()[0], weights_only=True
+    )
 
 
 @settings(max_examples=8, deadline=None)
@@ -223,7 +228,9 @@ def test_storage_half_precision_and_one_copy_of_a_repeated_mask(tmp_path):
     batch_size=st.integers(1, 5),
     kind=st.sampled_from(["tensor", "tuple", "dict"]),
 )
-def test_every_item_form_and_batch_size_explains_every_example_once(tmp_path_factory, n, batch_size, kind):
+def test_every_item_form_and_batch_size_explains_every_example_once(
+    tmp_path_factory, n, batch_size, kind
+):
     data = SeededImages()
     items = {
         "tensor": lambda i: data[i][0],
@@ -341,7 +348,9 @@ def test_explain_command_stores_low_resolution_masks_and_reports_the_size(tmp_pa
     sizes = {}
     for flags in ([], ["--low-resolution"]):
         out = tmp_path / ("grid" if flags else "full")
-        result = explain_command("explain", "ExtremalPerturbation", *arguments, "--out", out, *flags)
+        result = explain_command(
+            "explain", "ExtremalPerturbation", *arguments, "--out", out, *flags
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         reported = re.search(r"stored per example: attributions ([0-9.]+) KiB", result.stdout)
         sizes[bool(flags)] = float(reported.group(1))
@@ -375,8 +384,18 @@ def test_benchmark_under_torchrun_matches_one_process(tmp_path):
 
     methods = ["Saliency", "RISE"]
     result = explain_command(
-        "benchmark", "--suite", "synthetic", "--n-images", 3, "--methods", *methods,
-        "--workdir", tmp_path / "work", "--out", tmp_path / "figure.png", nproc=2,
+        "benchmark",
+        "--suite",
+        "synthetic",
+        "--n-images",
+        3,
+        "--methods",
+        *methods,
+        "--workdir",
+        tmp_path / "work",
+        "--out",
+        tmp_path / "figure.png",
+        nproc=2,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     single = format_table(run_benchmark("synthetic", methods, n=3, show_progress=False))

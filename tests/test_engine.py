@@ -119,7 +119,9 @@ def test_upsampled_mask_shape_and_range(height, width, factor, sigma, jitter):
 
 
 def test_upsampled_mask_equals_upsample_then_blur():
-    params = torch.rand(2, 1, 5, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    params = torch.rand(
+        2, 1, 5, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
     mask = masks.UpsampledMask(factor=4, smooth_sigma=2.0).expand(params, (18, 26))
     direct = torch.nn.functional.interpolate(
         params, scale_factor=4, mode="bilinear", align_corners=False
@@ -355,9 +357,7 @@ def test_scheduler_and_projection_are_applied():
         seen_lrs.append(optimizer.param_groups[0]["lr"])
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
 
-    (theta,), _ = optimize(
-        build, 1, loop_settings(n_iter=50, lr=0.1, scheduler=scheduler)
-    )
+    (theta,), _ = optimize(build, 1, loop_settings(n_iter=50, lr=0.1, scheduler=scheduler))
     assert seen_lrs == [0.1]
     assert theta.item() <= 1.0  # projected each step; the unprojected optimum is 5
     assert theta.item() < 0.25  # lr halves each step: total travel stays below 2 × 0.1

@@ -59,8 +59,12 @@ def test_several_areas_are_rows_of_one_batch_and_their_masks_are_averaged():
     explainer = ExtremalPerturbation(BrightSquare().eval())
     x = images(1)
     both, history = explainer.attribute(
-        x, target=1, areas=(0.03, 0.08), return_history=True, optimization=Optimization(n_iter=60))
-    alone = [explainer.attribute(x, target=1, areas=a, optimization=Optimization(n_iter=60)) for a in (0.03, 0.08)]
+        x, target=1, areas=(0.03, 0.08), return_history=True, optimization=Optimization(n_iter=60)
+    )
+    alone = [
+        explainer.attribute(x, target=1, areas=a, optimization=Optimization(n_iter=60))
+        for a in (0.03, 0.08)
+    ]
     torch.testing.assert_close(both, (alone[0] + alone[1]) / 2, atol=1e-5, rtol=0)
     assert history.loss.shape == (60, 2)  # one column per (image, area)
     assert alone[0][:, 0].mean() < alone[1][:, 0].mean()
@@ -82,7 +86,9 @@ def test_the_smooth_mask_is_one_across_a_region_of_ones_and_follows_its_paramete
 def test_the_smooth_maximum_has_the_gradient_of_its_values(temperature):
     # the shifted softmax (T ≤ 80), the maximum-shifted one (T = 200) and the plain mean (T = 0)
     generator = SmoothMaxMask(step=5, sigma=9.0, temperature=temperature, stride=3, margin=5.0)
-    params = torch.rand(2, 1, 5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    params = torch.rand(
+        2, 1, 5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
     assert torch.autograd.gradcheck(
         lambda p: generator.evaluated(p, (23, 30)), (params.requires_grad_(True),)
     )

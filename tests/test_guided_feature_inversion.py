@@ -56,7 +56,11 @@ def test_explaining_each_class_highlights_its_own_object(explained, other):
 
 #: one stage-2 step at a negligible rate, so the mask is where stage 2 starts (and stage 1's ω
 #: stays at its uniform start, which keeps both objects)
-FROZEN_STAGES = {"perturbation": "constant", "baselines": 0.0, "optimization": Optimization(n_iter=1, lr=1e-9)}
+FROZEN_STAGES = {
+    "perturbation": "constant",
+    "baselines": 0.0,
+    "optimization": Optimization(n_iter=1, lr=1e-9),
+}
 
 
 @pytest.mark.parametrize("explained, other", [(0, 1), (1, 0)])
@@ -90,7 +94,10 @@ def test_inversion_stage_is_class_agnostic_and_shorter():
     gfi = GuidedFeatureInversion(model, layer=model.relu)
     # γ = 0: stage 1 is pure feature inversion, which needs both objects
     settings = {
-        "perturbation": "constant", "baselines": 0.0, "return_history": True, "inversion": InversionStage(l1_weight=0.0)
+        "perturbation": "constant",
+        "baselines": 0.0,
+        "return_history": True,
+        "inversion": InversionStage(l1_weight=0.0),
     }
     salient, inversion = gfi.attribute(image, stage="inversion", **settings)
     for target in (0, 1):
@@ -147,7 +154,9 @@ def test_runs_on_torchvision_architectures_and_leaves_them_untouched(build, laye
     x = torch.randn(2, 3, 64, 64)
     before = model_state(model)
     gfi = GuidedFeatureInversion(model, layer=layer(model), mask_layer=mask_layer(model))
-    attribution = gfi.attribute(x, target=[0, 3], inversion=InversionStage(n_iter=2), optimization=Optimization(n_iter=3))
+    attribution = gfi.attribute(
+        x, target=[0, 3], inversion=InversionStage(n_iter=2), optimization=Optimization(n_iter=3)
+    )
     assert attribution.shape == x.shape
     assert torch.isfinite(attribution).all() and 0 <= attribution.min() <= attribution.max() <= 1
     assert_same_state(before, model_state(model))
@@ -168,7 +177,15 @@ def test_area_weight_adds_the_mask_mean_times_the_clean_score_to_the_stage_two_l
     salient = gfi.attribute(images, stage="inversion", inversion=InversionStage(n_iter=4))
     losses = [
         gfi.attribute(
-            images, target=1, area_weight=beta, apply_softmax=apply_softmax, target_start="inversion", return_history=True, inversion=InversionStage(n_iter=4), optimization=Optimization(n_iter=2))[1].loss[4]  # stage 2's first row, taken at stage 1's ω
+            images,
+            target=1,
+            area_weight=beta,
+            apply_softmax=apply_softmax,
+            target_start="inversion",
+            return_history=True,
+            inversion=InversionStage(n_iter=4),
+            optimization=Optimization(n_iter=2),
+        )[1].loss[4]  # stage 2's first row, taken at stage 1's ω
         for beta in (0.0, area_weight)
     ]
     added = area_weight * clean * salient[:, 0].mean(dim=(1, 2))

@@ -150,9 +150,7 @@ def test_feature_mask_groups_share_one_value_and_the_evidence_group_ranks_first(
 
     images = 0.2 * torch.rand(3, 2, 12, 12, generator=torch.Generator().manual_seed(5))
     images[:, :, 7:11, 7:11] += 1.0
-    attribution = method(Quadrant().eval()).attribute(
-        images, target=1, feature_mask=feature_mask
-    )
+    attribution = method(Quadrant().eval()).attribute(images, target=1, feature_mask=feature_mask)
     for group in range(4):
         values = attribution.masked_select((feature_mask == group).expand_as(images)).view(3, -1)
         assert torch.equal(values, values[:, :1].expand_as(values))
@@ -211,10 +209,14 @@ def test_every_rank_gives_an_input_shaped_mask_that_depends_only_on_its_example(
     targets = [row % 3 for row in rows]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # 3-D inputs without channels_last are warned about
-        batch = method(model).attribute(inputs, target=targets, optimization=Optimization(n_iter=6))
+        batch = method(model).attribute(
+            inputs, target=targets, optimization=Optimization(n_iter=6)
+        )
         alone = torch.cat(
             [
-                method(model).attribute(inputs[i : i + 1], target=t, optimization=Optimization(n_iter=6))
+                method(model).attribute(
+                    inputs[i : i + 1], target=t, optimization=Optimization(n_iter=6)
+                )
                 for i, t in enumerate(targets)
             ]
         )
@@ -259,21 +261,39 @@ def test_the_captum_contract_holds_for_every_input_kind(method, kind):
     before = model_state(model)
     explainer = method(model)
     with pytest.warns(UserWarning, match="training mode"):
-        single = explainer.attribute(inputs, **options, target=[0, 2], optimization=Optimization(n_iter=5))
+        single = explainer.attribute(
+            inputs, **options, target=[0, 2], optimization=Optimization(n_iter=5)
+        )
     assert_same_state(before, model_state(model))
     assert isinstance(single, torch.Tensor) and single.shape == inputs.shape
     model.eval()
-    single = explainer.attribute(inputs, **options, target=[0, 2], optimization=Optimization(n_iter=5))
+    single = explainer.attribute(
+        inputs, **options, target=[0, 2], optimization=Optimization(n_iter=5)
+    )
     for target in (torch.tensor([0, 2]), [0, 2]):
-        assert torch.equal(explainer.attribute(inputs, **options, target=target, optimization=Optimization(n_iter=5)), single)
+        assert torch.equal(
+            explainer.attribute(
+                inputs, **options, target=target, optimization=Optimization(n_iter=5)
+            ),
+            single,
+        )
     tuple_options = {k: (v,) if k == "feature_mask" else v for k, v in options.items()}
-    as_tuple = explainer.attribute((inputs,), **tuple_options, target=[0, 2], optimization=Optimization(n_iter=5))
+    as_tuple = explainer.attribute(
+        (inputs,), **tuple_options, target=[0, 2], optimization=Optimization(n_iter=5)
+    )
     assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], single)
-    double = method(model.double()).attribute(inputs.double(), **options, target=[0, 2], optimization=Optimization(n_iter=5))
+    double = method(model.double()).attribute(
+        inputs.double(), **options, target=[0, 2], optimization=Optimization(n_iter=5)
+    )
     assert double.dtype == torch.float64 and double.shape == inputs.shape
     tunnel = NoiseTunnel(explainer).attribute(
-        inputs.double(), **options, 
-    target=[0, 2], nt_samples=2, stdevs=0.0, optimization=Optimization(n_iter=5))
+        inputs.double(),
+        **options,
+        target=[0, 2],
+        nt_samples=2,
+        stdevs=0.0,
+        optimization=Optimization(n_iter=5),
+    )
     torch.testing.assert_close(tunnel, double, atol=1e-6, rtol=0)
 
 
@@ -290,7 +310,12 @@ def test_three_dimensional_inputs_without_a_layout_are_warned_about(method):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for channels_last in (True, False):
-            method(Pool()).attribute(embeddings, target=0, channels_last=channels_last, optimization=Optimization(n_iter=2))
+            method(Pool()).attribute(
+                embeddings,
+                target=0,
+                channels_last=channels_last,
+                optimization=Optimization(n_iter=2),
+            )
 
 
 # ---------------------------------------------------------------- Layer classes
@@ -312,7 +337,9 @@ def test_layer_methods_leave_the_model_as_found_also_when_it_raises(method):
     handle = model.head_hook = model.embedding.register_forward_hook(fail_on_third)
     before = model_state(model)
     with pytest.raises(RuntimeError, match="boom"):
-        method(model, model.embedding).attribute(ids, target=1, optimization=Optimization(n_iter=3))
+        method(model, model.embedding).attribute(
+            ids, target=1, optimization=Optimization(n_iter=3)
+        )
     assert_same_state(before, model_state(model))
     handle.remove()
 
@@ -344,7 +371,9 @@ def test_layer_methods_take_baselines_groups_history_and_reject_tuple_outputs(me
 
     wrapper = Wrapper()
     with pytest.raises(ValueError, match="must return one tensor"):
-        method(wrapper, wrapper.pair).attribute(torch.randn(2, 4), target=0, optimization=Optimization(n_iter=2))
+        method(wrapper, wrapper.pair).attribute(
+            torch.randn(2, 4), target=0, optimization=Optimization(n_iter=2)
+        )
 
 
 @pytest.mark.parametrize("method", LAYER_METHODS)
@@ -374,12 +403,19 @@ def test_layer_methods_take_every_target_form_and_follow_the_dtype(method):
     targets = [1, 0, 1]
     batch = explainer.attribute(ids, target=targets, optimization=Optimization(n_iter=5))
     for form in (torch.tensor(targets), targets):
-        torch.testing.assert_close(explainer.attribute(ids, target=form, optimization=Optimization(n_iter=5)), batch)
+        torch.testing.assert_close(
+            explainer.attribute(ids, target=form, optimization=Optimization(n_iter=5)), batch
+        )
     alone = torch.cat(
-        [explainer.attribute(ids[i : i + 1], target=t, optimization=Optimization(n_iter=5)) for i, t in enumerate(targets)]
+        [
+            explainer.attribute(ids[i : i + 1], target=t, optimization=Optimization(n_iter=5))
+            for i, t in enumerate(targets)
+        ]
     )
     torch.testing.assert_close(batch, alone, atol=1e-5, rtol=0)
-    double = method(model.double(), model.embedding).attribute(ids, target=1, optimization=Optimization(n_iter=5))
+    double = method(model.double(), model.embedding).attribute(
+        ids, target=1, optimization=Optimization(n_iter=5)
+    )
     assert double.dtype == torch.float64
 
 
@@ -393,7 +429,8 @@ def test_one_id_across_the_tensors_of_a_tuple_is_one_group(method):
     second = torch.randn(2, 3, generator=torch.Generator().manual_seed(9))
     feature_mask = (torch.tensor([[0, 1, 2, 3]]), torch.tensor([[0, 4, 5]]))
     attribution = method(TwoInputs()).attribute(
-        (first, second), target=1, feature_mask=feature_mask, optimization=Optimization(n_iter=20))
+        (first, second), target=1, feature_mask=feature_mask, optimization=Optimization(n_iter=20)
+    )
     assert isinstance(attribution, tuple) and [a.shape for a in attribution] == [(2, 4), (2, 3)]
     torch.testing.assert_close(attribution[0][:, 0], attribution[1][:, 0], atol=0, rtol=0)
 
@@ -496,7 +533,10 @@ def check_attribution(attribution, like):
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("case", captum_cases(layer=False))
 def test_captum_generic_configs(method, case):
-    args = {"optimization": Optimization(n_iter=4), **accepted_arguments(case, method), }
+    args = {
+        "optimization": Optimization(n_iter=4),
+        **accepted_arguments(case, method),
+    }
     explainer = method(case["model"])
     if case.get("noise_tunnel"):
         explainer = NoiseTunnel(explainer)
@@ -520,7 +560,10 @@ def test_captum_layer_configs(method, case):
     layer = operator.attrgetter(case["layer"])(model) if isinstance(case["layer"], str) else None
     if not isinstance(layer, nn.Module):
         pytest.skip("a list of layers: Captum's multi-layer form")
-    args = {"optimization": Optimization(n_iter=4), **accepted_arguments(case, method), }
+    args = {
+        "optimization": Optimization(n_iter=4),
+        **accepted_arguments(case, method),
+    }
     args = {k: v for k, v in args.items() if k not in ("baselines",)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

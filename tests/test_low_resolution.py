@@ -30,7 +30,9 @@ from captum_masks.datasets.storage import MANIFEST
 def conv_model(dtype: torch.dtype, dims: int = 2) -> nn.Module:
     torch.manual_seed(0)
     conv, pool = {1: (nn.Conv1d, nn.AdaptiveAvgPool1d), 2: (nn.Conv2d, nn.AdaptiveAvgPool2d)}[dims]
-    model = nn.Sequential(conv(3, 4, 3, padding=1), nn.ReLU(), pool(1), nn.Flatten(), nn.Linear(4, 3))
+    model = nn.Sequential(
+        conv(3, 4, 3, padding=1), nn.ReLU(), pool(1), nn.Flatten(), nn.Linear(4, 3)
+    )
     return model.to(dtype).eval()
 
 
@@ -38,13 +40,31 @@ def explained(method: str, model: nn.Module, images: torch.Tensor, option: objec
     """(attributions, history) of ``method`` with its one varied ``option``, in few steps."""
     if method == "MeaningfulPerturbation":
         return MeaningfulPerturbation(model).attribute(
-            images, target=0, game=option, return_history=True, optimization=Optimization(n_iter=4), mask=UpsampledMask(factor=4))
+            images,
+            target=0,
+            game=option,
+            return_history=True,
+            optimization=Optimization(n_iter=4),
+            mask=UpsampledMask(factor=4),
+        )
     if method == "ExtremalPerturbation":
         areas, stride = option
         return ExtremalPerturbation(model).attribute(
-            images, target=1, areas=areas, return_history=True, optimization=Optimization(n_iter=4), mask=SmoothMaxMask(stride=stride, step=3, sigma=5.0))
+            images,
+            target=1,
+            areas=areas,
+            return_history=True,
+            optimization=Optimization(n_iter=4),
+            mask=SmoothMaxMask(stride=stride, step=3, sigma=5.0),
+        )
     return GuidedFeatureInversion(model, model[1]).attribute(
-        images, target=2, stage=option, return_history=True, inversion=InversionStage(n_iter=3), optimization=Optimization(n_iter=3))
+        images,
+        target=2,
+        stage=option,
+        return_history=True,
+        inversion=InversionStage(n_iter=3),
+        optimization=Optimization(n_iter=3),
+    )
 
 
 OPTIONS = {
@@ -67,7 +87,9 @@ OPTIONS = {
 )
 def test_the_low_resolution_mask_expands_to_the_attribution(method, dtype, height, width, n, data):
     option = data.draw(OPTIONS[method])
-    images = torch.rand(n, 3, height, width, generator=torch.Generator().manual_seed(n), dtype=dtype)
+    images = torch.rand(
+        n, 3, height, width, generator=torch.Generator().manual_seed(n), dtype=dtype
+    )
     attributions, history = explained(method, conv_model(dtype), images, option)
     (low,) = history.low_resolution
     assert low.values.shape[:2] == (n, 1) and low.values.dtype == dtype
@@ -81,11 +103,17 @@ def test_the_low_resolution_mask_expands_to_the_attribution(method, dtype, heigh
 def test_mp_grid_is_a_sixty_fourth_of_the_image_and_expands_along_one_axis_too():
     images = torch.rand(2, 3, 64, 64)
     attributions, history = MeaningfulPerturbation(conv_model(torch.float32)).attribute(
-        images, target=0, return_history=True, optimization=Optimization(n_iter=3))
+        images, target=0, return_history=True, optimization=Optimization(n_iter=3)
+    )
     assert history.low_resolution[0].values.shape == (2, 1, 8, 8)  # mask_factor 8
     signals = torch.rand(2, 3, 40)
     attributions, history = MeaningfulPerturbation(conv_model(torch.float32, dims=1)).attribute(
-        signals, target=0, channels_last=False, return_history=True, optimization=Optimization(n_iter=3))
+        signals,
+        target=0,
+        channels_last=False,
+        return_history=True,
+        optimization=Optimization(n_iter=3),
+    )
     (low,) = history.low_resolution
     assert low.values.shape == (2, 1, 5)
     torch.testing.assert_close(low.expand((40,)).expand_as(attributions), attributions)
@@ -96,8 +124,15 @@ def test_calls_without_a_grid_have_no_low_resolution_mask():
     images = torch.rand(2, 3, 16, 16)
     groups = (torch.arange(256).view(1, 1, 16, 16) // 64).expand(2, 1, 16, 16)
     _, grouped = MeaningfulPerturbation(model).attribute(
-        images, target=0, feature_mask=groups, return_history=True, optimization=Optimization(n_iter=2))
-    _, pixels = NeuroMaskAttr(model).attribute(images, target=0, return_history=True, optimization=Optimization(n_iter=2))
+        images,
+        target=0,
+        feature_mask=groups,
+        return_history=True,
+        optimization=Optimization(n_iter=2),
+    )
+    _, pixels = NeuroMaskAttr(model).attribute(
+        images, target=0, return_history=True, optimization=Optimization(n_iter=2)
+    )
     assert grouped.low_resolution is None and pixels.low_resolution is None
 
 
@@ -107,10 +142,14 @@ def test_bad_upsampling_is_refused():
 
 
 def dataset_run(out, method, **kwargs):
-    return explain_dataset(method, SeededImages(), out, batch_size=5, show_progress=False, **kwargs)
+    return explain_dataset(
+        method, SeededImages(), out, batch_size=5, show_progress=False, **kwargs
+    )
 
 
-@pytest.mark.parametrize("method", ["MeaningfulPerturbation", "ExtremalPerturbation", "GuidedFeatureInversion"])
+@pytest.mark.parametrize(
+    "method", ["MeaningfulPerturbation", "ExtremalPerturbation", "GuidedFeatureInversion"]
+)
 def test_explain_dataset_stores_the_grid_and_reads_back_the_attributions(tmp_path, method):
     model = tiny_model()
     build = {
@@ -118,16 +157,25 @@ def test_explain_dataset_stores_the_grid_and_reads_back_the_attributions(tmp_pat
             MeaningfulPerturbation(model),
             {"mask": UpsampledMask(factor=4), "optimization": Optimization(n_iter=4)},
         ),
-        "ExtremalPerturbation": lambda: (ExtremalPerturbation(model), {"optimization": Optimization(n_iter=4), "mask": SmoothMaxMask(step=3, sigma=5.0)}),
+        "ExtremalPerturbation": lambda: (
+            ExtremalPerturbation(model),
+            {"optimization": Optimization(n_iter=4), "mask": SmoothMaxMask(step=3, sigma=5.0)},
+        ),
         "GuidedFeatureInversion": lambda: (
-            GuidedFeatureInversion(model, model[2]), {"inversion": InversionStage(n_iter=3), "optimization": Optimization(n_iter=3)}
+            GuidedFeatureInversion(model, model[2]),
+            {"inversion": InversionStage(n_iter=3), "optimization": Optimization(n_iter=3)},
         ),
     }[method]
     attribution, kwargs = build()
     full = dataset_run(tmp_path / "full", attribution, attribute_kwargs=kwargs)
-    small = dataset_run(tmp_path / "small", attribution, attribute_kwargs=kwargs, low_resolution=True)
+    small = dataset_run(
+        tmp_path / "small", attribution, attribute_kwargs=kwargs, low_resolution=True
+    )
     half = dataset_run(
-        tmp_path / "half", attribution, attribute_kwargs=kwargs, low_resolution=True,
+        tmp_path / "half",
+        attribution,
+        attribute_kwargs=kwargs,
+        low_resolution=True,
         precision="float16",
     )
     expected = full.load()
@@ -154,8 +202,15 @@ def test_low_resolution_is_refused_for_methods_without_a_grid(tmp_path):
     neuromask = NeuroMaskAttr(tiny_model())
     out = tmp_path / "neuromask"
     with pytest.raises(ValueError, match="NeuroMaskAttr returned no low-resolution masks"):
-        dataset_run(out, neuromask, attribute_kwargs={"optimization": Optimization(n_iter=2)}, low_resolution=True)
+        dataset_run(
+            out,
+            neuromask,
+            attribute_kwargs={"optimization": Optimization(n_iter=2)},
+            low_resolution=True,
+        )
     assert [f.name for f in out.iterdir()] == [MANIFEST]
     # a folder without results takes other settings
-    results = dataset_run(out, neuromask, attribute_kwargs={"optimization": Optimization(n_iter=2)})
+    results = dataset_run(
+        out, neuromask, attribute_kwargs={"optimization": Optimization(n_iter=2)}
+    )
     assert results.is_complete() and DatasetExplanations(out).manifest["low_resolution"] is False

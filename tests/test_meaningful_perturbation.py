@@ -24,7 +24,14 @@ def test_points_at_the_evidence(game):
     image[..., 20:28, 4:12] = 1.0
     attribution = MeaningfulPerturbation(model).attribute(
         image,
-        target=1, game=game, perturbation="constant", baselines=0.0, l1_weight=1e-2, mask=UpsampledMask(factor=4, smooth_sigma=1.0, jitter=0), optimization=Optimization(n_iter=150))[0, 0]
+        target=1,
+        game=game,
+        perturbation="constant",
+        baselines=0.0,
+        l1_weight=1e-2,
+        mask=UpsampledMask(factor=4, smooth_sigma=1.0, jitter=0),
+        optimization=Optimization(n_iter=150),
+    )[0, 0]
     inside = attribution[20:28, 4:12].mean()
     outside = torch.cat([attribution[:16].flatten(), attribution[:, 16:].flatten()]).mean()
     assert inside > outside + 0.3
@@ -34,14 +41,19 @@ def test_points_at_the_evidence(game):
 
 def test_history_records_the_decreasing_target_probability(tiny_model, images):
     _, history = MeaningfulPerturbation(tiny_model).attribute(
-        images, target=0, return_history=True, optimization=Optimization(n_iter=40, lr=0.2))
+        images, target=0, return_history=True, optimization=Optimization(n_iter=40, lr=0.2)
+    )
     assert history.loss.shape == history.probability.shape == (40, 3)
     # early stopping is on by default: each example's record ends where it stopped
     for k, steps in enumerate(history.steps.tolist()):
         assert 1 < steps <= 40 and torch.isnan(history.probability[steps:, k]).all()
         assert history.probability[steps - 1, k] < history.probability[0, k]
     _, full = MeaningfulPerturbation(tiny_model).attribute(
-        images, target=0, return_history=True, optimization=Optimization(n_iter=40, lr=0.2, tolerance=None))
+        images,
+        target=0,
+        return_history=True,
+        optimization=Optimization(n_iter=40, lr=0.2, tolerance=None),
+    )
     assert (full.steps == 40).all() and not torch.isnan(full.probability).any()
 
 
@@ -63,7 +75,11 @@ def test_any_shape_and_setting_gives_finite_values_in_unit_range(
     x = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(batch))
     attribution = MeaningfulPerturbation(model).attribute(
         x,
-        game=game, perturbation=perturbation, mask=UpsampledMask(factor=factor, jitter=jitter), optimization=Optimization(optimizer=optimizer, n_iter=3))
+        game=game,
+        perturbation=perturbation,
+        mask=UpsampledMask(factor=factor, jitter=jitter),
+        optimization=Optimization(optimizer=optimizer, n_iter=3),
+    )
     assert attribution.shape == x.shape
     assert torch.isfinite(attribution).all() and attribution.min() >= 0 and attribution.max() <= 1
 
@@ -110,4 +126,6 @@ def test_input_kinds_it_cannot_mask_are_a_clear_error_before_the_model_runs(
         raise AssertionError("the model ran before the arguments were checked")
 
     with pytest.raises((ValueError, TypeError), match=message):
-        MeaningfulPerturbation(model).attribute(make_inputs(images), **kwargs, optimization=Optimization(n_iter=2))
+        MeaningfulPerturbation(model).attribute(
+            make_inputs(images), **kwargs, optimization=Optimization(n_iter=2)
+        )

@@ -146,8 +146,12 @@ def test_thresholding_methods_by_hand():
     # mean 2.5: α = 1 keeps values ≥ 2.5
     assert metrics.threshold_heatmap(heat, "mean", 1.0).tolist() == [[[True, True, False, False]]]
     # energy: 4/10 = 0.4, (4+3)/10 = 0.7 → α = 0.6 needs the first two pixels
-    assert metrics.threshold_heatmap(heat, "energy", 0.6).tolist() == [[[True, True, False, False]]]
-    assert metrics.threshold_heatmap(heat, "energy", 0.75).tolist() == [[[True, True, True, False]]]
+    assert metrics.threshold_heatmap(heat, "energy", 0.6).tolist() == [
+        [[True, True, False, False]]
+    ]
+    assert metrics.threshold_heatmap(heat, "energy", 0.75).tolist() == [
+        [[True, True, True, False]]
+    ]
 
 
 def test_tightest_box_and_box_iou():

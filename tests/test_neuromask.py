@@ -132,7 +132,12 @@ def test_smoothness_alone_smooths_the_initial_noise(tiny_model, images):
     def roughness(mask):
         return (mask[..., 1:, :] - mask[..., :-1, :]).abs().mean()
 
-    only_smoothness = {"target": 1, "pred_weight": 0.0, "sparse_weight": 0.0, "optimization": Optimization(n_iter=60)}
+    only_smoothness = {
+        "target": 1,
+        "pred_weight": 0.0,
+        "sparse_weight": 0.0,
+        "optimization": Optimization(n_iter=60),
+    }
     untouched = neuromask.attribute(images, smooth_weight=0.0, **only_smoothness)
     smoothed = neuromask.attribute(images, smooth_weight=1.0, **only_smoothness)
     initial = neuromask.attribute(images, target=1, optimization=Optimization(n_iter=1, lr=1e-12))
@@ -211,12 +216,16 @@ def test_default_mask_factor_is_one_56th_of_an_images_shorter_side_and_1_elsewhe
     settings = {"target": 1, "channels_last": False, "optimization": Optimization(n_iter=2)}
     default = neuromask.attribute(x, **settings)
     assert torch.equal(default, neuromask.attribute(x, **settings, mask=SigmoidMask(block=factor)))
-    assert not torch.equal(default, neuromask.attribute(x, **settings, mask=SigmoidMask(block=factor + 1)))
+    assert not torch.equal(
+        default, neuromask.attribute(x, **settings, mask=SigmoidMask(block=factor + 1))
+    )
 
 
 def test_mask_factor_keeps_the_evidence_at_block_resolution():
     model = SpotDetector(top=20, left=4, side=8)
-    attribution = NeuroMaskAttr(model).attribute(spot_image(), **TOY, target=1, mask=SigmoidMask(block=4))
+    attribution = NeuroMaskAttr(model).attribute(
+        spot_image(), **TOY, target=1, mask=SigmoidMask(block=4)
+    )
     inside, outside = inside_and_outside(attribution[0, 0])
     assert inside > 0.8 and outside < 0.2
     default = NeuroMaskAttr(model).attribute(spot_image(), target=1, **TOY)
@@ -227,7 +236,12 @@ def test_mask_factor_keeps_the_evidence_at_block_resolution():
     "make_inputs, kwargs, error, message",
     [
         (lambda x: x, {"mask": lambda: SigmoidMask(temperature=0.0)}, ValueError, "temperature"),
-        (lambda x: x, {"mask": lambda: SigmoidMask(init_range=(1.0, -1.0))}, ValueError, "init_range"),
+        (
+            lambda x: x,
+            {"mask": lambda: SigmoidMask(init_range=(1.0, -1.0))},
+            ValueError,
+            "init_range",
+        ),
         (lambda x: x, {"smoothness": lambda: Laplacian(kernel_size=4)}, ValueError, "kernel_size"),
         (lambda x: x, {"tau": -1.0}, ValueError, "tau"),
         (lambda x: x, {"sparse_weight": -0.1}, ValueError, "sparse_weight"),

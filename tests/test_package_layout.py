@@ -24,7 +24,11 @@ def imports_at_import_time(path: Path) -> set[str]:
     tree = ast.parse(path.read_text())
     found = set()
     for node in tree.body:
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("captum_masks"):
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.module.startswith("captum_masks")
+        ):
             found.add(node.module)
             found.update(f"{node.module}.{alias.name}" for alias in node.names)
         elif isinstance(node, ast.Import):

@@ -4,11 +4,11 @@ its bench weights but no tests or notebooks, and metadata that ``twine check`` a
 import shutil
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 
 import captum_masks
 
@@ -22,7 +22,11 @@ def dist(tmp_path_factory):
     source = tmp_path_factory.mktemp("source")
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, source / name)
-    shutil.copytree(ROOT / "captum_masks", source / "captum_masks", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "captum_masks",
+        source / "captum_masks",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
     out = tmp_path_factory.mktemp("dist")
     result = subprocess.run(
         [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(source)],

@@ -122,8 +122,8 @@ def test_an_example_depends_only_on_itself_and_not_on_the_chunking(
 ):
     targets = [r + 1 for r in rows]
     batch = RISE(tiny_model).attribute(
-        images[rows], **FEW, 
-    target=targets, internal_batch_size=internal_batch_size)
+        images[rows], **FEW, target=targets, internal_batch_size=internal_batch_size
+    )
     alone = torch.cat(
         [RISE(tiny_model).attribute(images[r : r + 1], target=r + 1, **FEW) for r in rows]
     )
@@ -210,7 +210,12 @@ def test_fuzz_returns_a_valid_map_or_a_clear_error(data):
         st.fixed_dictionaries(
             {},
             optional={
-                "n_samples": st.integers(-1, 20), "grid_size": st.integers(0, 9), "keep_probability": st.floats(-0.5, 1.5, allow_nan=False), "internal_batch_size": st.none() | st.integers(-1, 10), "seed": st.integers(0, 3), "baselines": st.none() | st.floats(-2, 2, allow_nan=False)
+                "n_samples": st.integers(-1, 20),
+                "grid_size": st.integers(0, 9),
+                "keep_probability": st.floats(-0.5, 1.5, allow_nan=False),
+                "internal_batch_size": st.none() | st.integers(-1, 10),
+                "seed": st.integers(0, 3),
+                "baselines": st.none() | st.floats(-2, 2, allow_nan=False),
             },
         )
     )

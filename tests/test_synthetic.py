@@ -110,7 +110,9 @@ def test_shipped_reference_cnn_is_accurate_and_uses_the_objects(multilabel):
 def test_other_training_settings_train_once_then_load_from_the_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("CAPTUM_MASKS_CACHE", str(tmp_path))
     # a shorter recipe than the shipped one: no shipped weights match it
-    monkeypatch.setattr(synthetic, "TRAIN_SETTINGS", dict(synthetic.TRAIN_SETTINGS, train_size=640))
+    monkeypatch.setattr(
+        synthetic, "TRAIN_SETTINGS", dict(synthetic.TRAIN_SETTINGS, train_size=640)
+    )
     rng_before = torch.get_rng_state()
     first = load_reference_cnn(verbose=False)
     assert torch.equal(torch.get_rng_state(), rng_before)
@@ -142,8 +144,10 @@ def test_the_photo_task_pastes_each_labelled_object_as_a_square_of_its_photo(see
             square = batch.masks[index, 0, top:bottom, left:right]
             assert bool((square == 1).all())  # the object fills its box: a square
     outside = batch.masks == 0
-    assert torch.equal(batch.images.masked_select(outside.expand_as(batch.images)),
-                       empty.images.masked_select(outside.expand_as(empty.images)))
+    assert torch.equal(
+        batch.images.masked_select(outside.expand_as(batch.images)),
+        empty.images.masked_select(outside.expand_as(empty.images)),
+    )
     assert not torch.equal(batch.images, empty.images)
 
 

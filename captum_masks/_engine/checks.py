@@ -67,7 +67,9 @@ def run_forward(
 ) -> Tensor:
     output = forward_func(*inputs, *(additional_args or ()))
     if not isinstance(output, Tensor):
-        raise TypeError(f"forward_func must return a tensor of scores, got {type(output).__name__}")
+        raise TypeError(
+            f"forward_func must return a tensor of scores, got {type(output).__name__}"
+        )
     if output.dim() < 2 or output.shape[0] != inputs[0].shape[0]:
         raise ValueError(
             "forward_func must return scores of shape (N, num_classes, ...) with one row per "

@@ -17,7 +17,9 @@ class _StopForward(Exception):
     """Raised by the hook once every wanted layer has run: the rest of the model is skipped."""
 
 
-def check_layers(forward_func: Callable, layers: Sequence[nn.Module], names: Sequence[str]) -> None:
+def check_layers(
+    forward_func: Callable, layers: Sequence[nn.Module], names: Sequence[str]
+) -> None:
     """Each layer must be an ``nn.Module`` that takes forward hooks (not TorchScript) and, when
     ``forward_func`` is a module, one of its submodules."""
     scripted = (torch.jit.ScriptModule, torch.jit.ScriptFunction)
@@ -29,7 +31,9 @@ def check_layers(forward_func: Callable, layers: Sequence[nn.Module], names: Seq
         )
     for layer, name in zip(layers, names):
         if not isinstance(layer, nn.Module):
-            raise TypeError(f"{name} must be an nn.Module of the model, got {type(layer).__name__}")
+            raise TypeError(
+                f"{name} must be an nn.Module of the model, got {type(layer).__name__}"
+            )
         if isinstance(forward_func, nn.Module) and not any(
             module is layer for module in forward_func.modules()
         ):

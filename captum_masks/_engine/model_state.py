@@ -127,7 +127,6 @@ def check_seed(seed: Any) -> None:
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
 
 
-
 __all__ = [
     "check_seed",
     "leaves_model_as_found",

@@ -54,7 +54,8 @@ class AmortizedExplainer(MaskAttribution):
     image's classes Y and n = σ(max_{c∉P} S_c) the mask of the classes P it does not hold:
 
     .. math::
-        L = L_c(f(m \odot x), Y) + \lambda_e \tfrac{1}{C}\textstyle\sum_c \tilde p_c \log \tilde p_c
+        L = L_c(f(m \odot x), Y)
+            + \lambda_e \tfrac{1}{C}\textstyle\sum_c \tilde p_c \log \tilde p_c
             + \lambda_a \big(0.1\,A(m) + 0.3\,A(n) + \overline{B(\sigma(S_c))}_{c \in Y}\big)
             + \lambda_{tv} \big(TV(m) + TV(n)\big)
 
@@ -383,7 +384,9 @@ class AmortizedExplainer(MaskAttribution):
         module = self.network.module
         if module is None:
             raise ValueError("nothing to save: fit the explainer (or call attribute) first")
-        save_atomically({**checkpoint_header(self.network.config()), "state": module.state_dict()}, path)
+        save_atomically(
+            {**checkpoint_header(self.network.config()), "state": module.state_dict()}, path
+        )
 
     @classmethod
     def load(

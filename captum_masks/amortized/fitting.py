@@ -81,9 +81,7 @@ class Trainer:
         self.network, self.settings = network, settings
         self.targets, self.separate_classes = targets, separate_classes
 
-    def targets_of(
-        self, x: Tensor, labels: Tensor | None, model_inputs: Tensor | None
-    ) -> Tensor:
+    def targets_of(self, x: Tensor, labels: Tensor | None, model_inputs: Tensor | None) -> Tensor:
         """(N, num_classes) bool: the classes Y each input is explained for."""
         network = self.network
         if self.targets == "predictions":
@@ -209,7 +207,9 @@ class Trainer:
                     break
                 batches = shard(train_data, epoch, rank, world_size)
                 description = f"Explainer epoch {epoch + 1}/{epochs}"
-                means = train_epoch(step, batches, optimizer, description, show_progress and rank == 0)
+                means = train_epoch(
+                    step, batches, optimizer, description, show_progress and rank == 0
+                )
                 monitored = record_epoch(state.history, means)
                 if val_data is not None:
                     monitored = self._evaluate(val_data, validation_step)

@@ -42,11 +42,21 @@ class LossSettings:
         check_non_negative(
             **{
                 name: getattr(self, name)
-                for name in ("entropy_weight", "area_weight", "tv_weight", "l1_weight", "l2_weight")
+                for name in (
+                    "entropy_weight",
+                    "area_weight",
+                    "tv_weight",
+                    "l1_weight",
+                    "l2_weight",
+                )
             }
         )
         bounds = self.area_bounds
-        if not isinstance(bounds, tuple) or len(bounds) != 2 or not 0 <= bounds[0] <= bounds[1] <= 1:
+        if (
+            not isinstance(bounds, tuple)
+            or len(bounds) != 2
+            or not 0 <= bounds[0] <= bounds[1] <= 1
+        ):
             raise ValueError(f"area_bounds must be (a, b) with 0 <= a <= b <= 1, got {bounds!r}")
         weights = self.mask_area_weights
         if (
@@ -112,7 +122,8 @@ def stalder_terms(
     of them):
 
     .. math::
-        L = L_c(f(m \odot x), Y) + \lambda_e \tfrac{1}{C}\textstyle\sum_c \tilde p_c \log \tilde p_c
+        L = L_c(f(m \odot x), Y)
+            + \lambda_e \tfrac{1}{C}\textstyle\sum_c \tilde p_c \log \tilde p_c
             + \lambda_a \big(w_m A(m) + w_n A(n) + \overline{B(\sigma(S_c))}_{c \in Y}\big)
             + \lambda_{tv} \big(TV(m) + TV(n)\big)
 

@@ -58,10 +58,16 @@ class ExplainerNetwork:
         baselines: float,
     ) -> None:
         self.forward_func, self.num_classes, self.kind, self.module = (
-            forward_func, num_classes, kind, module
+            forward_func,
+            num_classes,
+            kind,
+            module,
         )
         self.multilabel, self.feature_layer, self.layer, self.layout = (
-            multilabel, feature_layer, layer, layout
+            multilabel,
+            feature_layer,
+            layer,
+            layout,
         )
         self.width, self.depth, self.baselines = width, depth, baselines
         self.input_shape: tuple[int, int] | None = None

@@ -10,7 +10,8 @@ on time. Four suites:
   (:mod:`captum_masks.bench.layouts`), explained on the pretrained EfficientNet-Lite0 for the
   object's predicted class; 224 px images.
 - ``synthetic-pairs`` and ``photos-pairs``: two objects of different classes in each image
-  (the multi-label reference CNN; two different photo objects, :func:`captum_masks.bench.zoo.paste_pair`),
+  (the multi-label reference CNN; two different photo objects,
+  :func:`captum_masks.bench.zoo.paste_pair`),
   each image explained once for each object's class. The ground truth is the explained object,
   and the ``discrimination`` column is the share of explanations with more relevance on it than
   on the other object.
@@ -19,8 +20,8 @@ Each suite has a ``"calibration"`` split, where settings are chosen, and a ``"he
 which the README reports; the photo splits have disjoint backgrounds.
 
 ``AmortizedExplainer`` needs an explainer trained for the suite's model; the one for the
-multi-label reference CNN (:func:`captum_masks.bench.synthetic.load_synthetic_explainer`) makes it a
-method of the ``synthetic-pairs`` suite. :func:`class_masking_report` is Stalder et al.'s
+multi-label reference CNN (:func:`captum_masks.bench.synthetic.load_synthetic_explainer`) makes
+it a method of the ``synthetic-pairs`` suite. :func:`class_masking_report` is Stalder et al.'s
 class-specific masking table for it (``python -m captum_masks class-masking``).
 """
 
@@ -308,7 +309,9 @@ def format_table(result: BenchmarkResult) -> str:
     first = next(iter(result.scores.values()))
     columns = (*(c for c in METRIC_COLUMNS if c in first), "seconds")
     arrows = {True: " ↑", False: " ↓", None: ""}
-    header = "| method | " + " | ".join(f"{c}{arrows[HIGHER_IS_BETTER[c]]}" for c in columns) + " |"
+    header = (
+        "| method | " + " | ".join(f"{c}{arrows[HIGHER_IS_BETTER[c]]}" for c in columns) + " |"
+    )
     lines = [header, "|---" * (len(columns) + 1) + "|"]
     for name, score in result.scores.items():
         cells = [_mean_std(score[c]) if c != "seconds" else f"{score[c][0]:.3f}" for c in columns]

@@ -65,7 +65,8 @@ def format_class_masking(report: dict) -> str:
         relative = result["co_occurring_table"] / result["unmasked"][:, None]
         lines += [
             (
-                f"{source} masks (rows: the class scored, columns: whose mask; share of the unmasked "
+                f"{source} masks (rows: the class scored, columns: whose mask; share of the "
+                "unmasked "
                 "probability, images holding both):"
             ),
             "",
@@ -80,7 +81,8 @@ def format_class_masking(report: dict) -> str:
             "",
             (
                 f"right mask keeps {float(result['same_relative']):.3f}; another present class's "
-                f"mask leaves {float(result['other_co_occurring_relative']):.3f}; any other class's "
+                f"mask leaves {float(result['other_co_occurring_relative']):.3f}; "
+                "any other class's "
                 f"mask (absent classes included) leaves {float(result['other_relative']):.3f}"
             ),
             "",

@@ -32,7 +32,7 @@ COMMANDS = {
     "class-masking": "Stalder et al.'s class-specific masking table for the trained "
     "AmortizedExplainer",
     "tabular": "breast-cancer rows: each method's feature ranking against ShapleyValueSampling",
-    "explain": "explain a whole dataset into a folder, resumable, on one process or under torchrun",
+    "explain": "explain a whole dataset into a folder, resumable, on one process or torchrun",
     "scaling": "images per second of explain on 1 and 2 processes, and ImageNet-val's cost",
     "explainer-epochs": "how fast the AmortizedExplainer learns: each epoch's masks scored next "
     "to IntegratedGradients",
@@ -109,7 +109,8 @@ def _add_speed(commands: Any, common: argparse.ArgumentParser) -> None:
         metavar="NAME=VALUE",
         type=setting,
         help="also time a whole run with these arguments, e.g. the previous defaults "
-        "--before optimization.tolerance=None, and print its iterations run and s / image alongside",
+        "--before optimization.tolerance=None, and print its iterations run and s / image "
+        "alongside",
     )
 
 
@@ -168,13 +169,13 @@ def _add_benchmark(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _add_class_masking(commands: Any, common: argparse.ArgumentParser) -> None:
-    masking = commands.add_parser("class-masking", parents=[common], help=COMMANDS["class-masking"])
+    masking = commands.add_parser(
+        "class-masking", parents=[common], help=COMMANDS["class-masking"]
+    )
     masking.add_argument("--n", type=positive_int, default=200, help="number of test images")
     masking.add_argument("--seed", type=int, default=0)
     masking.add_argument("--retrain", action="store_true", help="train the explainer again")
-    _add_settings(
-        masking, "train with other settings, e.g. --set separate_classes=False epochs=8"
-    )
+    _add_settings(masking, "train with other settings, e.g. --set separate_classes=False epochs=8")
 
 
 def _add_explainer_epochs(commands: Any, common: argparse.ArgumentParser) -> None:

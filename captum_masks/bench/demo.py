@@ -56,7 +56,8 @@ def run_demo(
     suite = photos_pairs_suite(1, seed, objects=pair) if image is None else image_suite(image)
     categories = zoo.imagenet_categories()
     _print_top5(suite, image or "the cat and espresso photo", categories)
-    runners = method_runners(suite, seed, overrides={} if n_iter is None else {"optimization.n_iter": n_iter}
+    runners = method_runners(
+        suite, seed, overrides={} if n_iter is None else {"optimization.n_iter": n_iter}
     )
     attributions, timings = {}, []
     for name in progress(DEMO_METHODS, desc="Methods", total=len(DEMO_METHODS)):

@@ -56,7 +56,9 @@ class ImageFolder(torch.utils.data.Dataset):
     def __init__(self, root: str | os.PathLike, size: int = 224) -> None:
         self.paths = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.paths:
-            raise ValueError(f"data folder {str(root)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise ValueError(
+                f"data folder {str(root)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})"
+            )
         self.size = size
 
     def __len__(self) -> int:
@@ -88,7 +90,9 @@ def build_model(reference: str) -> nn.Module:
         return load_efficientnet_lite0()
     model = load_object(reference, "model")
     if not isinstance(model, nn.Module):
-        raise ValueError(f"model {reference!r} returned a {type(model).__name__}, not an nn.Module")
+        raise ValueError(
+            f"model {reference!r} returned a {type(model).__name__}, not an nn.Module"
+        )
     return model.eval()
 
 

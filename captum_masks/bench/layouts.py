@@ -78,7 +78,8 @@ def recognised_layouts(
     classes for the composite. The first ``m`` layouts of ``n > m`` are those of ``m``.
 
     Args:
-        model (nn.Module): EfficientNet-Lite0 (:func:`~captum_masks.bench.zoo.load_efficientnet_lite0`).
+        model (nn.Module): EfficientNet-Lite0
+            (:func:`~captum_masks.bench.zoo.load_efficientnet_lite0`).
         n (int): number of composites.
         objects_per_image (int): 1 (:func:`~captum_masks.bench.zoo.paste_composite`) or 2
             (:func:`~captum_masks.bench.zoo.paste_pair`).

@@ -21,7 +21,13 @@ from captum_masks.neuromask import NeuroMaskAttr
 from captum_masks.optimization import Optimization
 from captum_masks.rise import RISE
 
-CAPTUM_METHODS = ("Saliency", "IntegratedGradients", "Occlusion", "FeatureAblation", "LayerGradCam")
+CAPTUM_METHODS = (
+    "Saliency",
+    "IntegratedGradients",
+    "Occlusion",
+    "FeatureAblation",
+    "LayerGradCam",
+)
 OUR_METHODS = (
     *(f"MeaningfulPerturbation/{game}" for game in GAMES),
     "NeuroMaskAttr",
@@ -93,7 +99,7 @@ def method_arguments(method: type[Any], settings: dict) -> dict:
 
 
 def _argument_type(method: type[Any], argument: str) -> type:
-    """The class of this package named in ``argument``'s annotation (e.g. ``SigmoidMask | None``)."""
+    """The class of this package named in ``argument``'s annotation (``SigmoidMask | None``)."""
     import captum_masks
 
     annotation = str(inspect.signature(method.attribute).parameters[argument].annotation)

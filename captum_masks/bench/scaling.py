@@ -63,7 +63,9 @@ def measure_scaling(
         seconds = {}
         for count in processes:
             with tempfile.TemporaryDirectory() as out:
-                seconds[count] = _timed_run(method, count, max(1, cores // count), images, out, batch_size)
+                seconds[count] = _timed_run(
+                    method, count, max(1, cores // count), images, out, batch_size
+                )
         rows.append(ScalingRow(method, images, seconds))
     return rows
 
@@ -95,7 +97,8 @@ def format_scaling(rows: Sequence[ScalingRow], machines: Sequence[int] = (1, 8, 
         best = max(rates.values())
         cells = [row.method, *(_rate(rates[p]) for p in counts)]
         cells += [
-            f"{IMAGENET_VAL:,} ÷ ({_rate(best)} × {n}) s = {IMAGENET_VAL / (best * n) / 3600:.1f} h"
+            f"{IMAGENET_VAL:,} ÷ ({_rate(best)} × {n}) s = "
+            f"{IMAGENET_VAL / (best * n) / 3600:.1f} h"
             for n in machines
         ]
         lines.append("| " + " | ".join(cells) + " |")

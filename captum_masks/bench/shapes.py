@@ -56,7 +56,7 @@ class SyntheticBatch:
 
 
 def shape_mask(kind: str, size: int, centre: tuple[float, float], radius: float) -> Tensor:
-    """A boolean (size, size) mask of a filled shape centred at ``centre`` with half-size ``radius``."""
+    """A boolean (size, size) mask of a filled shape at ``centre``, of half-size ``radius``."""
     rows = torch.arange(size, dtype=torch.float32).view(-1, 1) - centre[0]
     cols = torch.arange(size, dtype=torch.float32).view(1, -1) - centre[1]
     if kind == "circle":
@@ -121,8 +121,11 @@ def _paint_photo(kind: int, size: int, centre, radius: float, rng) -> tuple[Tens
     if rng.uniform() < 0.5:
         crop = crop.flip(-1)
     resized = F.interpolate(
-        crop.unsqueeze(0), size=(bottom - top, right - left), mode="bilinear",
-        antialias=True, align_corners=False,
+        crop.unsqueeze(0),
+        size=(bottom - top, right - left),
+        mode="bilinear",
+        antialias=True,
+        align_corners=False,
     )[0]
     pixels = torch.zeros(3, size, size)
     pixels[:, top:bottom, left:right] = resized.clamp(0.0, 1.0)

@@ -147,7 +147,7 @@ def _faults_per(work: Callable[[], Result], count: int) -> tuple[Result, float |
 
 
 def bare_forward_backward(model: nn.Module, inputs: Tensor, target: Tensor) -> None:
-    """One forward pass and a backward pass to the input, scoring ``target`` (one class per row)."""
+    """One forward and one backward pass to the input, scoring ``target`` (one class per row)."""
     with torch.enable_grad():
         x = inputs.detach().requires_grad_(True)
         torch.autograd.grad(model(x).gather(1, target.view(-1, 1)).sum(), x)
@@ -186,7 +186,8 @@ def measure_speed(
         faults per bare pass and per iteration; None where they are not counted),
         ``default_iters``, ``seconds_per_image`` (a whole
         explanation at default settings, with ``settings``, averaged over ``images``) and
-        ``iterations_run`` (the mean iterations per image of that run); with ``before``, also ``seconds_per_image_before``
+        ``iterations_run`` (the mean iterations per image of that run); with ``before``, also
+        ``seconds_per_image_before``
         and ``iterations_run_before``.
 
     Examples::
@@ -337,7 +338,8 @@ def format_speed(results: list[dict]) -> str:
         )
         if compared:
             line += (
-                f" {result['iterations_run_before']:.4g} | {result['seconds_per_image_before']:.3g} |"
+                f" {result['iterations_run_before']:.4g} |"
+                f" {result['seconds_per_image_before']:.3g} |"
                 if "seconds_per_image_before" in result
                 else " – | – |"
             )

@@ -101,7 +101,9 @@ def synthetic_suite(n: int, seed: int = 0, split: str = "held-out") -> Suite:
     from captum_masks.bench.synthetic import load_reference_cnn, make_synthetic
 
     model = load_reference_cnn(multilabel=False).model
-    return _single_object_suite("synthetic", model, make_synthetic(n, _synthetic_seed(split, seed)))
+    return _single_object_suite(
+        "synthetic", model, make_synthetic(n, _synthetic_seed(split, seed))
+    )
 
 
 def _single_object_suite(name: str, model: nn.Module, batch) -> Suite:

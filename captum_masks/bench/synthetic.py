@@ -1,4 +1,5 @@
-"""A ground-truth benchmark: shapes pasted onto real backgrounds (:mod:`captum_masks.bench.shapes`),
+"""A ground-truth benchmark: shapes pasted onto real backgrounds
+(:mod:`captum_masks.bench.shapes`),
 and a CNN trained on them.
 
 :func:`load_reference_cnn` gives a small CNN trained on it: the weights that ship with the bench
@@ -80,7 +81,8 @@ SHIPPED_WEIGHTS = Path(__file__).parent / "weights"
 
 
 def cache_dir() -> Path:
-    """Where trained reference models are kept: ``$CAPTUM_MASKS_CACHE`` or ~/.cache/captum_masks."""
+    """Where trained reference models are kept: ``$CAPTUM_MASKS_CACHE``, else
+    ~/.cache/captum_masks."""
     root = os.environ.get("CAPTUM_MASKS_CACHE") or Path.home() / ".cache" / "captum_masks"
     return Path(root)
 
@@ -189,7 +191,8 @@ def load_reference_cnn(
     if verbose:
         print(
             f"reference CNN ({'multi' if multilabel else 'single'}-label, {objects}): test "
-            f"accuracy {result.test_accuracy:.3f}, without the objects {result.accuracy_without_objects:.3f}"
+            f"accuracy {result.test_accuracy:.3f}, "
+            f"without the objects {result.accuracy_without_objects:.3f}"
             + (f", trained in {train_seconds:.0f} s" if train_seconds else f" (from {path})")
         )
     return result

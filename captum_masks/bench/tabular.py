@@ -80,20 +80,22 @@ def _explainers(model: nn.Module) -> dict:
     from captum_masks import MeaningfulPerturbation, NeuroMaskAttr
 
     return {
-        "ShapleyValueSampling": lambda x, t: ShapleyValueSampling(model)
-        .attribute(x, target=t, baselines=0.0, n_samples=50)
-        .abs(),
-        "MeaningfulPerturbation": lambda x, t: MeaningfulPerturbation(model).attribute(x, target=t),
+        "ShapleyValueSampling": lambda x, t: (
+            ShapleyValueSampling(model).attribute(x, target=t, baselines=0.0, n_samples=50).abs()
+        ),
+        "MeaningfulPerturbation": lambda x, t: MeaningfulPerturbation(model).attribute(
+            x, target=t
+        ),
         "MeaningfulPerturbation/preservation": lambda x, t: MeaningfulPerturbation(
             model
         ).attribute(x, target=t, game="preservation"),
         "NeuroMaskAttr": lambda x, t: NeuroMaskAttr(model).attribute(x, target=t),
-        "FeatureAblation": lambda x, t: FeatureAblation(model)
-        .attribute(x, target=t, baselines=0.0)
-        .abs(),
-        "IntegratedGradients": lambda x, t: IntegratedGradients(model)
-        .attribute(x, target=t, baselines=0.0)
-        .abs(),
+        "FeatureAblation": lambda x, t: (
+            FeatureAblation(model).attribute(x, target=t, baselines=0.0).abs()
+        ),
+        "IntegratedGradients": lambda x, t: (
+            IntegratedGradients(model).attribute(x, target=t, baselines=0.0).abs()
+        ),
     }
 
 

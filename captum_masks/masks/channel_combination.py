@@ -1,4 +1,5 @@
-"""Guided Feature Inversion's mask: a combination of a layer's feature maps (Du et al., Eq. 6-7)."""
+"""Guided Feature Inversion's mask: a combination of a layer's feature maps (Du et al.,
+Eq. 6-7)."""
 
 from __future__ import annotations
 

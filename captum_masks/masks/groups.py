@@ -63,7 +63,7 @@ class FeatureGroups:
         masks = (feature_mask,) if isinstance(feature_mask, Tensor) else feature_mask
         if not isinstance(masks, tuple) or len(masks) != len(inputs):
             raise TypeError(
-                f"feature_mask must be a tensor (one input) or a tuple with one integer tensor per "
+                "feature_mask must be a tensor (one input) or a tuple with one integer tensor per "
                 f"input tensor ({len(inputs)}), got {_describe(feature_mask)}"
             )
         index = []
@@ -76,9 +76,7 @@ class FeatureGroups:
             if groups.device != x.device:
                 raise ValueError(f"{where} is on {groups.device}, its input on {x.device}")
             full = groups.reshape((1,) * (x.dim() - groups.dim()) + tuple(groups.shape))
-            fits = full.dim() == x.dim() and all(
-                g in (1, n) for g, n in zip(full.shape, x.shape)
-            )
+            fits = full.dim() == x.dim() and all(g in (1, n) for g, n in zip(full.shape, x.shape))
             if not fits:
                 raise ValueError(
                     f"{where} of shape {tuple(groups.shape)} must be broadcastable to its input "
@@ -204,4 +202,10 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
-__all__ = ["MAX_SPATIAL_AXES", "FeatureGroups", "GroupedMask", "mask_over_inputs", "resolve_groups"]
+__all__ = [
+    "MAX_SPATIAL_AXES",
+    "FeatureGroups",
+    "GroupedMask",
+    "mask_over_inputs",
+    "resolve_groups",
+]

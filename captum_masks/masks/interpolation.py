@@ -39,11 +39,9 @@ def _apply_per_axis(operators: Sequence[Tensor], values: Tensor) -> Tensor:
     """``(N, *low)`` values mapped by one ``(side, low)`` matrix per axis to ``(N, *sides)``:
     ``"ia,nab,jb->nij"`` for images, likewise in 1-D and 3-D."""
     full, low = "ijk"[: len(operators)], "abc"[: len(operators)]
-    names = [f"{f}{l}" for f, l in zip(full, low)]
+    names = [f"{outer}{inner}" for outer, inner in zip(full, low)]
     equation = ",".join([names[0], f"n{low}", *names[1:]]) + f"->n{full}"
     return torch.einsum(equation, operators[0], values, *operators[1:])
-
-
 
 
 def smooth_upsampling(
@@ -55,7 +53,9 @@ def smooth_upsampling(
     basis = torch.eye(low, device=like.device, dtype=like.dtype).unsqueeze(1)
     upsampled = F.interpolate(basis, scale_factor=factor, mode="linear", align_corners=False)
     padded = F.pad(upsampled, (shifts, 0), mode="replicate")
-    shifted = torch.cat([padded[..., shifts - s : shifts - s + side] for s in range(shifts)], dim=1)
+    shifted = torch.cat(
+        [padded[..., shifts - s : shifts - s + side] for s in range(shifts)], dim=1
+    )
     return gaussian_blur(shifted, sigma).permute(1, 2, 0).contiguous()
 
 

@@ -70,9 +70,7 @@ class SigmoidMask(CellMask):
         block = self.block_for(spatial_shape)
         return [math.ceil(side / block) for side in spatial_shape]
 
-    def init_cells(
-        self, shape: Sequence[int], like: Tensor, generator: torch.Generator
-    ) -> Tensor:
+    def init_cells(self, shape: Sequence[int], like: Tensor, generator: torch.Generator) -> Tensor:
         low, high = self.init_range
         one = (1, *shape[1:])  # one draw for every example: a batch gives one-by-one results
         uniform = torch.rand(one, generator=generator, device=like.device, dtype=like.dtype)

@@ -315,7 +315,7 @@ def saliency_metric(
             )
         probability = select_scores(forward_func(torch.cat(crops)), targets, apply_softmax=True)
     area = inputs.new_tensor(
-        [max(b - t, 0) * max(r - l, 0) / (height * width) for t, l, b, r in boxes]
+        [max(b - t, 0) * max(r - left, 0) / (height * width) for t, left, b, r in boxes]
     )
     return torch.log(area.clamp_min(0.05)) - torch.log(probability.clamp_min(1e-12))
 
