@@ -71,7 +71,7 @@ class MeaningfulPerturbation(MaskAttribution):
     image (the same expectation up to the border); L1 and TV act on the low-resolution mask as in
     the authors' code. Each example stops once its loss has settled (``Optimization.tolerance``):
     on the
-    held-out photos the masks settle in about a third of the 300 iterations (the README's speed
+    held-out photos the masks settle in about a third of the 300 iterations (the docs' speed
     table) and keep the quality of the full schedule (its calibration table).
 
     Args:

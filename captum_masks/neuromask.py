@@ -54,14 +54,14 @@ class NeuroMaskAttr(MaskAttribution):
     - ``init_range`` is separate from τ, and the defaults are not the authors' ImageNet setting
       (init U(−10, 10), T = 0.3, RMSProp lr 0.03, τ = 10, squared 5 × 5 Laplacian, 400
       iterations): weights drawn from U(−10, 10) and divided by 0.3 start saturated, where the
-      sigmoid has no gradient, and the mask stays at chance on the real model. The README's
-      calibration table measures it against the defaults (U(−1, 1), T = 1.5, lr 0.2).
+      sigmoid has no gradient, and the mask stays at chance on the real model. The docs' NeuroMask
+      page measures it against the defaults (U(−1, 1), T = 1.5, lr 0.2).
     - λ_sp = 35, a hundred times the authors' 0.35. With the mean, each pixel's pull towards −τ
       is λ_sp / (H·W); at 0.35 it is weaker than the cross-entropy's gradient even once the
       probability has saturated, and RMSProp, which moves each weight by about ``lr`` whatever
       its gradient's size, then keeps every pixel whose gradient leans towards the class: on
       photos with two objects a third of the mask lay on the other object. At 35 only the
-      pixels the class needs stay (README, calibration table: relevance mass on the explained
+      pixels the class needs stay (docs, NeuroMask page: relevance mass on the explained
       object 0.67 → 0.85 on the calibration pairs, 0.84 → 0.89 on single objects).
     - 100 iterations: at λ_sp = 35 the weights reach −τ within about 100 steps and the masks of
       100 and 300 iterations score the same on the calibration photos. Early stopping
@@ -71,13 +71,14 @@ class NeuroMaskAttr(MaskAttribution):
     - T = 1.5: on the calibration photos it keeps more of the mask on the explained object than
       T = 2 (the previous default); a sharper T = 1 points at the wrong shape more often on
       64-px pairs, and on short token sequences can leave a mask at 0 everywhere, evidence
-      included (README, NeuroMask's calibration). τ = 20 (the paper's) gives σ(−τ / T) ≈ 2e-6.
+      included (the docs' NeuroMask page). τ = 20 (the paper's) gives σ(−τ / T) ≈ 2e-6.
     - On images, one weight per block of pixels rather than per pixel (``SigmoidMask.block``: 4 × 4
       at 224 px, about 56 weights along the shorter side). A pixel mask keeps a speckle of
       single pixels wherever the model responds, and next to a second object that speckle can
       land on it; blocks are too coarse for that. On 80 calibration rows of two-object photos
       pointing went from 0.938 to 0.975 and discrimination from 0.963 to 0.988, with the same
-      relevance mass (README). Sequences, volumes and rows keep one weight per position.
+      relevance mass (the docs' NeuroMask page). Sequences, volumes and rows keep one weight per
+      position.
 
     Args:
         forward_func (Callable): the network F of Algorithm 1, or any function returning scores

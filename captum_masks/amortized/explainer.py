@@ -95,7 +95,8 @@ class AmortizedExplainer(MaskAttribution):
             compact :class:`MaskNet` only, and not with ``layer`` or channels-last sequences,
             where it means None). The classifier's own features tell the explainer which object
             is which class from the first step, so the masks become class-specific in far fewer
-            epochs (measured in the README). None: the input alone, as in Stalder et al.
+            epochs (measured on the docs' AmortizedExplainer page). None: the input alone, as in
+            Stalder et al.
             Default: "auto"
         channels_last (bool, optional): inputs (or ``layer``'s output) are (N, L, D) sequences
             with the features last; the mask spans the positions. None: True for an
@@ -310,7 +311,7 @@ class AmortizedExplainer(MaskAttribution):
                 λ_a's term: the authors' code's (0.1, 0.3), under which the classification term
                 outweighs the area and each class's mask leaves the other classes' objects
                 sooner; (1, 1) is Eq. 6 as written, with tighter masks that take longer to
-                become class-specific (README). Default: (0.1, 0.3)
+                become class-specific (the docs' AmortizedExplainer page). Default: (0.1, 0.3)
             l1_weight, l2_weight (float, optional): Phillips et al.'s penalties on the mask
                 (their values). Default: 1e-3, 1e-4
             separate_classes (bool, optional): train on one row per (input, class of that
@@ -318,8 +319,8 @@ class AmortizedExplainer(MaskAttribution):
                 or not, is a non-target, so m ⊙ x must show that class without the others and a
                 class's mask has to leave out the other classes' objects. False is Eq. 2 as
                 written, all of an input's classes in one m; on the two-object synthetic suite
-                that gave every class the same mask (see the README). Single-label data is the
-                same either way. Default: True
+                that gave every class the same mask (the docs' AmortizedExplainer page).
+                Single-label data is the same either way. Default: True
             patience (int or None, optional): stop after this many epochs without a better loss;
                 None trains all epochs. The explainer of the best epoch is kept. Default: 3
             checkpoint (str or path, optional): written after every epoch (to a temporary file,

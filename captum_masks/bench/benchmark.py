@@ -17,7 +17,7 @@ on time. Four suites:
   on the other object.
 
 Each suite has a ``"calibration"`` split, where settings are chosen, and a ``"held-out"`` split,
-which the README reports; the photo splits have disjoint backgrounds.
+which the docs report; the photo splits have disjoint backgrounds.
 
 ``AmortizedExplainer`` needs an explainer trained for the suite's model; the one for the
 multi-label reference CNN (:func:`captum_masks.bench.synthetic.load_synthetic_explainer`) makes
@@ -127,7 +127,7 @@ def run_benchmark(
             (:data:`REFERENCE_METHODS`) run only when named, and need installing.
         n (int): number of images; the same ``n`` and ``seed`` give the same images.
         seed (int): picks the images and seeds the stochastic methods.
-        split (str): ``"held-out"`` (what the README reports) or ``"calibration"`` (where
+        split (str): ``"held-out"`` (what the docs report) or ``"calibration"`` (where
             settings are chosen): disjoint backgrounds for the photos
             (:mod:`captum_masks.bench.layouts`), disjoint generator seeds for the synthetic images.
         deletion_steps (int): steps of the deletion and insertion curves.

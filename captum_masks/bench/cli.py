@@ -22,7 +22,7 @@ from captum_masks.bench.zoo import SAMPLE_IMAGES
 THREADS_HELP = (
     "torch's CPU threads for this run (default: torch's own choice, one per core). Use fewer "
     "when other work shares the cores: threads that outnumber the free cores spin against each "
-    "other (measured in the README's command-line section)"
+    "other (measured on the docs' getting-started page)"
 )
 #: each subcommand and what it does (its --help line)
 COMMANDS = {
@@ -280,7 +280,7 @@ def _add_explain(commands: Any, common: argparse.ArgumentParser) -> None:
         type=float,
         default=0.0,
         help="smoothing (px) of the map before the pointing game, where the data has masks; "
-        "the README's photo tables use 4",
+        "the docs' photo tables use 4",
     )
     _add_settings(explain, "the method's attribute arguments, e.g. --set optimization.n_iter=150")
 

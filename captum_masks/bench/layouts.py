@@ -1,7 +1,7 @@
 """Photo composites for the benchmark's photo suites: real objects pasted on real textures at
 varied scales and positions, split into a calibration and a held-out set of backgrounds.
 
-Settings are chosen on the ``"calibration"`` split; the README reports the ``"held-out"`` split,
+Settings are chosen on the ``"calibration"`` split; the docs report the ``"held-out"`` split,
 whose backgrounds are never seen while choosing them. A layout is kept only when
 EfficientNet-Lite0 recognises each of its objects pasted alone at the same place (its top class
 is one of the object's :attr:`~captum_masks.bench.zoo.PhotoObject.classes`), so that every

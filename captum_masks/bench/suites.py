@@ -276,14 +276,14 @@ class SuiteDataset(torch.utils.data.Dataset):
 
 
 def held_out_photos() -> SuiteDataset:
-    """The README's 12 held-out single-object photos with their masks, for
+    """The docs' 12 held-out single-object photos with their masks, for
     ``python -m captum_masks explain --data captum_masks.bench.suites:held_out_photos``
     (EfficientNet-Lite0, ``--target label``)."""
     return SuiteDataset(photos_suite(12))
 
 
 def held_out_photo_pairs() -> SuiteDataset:
-    """The README's 8 held-out two-object photos (16 rows) with both objects' masks."""
+    """The docs' 8 held-out two-object photos (16 rows) with both objects' masks."""
     return SuiteDataset(photos_pairs_suite(8))
 
 

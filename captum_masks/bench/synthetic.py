@@ -244,7 +244,7 @@ def _train(model: nn.Module, settings: dict, verbose: bool) -> None:
 
 
 #: how :func:`load_synthetic_explainer` trains: the input alone, as Stalder et al.'s explainer
-#: sees it, for 20 epochs (see the README's AmortizedExplainer section, which also measures the
+#: sees it, for 20 epochs (see the docs' AmortizedExplainer page, which also measures the
 #: defaults: ``feature_layer="auto"``, ``lr=4e-3``)
 EXPLAINER_SETTINGS = {
     "train_size": 2000,
