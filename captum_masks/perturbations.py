@@ -272,11 +272,7 @@ class Blur(_Blended):
     def reference(
         self, inputs: Tensor, baselines: BaselineValue, generator: torch.Generator
     ) -> Tensor:
-        if baselines is not None:
-            raise ValueError(
-                "baselines is only used by the constant and noise perturbations; the blur "
-                "perturbation replaces content by a blurred copy of the input"
-            )
+        _check_no_baselines([baselines])
         return gaussian_blur(inputs, self.sigma)
 
 
@@ -349,11 +345,7 @@ class BlurPyramid:
     def reference(
         self, inputs: Tensor, baselines: BaselineValue, generator: torch.Generator
     ) -> Tensor:
-        if baselines is not None:
-            raise ValueError(
-                "baselines is only used by perturbation='constant'; the blur perturbation "
-                "replaces content by blurred copies of the input"
-            )
+        _check_no_baselines([baselines])
         return blur_pyramid(inputs, self.levels, self.max_sigma)
 
     def apply(self, inputs: Tensor, mask: Tensor, reference: Tensor) -> Tensor:
@@ -387,11 +379,8 @@ def resolve_perturbation(
     if not isinstance(perturbation, allowed):
         kinds = ", ".join(kind.__name__ for kind in allowed)
         raise TypeError(f"perturbation must be a name or one of {kinds}, got {perturbation!r}")
-    if isinstance(perturbation, (Blur, BlurPyramid)) and any(b is not None for b in baselines):
-        raise ValueError(
-            "baselines is only used by the constant and noise perturbations; the blur "
-            "perturbation replaces content by a blurred copy of the input"
-        )
+    if isinstance(perturbation, (Blur, BlurPyramid)):
+        _check_no_baselines(baselines)
     if isinstance(perturbation, (Blur, BlurPyramid)) and any(x.dim() <= 2 for x in inputs):
         raise ValueError(
             "perturbation='blur' needs inputs with spatial axes to blur along; (N, F) rows have "
@@ -399,6 +388,15 @@ def resolve_perturbation(
             "'noise'"
         )
     return perturbation
+
+
+def _check_no_baselines(baselines: Sequence[BaselineValue]) -> None:
+    """A blur shows blurred copies of the input: ``baselines`` would be ignored."""
+    if any(b is not None for b in baselines):
+        raise ValueError(
+            "baselines is only used by the constant and noise perturbations; the blur "
+            "perturbation replaces content by blurred copies of the input"
+        )
 
 
 __all__ = [
