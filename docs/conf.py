@@ -14,7 +14,8 @@ autodoc_member_order = "bysource"
 autodoc_typehints = "none"  # the Args sections carry the types, as in Captum's docs
 html_theme = "alabaster"
 html_static_path = ["_static"]
-exclude_patterns = ["_build", "**/.ipynb_checkpoints"]
+# tables/ holds the files bench commands write; the guide pages include them
+exclude_patterns = ["_build", "**/.ipynb_checkpoints", "tables"]
 # the tutorials are shown with the outputs they were saved with: building runs no model
 nb_execution_mode = "off"
 myst_heading_anchors = 3

@@ -1,5 +1,7 @@
 """The main job, ``python -m captum_masks demo``, end to end (shortened optimisation)."""
 
+import datetime
+
 import pytest
 import torch
 from conftest import run_cli
@@ -180,3 +182,15 @@ def test_tabular_ranks_breast_cancer_features_against_shapley():
     # the masks rank the features the way Shapley values do, far from chance (0)
     assert float(table["NeuroMaskAttr"][0]) > 0.5
     assert float(table["MeaningfulPerturbation/preservation"][0]) > 0.5
+
+
+def test_a_table_is_written_under_a_head_naming_its_command_machine_and_date(tmp_path):
+    table = tmp_path / "tables" / "saliency.md"
+    arguments = ["benchmark", "--suite", "synthetic", "--methods", "Saliency", "--n", "1"]
+    result = run_cli(*arguments, "--out", str(tmp_path / "x.png"), "--table", str(table))
+    assert result.returncode == 0, result.stderr
+    head, separator, body = table.read_text().partition("| method |")
+    assert separator and "python -m captum_masks benchmark --suite synthetic" in head
+    assert "Measured on" in head and "cores" in head
+    assert datetime.date.today().isoformat() in head
+    assert (separator + body).strip() in result.stdout

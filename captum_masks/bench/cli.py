@@ -17,6 +17,7 @@ from captum_masks.bench.objects import OBJECTS
 from captum_masks.bench.runners import ALL_METHODS
 from captum_masks.bench.speed import SPEED_METHODS
 from captum_masks.bench.suites import SUITES
+from captum_masks.bench.tables import write_table
 from captum_masks.bench.zoo import SAMPLE_IMAGES
 
 THREADS_HELP = (
@@ -88,6 +89,7 @@ def _add_demo(commands: Any, common: argparse.ArgumentParser) -> None:
 
 def _add_speed(commands: Any, common: argparse.ArgumentParser) -> None:
     speed = commands.add_parser("speed", parents=[common], help=COMMANDS["speed"])
+    _add_table(speed)
     _add_methods(speed, SPEED_METHODS, f"methods to time, of {', '.join(SPEED_METHODS)}", "all")
     speed.add_argument("--batch-size", type=positive_int, default=1)
     speed.add_argument("--repeats", type=positive_int, default=3)
@@ -116,6 +118,7 @@ def _add_speed(commands: Any, common: argparse.ArgumentParser) -> None:
 
 def _add_benchmark(commands: Any, common: argparse.ArgumentParser) -> None:
     bench = commands.add_parser("benchmark", parents=[common], help=COMMANDS["benchmark"])
+    _add_table(bench)
     bench.add_argument("--suite", choices=SUITES, default="synthetic")
     _add_methods(
         bench,
@@ -196,6 +199,7 @@ def _add_explainer_epochs(commands: Any, common: argparse.ArgumentParser) -> Non
 
 def _add_tabular(commands: Any, common: argparse.ArgumentParser) -> None:
     tabular = commands.add_parser("tabular", parents=[common], help=COMMANDS["tabular"])
+    _add_table(tabular)
     tabular.add_argument("--split", choices=SPLITS, default="held-out")
     tabular.add_argument(
         "--n", type=positive_int, default=None, help="explain the first n rows (default: all)"
@@ -213,6 +217,23 @@ def _add_methods(
         choices=list(choices),
         metavar="METHOD",
         help=f"{help_text} (default: {default_text})",
+    )
+
+
+def _print_table(args: argparse.Namespace, command: str, table: str) -> None:
+    """Print a measurement table, and write it where ``--table`` says."""
+    print(table)
+    if args.table is not None:
+        write_table(args.table, command, table)
+
+
+def _add_table(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--table",
+        default=None,
+        metavar="PATH",
+        help="also write the table to this Markdown file, under a head that names the command, "
+        "the machine and the date (the docs include such files)",
     )
 
 
@@ -289,6 +310,7 @@ def _add_scaling(commands: Any, common: argparse.ArgumentParser) -> None:
     from captum_masks.bench.scaling import SCALING_METHODS
 
     scaling = commands.add_parser("scaling", parents=[common], help=COMMANDS["scaling"])
+    _add_table(scaling)
     scaling.add_argument(
         "--methods",
         nargs="+",
@@ -306,6 +328,7 @@ def _add_scaling(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
+    command = " ".join(["python -m captum_masks", *(sys.argv[1:] if argv is None else argv)])
     if args.command == "demo":
         from captum_masks.bench.demo import run_demo
 
@@ -332,9 +355,8 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
             )
         if rank != 0:
             return
-        command = " ".join(["python -m captum_masks", *(sys.argv[1:] if argv is None else argv)])
         print(f"\n{args.suite} suite, {args.split} split, {args.n} images ({command}):\n")
-        print(format_table(result))
+        _print_table(args, command, format_table(result))
         if args.rows:
             print(f"\nEvery row:\n\n{format_rows(result)}")
         out = args.out or f"benchmark_{args.suite}.png"
@@ -370,11 +392,11 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
         rows = measure_scaling(
             args.methods, args.processes, args.images, batch_size=args.batch_size
         )
-        print(format_scaling(rows))
+        _print_table(args, command, format_scaling(rows))
     elif args.command == "tabular":
         from captum_masks.bench.tabular import format_tabular, tabular_report
 
-        print(format_tabular(tabular_report(args.split, args.n, args.seed)))
+        _print_table(args, command, format_tabular(tabular_report(args.split, args.n, args.seed)))
     elif args.command == "explainer-epochs":
         from captum_masks.bench.explainer_epochs import (
             explainer_epochs_report,
@@ -407,4 +429,4 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
             )
             for method in args.methods or SPEED_METHODS
         ]
-        print(format_speed(results))
+        _print_table(args, command, format_speed(results))
