@@ -12,6 +12,7 @@ from torch import Tensor
 from captum_masks._engine.call import MaskAttribution, mask_attribute
 from captum_masks._engine.checks import (
     check_at_least,
+    check_bool,
     check_choice,
     check_instance,
     check_one_tensor,
@@ -293,8 +294,7 @@ def _check_arguments(
     check_choice("reward", reward, REWARDS)
     check_at_least("area_weight", area_weight, 0.0, "the weight of the area term")
     check_at_least("area_weight_growth", area_weight_growth, 1e-6, "λ's last ÷ first value")
-    if not isinstance(jitter, bool):
-        raise TypeError(f"jitter must be a bool, got {type(jitter).__name__}")
+    check_bool("jitter", jitter)
     return tuple(float(a) for a in fractions)
 
 

@@ -13,7 +13,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from captum_masks._engine.checks import check_positive_int
+from captum_masks._engine.checks import (
+    check_bool,
+    check_positive,
+    check_positive_int,
+    check_seed,
+)
 
 if TYPE_CHECKING:
     from captum_masks.masks.low_resolution import LowResolutionMask
@@ -131,8 +136,7 @@ def _check_field(name: str, value: Any) -> None:
     elif name == "internal_batch_size":
         check_positive_int(name, value, allow_none=True)
     elif name == "lr":
-        if not isinstance(value, numbers.Real) or isinstance(value, bool) or not float(value) > 0:
-            raise ValueError(f"lr must be a number > 0, got {value!r}")
+        check_positive(name, value)
     elif name == "optimizer":
         if isinstance(value, str) and value not in OPTIMIZERS:
             raise ValueError(
@@ -152,11 +156,9 @@ def _check_field(name: str, value: Any) -> None:
         ):
             raise ValueError(f"tolerance must be None or a number >= 0, got {value!r}")
     elif name == "show_progress":
-        if not isinstance(value, bool):
-            raise TypeError(f"show_progress must be a bool, got {type(value).__name__}")
+        check_bool(name, value)
     elif name == "seed":
-        if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-            raise TypeError(f"seed must be an int, got {type(value).__name__}")
+        check_seed(value)
 
 
 #: the fields every method shares unless it says otherwise

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from captum_masks._engine.checks import check_bool
+
 
 def _flat(mask: Tensor) -> Tensor:
     return mask.reshape(mask.shape[0], -1)
@@ -120,8 +122,7 @@ class Laplacian:
     def __post_init__(self) -> None:
         if self.kernel_size not in (3, 5):
             raise ValueError(f"kernel_size must be 3 or 5, got {self.kernel_size!r}")
-        if not isinstance(self.squared, bool):
-            raise TypeError(f"squared must be a bool, got {type(self.squared).__name__}")
+        check_bool("squared", self.squared)
 
     def __call__(self, mask: Tensor) -> Tensor:
         """The term for ``(N, 1, *spatial)`` masks: (N,)."""

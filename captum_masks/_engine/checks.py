@@ -251,6 +251,18 @@ def check_instance(name: str, value: Any, kind: type, default: Any) -> Any:
     return value
 
 
+def check_seed(seed: Any) -> None:
+    """A seed is an int (not a bool)."""
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+
+
+def check_bool(name: str, value: Any) -> None:
+    """A flag is a bool, not a truthy value."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+
+
 def check_at_least(name: str, value: Any, lower: float, why: str) -> None:
     """``value`` must be a real number ≥ ``lower``; ``why`` ends the error message."""
     if not (
@@ -262,12 +274,14 @@ def check_at_least(name: str, value: Any, lower: float, why: str) -> None:
 __all__ = [
     "TargetError",
     "check_at_least",
+    "check_bool",
     "check_choice",
     "check_instance",
     "check_non_negative",
     "check_positive",
     "check_positive_int",
     "check_positive_ints",
+    "check_seed",
     "format_inputs",
     "map_batch",
     "per_input_baselines",

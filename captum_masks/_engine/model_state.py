@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from captum_masks._engine.checks import check_seed
 from captum_masks._engine.user_warnings import warn_user
 
 
@@ -122,13 +123,7 @@ def make_generator(seed: int, device: torch.device) -> torch.Generator:
     return generator
 
 
-def check_seed(seed: Any) -> None:
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-
-
 __all__ = [
-    "check_seed",
     "leaves_model_as_found",
     "make_generator",
     "modules_of",

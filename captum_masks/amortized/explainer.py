@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from captum_masks._engine.call import MaskAttribution
 from captum_masks._engine.checks import (
+    check_bool,
     check_choice,
     check_one_tensor,
     check_positive_ints,
@@ -30,7 +31,6 @@ from captum_masks.amortized.losses import LossSettings
 from captum_masks.amortized.network import ExplainerNetwork
 from captum_masks.amortized.persistence import (
     checkpoint_header,
-    feature_channels,
     read_checkpoint,
 )
 from captum_masks.amortized.training import FitHistory, evaluating
@@ -138,8 +138,7 @@ class AmortizedExplainer(MaskAttribution):
         check_positive_ints(num_classes=num_classes, width=width, depth=depth)
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-        if not isinstance(multilabel, bool):
-            raise TypeError(f"multilabel must be a bool, got {type(multilabel).__name__}")
+        check_bool("multilabel", multilabel)
         if explainer is not None and not isinstance(explainer, (nn.Module, str)):
             raise TypeError(
                 "explainer must be None, 'deeplabv3_resnet50' or an nn.Module, got "
@@ -265,7 +264,6 @@ class AmortizedExplainer(MaskAttribution):
         with torch.no_grad(), evaluating(self.network.module):
             return torch.sigmoid(self.network.logits(x)).to(x.dtype)
 
-    # ------------------------------------------------------------------ training
     def fit(
         self,
         train_data: Iterable,
@@ -370,7 +368,6 @@ class AmortizedExplainer(MaskAttribution):
             show_progress=show_progress,
         )
 
-    # ------------------------------------------------------------------ checkpoints
     def save(self, path: str | os.PathLike) -> None:
         """Write the trained explainer and its settings (atomically: a temporary file, then a
         rename).
@@ -442,18 +439,7 @@ class AmortizedExplainer(MaskAttribution):
             depth=config["depth"],
             baselines=config["baselines"],
         )
-        network = restored.network
-        if network.module is None:
-            channels, dims = config["input_channels"], config["spatial_dims"]
-            features = feature_channels(saved["state"], network.kind)
-            probe = torch.zeros(1, channels, *([8] * dims))
-            fed = (torch.zeros(1, features, *([1] * dims)),) if features else ()
-            network.build((probe, *fed), channels)
-        assert network.module is not None
-        network.module.load_state_dict(saved["state"])
-        network.trained = True
-        if config["input_channels"] is not None:
-            network.input_shape = (config["input_channels"], config["spatial_dims"])
+        restored.network.restore(config, saved["state"])
         return restored
 
 

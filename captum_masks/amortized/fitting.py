@@ -13,11 +13,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from captum_masks._engine.checks import check_choice, check_positive, check_positive_int
+from captum_masks._engine.checks import (
+    check_bool,
+    check_choice,
+    check_positive,
+    check_positive_int,
+    check_seed,
+)
 from captum_masks._engine.distributed import rank_and_world_size
 from captum_masks._engine.files import save_atomically
 from captum_masks._engine.model_state import (
-    check_seed,
     modules_of,
     restored_buffers,
     warn_if_training,
@@ -74,10 +79,7 @@ class Trainer:
     ) -> None:
         settings.validate()
         check_choice("targets", targets, TARGET_SOURCES)
-        if not isinstance(separate_classes, bool):
-            raise TypeError(
-                f"separate_classes must be a bool, got {type(separate_classes).__name__}"
-            )
+        check_bool("separate_classes", separate_classes)
         self.network, self.settings = network, settings
         self.targets, self.separate_classes = targets, separate_classes
 

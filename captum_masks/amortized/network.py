@@ -17,6 +17,7 @@ from captum_masks._engine.layout import MaskLayout
 from captum_masks._engine.model_state import seeded_global_rng
 from captum_masks._engine.user_warnings import warn_user
 from captum_masks.amortized.networks import MaskNet, checked_logits, deeplab_explainer
+from captum_masks.amortized.persistence import feature_channels
 from captum_masks.masks.interpolation import upsample_linearly
 
 #: wider maps (an ImageNet network's head) are left out of the automatic choice
@@ -167,6 +168,21 @@ class ExplainerNetwork:
             self.module.eval()  # fit switches it to training mode while it trains
             self.input_shape = (input_channels, spatial_dims)
         return self.module.to(device=explainer_input.device, dtype=explainer_input.dtype)
+
+    def restore(self, config: dict, state: dict) -> None:
+        """Build the network a checkpoint's ``config`` describes (the default one from the input
+        shape it recorded) and load its ``state``: the network is then trained."""
+        if self.module is None:
+            channels, dims = config["input_channels"], config["spatial_dims"]
+            features = feature_channels(state, self.kind)
+            probe = torch.zeros(1, channels, *([8] * dims))
+            fed = (torch.zeros(1, features, *([1] * dims)),) if features else ()
+            self.build((probe, *fed), channels)
+        assert self.module is not None
+        self.module.load_state_dict(state)
+        self.trained = True
+        if config["input_channels"] is not None:
+            self.input_shape = (config["input_channels"], config["spatial_dims"])
 
     def target_logits(self, x: Tensor, classes: Tensor) -> Tensor:
         """The logits S_c (N, 1, *spatial) of one class c per example."""

@@ -17,7 +17,7 @@ from captum_masks.bench.objects import OBJECTS
 from captum_masks.bench.runners import ALL_METHODS
 from captum_masks.bench.speed import SPEED_METHODS
 from captum_masks.bench.suites import SUITES
-from captum_masks.bench.tables import write_table
+from captum_masks.bench.tables import add_table_argument, print_table
 from captum_masks.bench.zoo import SAMPLE_IMAGES
 
 THREADS_HELP = (
@@ -89,7 +89,7 @@ def _add_demo(commands: Any, common: argparse.ArgumentParser) -> None:
 
 def _add_speed(commands: Any, common: argparse.ArgumentParser) -> None:
     speed = commands.add_parser("speed", parents=[common], help=COMMANDS["speed"])
-    _add_table(speed)
+    add_table_argument(speed)
     _add_methods(speed, SPEED_METHODS, f"methods to time, of {', '.join(SPEED_METHODS)}", "all")
     speed.add_argument("--batch-size", type=positive_int, default=1)
     speed.add_argument("--repeats", type=positive_int, default=3)
@@ -118,7 +118,7 @@ def _add_speed(commands: Any, common: argparse.ArgumentParser) -> None:
 
 def _add_benchmark(commands: Any, common: argparse.ArgumentParser) -> None:
     bench = commands.add_parser("benchmark", parents=[common], help=COMMANDS["benchmark"])
-    _add_table(bench)
+    add_table_argument(bench)
     bench.add_argument("--suite", choices=SUITES, default="synthetic")
     _add_methods(
         bench,
@@ -199,7 +199,7 @@ def _add_explainer_epochs(commands: Any, common: argparse.ArgumentParser) -> Non
 
 def _add_tabular(commands: Any, common: argparse.ArgumentParser) -> None:
     tabular = commands.add_parser("tabular", parents=[common], help=COMMANDS["tabular"])
-    _add_table(tabular)
+    add_table_argument(tabular)
     tabular.add_argument("--split", choices=SPLITS, default="held-out")
     tabular.add_argument(
         "--n", type=positive_int, default=None, help="explain the first n rows (default: all)"
@@ -217,23 +217,6 @@ def _add_methods(
         choices=list(choices),
         metavar="METHOD",
         help=f"{help_text} (default: {default_text})",
-    )
-
-
-def _print_table(args: argparse.Namespace, command: str, table: str) -> None:
-    """Print a measurement table, and write it where ``--table`` says."""
-    print(table)
-    if args.table is not None:
-        write_table(args.table, command, table)
-
-
-def _add_table(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--table",
-        default=None,
-        metavar="PATH",
-        help="also write the table to this Markdown file, under a head that names the command, "
-        "the machine and the date (the docs include such files)",
     )
 
 
@@ -310,7 +293,7 @@ def _add_scaling(commands: Any, common: argparse.ArgumentParser) -> None:
     from captum_masks.bench.scaling import SCALING_METHODS
 
     scaling = commands.add_parser("scaling", parents=[common], help=COMMANDS["scaling"])
-    _add_table(scaling)
+    add_table_argument(scaling)
     scaling.add_argument(
         "--methods",
         nargs="+",
@@ -356,7 +339,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
         if rank != 0:
             return
         print(f"\n{args.suite} suite, {args.split} split, {args.n} images ({command}):\n")
-        _print_table(args, command, format_table(result))
+        print_table(args, command, format_table(result))
         if args.rows:
             print(f"\nEvery row:\n\n{format_rows(result)}")
         out = args.out or f"benchmark_{args.suite}.png"
@@ -392,11 +375,11 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
         rows = measure_scaling(
             args.methods, args.processes, args.images, batch_size=args.batch_size
         )
-        _print_table(args, command, format_scaling(rows))
+        print_table(args, command, format_scaling(rows))
     elif args.command == "tabular":
         from captum_masks.bench.tabular import format_tabular, tabular_report
 
-        _print_table(args, command, format_tabular(tabular_report(args.split, args.n, args.seed)))
+        print_table(args, command, format_tabular(tabular_report(args.split, args.n, args.seed)))
     elif args.command == "explainer-epochs":
         from captum_masks.bench.explainer_epochs import (
             explainer_epochs_report,
@@ -429,4 +412,4 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
             )
             for method in args.methods or SPEED_METHODS
         ]
-        _print_table(args, command, format_speed(results))
+        print_table(args, command, format_speed(results))

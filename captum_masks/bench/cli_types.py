@@ -7,6 +7,7 @@ import argparse
 import ast
 from pathlib import Path
 
+import captum_masks
 from captum_masks.bench.zoo import SAMPLE_IMAGES
 
 
@@ -64,8 +65,6 @@ def setting(text: str) -> tuple[str, object]:
 
 def _package_object(text: str) -> object | None:
     """``Class(name=literal, ...)`` for a class of ``captum_masks``, built; None for other text."""
-    import captum_masks
-
     try:
         call = ast.parse(text, mode="eval").body
     except SyntaxError:

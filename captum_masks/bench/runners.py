@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+import captum_masks
 from captum_masks.amortized import AmortizedExplainer
 from captum_masks.bench.suites import Suite
 from captum_masks.extremal_perturbation import ExtremalPerturbation
@@ -100,8 +101,6 @@ def method_arguments(method: type[Any], settings: dict) -> dict:
 
 def _argument_type(method: type[Any], argument: str) -> type:
     """The class of this package named in ``argument``'s annotation (``SigmoidMask | None``)."""
-    import captum_masks
-
     annotation = str(inspect.signature(method.attribute).parameters[argument].annotation)
     for name in annotation.replace(" ", "").split("|"):
         if isinstance(getattr(captum_masks, name, None), type):

@@ -3,6 +3,7 @@ machine and the date once, at its head, so that rerunning the command refreshes 
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
@@ -45,4 +46,22 @@ def write_table(path: str | os.PathLike, command: str, table: str) -> None:
     target.write_text(head + table.rstrip() + "\n")
 
 
-__all__ = ["machine", "write_table"]
+def add_table_argument(parser: argparse.ArgumentParser) -> None:
+    """``--table PATH`` on a command that prints a measurement table."""
+    parser.add_argument(
+        "--table",
+        default=None,
+        metavar="PATH",
+        help="also write the table to this Markdown file, under a head that names the command, "
+        "the machine and the date (the docs include such files)",
+    )
+
+
+def print_table(args: argparse.Namespace, command: str, table: str) -> None:
+    """Print a measurement table, and write it where ``--table`` says."""
+    print(table)
+    if args.table is not None:
+        write_table(args.table, command, table)
+
+
+__all__ = ["add_table_argument", "machine", "print_table", "write_table"]

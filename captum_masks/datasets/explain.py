@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from captum_masks import metrics
 from captum_masks._engine.call import reject_moved_keywords
 from captum_masks._engine.checks import (
+    check_bool,
     check_choice,
     check_non_negative,
     check_positive,
@@ -251,8 +252,7 @@ def _checked_arguments(
     check_positive_int("batch_size", batch_size)
     if precision is not None:
         check_choice("precision", precision, tuple(PRECISIONS))
-    if not isinstance(low_resolution, bool):
-        raise TypeError(f"low_resolution must be a bool, got {type(low_resolution).__name__}")
+    check_bool("low_resolution", low_resolution)
     if low_resolution and "return_history" not in _parameters(method):
         raise ValueError(
             f"low_resolution=True needs a method that returns its masks' low-resolution form "
