@@ -46,6 +46,7 @@ from captum_masks.bench.runners import (
     DEFAULT_METHODS,
     OUR_METHODS,
     method_runners,
+    split_variant,
     takes,
 )
 from captum_masks.bench.suites import (
@@ -121,7 +122,10 @@ def run_benchmark(
         suite (str): ``"synthetic"`` (reference CNN, 64 px shapes), ``"photos"``
             (EfficientNet-Lite0, 224 px composites), or their two-object versions
             ``"synthetic-pairs"`` and ``"photos-pairs"`` (each image explained for both objects).
-        methods (sequence of str, optional): a subset of :data:`ALL_METHODS`; by default the
+        methods (sequence of str, optional): a subset of :data:`ALL_METHODS`, each of this
+            package's also with its own settings as a row of its own
+            (``"NeuroMaskAttr[mask.temperature=1.0]"``, see
+            :func:`~captum_masks.bench.runners.split_variant`); by default the
             :data:`DEFAULT_METHODS` that apply to the suite (AmortizedExplainer only on
             :data:`AMORTIZED_SUITES`). Other libraries' implementations
             (:data:`REFERENCE_METHODS`) run only when named, and need installing.
@@ -165,6 +169,10 @@ def run_benchmark(
             f"objects picks the two objects of the photos-pairs suite, not of {suite!r}"
         )
     runners = method_runners(data, seed, overrides)
+    for row in methods:
+        method, own = split_variant(row)
+        if own:
+            runners[row] = method_runners(data, seed, {**(overrides or {}), **own})[method]
     rank, world_size = rank_and_world_size()
     scores, attributions, curves = {}, {}, {}
     for name in progress(
@@ -231,7 +239,8 @@ def _chosen_methods(suite: str, methods: Sequence[str] | None, n: int, overrides
         methods
         or (m for m in DEFAULT_METHODS if m != "AmortizedExplainer" or suite in AMORTIZED_SUITES)
     )
-    unknown = [m for m in methods if m not in ALL_METHODS]
+    variants = {row: split_variant(row) for row in methods}
+    unknown = [m for m in methods if variants[m][0] not in ALL_METHODS]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; choose from {', '.join(ALL_METHODS)}")
     if "AmortizedExplainer" in methods and suite not in AMORTIZED_SUITES:
@@ -241,7 +250,11 @@ def _chosen_methods(suite: str, methods: Sequence[str] | None, n: int, overrides
         )
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    ours = [m for m in methods if m in OUR_METHODS]
+    for method, own in variants.values():
+        refused = [k for k in own if not takes(method, k)]
+        if refused:
+            raise ValueError(f"{method} takes no setting {refused}")
+    ours = [method for method, _ in variants.values() if method in OUR_METHODS]
     unused = [k for k in overrides if not any(takes(m, k) for m in ours)]
     if unused:
         raise ValueError(

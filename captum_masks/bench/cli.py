@@ -14,7 +14,7 @@ import torch
 from captum_masks.bench.cli_types import image, positive_int, setting, target
 from captum_masks.bench.layouts import SPLITS
 from captum_masks.bench.objects import OBJECTS
-from captum_masks.bench.runners import ALL_METHODS
+from captum_masks.bench.runners import ALL_METHODS, split_variant
 from captum_masks.bench.speed import SPEED_METHODS
 from captum_masks.bench.suites import SUITES
 from captum_masks.bench.tables import add_table_argument, print_table
@@ -124,8 +124,10 @@ def _add_benchmark(commands: Any, common: argparse.ArgumentParser) -> None:
         bench,
         ALL_METHODS,
         f"methods to run, of {', '.join(ALL_METHODS)}; TorchRay's only when named, after "
-        "pip install --no-deps torchray==1.0.0.2",
+        "pip install --no-deps torchray==1.0.0.2; one of this package's with its own settings "
+        "is a row of its own, e.g. 'NeuroMaskAttr[mask.temperature=1.0 optimization.n_iter=300]'",
         "all the suite has",
+        variants=True,
     )
     bench.add_argument(
         "--n",
@@ -208,16 +210,37 @@ def _add_tabular(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _add_methods(
-    parser: argparse.ArgumentParser, choices: Iterable[str], help_text: str, default_text: str
+    parser: argparse.ArgumentParser,
+    choices: Iterable[str],
+    help_text: str,
+    default_text: str,
+    variants: bool = False,
 ) -> None:
+    """``--methods``; with ``variants``, a method may carry its own settings as a row of its own
+    (``'NeuroMaskAttr[mask.temperature=1.0]'``)."""
     parser.add_argument(
         "--methods",
         nargs="+",
         default=None,
-        choices=list(choices),
+        choices=None if variants else list(choices),
+        type=benchmark_row if variants else str,
         metavar="METHOD",
         help=f"{help_text} (default: {default_text})",
     )
+
+
+def benchmark_row(text: str) -> str:
+    """A ``--methods`` entry of the benchmark: a method, or one of this package's with its own
+    settings (:func:`~captum_masks.bench.runners.split_variant`)."""
+    try:
+        method, _ = split_variant(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if method not in ALL_METHODS:
+        raise argparse.ArgumentTypeError(
+            f"expected one of {', '.join(ALL_METHODS)}, got {method!r}"
+        )
+    return text
 
 
 def _add_settings(parser: argparse.ArgumentParser, help_text: str) -> None:

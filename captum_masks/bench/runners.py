@@ -3,6 +3,7 @@ suite's settings: the rows of the benchmark."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import inspect
 import math
@@ -14,6 +15,7 @@ from torch import Tensor
 
 import captum_masks
 from captum_masks.amortized import AmortizedExplainer
+from captum_masks.bench.cli_types import setting
 from captum_masks.bench.suites import Suite
 from captum_masks.extremal_perturbation import ExtremalPerturbation
 from captum_masks.guided_feature_inversion import GuidedFeatureInversion
@@ -70,6 +72,25 @@ def takes(method: str, name: str) -> bool:
     except ValueError:
         return False
     return field in inspect.signature(kind).parameters
+
+
+def split_variant(row: str) -> tuple[str, dict]:
+    """A benchmark row's method and its own settings: ``"NeuroMaskAttr[mask.temperature=1.0
+    optimization.n_iter=300]"`` is NeuroMaskAttr with those two settings, a row of its own beside
+    ``"NeuroMaskAttr"`` at the suite's settings. Settings are ``NAME=VALUE`` as for ``--set``,
+    separated by spaces."""
+    method, bracket, inside = row.partition("[")
+    if not bracket:
+        return row, {}
+    if not inside.endswith("]") or method not in OUR_METHODS:
+        raise ValueError(
+            f"a row with its own settings is one of this package's methods followed by "
+            f"[NAME=VALUE ...], e.g. 'NeuroMaskAttr[mask.temperature=1.0]', got {row!r}"
+        )
+    try:
+        return method, dict(setting(item) for item in inside[:-1].split())
+    except argparse.ArgumentTypeError as error:
+        raise ValueError(f"row {row!r}: {error}") from None
 
 
 def accepted(method: str, overrides: dict) -> dict:
