@@ -5,6 +5,7 @@ scaling,explainer-epochs}
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -177,6 +178,7 @@ def _add_class_masking(commands: Any, common: argparse.ArgumentParser) -> None:
     masking = commands.add_parser(
         "class-masking", parents=[common], help=COMMANDS["class-masking"]
     )
+    add_table_argument(masking)
     masking.add_argument("--n", type=positive_int, default=200, help="number of test images")
     masking.add_argument("--seed", type=int, default=0)
     masking.add_argument("--retrain", action="store_true", help="train the explainer again")
@@ -189,6 +191,7 @@ def _add_explainer_epochs(commands: Any, common: argparse.ArgumentParser) -> Non
     epochs = commands.add_parser(
         "explainer-epochs", parents=[common], help=COMMANDS["explainer-epochs"]
     )
+    add_table_argument(epochs)
     epochs.add_argument("--suite", choices=sorted(EPOCH_SUITES), default="synthetic-pairs")
     epochs.add_argument("--epochs", type=positive_int, default=5)
     epochs.add_argument("--n", type=positive_int, default=100, help="images scored")
@@ -334,7 +337,7 @@ def _add_scaling(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
-    command = " ".join(["python -m captum_masks", *(sys.argv[1:] if argv is None else argv)])
+    command = "python -m captum_masks " + shlex.join(sys.argv[1:] if argv is None else argv)
     if args.command == "demo":
         from captum_masks.bench.demo import run_demo
 
@@ -412,7 +415,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
         epoch_rows = explainer_epochs_report(
             args.suite, args.epochs, args.n, args.split, args.train_size, overrides=dict(args.set)
         )
-        print(format_explainer_epochs(epoch_rows))
+        print_table(args, command, format_explainer_epochs(epoch_rows))
     elif args.command == "class-masking":
         from captum_masks.bench.class_masking import (
             class_masking_report,
@@ -420,7 +423,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
         )
 
         masking = class_masking_report(args.n, args.seed, args.retrain, dict(args.set))
-        print(format_class_masking(masking))
+        print_table(args, command, format_class_masking(masking))
     else:
         from captum_masks.bench.speed import SPEED_METHODS, format_speed, measure_speed
 

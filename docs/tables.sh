@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Writes every measurement table the docs include (docs/tables/*.md) and the benchmark figures
+# (docs/_static/benchmark_*.png). Each line is one command; run one alone to refresh its table.
+# Run from the repository's root, with nothing else on the machine: the tables report seconds.
+set -euo pipefail
+run() { echo "+ python -m captum_masks $*" >&2; python -m captum_masks "$@"; }
+
+# Held-out quality (docs/guide/evaluation.md, the method pages)
+run benchmark --suite photos --n 12 --threads 2 --table docs/tables/photos.md --out docs/_static/benchmark_photos.png
+run benchmark --suite photos-pairs --n 8 --threads 2 --table docs/tables/photos-pairs.md --out docs/_static/benchmark_photos-pairs.png
+run benchmark --suite synthetic --n 100 --threads 2 --table docs/tables/synthetic.md --out docs/_static/benchmark_synthetic.png
+run benchmark --suite synthetic-pairs --n 100 --threads 2 --table docs/tables/synthetic-pairs.md --out docs/_static/benchmark_synthetic-pairs.png
+
+# Calibration: each method's defaults beside the paper's setting of each departure (the method pages)
+run benchmark --suite photos-pairs --split calibration --n 6 --threads 2 --table docs/tables/calibration-meaningful-perturbation.md --out "${TMPDIR:-/tmp}/calibration.png" --methods \
+  MeaningfulPerturbation/deletion 'MeaningfulPerturbation/deletion[l1_weight=1e-4]' \
+  'MeaningfulPerturbation/deletion[optimization.tolerance=None]'
+run benchmark --suite photos-pairs --split calibration --n 6 --threads 2 --table docs/tables/calibration-neuromask.md --out "${TMPDIR:-/tmp}/calibration.png" --methods \
+  NeuroMaskAttr 'NeuroMaskAttr[mask.block=1]' 'NeuroMaskAttr[mask.temperature=1.0]' \
+  'NeuroMaskAttr[sparse_weight=0.35]' 'NeuroMaskAttr[sparse_weight=0.35 optimization.n_iter=300]' \
+  'NeuroMaskAttr[mask.temperature=0.3 mask.init_range=(-10.0,10.0) optimization.lr=0.03]'
+run benchmark --suite photos-pairs --split calibration --n 6 --threads 2 --table docs/tables/calibration-guided-feature-inversion.md --out "${TMPDIR:-/tmp}/calibration.png" --methods \
+  GuidedFeatureInversion 'GuidedFeatureInversion[target_start=inversion]' \
+  'GuidedFeatureInversion[area_weight=0.0]' 'GuidedFeatureInversion[optimization.lr=0.01]'
+run benchmark --suite photos --split calibration --n 6 --threads 2 --table docs/tables/calibration-extremal-perturbation.md --out "${TMPDIR:-/tmp}/calibration.png" --methods \
+  ExtremalPerturbation 'ExtremalPerturbation[mask.margin=0.0]' \
+  'ExtremalPerturbation[optimization.n_iter=300 optimization.lr=0.05]'
+
+# Speed and scale (docs/guide/speed.md, docs/guide/whole_datasets.md)
+run speed --threads 2 --table docs/tables/speed.md --methods MeaningfulPerturbation NeuroMaskAttr GuidedFeatureInversion ExtremalPerturbation AmortizedExplainer
+run scaling --threads 2 --table docs/tables/scaling.md --methods MeaningfulPerturbation NeuroMaskAttr ExtremalPerturbation IntegratedGradients
+
+# Other input kinds and the trained explainer (docs/guide/input_kinds.md, the AmortizedExplainer page)
+run tabular --split held-out --threads 2 --table docs/tables/tabular.md
+run class-masking --n 200 --threads 2 --table docs/tables/class-masking.md
+run explainer-epochs --suite synthetic-pairs --epochs 6 --threads 2 --table docs/tables/explainer-epochs.md
+run explainer-epochs --suite photo-objects --epochs 5 --threads 2 --table docs/tables/explainer-epochs-photo-objects.md
