@@ -74,19 +74,17 @@ class ExtremalPerturbation(MaskAttribution):
     Differences from the paper and the authors' code, by design:
 
     - Adam with lr 0.1 for 150 steps instead of SGD with momentum (lr 0.01) for 800; λ's
-      schedule is stretched to the run, whatever its length. Chosen on the calibration photos
-      (the docs' ExtremalPerturbation page): relevance mass 0.85 with every photo pointed at,
-      against 0.81 for 300 steps at lr 0.05; lr 0.2 missed 4 of 6 photos.
-    - The mask is evaluated every 4 pixels and bilinearly upsampled (``SmoothMaxMask.stride``), a
-      sixteenth
-      of the exact generator's cost at the same smoothness; the area term sorts the evaluated
-      points rather than every pixel.
+      schedule is stretched to the run, whatever its length.
+    - The mask is evaluated every 4 pixels and bilinearly upsampled (``SmoothMaxMask.stride``),
+      a sixteenth of the exact generator's cost at the same smoothness; the area term sorts the
+      evaluated points rather than every pixel.
     - The area term counts the mask in the image and in a band of σ around it, as the authors'
-      code does, but its target keeps a of the image's points, not a of the image and band
-      together (at 224 px their masks are 1.35 times the stated area). The band made the
-      calibration photos' pointing 1.00 on pairs (0.88 without it) at the same relevance mass
-      (the docs' ExtremalPerturbation page).
+      code does, so a region at the border pays for what spills over it; but its target keeps a
+      of the image's points, not a of the image and band together (with which their masks grow
+      past the stated area).
     - Jitter flips the perturbed image horizontally every other step, as their code does.
+
+    The docs' ExtremalPerturbation page measures each departure against the paper's setting.
 
     Args:
         forward_func (Callable): the model, returning scores (N, num_classes) (logits, for

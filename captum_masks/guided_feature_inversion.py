@@ -113,8 +113,7 @@ class GuidedFeatureInversion(MaskAttribution):
     after stage 2, or the class-agnostic salient-object mask of stage 1 with
     ``stage="inversion"``.
 
-    Where this departs from the paper (measured on the pretrained EfficientNet-Lite0: the
-    docs' calibration page):
+    Where this departs from the paper (the docs' GuidedFeatureInversion page measures each):
 
     - the L1 terms use ω's mean ω̄, not its sum, so γ and δ do not depend on the channel count;
       the inversion error is relative, as in the authors' code;
@@ -122,14 +121,14 @@ class GuidedFeatureInversion(MaskAttribution):
       activation (EfficientNet's head) behaves like VGG's post-ReLU layers;
     - Eq. 7's min-max normalisation is used (the authors' code divides by the maximum);
     - the learning rate is 0.05 instead of 1e-2: halved every 10 iterations, 1e-2 moves ω too
-      little in stage 2 to leave a second object out of the mask (the docs' calibration page);
+      little in stage 2 to leave a second object out of the mask;
     - stage 2 keeps Eq. 5's area term, which Eq. 9 drops (ω's scale does not change the min-max
       normalised mask, so δ·ω̄ cannot shrink it), weighted by the class's clean score s_c(x) so
       that it matches p_c's terms for weak and confident classes alike;
     - stage 2 starts from the class's own channel weights, the positive part of its score's mean
       gradient on ``mask_layer`` (Grad-CAM's α) at the scale of stage 1's ω, not from stage 1's
       class-agnostic ω, which keeps a second object that the halving η cannot remove
-      (``target_start``; on every calibration suite it points and discriminates as often or more).
+      (``target_start``).
 
     Args:
         forward_func (Callable): the model (or a function calling it) returning scores of shape

@@ -54,31 +54,27 @@ class NeuroMaskAttr(MaskAttribution):
     - ``init_range`` is separate from τ, and the defaults are not the authors' ImageNet setting
       (init U(−10, 10), T = 0.3, RMSProp lr 0.03, τ = 10, squared 5 × 5 Laplacian, 400
       iterations): weights drawn from U(−10, 10) and divided by 0.3 start saturated, where the
-      sigmoid has no gradient, and the mask stays at chance on the real model. The docs' NeuroMask
-      page measures it against the defaults (U(−1, 1), T = 1.5, lr 0.2).
+      sigmoid has no gradient, and the mask stays at chance on a real model; the defaults are
+      U(−1, 1), T = 1.5, lr 0.2.
     - λ_sp = 35, a hundred times the authors' 0.35. With the mean, each pixel's pull towards −τ
       is λ_sp / (H·W); at 0.35 it is weaker than the cross-entropy's gradient even once the
       probability has saturated, and RMSProp, which moves each weight by about ``lr`` whatever
       its gradient's size, then keeps every pixel whose gradient leans towards the class: on
-      photos with two objects a third of the mask lay on the other object. At 35 only the
-      pixels the class needs stay (docs, NeuroMask page: relevance mass on the explained
-      object 0.67 → 0.85 on the calibration pairs, 0.84 → 0.89 on single objects).
-    - 100 iterations: at λ_sp = 35 the weights reach −τ within about 100 steps and the masks of
-      100 and 300 iterations score the same on the calibration photos. Early stopping
-      (``Optimization.tolerance``) stays off by default: the weights' tail keeps the loss falling
-      slowly, so
-      the relative test fires only near the end and saves nothing.
-    - T = 1.5: on the calibration photos it keeps more of the mask on the explained object than
-      T = 2 (the previous default); a sharper T = 1 points at the wrong shape more often on
-      64-px pairs, and on short token sequences can leave a mask at 0 everywhere, evidence
-      included (the docs' NeuroMask page). τ = 20 (the paper's) gives σ(−τ / T) ≈ 2e-6.
-    - On images, one weight per block of pixels rather than per pixel (``SigmoidMask.block``: 4 × 4
-      at 224 px, about 56 weights along the shorter side). A pixel mask keeps a speckle of
+      photos with two objects much of the mask lies on the other object. At 35 only the pixels
+      the class needs stay.
+    - 100 iterations instead of 300: at λ_sp = 35 the weights reach −τ within about 100 steps.
+      Early stopping (``Optimization.tolerance``) stays off by default: the weights' tail keeps
+      the loss falling slowly, so the relative test fires only near the end and saves nothing.
+    - T = 1.5: a sharper mask puts more of it on the explained object, but T = 1 points at the
+      wrong shape more often on small images, and on short token sequences can leave a mask at
+      0 everywhere, evidence included. τ = 20 (the paper's) gives σ(−τ / T) ≈ 2e-6.
+    - On images, one weight per block of pixels rather than per pixel (``SigmoidMask.block``:
+      4 × 4 at 224 px, about 56 weights along the shorter side). A pixel mask keeps a speckle of
       single pixels wherever the model responds, and next to a second object that speckle can
-      land on it; blocks are too coarse for that. On 80 calibration rows of two-object photos
-      pointing went from 0.938 to 0.975 and discrimination from 0.963 to 0.988, with the same
-      relevance mass (the docs' NeuroMask page). Sequences, volumes and rows keep one weight per
-      position.
+      land on it; blocks are too coarse for that. Sequences, volumes and rows keep one weight
+      per position.
+
+    The docs' NeuroMaskAttr page measures each departure against the paper's setting.
 
     Args:
         forward_func (Callable): the network F of Algorithm 1, or any function returning scores
@@ -256,12 +252,10 @@ class NeuroMaskAttr(MaskAttribution):
         return call.result(attributions, history, return_history)
 
 
-#: λ_sp on a grid of positions: calibrated on 224-px photos (the class docstring)
+#: λ_sp on a grid of positions (the class docstring says why)
 GRID_SPARSE_WEIGHT = 35.0
 #: λ_sp with one weight per group, feature or token: a group's pull towards −τ is λ_sp / G, and
-#: with tens of groups the grid's 35 outweighs the evidence of any one of them (the tests'
-#: tabular model of 12 features, 3 used: relevance mass 0.25 at 35, 0.41 at the authors' 0.35,
-#: 0.94 at 0.035; a token model's evidence token is found at 0.35 and 0.035, not at 3.5)
+#: with tens of groups the grid's 35 outweighs the evidence of any one of them
 GROUP_SPARSE_WEIGHT = 0.035
 
 

@@ -12,8 +12,8 @@ from captum_masks._engine.checks import check_at_least, check_positive_int
 from captum_masks.masks.base import CellMask
 
 MIN_TEMPERATURE = 1e-6
-#: weights along an image's shorter side when ``block`` is None: 4 × 4 blocks at 224 px,
-#: chosen on the calibration photos (NeuroMaskAttr's docstring)
+#: weights along an image's shorter side when ``block`` is None: 4 × 4 blocks at 224 px
+#: (NeuroMaskAttr's docstring says why)
 IMAGE_MASK_CELLS = 56
 
 
