@@ -5,6 +5,10 @@
 set -euo pipefail
 run() { echo "+ python -m captum_masks $*" >&2; python -m captum_masks "$@"; }
 
+# Speed and scale (docs/guide/speed.md, docs/guide/whole_datasets.md)
+run speed --threads 2 --table docs/tables/speed.md --methods MeaningfulPerturbation NeuroMaskAttr GuidedFeatureInversion ExtremalPerturbation AmortizedExplainer
+run scaling --threads 2 --table docs/tables/scaling.md --methods MeaningfulPerturbation NeuroMaskAttr ExtremalPerturbation IntegratedGradients
+
 # Held-out quality (docs/guide/evaluation.md, the method pages)
 run benchmark --suite photos --n 12 --threads 2 --table docs/tables/photos.md --out docs/_static/benchmark_photos.png
 run benchmark --suite photos-pairs --n 8 --threads 2 --table docs/tables/photos-pairs.md --out docs/_static/benchmark_photos-pairs.png
@@ -25,10 +29,6 @@ run benchmark --suite photos-pairs --split calibration --n 6 --threads 2 --table
 run benchmark --suite photos --split calibration --n 6 --threads 2 --table docs/tables/calibration-extremal-perturbation.md --out "${TMPDIR:-/tmp}/calibration.png" --methods \
   ExtremalPerturbation 'ExtremalPerturbation[mask.margin=0.0]' \
   'ExtremalPerturbation[optimization.n_iter=300 optimization.lr=0.05]'
-
-# Speed and scale (docs/guide/speed.md, docs/guide/whole_datasets.md)
-run speed --threads 2 --table docs/tables/speed.md --methods MeaningfulPerturbation NeuroMaskAttr GuidedFeatureInversion ExtremalPerturbation AmortizedExplainer
-run scaling --threads 2 --table docs/tables/scaling.md --methods MeaningfulPerturbation NeuroMaskAttr ExtremalPerturbation IntegratedGradients
 
 # Other input kinds and the trained explainer (docs/guide/input_kinds.md, the AmortizedExplainer page)
 run tabular --split held-out --threads 2 --table docs/tables/tabular.md
