@@ -47,7 +47,9 @@ def test_help_lists_every_choice_and_the_thread_option(capsys, command, choices)
     [
         (("demo", "--image", "nothing"), "image must be one of cat, coffee"),
         (("speed", "--methods", "Saliency"), "invalid choice: 'Saliency'"),
-        (("benchmark", "--methods", "NeuroMask"), "invalid choice: 'NeuroMask'"),
+        (("benchmark", "--methods", "NeuroMask"), "got 'NeuroMask'"),
+        (("benchmark", "--methods", "Saliency[n_iter=3]"), "one of this package's methods"),
+        (("benchmark", "--methods", "NeuroMaskAttr[sparse]"), "expected NAME=VALUE"),
         (("benchmark", "--suite", "imagenet"), "invalid choice: 'imagenet'"),
         (("benchmark", "--n", "0"), "expected a positive int, got '0'"),
         (("benchmark", "--objects", "coffee", "dog"), "invalid choice: 'dog'"),

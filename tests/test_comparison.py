@@ -214,6 +214,10 @@ def test_meaningful_perturbation_games_point_at_the_shape():
         ({"n": 0}, "n must be >= 1"),
         ({"methods": ["AmortizedExplainer"]}, "trained explainer only for the suites"),
         ({"objects": ("cat", "coffee")}, "objects picks the two objects of the photos-pairs"),
+        ({"methods": ["Occlusion[n_iter=3]"]}, "one of this package's methods followed by"),
+        ({"methods": ["NeuroMaskAttr[mask.temperature=1.0"]}, "one of this package's methods"),
+        ({"methods": ["NeuroMaskAttr[tv_weight=1.0]"]}, r"NeuroMaskAttr takes no setting"),
+        ({"methods": ["RISE[n_samples]"]}, "expected NAME=VALUE"),
     ],
 )
 def test_bad_arguments_are_clear_errors(kwargs, message):
@@ -282,13 +286,17 @@ def test_overrides_go_only_to_the_methods_that_take_them():
     short = run_benchmark(
         "synthetic", both, n=1, show_progress=False, overrides={"mask.temperature": 0.5}
     )
-    plain = run_benchmark("synthetic", both, n=1, show_progress=False)
+    variant = "NeuroMaskAttr[mask.temperature=0.5]"
+    plain = run_benchmark("synthetic", [*both, variant], n=1, show_progress=False)
     assert not torch.equal(
         short.attributions["NeuroMaskAttr"], plain.attributions["NeuroMaskAttr"]
     )
     torch.testing.assert_close(  # GFI's mask has no temperature: unchanged
         short.attributions["GuidedFeatureInversion"], plain.attributions["GuidedFeatureInversion"]
     )
+    # a row with its own settings is the method run with them, beside its defaults
+    assert list(plain.scores) == [*both, variant]
+    torch.testing.assert_close(plain.attributions[variant], short.attributions["NeuroMaskAttr"])
     with pytest.raises(ValueError, match=r"overrides \['mask.temperature'\] are not arguments"):
         run_benchmark(
             "synthetic",
