@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Writes every measurement table the docs include (docs/tables/*.md) and the benchmark figures
-# (docs/_static/benchmark_*.png). Each line is one command; run one alone to refresh its table.
+# Writes every measurement table the docs include (docs/tables/*.md); the benchmark's figures go
+# to $TMPDIR. Each line is one command; run one alone to refresh its table.
 # Run from the repository's root, with nothing else on the machine: the tables report seconds.
 set -euo pipefail
 run() { echo "+ python -m captum_masks $*" >&2; python -m captum_masks "$@"; }
@@ -10,10 +10,10 @@ run speed --threads 2 --table docs/tables/speed.md --methods MeaningfulPerturbat
 run scaling --threads 2 --table docs/tables/scaling.md --methods MeaningfulPerturbation NeuroMaskAttr ExtremalPerturbation IntegratedGradients
 
 # Held-out quality (docs/guide/evaluation.md, the method pages)
-run benchmark --suite photos --n 12 --threads 2 --table docs/tables/photos.md --out docs/_static/benchmark_photos.png
-run benchmark --suite photos-pairs --n 8 --threads 2 --table docs/tables/photos-pairs.md --out docs/_static/benchmark_photos-pairs.png
-run benchmark --suite synthetic --n 100 --threads 2 --table docs/tables/synthetic.md --out docs/_static/benchmark_synthetic.png
-run benchmark --suite synthetic-pairs --n 100 --threads 2 --table docs/tables/synthetic-pairs.md --out docs/_static/benchmark_synthetic-pairs.png
+run benchmark --suite photos --n 12 --threads 2 --table docs/tables/photos.md --out "${TMPDIR:-/tmp}/benchmark_photos.png"
+run benchmark --suite photos-pairs --n 8 --threads 2 --table docs/tables/photos-pairs.md --out "${TMPDIR:-/tmp}/benchmark_photos-pairs.png"
+run benchmark --suite synthetic --n 100 --threads 2 --table docs/tables/synthetic.md --out "${TMPDIR:-/tmp}/benchmark_synthetic.png"
+run benchmark --suite synthetic-pairs --n 100 --threads 2 --table docs/tables/synthetic-pairs.md --out "${TMPDIR:-/tmp}/benchmark_synthetic-pairs.png"
 
 # Calibration: each method's defaults beside the paper's setting of each departure (the method pages)
 run benchmark --suite photos-pairs --split calibration --n 6 --threads 2 --table docs/tables/calibration-meaningful-perturbation.md --out "${TMPDIR:-/tmp}/calibration.png" --methods \
