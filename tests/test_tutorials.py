@@ -23,6 +23,7 @@ QUICK = {
         "N_PHOTOS": 1,
         "METHODS": ["GuidedFeatureInversion/inversion", "Saliency", "LayerGradCam"],
     },
+    "guided_feature_inversion.ipynb": {"N_ITER": 10},
     "meaningful_perturbation.ipynb": {"N_ITER": 20},
     "neuromask.ipynb": {"N_ITER": 20},
 }
