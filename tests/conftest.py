@@ -13,13 +13,39 @@ settings.register_profile("captum_masks", deadline=None, max_examples=15, derand
 settings.load_profile("captum_masks")
 
 
+#: the test files that take longest, slowest first (``--durations=0``, summed per file)
+LONGEST_FILES = (
+    "test_tutorials.py",
+    "test_cli.py",
+    "test_dataset_explanation.py",
+    "test_amortized.py",
+    "test_comparison.py",
+    "test_synthetic.py",
+    "test_real_model.py",
+    "test_contract.py",
+)
+
+
 def pytest_configure(config):
     """Under pytest-xdist (``-n auto``: one worker per core) each worker, and the notebook
     kernels and command-line runs it starts, computes on one thread: two workers with two
-    threads each on two cores spin against each other."""
+    threads each on two cores spin against each other.
+
+    ``--dist loadfile`` hands whole files to the workers in the order the tests are collected;
+    pytest-xdist would reorder them by their number of tests, which leaves the notebooks (seven
+    long tests) for last, on one worker while the other waits. Keeping the collection order,
+    which puts the longest files first, lets both workers finish together."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ["OMP_NUM_THREADS"] = "1"
         torch.set_num_threads(1)
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+    """The files of :data:`LONGEST_FILES` first, in that order; the rest as collected."""
+    rank = {name: position for position, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -672,7 +672,7 @@ def test_the_default_explainer_learns_class_specific_masks_in_a_few_epochs_at_de
     from captum_masks.bench.explainer_epochs import explainer_epochs_report
 
     rows = explainer_epochs_report(
-        "synthetic-pairs", epochs=3, n=16, train_size=384, batch_size=8, val_size=16
+        "synthetic-pairs", epochs=3, n=16, train_size=256, batch_size=8, val_size=16
     )
     assert [row["epoch"] for row in rows] == [None, 1, 2, 3]
     assert rows[0]["method"] == "IntegratedGradients" and "own_mask_keeps" not in rows[0]
