@@ -1,4 +1,4 @@
-"""Command line: ``python -m captum_masks {demo,speed,benchmark,class-masking,tabular,explain,
+"""Command line: ``python -m captum_masks {demo,speed,benchmark,class-masking,tabular,kinds,explain,
 scaling,explainer-epochs}
 ...``."""
 
@@ -24,7 +24,7 @@ from captum_masks.bench.zoo import SAMPLE_IMAGES
 THREADS_HELP = (
     "torch's CPU threads for this run (default: torch's own choice, one per core). Use fewer "
     "when other work shares the cores: threads that outnumber the free cores spin against each "
-    "other (measured on the docs' getting-started page)"
+    "other (the docs' speed page)"
 )
 #: each subcommand and what it does (its --help line)
 COMMANDS = {
@@ -34,6 +34,8 @@ COMMANDS = {
     "class-masking": "Stalder et al.'s class-specific masking table for the trained "
     "AmortizedExplainer",
     "tabular": "breast-cancer rows: each method's feature ranking against ShapleyValueSampling",
+    "kinds": "rows, sequences, volumes, token ids and 32-px images whose evidence is known: "
+    "each method at its defaults next to Captum's",
     "explain": "explain a whole dataset into a folder, resumable, on one process or torchrun",
     "scaling": "images per second of explain on 1 and 2 processes, and ImageNet-val's cost",
     "explainer-epochs": "how fast the AmortizedExplainer learns: each epoch's masks scored next "
@@ -54,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         _add_benchmark,
         _add_class_masking,
         _add_tabular,
+        _add_kinds,
         _add_explain,
         _add_scaling,
         _add_explainer_epochs,
@@ -210,6 +213,23 @@ def _add_tabular(commands: Any, common: argparse.ArgumentParser) -> None:
         "--n", type=positive_int, default=None, help="explain the first n rows (default: all)"
     )
     tabular.add_argument("--seed", type=int, default=0, help="training and split seed")
+
+
+def _add_kinds(commands: Any, common: argparse.ArgumentParser) -> None:
+    from captum_masks.bench.kinds import KINDS
+
+    kinds = commands.add_parser("kinds", parents=[common], help=COMMANDS["kinds"])
+    add_table_argument(kinds)
+    kinds.add_argument("--split", choices=SPLITS, default="held-out")
+    kinds.add_argument("--n", type=positive_int, default=40, help="inputs explained per kind")
+    kinds.add_argument(
+        "--kinds",
+        nargs="+",
+        choices=KINDS,
+        default=list(KINDS),
+        metavar="KIND",
+        help=f"of {', '.join(KINDS)} (default: all)",
+    )
 
 
 def _add_methods(
@@ -406,6 +426,12 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
         from captum_masks.bench.tabular import format_tabular, tabular_report
 
         print_table(args, command, format_tabular(tabular_report(args.split, args.n, args.seed)))
+    elif args.command == "kinds":
+        from captum_masks.bench.kinds import format_kinds, kinds_report
+
+        print_table(
+            args, command, format_kinds(kinds_report(tuple(args.kinds), args.n, args.split))
+        )
     elif args.command == "explainer-epochs":
         from captum_masks.bench.explainer_epochs import (
             explainer_epochs_report,

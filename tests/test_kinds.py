@@ -1,0 +1,73 @@
+"""The input-kinds suite: its tasks carry their evidence where they say, its models learn it, and
+its scores mean what they say."""
+
+import pytest
+import torch
+
+from captum_masks.bench.kinds import (
+    KINDS,
+    format_kinds,
+    kind_task,
+    kinds_report,
+    points_at,
+    relevance_mass,
+)
+
+
+def test_pointing_takes_the_maximum_and_the_middle_of_a_saturated_blob():
+    evidence = torch.zeros(3, 8, 8, dtype=torch.bool)
+    evidence[:, 2:5, 2:5] = True
+    maps = torch.zeros(3, 8, 8)
+    maps[0, 3, 3] = 1.0  # peak on the evidence
+    maps[1, 7, 7] = 1.0  # peak off it
+    maps[2, 1:6, 1:6] = 1.0  # a saturated blob around it: its middle is on it
+    assert points_at(maps, evidence).tolist() == [1.0, 0.0, 1.0]
+
+
+def test_relevance_mass_is_the_positive_share_on_the_evidence():
+    evidence = torch.tensor([[True, False, False, False]] * 3)
+    maps = torch.tensor([[3.0, 1.0, -5.0, 0.0], [0.0, 0.0, 0.0, 0.0], [-1.0, 2.0, 0.0, 0.0]])
+    torch.testing.assert_close(relevance_mass(maps, evidence), torch.tensor([0.75, 0.0, 0.0]))
+
+
+@pytest.mark.parametrize("kind", ["rows", "sequences", "tokens"])
+def test_a_task_is_learnt_and_its_evidence_is_where_the_data_put_it(kind):
+    task = kind_task(kind, n=8, split="calibration")
+    assert task.accuracy >= 0.95
+    assert len(task.inputs) == len(task.targets) == len(task.evidence) == 8
+    assert task.evidence.flatten(1).any(dim=1).all()
+    again = kind_task(kind, n=8, split="calibration")
+    assert torch.equal(task.inputs, again.inputs)  # the split is fixed by its seeds
+    held_out = kind_task(kind, n=8, split="held-out")
+    assert not torch.equal(task.inputs, held_out.inputs)
+    if kind == "tokens":
+        assert task.layer is task.model.embedding and (task.inputs[task.evidence] == 7).all()
+    if kind == "sequences":  # the bump sits on channel 0 where the evidence is
+        assert (
+            task.inputs[:, 0][task.evidence].mean() > task.inputs[:, 0][~task.evidence].mean() + 1
+        )
+
+
+def test_report_scores_every_applicable_method_and_marks_the_rest():
+    report = kinds_report(("rows", "tokens"), n=4, split="calibration")
+    rows, tokens = report["rows"]["methods"], report["tokens"]["methods"]
+    assert {"FeatureAblation", "ShapleyValueSampling", "RISE"} <= set(rows)
+    assert set(tokens) == {"MeaningfulPerturbation", "NeuroMaskAttr", "IntegratedGradients"}
+    for scores in (*rows.values(), *tokens.values()):
+        assert scores["pointing"].shape == scores["relevance_mass"].shape == (4,)
+        assert (
+            0
+            <= float(scores["relevance_mass"].min())
+            <= float(scores["relevance_mass"].max())
+            <= 1
+        )
+    table = format_kinds(report)
+    assert table.splitlines()[0] == "| method | rows: relevance mass | tokens: top token |"
+    assert "| RISE | " in table and table.split("| RISE | ")[1].split("\n")[0].endswith("| – |")
+
+
+def test_unknown_kind_or_split_is_a_clear_error():
+    with pytest.raises(ValueError, match="kind must be one of"):
+        kind_task("graphs")
+    with pytest.raises(ValueError, match="split must be one of"):
+        kind_task(KINDS[0], split="test")
