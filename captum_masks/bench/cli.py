@@ -1,6 +1,5 @@
-"""Command line: ``python -m captum_masks {demo,speed,benchmark,class-masking,tabular,kinds,explain,
-scaling,explainer-epochs}
-...``."""
+"""Command line: ``python -m captum_masks {demo,speed,benchmark,class-masking,tabular,kinds,
+explain,scaling,explainer-epochs} ...``."""
 
 from __future__ import annotations
 
