@@ -252,12 +252,12 @@ def _explainers(task: KindTask) -> dict[str, Callable[..., Tensor]]:
         NeuroMaskAttr,
     )
 
-    model = task.model
-    if task.kind == "tokens":
+    model, embedding = task.model, task.layer
+    if embedding is not None:  # token ids
         return {
-            "MeaningfulPerturbation": LayerMeaningfulPerturbation(model, task.layer).attribute,
-            "NeuroMaskAttr": LayerNeuroMask(model, task.layer).attribute,
-            "IntegratedGradients": LayerIntegratedGradients(model, task.layer).attribute,
+            "MeaningfulPerturbation": LayerMeaningfulPerturbation(model, embedding).attribute,
+            "NeuroMaskAttr": LayerNeuroMask(model, embedding).attribute,
+            "IntegratedGradients": LayerIntegratedGradients(model, embedding).attribute,
         }
     # a sequence's layout is (N, C, L): said, as a user who knows it would
     layout = {"channels_last": False} if task.kind == "sequences" else {}
@@ -267,10 +267,10 @@ def _explainers(task: KindTask) -> dict[str, Callable[..., Tensor]]:
         "RISE": partial(RISE(model).attribute, **layout),
     }
     if task.kind == "images-32":
+        features = model.get_submodule("features")
+        assert isinstance(features, nn.Sequential)
         methods["ExtremalPerturbation"] = ExtremalPerturbation(model).attribute
-        methods["GuidedFeatureInversion"] = GuidedFeatureInversion(
-            model, model.get_submodule("features")[-1]
-        ).attribute
+        methods["GuidedFeatureInversion"] = GuidedFeatureInversion(model, features[-1]).attribute
     if task.kind == "rows":
         methods["FeatureAblation"] = FeatureAblation(model).attribute
         methods["ShapleyValueSampling"] = ShapleyValueSampling(model).attribute
