@@ -138,29 +138,28 @@ class _TokenModel(nn.Module):
         return self.head(hidden.amax(dim=2))
 
 
+def _max_pooled_cnn(
+    conv: type[nn.Module], pool: type[nn.Module], channels: int, width: int, kernel: int
+) -> nn.Module:
+    """Two convolutions and a global max: it answers wherever the evidence is."""
+    return nn.Sequential(
+        conv(channels, width, kernel, padding=kernel // 2),
+        nn.ReLU(),
+        conv(width, width, kernel, padding=kernel // 2),
+        nn.ReLU(),
+        pool(1),
+        nn.Flatten(),
+        nn.Linear(width, 2),
+    )
+
+
 def _model(kind: str) -> nn.Module:
     if kind == "rows":
         return nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2))
     if kind == "sequences":
-        return nn.Sequential(
-            nn.Conv1d(4, 16, 5, padding=2),
-            nn.ReLU(),
-            nn.Conv1d(16, 16, 5, padding=2),
-            nn.ReLU(),
-            nn.AdaptiveMaxPool1d(1),
-            nn.Flatten(),
-            nn.Linear(16, 2),
-        )
+        return _max_pooled_cnn(nn.Conv1d, nn.AdaptiveMaxPool1d, 4, 16, 5)
     if kind == "volumes":
-        return nn.Sequential(
-            nn.Conv3d(1, 8, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv3d(8, 8, 3, padding=1),
-            nn.ReLU(),
-            nn.AdaptiveMaxPool3d(1),
-            nn.Flatten(),
-            nn.Linear(8, 2),
-        )
+        return _max_pooled_cnn(nn.Conv3d, nn.AdaptiveMaxPool3d, 1, 8, 3)
     if kind == "tokens":
         return _TokenModel()
     from captum_masks.bench.synthetic import ReferenceCNN
