@@ -41,7 +41,7 @@ REWARDS = ("simple", "contrastive")
 AREA_WEIGHT_GROWTH = 1.0035**800
 #: what a perturbation's name means for this method
 PERTURBATIONS: dict[str, Perturbation] = {
-    "blur": BlurPyramid(levels=8, max_sigma=20.0),
+    "blur": BlurPyramid(),
     "constant": Constant(),
 }
 
@@ -75,7 +75,10 @@ class ExtremalPerturbation(MaskAttribution):
 
     - Adam with lr 0.1 for 150 steps instead of SGD with momentum (lr 0.01) for 800; λ's
       schedule is stretched to the run, whatever its length.
-    - The mask is evaluated every 4 pixels and bilinearly upsampled (``SmoothMaxMask.stride``),
+    - The paper's sizes in pixels (grid, σ, blur) are for 224-px images; every size left at its
+      default is that fraction of the image's shorter side, so a 32-px image gets a 1-px grid.
+    - The mask is evaluated every 4 pixels at 224 px and bilinearly upsampled
+      (``SmoothMaxMask.stride``),
       a sixteenth of the exact generator's cost at the same smoothness; the area term sorts the
       evaluated points rather than every pixel.
     - The area term counts the mask in the image and in a band of σ around it, as the authors'
@@ -145,12 +148,14 @@ class ExtremalPerturbation(MaskAttribution):
             reward (str, optional): ``"simple"`` (the target's score) or ``"contrastive"``
                 (the target's score minus the highest other class's). Default: "simple"
             perturbation (str, Perturbation or None, optional): ``"blur"``
-                (:class:`~captum_masks.BlurPyramid`: 8 copies up to σ = 20 px),
+                (:class:`~captum_masks.BlurPyramid`: 8 copies up to σ = 20 px at 224 px, the
+                image's shorter side ÷ 11.2),
                 ``"constant"`` (the ``baselines``), or such an object with other settings; None
                 picks the constant when baselines are given, the blur otherwise.
                 Default: None
             mask (SmoothMaxMask, optional): the smooth max-pooling parametrisation (Section
-                3.3); None is ``SmoothMaxMask(step=7, sigma=21, stride=4, margin=None)``.
+                3.3); None is ``SmoothMaxMask()``: a grid and kernel relative to the image's
+                shorter side, the paper's 7 px grid and σ = 21 px at 224 px.
                 Default: None
             area_weight (float, optional): λ at the first step (the paper's 300). Default: 300
             area_weight_growth (float, optional): λ at the last step ÷ λ at the first; λ grows
@@ -236,7 +241,9 @@ class ExtremalPerturbation(MaskAttribution):
                     phi_score = phi_score - scores[-1]
                 weight = area_weight * area_weight_growth ** (step / max(n_iter - 1, 1))  # λ
                 # Eq. 7–8; the area sorts the mask's evaluated points, the same distribution
-                fractions = row_areas[rows.indices] * parametrisation.inside_fraction(evaluated)
+                fractions = row_areas[rows.indices] * parametrisation.inside_fraction(
+                    evaluated, spatial
+                )
                 loss = -phi_score + weight * area(evaluated, fractions)
                 kept = select_scores(output[: len(rows.indices)], rows.targets, True)
                 return loss, kept
@@ -249,7 +256,7 @@ class ExtremalPerturbation(MaskAttribution):
 
         description = f"Extremal Perturbation ({game})"
         params, history = optimize_masks(build_problem, len(row_areas), settings, description)
-        evaluated = parametrisation.inside(parametrisation.evaluated(params[0], spatial))
+        evaluated = parametrisation.inside(parametrisation.evaluated(params[0], spatial), spatial)
         # the mean over areas commutes with the (linear) upsampling: take it on the small grid
         per_image = evaluated.view(call.num_examples, num_areas, *evaluated.shape[1:]).mean(dim=1)
         history.low_resolution = (LowResolutionMask(per_image),)

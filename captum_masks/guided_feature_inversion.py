@@ -306,7 +306,7 @@ class GuidedFeatureInversion(MaskAttribution):
                 "Guided feature inversion (stage 2)",
             )
             history = history.followed_by(target_history)
-        history.low_resolution = stages.mask.low_resolution(omega)
+        history.low_resolution = stages.mask.low_resolution(omega, [x])
         mask = history.low_resolution[0].expand(x.shape[2:])
         attribution = mask.expand_as(x).to(call.inputs[0].dtype).contiguous()
         return call.result([attribution], history, return_history)

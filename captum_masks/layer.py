@@ -29,7 +29,7 @@ from captum_masks._engine.model_state import leaves_model_as_found
 from captum_masks.masks.sigmoid import SigmoidMask
 from captum_masks.masks.upsampled import UpsampledMask
 from captum_masks.meaningful_perturbation import MeaningfulPerturbation
-from captum_masks.neuromask import GROUP_SPARSE_WEIGHT, NeuroMaskAttr
+from captum_masks.neuromask import NeuroMaskAttr
 
 
 class _LayerMask(LayerAttribution, PerturbationAttribution):
@@ -205,9 +205,7 @@ class LayerNeuroMask(_LayerMask):
 
     For an ``nn.Embedding`` layer the output is (N, L, D) and the mask spans the L tokens
     (``channels_last=True`` is set for you); for other layers pass ``channels_last`` as for
-    :class:`~captum_masks.NeuroMaskAttr`. Positions are weighed like feature groups
-    (``sparse_weight=0.035``: the grid's 35, calibrated on 50 000-pixel photos, would pull a
-    dozen tokens' weights to −τ against any evidence), and the Laplacian smoothness is off
+    :class:`~captum_masks.NeuroMaskAttr`. The Laplacian smoothness is off
     (``smooth_weight=0``): neighbouring tokens need not matter alike. Each position gets its
     own weight (``mask=SigmoidMask(block=1)``), on a feature map as on tokens.
 
@@ -226,7 +224,6 @@ class LayerNeuroMask(_LayerMask):
     method = NeuroMaskAttr
     layer_defaults = {
         "smooth_weight": 0.0,
-        "sparse_weight": GROUP_SPARSE_WEIGHT,
         "mask": SigmoidMask(block=1),
     }
 

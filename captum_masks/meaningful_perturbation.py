@@ -17,7 +17,8 @@ from captum_masks._engine.checks import (
     check_non_negative,
     format_inputs,
     per_input_baselines,
-    select_scores,
+    select_log_complement,
+    select_log_scores,
 )
 from captum_masks._engine.compat import BaselineType, TargetType
 from captum_masks._engine.layout import MaskLayout
@@ -38,7 +39,7 @@ from captum_masks.regularizers import total_variation
 GAMES = ("deletion", "preservation")
 #: what a perturbation's name means for this method
 PERTURBATIONS: dict[str, Perturbation] = {
-    "blur": Blur(sigma=10.0),
+    "blur": Blur(),
     "constant": Constant(),
     "noise": Noise(),
 }
@@ -111,7 +112,7 @@ class MeaningfulPerturbation(MaskAttribution):
         game: str = "deletion",
         perturbation: str | Perturbation | None = None,
         mask: UpsampledMask | None = None,
-        l1_weight: float = 5e-4,
+        l1_weight: float = 0.4,
         tv_weight: float = 1e-2,
         tv_beta: float = 3.0,
         channels_last: bool | None = None,
@@ -215,8 +216,6 @@ class MeaningfulPerturbation(MaskAttribution):
         ]
         initial = masks.init(work_inputs, make_generator(settings.seed, call.device))
         deletion = game == "deletion"
-        # deletion minimises f_c, preservation maximises it (Eq. 3 and its symmetric form)
-        score_sign = 1.0 if deletion else -1.0
 
         def build_problem(batch: slice) -> MaskProblem:
             jitter = make_generator(settings.seed, call.device)  # E_τ: the same τ in any chunk
@@ -231,13 +230,16 @@ class MeaningfulPerturbation(MaskAttribution):
                 output = call.forward(
                     [layout.to_caller(p) for p in perturbed], rows.additional_args
                 )
-                probability = select_scores(output, rows.targets, apply_softmax)
+                log_probability = select_log_scores(output, rows.targets, apply_softmax)
+                if deletion:  # the score is gone: −log(1 − f_c(Φ(x, M_τ))), Eq. 3
+                    loss = -select_log_complement(output, rows.targets, apply_softmax)
+                else:  # the score is kept: −log f_c(Φ(x, M_τ))
+                    loss = -log_probability
                 deleted_or_kept = [1.0 - m if deletion else m for m in params]
-                loss = score_sign * probability  # f_c(Φ(x, M_τ)), Eq. 3
-                loss = loss + l1_weight * masks.total(deleted_or_kept, rows.indices)  # λ₁‖1 − m‖₁
+                loss = loss + l1_weight * masks.mean(deleted_or_kept, rows.indices)  # λ₁‖1 − m‖₁
                 for grid in masks.grids(params):
                     loss = loss + tv_weight * total_variation(grid, tv_beta)  # λ₂ TV_β(m), Eq. 4
-                return loss, probability
+                return loss, log_probability.exp()
 
             examples = call.examples(batch, work_inputs, references)
             return MaskProblem([p[batch] for p in initial], objective, examples, masks.project_)
@@ -248,7 +250,7 @@ class MeaningfulPerturbation(MaskAttribution):
         final = masks.render(params, work_inputs, everyone)
         # the importance: what had to be deleted (1 − M) or kept (M)
         importances = [(1.0 - m if deletion else m).clamp(0.0, 1.0) for m in final]
-        compact = masks.low_resolution(params)
+        compact = masks.low_resolution(params, work_inputs)
         # the grid is channels first: a channels-last attribution is not its plain expansion
         if compact is not None and not layout.channels_last:
             history.low_resolution = tuple(

@@ -20,7 +20,7 @@ from captum_masks._engine.compat import BaselineType, TargetType
 from captum_masks._engine.layout import MaskLayout
 from captum_masks._engine.loop import ExampleRows, MaskProblem, optimize_masks
 from captum_masks._engine.model_state import make_generator
-from captum_masks.masks.groups import GroupedMask, mask_over_inputs
+from captum_masks.masks.groups import mask_over_inputs
 from captum_masks.masks.sigmoid import SigmoidMask
 from captum_masks.optimization import SHARED_DEFAULTS, Optimization, OptimizationHistory
 from captum_masks.perturbations import blend, constant_reference
@@ -49,30 +49,32 @@ class NeuroMaskAttr(MaskAttribution):
 
     Where this departs from the paper, and why:
 
-    - The sparseness and smoothness terms are means over the mask (the authors' code) rather than
-      sums (the paper's equations), so the λ do not depend on the input size.
     - ``init_range`` is separate from τ, and the defaults are not the authors' ImageNet setting
       (init U(−10, 10), T = 0.3, RMSProp lr 0.03, τ = 10, squared 5 × 5 Laplacian, 400
       iterations): weights drawn from U(−10, 10) and divided by 0.3 start saturated, where the
       sigmoid has no gradient, and the mask stays at chance on a real model; the defaults are
       U(−1, 1), T = 1.5, lr 0.2.
-    - λ_sp = 35, a hundred times the authors' 0.35. With the mean, each pixel's pull towards −τ
-      is λ_sp / (H·W); at 0.35 it is weaker than the cross-entropy's gradient even once the
-      probability has saturated, and RMSProp, which moves each weight by about ``lr`` whatever
-      its gradient's size, then keeps every pixel whose gradient leans towards the class: on
-      photos with two objects much of the mask lies on the other object. At 35 only the pixels
-      the class needs stay.
+    - The sparseness and smoothness terms are sums over the mask's cells, as in the paper's
+      equations (the authors' code takes means), with λ_sp = 0.011 and λ_sm = 1e-5 per cell.
+      RMSProp moves each weight by about ``lr`` whatever its gradient's size, so a weight
+      follows the sign of its own balance between the cross-entropy and its pull towards −τ;
+      with a sum that pull is the same for every number of cells (rows, tokens, sequences,
+      volumes, images of any size), where a mean divides it by the number of cells. At 224 px
+      (3136 cells) this is a mean weighted 35 and 0.03, a hundred times the authors' λ_sp of
+      0.35 on the mean: at 0.35 the pull is weaker than the cross-entropy's gradient even once
+      the probability has saturated, and on photos with two objects much of the mask lies on
+      the other object.
     - 100 iterations instead of 300: at λ_sp = 35 the weights reach −τ within about 100 steps.
       Early stopping (``Optimization.tolerance``) stays off by default: the weights' tail keeps
       the loss falling slowly, so the relative test fires only near the end and saves nothing.
     - T = 1.5: a sharper mask puts more of it on the explained object, but T = 1 points at the
       wrong shape more often on small images, and on short token sequences can leave a mask at
       0 everywhere, evidence included. τ = 20 (the paper's) gives σ(−τ / T) ≈ 2e-6.
-    - On images, one weight per block of pixels rather than per pixel (``SigmoidMask.block``:
-      4 × 4 at 224 px, about 56 weights along the shorter side). A pixel mask keeps a speckle of
-      single pixels wherever the model responds, and next to a second object that speckle can
-      land on it; blocks are too coarse for that. Sequences, volumes and rows keep one weight
-      per position.
+    - One weight per block of positions rather than per position (``SigmoidMask.block``: about
+      56 weights along the shortest side; 4 × 4 blocks at 224 px, one weight per position up
+      to 84 positions). A pixel mask keeps a speckle of single pixels wherever the model
+      responds, and next to a second object that speckle can land on it; blocks are too coarse
+      for that. Rows and feature groups keep one weight each.
 
     The docs' NeuroMaskAttr page measures each departure against the paper's setting.
 
@@ -111,8 +113,8 @@ class NeuroMaskAttr(MaskAttribution):
         mask: SigmoidMask | None = None,
         tau: float = 20.0,
         pred_weight: float = 0.4,
-        sparse_weight: float | None = None,
-        smooth_weight: float = 0.03,
+        sparse_weight: float = 0.011,
+        smooth_weight: float = 1e-5,
         smoothness: Laplacian | None = None,
         channels_last: bool | None = None,
         apply_softmax: bool = True,
@@ -139,23 +141,22 @@ class NeuroMaskAttr(MaskAttribution):
             feature_mask (Tensor or tuple[Tensor, ...], optional): Captum's feature groups:
                 integer ids broadcastable to each input (batch axis 1, or N for one grouping per
                 example); elements with one id, in any tensor of the tuple, share one weight.
-                The sparseness term then weighs each group by its share of the input and the
-                Laplacian, defined on a grid, is off. Default: None
+                The Laplacian, defined on a grid, is then off. Default: None
             mask (SigmoidMask, optional): the parametrisation m = σ(W / T): its temperature T,
                 the range W starts in, and the block of positions each weight covers. None is
-                ``SigmoidMask(temperature=1.5, init_range=(-1, 1), block=None)``: 4 × 4 blocks
-                at 224 px, one weight per position at 64 px and on sequences, volumes and rows.
+                ``SigmoidMask(temperature=1.5, init_range=(-1, 1), block=None)``: about 56
+                weights along the shortest side (4 × 4 blocks at 224 px, one weight per position
+                up to 84), one per feature on rows.
                 A block other than None or 1 with ``feature_mask`` is an error: the groups set
                 the mask's resolution. Default: None
             tau (float, optional): τ, the value the sparseness term pulls W towards.
                 Default: 20
             pred_weight (float, optional): λ_p, weight of the cross-entropy. Default: 0.4
-            sparse_weight (float, optional): λ_sp, weight of mean ``|W + τ|``. None is 35 on a
-                grid of positions (calibrated on 224-px photos; a small grid, such as a 32³
-                volume, needs less, e.g. 3.5) and 0.035 with one weight per feature or group.
-                Default: None
-            smooth_weight (float, optional): λ_sm, weight of the mean Laplacian response.
-                Default: 0.03
+            sparse_weight (float, optional): λ_sp, weight of ``Σ |W + τ|`` over the mask's
+                cells (a group counts as many cells as its share of the input): each weight's
+                pull towards −τ, the same for any number of cells. Default: 0.011
+            smooth_weight (float, optional): λ_sm, weight of the summed Laplacian response.
+                Default: 1e-5
             smoothness (Laplacian, optional): the smoothness term's kernel, 3 (1-D [1, −2, 1]
                 or 2-D with centre −8) or 5 (2-D, centre −24, the authors' ImageNet kernel), and
                 whether its response is squared (the authors' code) rather than taken in
@@ -190,7 +191,7 @@ class NeuroMaskAttr(MaskAttribution):
         """
         check_non_negative(
             pred_weight=pred_weight,
-            sparse_weight=0.0 if sparse_weight is None else sparse_weight,
+            sparse_weight=sparse_weight,
             smooth_weight=smooth_weight,
             tau=tau,
         )
@@ -207,9 +208,6 @@ class NeuroMaskAttr(MaskAttribution):
         # shapes and groups are checked before the model runs on the inputs
         formatted = format_inputs(inputs)
         masks = mask_over_inputs(cells, feature_mask, formatted, layout, "NeuroMaskAttr")
-        if sparse_weight is None:
-            grouped = isinstance(masks, GroupedMask)
-            sparse_weight = GROUP_SPARSE_WEIGHT if grouped else GRID_SPARSE_WEIGHT
         call = self._prepare(inputs, formatted, target, additional_forward_args)
         layout.check(call.inputs, "NeuroMaskAttr")
         images = [layout.to_channels_first(x) for x in call.work_inputs]
@@ -234,10 +232,10 @@ class NeuroMaskAttr(MaskAttribution):
                 output = call.forward(masked, rows.additional_args)
                 log_probability = select_log_scores(output, rows.targets, apply_softmax)
                 loss = -pred_weight * log_probability  # λ_p·L_pred, line 8
-                sparseness = masks.mean([w + tau for w in params], rows.indices)
+                sparseness = masks.total([w + tau for w in params], rows.indices)
                 loss = loss + sparse_weight * sparseness  # λ_sp·L_sparse, line 9
                 for grid in masks.grids(params):  # λ_sm·L_smooth, line 10
-                    loss = loss + smooth_weight * smoother(grid) / grid[0].numel()
+                    loss = loss + smooth_weight * smoother(grid)
                 return loss, log_probability.exp()
 
             examples = call.examples(batch, images, references)
@@ -250,13 +248,6 @@ class NeuroMaskAttr(MaskAttribution):
             for m, x, caller in zip(masks.render(weights, images, everyone), images, call.inputs)
         )
         return call.result(attributions, history, return_history)
-
-
-#: λ_sp on a grid of positions (the class docstring says why)
-GRID_SPARSE_WEIGHT = 35.0
-#: λ_sp with one weight per group, feature or token: a group's pull towards −τ is λ_sp / G, and
-#: with tens of groups the grid's 35 outweighs the evidence of any one of them
-GROUP_SPARSE_WEIGHT = 0.035
 
 
 __all__ = ["NeuroMaskAttr"]

@@ -29,6 +29,8 @@ BaselineValue = float | Sequence[float] | Tensor | None
 #: σ below which the Gaussian's neighbours weigh exp(−0.5 / σ²) = 0 in any float dtype (and a
 #: σ that underflows to 0 in float32 would give 0 / 0 at the centre)
 NEGLIGIBLE_SIGMA = 1e-2
+#: a derived blur's σ is the input's shortest side ÷ this: the paper's 10 px at 224 px
+SIDE_PER_BLUR_SIGMA = 22.4
 
 
 def gaussian_kernel1d(sigma: float, like: Tensor) -> Tensor:
@@ -257,23 +259,34 @@ class Blur(_Blended):
     """A Gaussian blur of the input along its spatial axes (Fong & Vedaldi, Eq. 2, third case).
 
     Args:
-        sigma (float): σ₀ of the blur, in pixels, ≥ 0. Default: 10
+        sigma (float or None): σ₀ of the blur, in pixels, ≥ 0. None follows the input: its
+            shortest spatial side ÷ :data:`SIDE_PER_BLUR_SIGMA` (22.4), the paper's
+            σ₀ = 10 px at 224 px. Default: None
 
     Examples::
 
         >>> mp.attribute(images, target=3, perturbation=Blur(sigma=5.0))
+        >>> Blur().sigma_for((32, 32))
+        1.4285714285714286
     """
 
-    sigma: float = 10.0
+    sigma: float | None = None
 
     def __post_init__(self) -> None:
-        check_non_negative(sigma=self.sigma)
+        if self.sigma is not None:
+            check_non_negative(sigma=self.sigma)
+
+    def sigma_for(self, spatial_shape: Sequence[int]) -> float:
+        """σ₀ in pixels for an input with ``spatial_shape``."""
+        if self.sigma is not None:
+            return self.sigma
+        return min(spatial_shape) / SIDE_PER_BLUR_SIGMA
 
     def reference(
         self, inputs: Tensor, baselines: BaselineValue, generator: torch.Generator
     ) -> Tensor:
         _check_no_baselines([baselines])
-        return gaussian_blur(inputs, self.sigma)
+        return gaussian_blur(inputs, self.sigma_for(inputs.shape[2:]))
 
 
 @dataclass(frozen=True)
@@ -326,7 +339,9 @@ class BlurPyramid:
 
     Args:
         levels (int): copies in the pyramid, at least 2. Default: 8
-        max_sigma (float): σ of the most blurred copy, in pixels. Default: 20
+        max_sigma (float or None): σ of the most blurred copy, in pixels. None follows the
+            input: its shortest spatial side ÷ 11.2, the paper's 20 px at 224 px.
+            Default: None
 
     Examples::
 
@@ -334,19 +349,26 @@ class BlurPyramid:
     """
 
     levels: int = 8
-    max_sigma: float = 20.0
+    max_sigma: float | None = None
 
     def __post_init__(self) -> None:
         check_positive_int("levels", self.levels)
         if self.levels < 2:
             raise ValueError(f"levels must be at least 2, got {self.levels!r}")
-        check_at_least("max_sigma", self.max_sigma, 0.0, "σ of the most blurred copy")
+        if self.max_sigma is not None:
+            check_at_least("max_sigma", self.max_sigma, 0.0, "σ of the most blurred copy")
+
+    def max_sigma_for(self, spatial_shape: Sequence[int]) -> float:
+        """σ of the most blurred copy, in pixels, for an input with ``spatial_shape``."""
+        if self.max_sigma is not None:
+            return self.max_sigma
+        return 2 * min(spatial_shape) / SIDE_PER_BLUR_SIGMA
 
     def reference(
         self, inputs: Tensor, baselines: BaselineValue, generator: torch.Generator
     ) -> Tensor:
         _check_no_baselines([baselines])
-        return blur_pyramid(inputs, self.levels, self.max_sigma)
+        return blur_pyramid(inputs, self.levels, self.max_sigma_for(inputs.shape[2:]))
 
     def apply(self, inputs: Tensor, mask: Tensor, reference: Tensor) -> Tensor:
         return pyramid_blend(reference, mask)

@@ -101,17 +101,17 @@ def test_the_margin_band_holds_what_a_region_at_the_border_spills_and_the_area_p
     params[1, 0, 12:20, 12:20] = 1.0  # the same region in the middle
     evaluated = banded.evaluated(params, (SIDE, SIDE))
     assert evaluated.shape == (2, 1, 56 + 2 * 5, 56 + 2 * 5)  # 5 points of 4 px per side
-    torch.testing.assert_close(banded.inside(evaluated), plain.evaluated(params, (SIDE, SIDE)))
+    torch.testing.assert_close(banded.inside(evaluated, (SIDE, SIDE)), plain.evaluated(params, (SIDE, SIDE)))
     torch.testing.assert_close(
         banded.expand(params, (SIDE, SIDE)), plain.expand(params, (SIDE, SIDE))
     )
     band = evaluated.clone()
     band[..., 5:-5, 5:-5] = 0
     assert band[0].max() > 0.5 and band[1].max() < 1e-3  # spilled over the border, or not
-    assert banded.inside_fraction(evaluated) == 56**2 / 66**2
+    assert banded.inside_fraction(evaluated, (SIDE, SIDE)) == 56**2 / 66**2
     # the same region in the image costs more at the border once its spill is counted
     kept = plain.evaluated(params, (SIDE, SIDE))[:, 0].mean(dim=(1, 2))
-    fractions = kept * banded.inside_fraction(evaluated)
+    fractions = kept * banded.inside_fraction(evaluated, (SIDE, SIDE))
     banded_cost = area(evaluated, fractions)
     plain_cost = area(plain.evaluated(params, (SIDE, SIDE)), kept)
     assert banded_cost[0] > 2 * plain_cost[0]

@@ -100,13 +100,13 @@ def test_the_low_resolution_mask_expands_to_the_attribution(method, dtype, heigh
     assert LowResolutionMask(low.values, **low.recipe()) == low
 
 
-def test_mp_grid_is_a_sixty_fourth_of_the_image_and_expands_along_one_axis_too():
-    images = torch.rand(2, 3, 64, 64)
+def test_mp_grid_has_28_cells_along_the_shorter_side_and_expands_along_one_axis_too():
+    images = torch.rand(2, 3, 112, 224)
     attributions, history = MeaningfulPerturbation(conv_model(torch.float32)).attribute(
         images, target=0, return_history=True, optimization=Optimization(n_iter=3)
     )
-    assert history.low_resolution[0].values.shape == (2, 1, 8, 8)  # mask_factor 8
-    signals = torch.rand(2, 3, 40)
+    assert history.low_resolution[0].values.shape == (2, 1, 28, 56)  # factor 112 / 28
+    signals = torch.rand(2, 3, 168)
     attributions, history = MeaningfulPerturbation(conv_model(torch.float32, dims=1)).attribute(
         signals,
         target=0,
@@ -115,8 +115,8 @@ def test_mp_grid_is_a_sixty_fourth_of_the_image_and_expands_along_one_axis_too()
         optimization=Optimization(n_iter=3),
     )
     (low,) = history.low_resolution
-    assert low.values.shape == (2, 1, 5)
-    torch.testing.assert_close(low.expand((40,)).expand_as(attributions), attributions)
+    assert low.values.shape == (2, 1, 28)
+    torch.testing.assert_close(low.expand((168,)).expand_as(attributions), attributions)
 
 
 def test_calls_without_a_grid_have_no_low_resolution_mask():
@@ -159,7 +159,7 @@ def test_explain_dataset_stores_the_grid_and_reads_back_the_attributions(tmp_pat
         ),
         "ExtremalPerturbation": lambda: (
             ExtremalPerturbation(model),
-            {"optimization": Optimization(n_iter=4), "mask": SmoothMaxMask(step=3, sigma=5.0)},
+            {"optimization": Optimization(n_iter=4), "mask": SmoothMaxMask(step=3, sigma=5.0, stride=3)},
         ),
         "GuidedFeatureInversion": lambda: (
             GuidedFeatureInversion(model, model[2]),

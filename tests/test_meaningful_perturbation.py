@@ -28,9 +28,6 @@ def test_points_at_the_evidence(game):
         game=game,
         perturbation="constant",
         baselines=0.0,
-        l1_weight=1e-2,
-        mask=UpsampledMask(factor=4, smooth_sigma=1.0, jitter=0),
-        optimization=Optimization(n_iter=150),
     )[0, 0]
     inside = attribution[20:28, 4:12].mean()
     outside = torch.cat([attribution[:16].flatten(), attribution[:, 16:].flatten()]).mean()

@@ -65,8 +65,11 @@ class Mask(Protocol):
         the input of another counts k times as much); summed over inputs."""
         ...
 
-    def low_resolution(self, params: Sequence[Tensor]) -> tuple[LowResolutionMask, ...] | None:
-        """The final masks in the compact form they were optimised in, or None."""
+    def low_resolution(
+        self, params: Sequence[Tensor], inputs: Sequence[Tensor]
+    ) -> tuple[LowResolutionMask, ...] | None:
+        """The final masks of ``inputs`` in the compact form they were optimised in, or
+        None."""
         ...
 
 
@@ -101,7 +104,9 @@ class CellMask(ABC):
     def project_cells_(self, params: Tensor) -> None:  # noqa: B027 (a default, not abstract)
         """The projection after a step; none by default."""
 
-    def low_resolution_of(self, params: Tensor) -> LowResolutionMask | None:
+    def low_resolution_of(
+        self, params: Tensor, spatial_shape: Sequence[int]
+    ) -> LowResolutionMask | None:
         """The compact form of one input's final grid; None by default."""
         return None
 
@@ -133,8 +138,10 @@ class CellMask(ABC):
     def total(self, values: Sequence[Tensor], rows: Tensor) -> Tensor:
         return sum((_abs_sum(v) for v in values), values[0].new_zeros(()))
 
-    def low_resolution(self, params: Sequence[Tensor]) -> tuple[LowResolutionMask, ...] | None:
-        compact = [self.low_resolution_of(p) for p in params]
+    def low_resolution(
+        self, params: Sequence[Tensor], inputs: Sequence[Tensor]
+    ) -> tuple[LowResolutionMask, ...] | None:
+        compact = [self.low_resolution_of(p, x.shape[2:]) for p, x in zip(params, inputs)]
         return None if any(c is None for c in compact) else tuple(c for c in compact if c)
 
 

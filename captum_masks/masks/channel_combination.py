@@ -78,7 +78,9 @@ class ChannelCombinationMask:
     def total(self, values: Sequence[Tensor], rows: Tensor) -> Tensor:
         return values[0].sum(dim=1)
 
-    def low_resolution(self, params: Sequence[Tensor]) -> tuple[LowResolutionMask, ...]:
+    def low_resolution(
+        self, params: Sequence[Tensor], inputs: Sequence[Tensor]
+    ) -> tuple[LowResolutionMask, ...]:
         return (LowResolutionMask(self.at_layer_resolution(params[0])),)
 
 

@@ -153,7 +153,7 @@ class GroupedMask:
     def total(self, values: Sequence[Tensor], rows: Tensor) -> Tensor:
         return self.mean(values, rows) * self.groups.used(rows)
 
-    def low_resolution(self, params: Sequence[Tensor]) -> None:
+    def low_resolution(self, params: Sequence[Tensor], inputs: Sequence[Tensor]) -> None:
         return None
 
 

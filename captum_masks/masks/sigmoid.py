@@ -12,9 +12,9 @@ from captum_masks._engine.checks import check_at_least, check_positive_int
 from captum_masks.masks.base import CellMask
 
 MIN_TEMPERATURE = 1e-6
-#: weights along an image's shorter side when ``block`` is None: 4 × 4 blocks at 224 px
+#: weights along the shortest side when ``block`` is None: 4 × 4 blocks at 224 px
 #: (NeuroMaskAttr's docstring says why)
-IMAGE_MASK_CELLS = 56
+CELLS_PER_SIDE = 56
 
 
 class SigmoidMask(CellMask):
@@ -30,8 +30,8 @@ class SigmoidMask(CellMask):
         block (int or None): positions per weight along each spatial axis; the mask is W's
             sigmoid repeated over each block (nearest upsampling), and the last block of an axis
             whose length ``block`` does not divide is cut short. 1: one weight per position.
-            None: on images (two spatial axes) the shorter side / 56, rounded, at least 1 (4 × 4
-            blocks at 224 px, 1 at 64 px); elsewhere 1. Default: None
+            None: the shortest spatial side ÷ 56, rounded, at least 1, for any number of
+            spatial axes (4 × 4 blocks at 224 px, 1 up to 84 positions). Default: None
 
     Examples::
 
@@ -62,9 +62,7 @@ class SigmoidMask(CellMask):
         """Positions per weight along each axis of an input with ``spatial_shape``."""
         if self.block is not None:
             return self.block
-        if len(spatial_shape) != 2:
-            return 1
-        return max(1, round(min(spatial_shape) / IMAGE_MASK_CELLS))
+        return max(1, round(min(spatial_shape) / CELLS_PER_SIDE))
 
     def cell_shape(self, spatial_shape: Sequence[int]) -> list[int]:
         block = self.block_for(spatial_shape)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +15,21 @@ from torch import Tensor
 from captum_masks._engine.checks import check_at_least, check_positive_int
 from captum_masks.masks.base import UnitIntervalMask
 from captum_masks.masks.interpolation import upsample_linearly
+
+#: the image's shorter side per grid step, σ per pixel of it and side per stride when derived:
+#: the paper's 7 px grid, σ = 21 px and 4 px stride at 224 px
+SIDE_PER_STEP = 32
+SIGMA_PER_SIDE = 21 / 224
+SIDE_PER_STRIDE = 56
+
+
+class GridSizes(NamedTuple):
+    """:class:`SmoothMaxMask`'s sizes in pixels for one image shape."""
+
+    step: int
+    sigma: float
+    stride: int
+    margin: float
 
 
 class SmoothMaxMask(UnitIntervalMask):
@@ -33,12 +50,17 @@ class SmoothMaxMask(UnitIntervalMask):
     the border), so an area term on :meth:`evaluated` also counts what a region spills over
     the border, as the authors' code does with a margin of σ.
 
+    The sizes left at None follow from the image, as fractions of its shorter side s of the
+    paper's settings at 224 px: ``step = round(s / 32)``, ``σ = 21 · s / 224``, ``stride =
+    round(s / 56)`` (steps and strides at least 1), margin = σ. At 224 px that is the paper's
+    7 px grid and σ = 21 px, evaluated every 4 px.
+
     Args:
-        step (int): grid spacing in pixels (the paper's 7 px at 224 px). Default: 7
-        sigma (float): kernel width σ in pixels (the paper's 21). Default: 21
+        step (int or None): grid spacing in pixels. None: s / 32 (above). Default: None
+        sigma (float or None): kernel width σ in pixels. None: 21 · s / 224. Default: None
         temperature (float): T of the smooth maximum (the paper's 20). Default: 20
-        stride (int): pixels between the points where the mask is evaluated (1: every pixel).
-            Default: 4
+        stride (int or None): pixels between the points where the mask is evaluated (1: every
+            pixel). None: s / 56. Default: None
         margin (float or None): width in pixels of the band around the image where the mask is
             also evaluated (rounded to whole strides); None is σ, as the authors' code.
             Default: None
@@ -49,38 +71,48 @@ class SmoothMaxMask(UnitIntervalMask):
         >>> mask = SmoothMaxMask(step=7, sigma=21.0, stride=1)
         >>> attribution = ExtremalPerturbation(model).attribute(images, target=3, mask=mask)
         >>> theta = mask.init([images], generator)[0]             # (N, 1, 32, 32) for 224 px
+        >>> SmoothMaxMask().sizes_for((64, 64))                   # at 64 px
+        GridSizes(step=2, sigma=6.0, stride=1, margin=6.0)
         >>> full = mask.expand(theta, images.shape[2:])           # (N, 1, 224, 224)
     """
 
     def __init__(
         self,
-        step: int = 7,
-        sigma: float = 21.0,
+        step: int | None = None,
+        sigma: float | None = None,
         temperature: float = 20.0,
-        stride: int = 4,
+        stride: int | None = None,
         margin: float | None = None,
         init_value: float = 1.0,
     ) -> None:
-        margin = sigma if margin is None else margin
-        check_positive_int("step", step)
-        check_positive_int("stride", stride)
-        check_at_least("sigma", sigma, 1e-3, "the kernel's width in pixels")
+        check_positive_int("step", step, allow_none=True)
+        check_positive_int("stride", stride, allow_none=True)
+        if sigma is not None:
+            check_at_least("sigma", sigma, 1e-3, "the kernel's width in pixels")
         check_at_least("temperature", temperature, 0.0, "0 is a plain mean")
-        check_at_least("margin", margin, 0.0, "the band around the image, in pixels")
+        if margin is not None:
+            check_at_least("margin", margin, 0.0, "the band around the image, in pixels")
         self.step = step
         self.stride = stride
-        self.sigma = float(sigma)
+        self.sigma = None if sigma is None else float(sigma)
         self.temperature = float(temperature)
-        self.margin = float(margin)
+        self.margin = None if margin is None else float(margin)
         super().__init__(init_value)
-        self.radius = 1 + math.ceil(self.sigma / step)
-        self.band = round(self.margin / stride)  # evaluated points outside the image, per side
-        # grid cells a neighbour of an evaluated point can be from the image's grid
-        self.padding = self.radius + math.ceil(self.margin / step) + 1
-        self._geometry: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}
+        self._geometry: dict[tuple, _Geometry] = {}
+
+    def sizes_for(self, spatial_shape: Sequence[int]) -> GridSizes:
+        """The grid's sizes in pixels for an image with ``spatial_shape``: the given values,
+        and the rule above for those left at None."""
+        side = min(spatial_shape)
+        step = self.step or max(1, round(side / SIDE_PER_STEP))
+        sigma = self.sigma or SIGMA_PER_SIDE * side
+        stride = self.stride or max(1, round(side / SIDE_PER_STRIDE))
+        margin = sigma if self.margin is None else self.margin
+        return GridSizes(step, sigma, stride, margin)
 
     def cell_shape(self, spatial_shape: Sequence[int]) -> list[int]:
-        return [math.ceil(side / self.step) for side in spatial_shape]
+        step = self.sizes_for(spatial_shape).step
+        return [math.ceil(side / step) for side in spatial_shape]
 
     def expand(
         self,
@@ -96,52 +128,37 @@ class SmoothMaxMask(UnitIntervalMask):
         ⌈W / stride⌉ + 2·band)`` with the margin's band of points on each side: the same
         distribution of values as the full mask, at a fraction of the size (an area term can
         sort it instead)."""
-        rows, cols, kernel = self._neighbourhood(params, spatial_shape)
-        padded = F.pad(params[:, 0], (self.padding,) * 4)  # no grid point outside: 0
-        return _SmoothMaximum.apply(padded, rows, cols, kernel, self.temperature).clamp(0.0, 1.0)
+        geometry = self._neighbourhood(params, spatial_shape)
+        padded = F.pad(params[:, 0], (geometry.padding,) * 4)  # no grid point outside: 0
+        pooled = _SmoothMaximum.apply(
+            padded, geometry.rows, geometry.cols, geometry.kernel, self.temperature
+        )
+        return pooled.clamp(0.0, 1.0)
 
     def upsample(self, evaluated: Tensor, spatial_shape: Sequence[int]) -> Tensor:
         """The full ``(N, 1, H, W)`` mask from :meth:`evaluated`'s."""
-        return upsample_linearly(self.inside(evaluated), spatial_shape).clamp(0.0, 1.0)
+        inside = self.inside(evaluated, spatial_shape)
+        return upsample_linearly(inside, spatial_shape).clamp(0.0, 1.0)
 
-    def inside(self, evaluated: Tensor) -> Tensor:
+    def inside(self, evaluated: Tensor, spatial_shape: Sequence[int]) -> Tensor:
         """:meth:`evaluated`'s points inside the image (without the margin's band)."""
-        if self.band == 0:
+        band = self._neighbourhood(evaluated, spatial_shape).band
+        if band == 0:
             return evaluated
-        return evaluated[..., self.band : -self.band, self.band : -self.band]
+        return evaluated[..., band:-band, band:-band]
 
-    def inside_fraction(self, evaluated: Tensor) -> float:
+    def inside_fraction(self, evaluated: Tensor, spatial_shape: Sequence[int]) -> float:
         """The share of :meth:`evaluated`'s points that are inside the image."""
-        return self.inside(evaluated)[0].numel() / evaluated[0].numel()
+        return self.inside(evaluated, spatial_shape)[0].numel() / evaluated[0].numel()
 
-    def _neighbourhood(
-        self, like: Tensor, spatial_shape: Sequence[int]
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """For the evaluated points: the padded grid rows and columns of their neighbours,
-        (h'·K,) and (w'·K,) point-major, and the kernel k(u − v), (h', w', K, K); built once per
+    def _neighbourhood(self, like: Tensor, spatial_shape: Sequence[int]) -> _Geometry:
+        """The evaluated points' neighbours and kernel for ``spatial_shape``; built once per
         shape."""
         key = (tuple(spatial_shape), like.device, like.dtype)
         if key not in self._geometry:
-            offsets = torch.arange(-self.radius, self.radius + 1, device=like.device)
-
-            def axis(side: int) -> tuple[Tensor, Tensor]:
-                count = math.ceil(side / self.stride)
-                # the evaluated points, at the centres of stride × stride blocks (bilinear
-                # upsampling with align_corners=False puts its samples there), and the band's
-                positions = torch.arange(-self.band, count + self.band, device=like.device)
-                points = (positions + 0.5) * side / count - 0.5
-                cells = torch.div(points, self.step, rounding_mode="floor").long()
-                neighbours = cells + offsets.view(-1, 1)
-                centres = neighbours * self.step + (self.step - 1) / 2
-                return neighbours + self.padding, points - centres
-
-            (rows, row_distance), (cols, col_distance) = map(axis, spatial_shape)
-            distance = torch.sqrt(
-                row_distance.T[:, None, :, None] ** 2 + col_distance.T[None, :, None, :] ** 2
+            self._geometry[key] = _Geometry.build(
+                self.sizes_for(spatial_shape), spatial_shape, like
             )
-            kernel = torch.exp(-2 * (distance / self.sigma - 0.5).clamp_min(0) ** 2)
-            kernel = kernel.to(like.dtype)
-            self._geometry[key] = (rows.T.flatten(), cols.T.flatten(), kernel)
         return self._geometry[key]
 
     def __repr__(self) -> str:
@@ -150,6 +167,47 @@ class SmoothMaxMask(UnitIntervalMask):
             f"temperature={self.temperature}, stride={self.stride}, margin={self.margin}, "
             f"init_value={self.init_value})"
         )
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """For the evaluated points of one image shape: the padded grid rows and columns of their
+    neighbours, (h'·K,) and (w'·K,) point-major, the kernel k(u − v), (h', w', K, K), the
+    evaluated points in the margin's band per side, and the grid cells padded around the
+    image."""
+
+    rows: Tensor
+    cols: Tensor
+    kernel: Tensor
+    band: int
+    padding: int
+
+    @classmethod
+    def build(cls, sizes: GridSizes, spatial_shape: Sequence[int], like: Tensor) -> _Geometry:
+        step, sigma, stride, margin = sizes
+        radius = 1 + math.ceil(sigma / step)
+        band = round(margin / stride)
+        # grid cells a neighbour of an evaluated point can be from the image's grid
+        padding = radius + math.ceil(margin / step) + 1
+        offsets = torch.arange(-radius, radius + 1, device=like.device)
+
+        def axis(side: int) -> tuple[Tensor, Tensor]:
+            count = math.ceil(side / stride)
+            # the evaluated points, at the centres of stride × stride blocks (bilinear
+            # upsampling with align_corners=False puts its samples there), and the band's
+            positions = torch.arange(-band, count + band, device=like.device)
+            points = (positions + 0.5) * side / count - 0.5
+            cells = torch.div(points, step, rounding_mode="floor").long()
+            neighbours = cells + offsets.view(-1, 1)
+            centres = neighbours * step + (step - 1) / 2
+            return neighbours + padding, points - centres
+
+        (rows, row_distance), (cols, col_distance) = map(axis, spatial_shape)
+        distance = torch.sqrt(
+            row_distance.T[:, None, :, None] ** 2 + col_distance.T[None, :, None, :] ** 2
+        )
+        kernel = torch.exp(-2 * (distance / sigma - 0.5).clamp_min(0) ** 2).to(like.dtype)
+        return cls(rows.T.flatten(), cols.T.flatten(), kernel, band, padding)
 
 
 #: below it exp(T·(a − 1)) stays a normal float32 for every a in [0, 1]
