@@ -53,14 +53,14 @@ class MeaningfulPerturbation(MaskAttribution):
     little as possible (Eq. 3–4):
 
     .. math::
-        m^* = \arg\min_{m \in [0,1]^\Lambda} \lambda_1 \|1 - m\|_1
+        m^* = \arg\min_{m \in [0,1]^\Lambda} \lambda_1 \operatorname{mean}(1 - m)
               + \lambda_2 \sum_u \|\nabla m(u)\|_\beta^\beta
-              + \mathbb{E}_\tau\big[f_c(\Phi(x, M_\tau))\big]
+              - \mathbb{E}_\tau\big[\log\big(1 - f_c(\Phi(x, M_\tau))\big)\big]
 
     where m is a low-resolution mask, M its upsampled and Gaussian-smoothed version, τ a random
     jitter and Φ the perturbation: ``M·x + (1 − M)·reference`` with a blurred copy, a constant or
     noise as reference. The *preservation game* instead keeps the least of the image that still
-    preserves the score: minimise λ₁‖m‖₁ + TV − f_c(Φ(x, M)).
+    preserves the score: minimise λ₁ mean(m) + TV − log f_c(Φ(x, M)).
 
     Attributions are the importance of each pixel in [0, 1] (higher = more important): 1 − M for
     the deletion game (what had to be deleted), M for the preservation game (what had to be kept),
@@ -70,9 +70,15 @@ class MeaningfulPerturbation(MaskAttribution):
     (:class:`~captum_masks.UpsampledMask`'s ``init_value``) instead of at the
     paper's search for the smallest suppressing circle; the jitter shifts the mask rather than the
     image (the same expectation up to the border); L1 and TV act on the low-resolution mask as in
-    the authors' code. Each example stops once its loss has settled (``Optimization.tolerance``)
-    instead of running all 300 iterations, and λ₁ is 5e-4 instead of 1e-4; the docs'
-    MeaningfulPerturbation page measures both against the paper's settings.
+    the authors' code. The score is the log-probability of the game's outcome, −log(1 − f_c)
+    or −log f_c, instead of ±f_c: a confident small model's probability saturates, and with it
+    the gradient that should outweigh the area term. λ₁ weighs the mean area instead of the
+    sum, so deleting the whole input costs λ₁ at any number of cells (0.4 on the mean: the
+    paper's 1e-4 on a 28 × 28 grid is 0.08). The grid, its smoothing, the jitter and the blur
+    are the paper's sizes at 224 px as fractions of the input's shortest side. Each example
+    stops once its loss has settled (``Optimization.tolerance``) instead of running all 300
+    iterations. The docs' MeaningfulPerturbation page measures the departures against the
+    paper's settings.
 
     Args:
         forward_func (Callable): the classifier f of Eq. 3: a model, or any function mapping a
@@ -149,27 +155,28 @@ class MeaningfulPerturbation(MaskAttribution):
                 score) or ``"preservation"`` (smallest region that alone keeps it).
                 Default: "deletion"
             perturbation (str, Perturbation or None, optional): the reference shown where the
-                mask is 0: ``"blur"`` (:class:`~captum_masks.Blur` with σ₀ = 10 px),
+                mask is 0: ``"blur"`` (:class:`~captum_masks.Blur`: σ₀ is the shortest
+                spatial side ÷ 22.4, 10 px at 224 px),
                 ``"constant"`` (the ``baselines``), ``"noise"`` (:class:`~captum_masks.Noise`,
                 drawn once from the seed) or such an object with other settings. None blurs
                 when every input has spatial axes and no ``baselines`` are given, and uses the
                 baselines otherwise, as Captum's perturbation methods do; rows cannot be
                 blurred. Default: None
             mask (UpsampledMask, optional): the mask's parametrisation (Eq. 4): its grid
-                factor δ, smoothing σ, jitter τ and start. None is
-                ``UpsampledMask(factor=8, smooth_sigma=5, jitter=4, init_value=0.5)``
-                (a 28 × 28 grid for 224 px). Default: None
-            l1_weight (float, optional): λ₁, weight of the L1 norm of the deleted (deletion) or
-                kept (preservation) low-resolution mask; the paper's 1e-4 lets the deletion mask
-                take in background around the object. Default: 5e-4
+                factor δ, smoothing σ, jitter τ and start. None is ``UpsampledMask()``: about
+                28 cells along the shortest side, σ = 0.625·δ, jitter δ // 2 (the paper's
+                δ = 8, σ = 5, τ < 4 at 224 px). Default: None
+            l1_weight (float, optional): λ₁, weight of the mean of the deleted (deletion) or
+                kept (preservation) low-resolution mask, each cell or group by its share of
+                the input; the paper's 1e-4 on a 28 × 28 grid's sum (0.08 here) lets the
+                deletion mask take in background around the object. Default: 0.4
             tv_weight (float, optional): λ₂, weight of the total variation. Default: 1e-2
             tv_beta (float, optional): exponent β ≥ 1 of the total variation. Default: 3
             channels_last (bool, optional): the inputs are (N, L, D) (or (N, H, W, C)): the
                 mask spans every axis but the first and last. None reads them channels first and
                 warns about 3-D inputs, which may be either. Default: None
-            apply_softmax (bool, optional): score the target by its softmax probability (the
-                paper's f_c); set False when ``forward_func`` already returns probabilities.
-                Default: True
+            apply_softmax (bool, optional): f_c is the target's softmax probability; set False
+                when ``forward_func`` already returns probabilities. Default: True
             optimization (Optimization, optional): the loop's settings
                 (:class:`~captum_masks.Optimization`); fields left unset take this method's
                 defaults: ``n_iter=300, lr=0.1, optimizer="adam", tolerance=3e-3,

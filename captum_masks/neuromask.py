@@ -64,7 +64,8 @@ class NeuroMaskAttr(MaskAttribution):
       0.35 on the mean: at 0.35 the pull is weaker than the cross-entropy's gradient even once
       the probability has saturated, and on photos with two objects much of the mask lies on
       the other object.
-    - 100 iterations instead of 300: at λ_sp = 35 the weights reach −τ within about 100 steps.
+    - 100 iterations instead of 300: at λ_sp = 0.011 the weights reach −τ within about 100
+      steps.
       Early stopping (``Optimization.tolerance``) stays off by default: the weights' tail keeps
       the loss falling slowly, so the relative test fires only near the end and saves nothing.
     - T = 1.5: a sharper mask puts more of it on the explained object, but T = 1 points at the

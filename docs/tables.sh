@@ -17,11 +17,11 @@ run benchmark --suite synthetic-pairs --n 100 --threads 2 --table docs/tables/sy
 
 # Calibration: each method's defaults beside the paper's setting of each departure (the method pages)
 run benchmark --suite photos-pairs --split calibration --n 6 --threads 2 --table docs/tables/calibration-meaningful-perturbation.md --out "${TMPDIR:-/tmp}/calibration.png" --methods \
-  MeaningfulPerturbation/deletion 'MeaningfulPerturbation/deletion[l1_weight=1e-4]' \
+  MeaningfulPerturbation/deletion 'MeaningfulPerturbation/deletion[l1_weight=0.08]' \
   'MeaningfulPerturbation/deletion[optimization.tolerance=None]'
 run benchmark --suite photos-pairs --split calibration --n 6 --threads 2 --table docs/tables/calibration-neuromask.md --out "${TMPDIR:-/tmp}/calibration.png" --methods \
   NeuroMaskAttr 'NeuroMaskAttr[mask.block=1]' 'NeuroMaskAttr[mask.temperature=1.0]' \
-  'NeuroMaskAttr[sparse_weight=0.35]' 'NeuroMaskAttr[sparse_weight=0.35 optimization.n_iter=300]' \
+  'NeuroMaskAttr[sparse_weight=0.00011]' 'NeuroMaskAttr[sparse_weight=0.00011 optimization.n_iter=300]' \
   'NeuroMaskAttr[mask.temperature=0.3 mask.init_range=(-10.0,10.0) optimization.lr=0.03]'
 run benchmark --suite photos-pairs --split calibration --n 6 --threads 2 --table docs/tables/calibration-guided-feature-inversion.md --out "${TMPDIR:-/tmp}/calibration.png" --methods \
   GuidedFeatureInversion 'GuidedFeatureInversion[target_start=inversion]' \

@@ -69,7 +69,7 @@ def _synthetic_settings(model: nn.Module, size: int) -> dict:
             # against a background blurred enough to erase the shapes
             "preservation": {
                 "mask": UpsampledMask(factor=2, smooth_sigma=0.7, jitter=0),
-                "l1_weight": 5e-3,
+                "l1_weight": 5.0,
                 "perturbation": Blur(sigma=10.0),
             },
         },
