@@ -55,9 +55,9 @@ ACTIVATIONS: dict[str | None, Callable[[Tensor], Tensor]] = {
     "relu": torch.relu,
     None: lambda features: features,
 }
-#: what a perturbation's name means for this method (the paper's blur radius 11)
+#: what a perturbation's name means for this method (the blur relative to the image, as MP's)
 PERTURBATIONS: dict[str, Perturbation] = {
-    "blur": Blur(sigma=11.0),
+    "blur": Blur(),
     "constant": Constant(),
     "noise": Noise(),
 }
@@ -216,7 +216,8 @@ class GuidedFeatureInversion(MaskAttribution):
                 weight (stage 1's ω for an image with none), or ``"inversion"``, stage 1's ω
                 (Algorithm 2's start). Default: "gradient"
             perturbation (str or Perturbation, optional): p is ``"blur"``
-                (:class:`~captum_masks.Blur` with the paper's radius 11), ``"constant"`` or
+                (:class:`~captum_masks.Blur`: σ is the image's shortest side ÷ 22.4, 10 px at
+                224 px, where the paper blurs with a radius of 11), ``"constant"`` or
                 ``"noise"``, or such an object with other settings. Default: "blur"
             activation (str or None, optional): applied to both layers' outputs: ``"relu"`` or
                 None (use the outputs as they are). Default: "relu"

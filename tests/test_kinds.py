@@ -22,6 +22,12 @@ def test_pointing_takes_the_maximum_and_the_middle_of_a_saturated_blob():
     maps[1, 7, 7] = 1.0  # peak off it
     maps[2, 1:6, 1:6] = 1.0  # a saturated blob around it: its middle is on it
     assert points_at(maps, evidence).tolist() == [1.0, 0.0, 1.0]
+    # with a tolerance of 2 positions: a peak 2 diagonally off (2.8) misses, 2 straight off hits
+    near = torch.zeros(2, 8, 8)
+    near[0, 6, 6] = 1.0
+    near[1, 6, 3] = 1.0
+    assert points_at(near, evidence[:2]).tolist() == [0.0, 0.0]
+    assert points_at(near, evidence[:2], tolerance=2).tolist() == [0.0, 1.0]
 
 
 def test_relevance_mass_is_the_positive_share_on_the_evidence():

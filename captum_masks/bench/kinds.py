@@ -8,13 +8,15 @@ defaults next to Captum's built-ins. A method is scored where the evidence is:
 
 - **rows**: the share of positive relevance on the deciding features (relevance mass);
 - **sequences**, **volumes**, **images-32**: whether the map's maximum lies in the evidence
-  (pointing, no tolerance) and the relevance mass;
+  (pointing: with no tolerance, and with the pointing game's tolerance of 15 px at 224 px
+  scaled to the input) and the relevance mass;
 - **tokens**: whether the token with the largest attribution (summed over the embedding) is the
   deciding token.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -302,17 +304,26 @@ def relevance_mass(scores: Tensor, evidence: Tensor) -> Tensor:
     return inside / positive.sum(dim=1).clamp_min(1e-12)
 
 
-def points_at(scores: Tensor, evidence: Tensor) -> Tensor:
-    """(N,) whether each map's maximum lies on the evidence. Where several positions share the
-    maximum (a saturated mask), the point is the tied position nearest their centroid."""
+def points_at(scores: Tensor, evidence: Tensor, tolerance: float = 0.0) -> Tensor:
+    """(N,) whether each map's maximum lies on the evidence, or within ``tolerance`` positions
+    of it (the pointing game's tolerance). Where several positions share the maximum (a
+    saturated mask), the point is the tied position nearest their centroid."""
     hits = []
     for row, where in zip(scores, evidence):
         flat = row.flatten()
         tied = torch.nonzero(flat >= flat.max() - 1e-6 * flat.max().abs()).flatten()
         coordinates = torch.stack(torch.unravel_index(tied, row.shape), dim=1).float()
-        nearest = (coordinates - coordinates.mean(dim=0)).norm(dim=1).argmin()
-        hits.append(bool(where.flatten()[tied[nearest]]))
+        point = coordinates[(coordinates - coordinates.mean(dim=0)).norm(dim=1).argmin()]
+        inside = torch.nonzero(where).float()
+        distance = (inside - point).norm(dim=1).min() if len(inside) else torch.tensor(math.inf)
+        hits.append(bool(distance <= tolerance))
     return torch.tensor(hits, dtype=torch.float)
+
+
+def pointing_tolerance(task: KindTask) -> float:
+    """The pointing game's tolerance, 15 px at 224 px, as the same fraction of the shortest
+    side of the task's positions, rounded (at least 1)."""
+    return max(1, round(15 * min(task.evidence.shape[1:]) / 224))
 
 
 def kinds_report(
@@ -322,7 +333,7 @@ def kinds_report(
 
     Returns:
         dict kind -> {"accuracy": the model's, "methods": {method: {"pointing": (N,),
-        "relevance_mass": (N,), "seconds": per input}}}.
+        "pointing_with_tolerance": (N,), "relevance_mass": (N,), "seconds": per input}}}.
 
     Examples::
 
@@ -340,6 +351,9 @@ def kinds_report(
             scores = _positions(task, attribution.float())
             methods[name] = {
                 "pointing": points_at(scores, task.evidence),
+                "pointing_with_tolerance": points_at(
+                    scores, task.evidence, pointing_tolerance(task)
+                ),
                 "relevance_mass": relevance_mass(scores, task.evidence),
                 "seconds": seconds,
             }
@@ -350,10 +364,17 @@ def kinds_report(
 #: what each kind's columns report
 COLUMNS = {
     "rows": ("relevance_mass",),
-    "sequences": ("pointing", "relevance_mass"),
-    "volumes": ("pointing", "relevance_mass"),
+    "sequences": ("pointing", "pointing_with_tolerance", "relevance_mass"),
+    "volumes": ("pointing", "pointing_with_tolerance", "relevance_mass"),
     "tokens": ("pointing",),
-    "images-32": ("pointing", "relevance_mass"),
+    "images-32": ("pointing", "pointing_with_tolerance", "relevance_mass"),
+}
+
+
+COLUMN_NAMES = {
+    "pointing": "pointing",
+    "pointing_with_tolerance": "pointing ±15/224",
+    "relevance_mass": "relevance mass",
 }
 
 
@@ -364,7 +385,7 @@ def format_kinds(report: dict[str, dict]) -> str:
     for result in report.values():
         names += [name for name in result["methods"] if name not in names]
     header = [
-        f"{kind}: {'top token' if kind == 'tokens' else column.replace('_', ' ')}"
+        f"{kind}: {'top token' if kind == 'tokens' else COLUMN_NAMES.get(column, column)}"
         for kind in report
         for column in COLUMNS[kind]
     ]
