@@ -60,3 +60,16 @@ def test_fixed_objects_and_bad_arguments(model):
         layouts.recognised_layouts(model, 1, 1, "test")
     with pytest.raises(ValueError, match="objects must name 2 objects"):
         layouts.recognised_layouts(model, 1, 2, objects=("cat",))
+
+
+def test_the_second_model_gets_composites_at_its_own_size_that_it_recognises():
+    lite2 = zoo.load_efficientnet_lite2()
+    side = zoo.EFFICIENTNET_SIZES["efficientnet-lite2"]
+    categories = zoo.imagenet_categories()
+    (layout,) = layouts.recognised_layouts(lite2, 1, 1, "calibration", seed=2, image_size=side)
+    assert layout.image.shape == (1, 3, side, side) and layout.masks.shape[-2:] == (side, side)
+    scaled = {round(size * side / zoo.INPUT_SIZE) for size in layouts.SINGLE_SIZES}
+    assert layout.size in scaled and int(layout.masks.sum()) == layout.size**2
+    with torch.no_grad():
+        alone = lite2(zoo.normalize(layout.image)).argmax(dim=1).item()
+    assert categories[alone] in zoo.OBJECTS[layout.objects[0]].classes

@@ -104,6 +104,13 @@ class BenchmarkResult:
     curves: dict
 
 
+#: the photo pair suites and their classifiers
+PAIR_PHOTO_MODELS = {
+    "photos-pairs": "efficientnet-lite0",
+    "photos-pairs-lite2": "efficientnet-lite2",
+}
+
+
 def run_benchmark(
     suite: str = "synthetic",
     methods: Sequence[str] | None = None,
@@ -121,7 +128,9 @@ def run_benchmark(
     Args:
         suite (str): ``"synthetic"`` (reference CNN, 64 px shapes), ``"photos"``
             (EfficientNet-Lite0, 224 px composites), or their two-object versions
-            ``"synthetic-pairs"`` and ``"photos-pairs"`` (each image explained for both objects).
+            ``"synthetic-pairs"`` and ``"photos-pairs"`` (each image explained for both
+            objects); ``"photos-lite2"`` and ``"photos-pairs-lite2"`` are the photo suites on
+            EfficientNet-Lite2 at 260 px, a second model no setting was chosen on.
         methods (sequence of str, optional): a subset of :data:`ALL_METHODS`, each of this
             package's also with its own settings as a row of its own
             (``"NeuroMaskAttr[mask.temperature=1.0]"``, see
@@ -143,7 +152,7 @@ def run_benchmark(
             ``workdir/<method>``, so that a run can be resumed and, under ``torchrun``, the rows
             are shared by the processes (each method's batch is its rows ÷ processes). Rank 0
             scores and returns the table; the other ranks return their result without scores.
-        objects (sequence of two str, optional): on ``"photos-pairs"`` only, the two objects of
+        objects (sequence of two str, optional): on the photo pair suites only, the two objects of
             every image (keys of :data:`~captum_masks.bench.objects.OBJECTS`, e.g.
             ``("coffee", "officer")``), to look at one pair of objects; drawn per image by
             default.
@@ -161,13 +170,11 @@ def run_benchmark(
     methods = _chosen_methods(suite, methods, n, overrides or {})
     if objects is None:
         data = SUITE_BUILDERS[suite](n, seed, split)
-    elif suite == "photos-pairs":
+    elif suite in PAIR_PHOTO_MODELS:
         first, second = objects
-        data = photos_pairs_suite(n, seed, split, (first, second))
+        data = photos_pairs_suite(n, seed, split, (first, second), PAIR_PHOTO_MODELS[suite])
     else:
-        raise ValueError(
-            f"objects picks the two objects of the photos-pairs suite, not of {suite!r}"
-        )
+        raise ValueError(f"objects picks the two objects of a photo pair suite, not of {suite!r}")
     if "AmortizedExplainer" in methods:
         from captum_masks.bench.synthetic import load_synthetic_explainer
 

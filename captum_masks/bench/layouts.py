@@ -69,6 +69,7 @@ def recognised_layouts(
     split: str = "held-out",
     seed: int = 0,
     objects: tuple[str, ...] | None = None,
+    image_size: int = zoo.INPUT_SIZE,
 ) -> list[Layout]:
     """``n`` composites of the ``split`` whose objects ``model`` recognises, fixed by ``seed``.
 
@@ -87,6 +88,8 @@ def recognised_layouts(
         seed (int): the same seed gives the same composites.
         objects (tuple of str, optional): always paste these keys of
             :data:`~captum_masks.bench.zoo.OBJECTS`; drawn per composite by default.
+        image_size (int): the composites' side (the model's input side); the objects' sides
+            are :data:`SINGLE_SIZES` or :data:`PAIR_SIZES` scaled from 224 px to it.
 
     Returns:
         list of :class:`Layout`.
@@ -103,7 +106,7 @@ def recognised_layouts(
     layouts: list[Layout] = []
     for _draw in range(MAX_DRAWS_PER_LAYOUT * n):
         chosen = objects or tuple(map(str, rng.choice(names, objects_per_image, replace=False)))
-        layout = _draw_layout(model, rng, chosen, BACKGROUNDS[split], categories)
+        layout = _draw_layout(model, rng, chosen, BACKGROUNDS[split], categories, image_size)
         if layout is not None:
             layouts.append(layout)
             if len(layouts) == n:
@@ -120,22 +123,26 @@ def _draw_layout(
     objects: tuple[str, ...],
     backgrounds: tuple,
     categories: list,
+    image_size: int,
 ) -> Layout | None:
     """One drawn composite, or None when the model misses one of its objects."""
     background = str(rng.choice(backgrounds))
     paste_seed = int(rng.integers(2**31))
+    scale = image_size / zoo.INPUT_SIZE
     if len(objects) == 1:
-        size = int(rng.choice(SINGLE_SIZES))
-        single = zoo.paste_composite(objects[0], background, size, seed=paste_seed)
+        size = round(int(rng.choice(SINGLE_SIZES)) * scale)
+        single = zoo.paste_composite(objects[0], background, size, image_size, seed=paste_seed)
         image, masks, alone = single.image, single.mask, single.image
     else:
-        size = int(rng.choice(PAIR_SIZES))
+        size = round(int(rng.choice(PAIR_SIZES)) * scale)
         first, second = objects
-        pair = zoo.paste_pair(first, second, background, object_size=size, seed=paste_seed)
+        pair = zoo.paste_pair(
+            first, second, background, object_size=size, size=image_size, seed=paste_seed
+        )
         image, masks = pair.image, pair.masks
         alone = torch.cat(
             [
-                zoo.paste_composite(obj, background, size, position=box[:2]).image
+                zoo.paste_composite(obj, background, size, image_size, position=box[:2]).image
                 for obj, box in zip(objects, pair.boxes)
             ]
         )

