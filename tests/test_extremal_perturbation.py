@@ -101,7 +101,9 @@ def test_the_margin_band_holds_what_a_region_at_the_border_spills_and_the_area_p
     params[1, 0, 12:20, 12:20] = 1.0  # the same region in the middle
     evaluated = banded.evaluated(params, (SIDE, SIDE))
     assert evaluated.shape == (2, 1, 56 + 2 * 5, 56 + 2 * 5)  # 5 points of 4 px per side
-    torch.testing.assert_close(banded.inside(evaluated, (SIDE, SIDE)), plain.evaluated(params, (SIDE, SIDE)))
+    torch.testing.assert_close(
+        banded.inside(evaluated, (SIDE, SIDE)), plain.evaluated(params, (SIDE, SIDE))
+    )
     torch.testing.assert_close(
         banded.expand(params, (SIDE, SIDE)), plain.expand(params, (SIDE, SIDE))
     )

@@ -22,7 +22,6 @@ from captum_masks import (
     MeaningfulPerturbation,
     NeuroMaskAttr,
     Optimization,
-    UpsampledMask,
 )
 
 METHODS = [MeaningfulPerturbation, NeuroMaskAttr]

@@ -159,7 +159,10 @@ def test_explain_dataset_stores_the_grid_and_reads_back_the_attributions(tmp_pat
         ),
         "ExtremalPerturbation": lambda: (
             ExtremalPerturbation(model),
-            {"optimization": Optimization(n_iter=4), "mask": SmoothMaxMask(step=3, sigma=5.0, stride=3)},
+            {
+                "optimization": Optimization(n_iter=4),
+                "mask": SmoothMaxMask(step=3, sigma=5.0, stride=3),
+            },
         ),
         "GuidedFeatureInversion": lambda: (
             GuidedFeatureInversion(model, model[2]),
