@@ -71,11 +71,12 @@ class NeuroMaskAttr(MaskAttribution):
     - T = 1.5: a sharper mask puts more of it on the explained object, but T = 1 points at the
       wrong shape more often on small images, and on short token sequences can leave a mask at
       0 everywhere, evidence included. τ = 20 (the paper's) gives σ(−τ / T) ≈ 2e-6.
-    - One weight per block of positions rather than per position (``SigmoidMask.block``: about
-      56 weights along the shortest side; 4 × 4 blocks at 224 px, one weight per position up
-      to 84 positions). A pixel mask keeps a speckle of single pixels wherever the model
-      responds, and next to a second object that speckle can land on it; blocks are too coarse
-      for that. Rows and feature groups keep one weight each.
+    - On images and volumes, one weight per block of positions rather than per position
+      (``SigmoidMask.block``: about 56 weights along the shortest side; 4 × 4 blocks at 224 px,
+      one weight per position up to 84 positions). A pixel mask keeps a speckle of single
+      pixels wherever the model responds, and next to a second object that speckle can land on
+      it; blocks are too coarse for that. Sequences (whose positions may be tokens), rows and
+      feature groups keep one weight each.
 
     The docs' NeuroMaskAttr page measures each departure against the paper's setting.
 
@@ -146,8 +147,9 @@ class NeuroMaskAttr(MaskAttribution):
             mask (SigmoidMask, optional): the parametrisation m = σ(W / T): its temperature T,
                 the range W starts in, and the block of positions each weight covers. None is
                 ``SigmoidMask(temperature=1.5, init_range=(-1, 1), block=None)``: about 56
-                weights along the shortest side (4 × 4 blocks at 224 px, one weight per position
-                up to 84), one per feature on rows.
+                weights along the shortest side of images and volumes (4 × 4 blocks at 224 px,
+                one weight per position up to 84), one per position on sequences and per
+                feature on rows.
                 A block other than None or 1 with ``feature_mask`` is an error: the groups set
                 the mask's resolution. Default: None
             tau (float, optional): τ, the value the sparseness term pulls W towards.

@@ -30,8 +30,9 @@ class SigmoidMask(CellMask):
         block (int or None): positions per weight along each spatial axis; the mask is W's
             sigmoid repeated over each block (nearest upsampling), and the last block of an axis
             whose length ``block`` does not divide is cut short. 1: one weight per position.
-            None: the shortest spatial side ÷ 56, rounded, at least 1, for any number of
-            spatial axes (4 × 4 blocks at 224 px, 1 up to 84 positions). Default: None
+            None: on images and volumes the shortest spatial side ÷ 56, rounded, at least 1
+            (4 × 4 blocks at 224 px, 1 up to 84 positions); 1 on sequences, whose positions may
+            be tokens. Default: None
 
     Examples::
 
@@ -62,6 +63,8 @@ class SigmoidMask(CellMask):
         """Positions per weight along each axis of an input with ``spatial_shape``."""
         if self.block is not None:
             return self.block
+        if len(spatial_shape) < 2:
+            return 1
         return max(1, round(min(spatial_shape) / CELLS_PER_SIDE))
 
     def cell_shape(self, spatial_shape: Sequence[int]) -> list[int]:
