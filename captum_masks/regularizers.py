@@ -151,7 +151,7 @@ def area(mask: Tensor, fraction: float | Tensor) -> Tensor:
     fractions = torch.as_tensor(fraction, dtype=mask.dtype, device=mask.device)
     if not bool(((fractions >= 0) & (fractions <= 1)).all()):
         raise ValueError(f"fraction must be in [0, 1], got {fraction!r}")
-    values = _flat(mask).sort(dim=1).values
+    values = _flat(mask).sort(dim=1, stable=True).values  # ties: the same order in any batch
     size = values.shape[1]
     ones = torch.round(fractions * size).view(-1, 1)
     rank = torch.arange(size, device=mask.device, dtype=mask.dtype)
@@ -181,7 +181,7 @@ def area_bounds(mask: Tensor, lower: float, upper: float) -> Tensor:
     """
     if not 0.0 <= lower <= upper <= 1.0:
         raise ValueError(f"need 0 <= lower <= upper <= 1, got lower={lower!r}, upper={upper!r}")
-    values = _flat(mask).sort(dim=1, descending=True).values
+    values = _flat(mask).sort(dim=1, descending=True, stable=True).values
     size = values.shape[1]
     rank = torch.arange(size, device=mask.device)
     below_lower = (rank < int(size * lower)).to(mask.dtype)
