@@ -213,7 +213,7 @@ def test_meaningful_perturbation_games_point_at_the_shape():
         ({"methods": ["GradCam"]}, "unknown methods"),
         ({"n": 0}, "n must be >= 1"),
         ({"methods": ["AmortizedExplainer"]}, "trained explainer only for the suites"),
-        ({"objects": ("cat", "coffee")}, "objects picks the two objects of the photos-pairs"),
+        ({"objects": ("cat", "coffee")}, "objects picks the two objects of a photo pair suite"),
         ({"methods": ["Occlusion[n_iter=3]"]}, "one of this package's methods followed by"),
         ({"methods": ["NeuroMaskAttr[mask.temperature=1.0"]}, "one of this package's methods"),
         ({"methods": ["NeuroMaskAttr[tv_weight=1.0]"]}, r"NeuroMaskAttr takes no setting"),
