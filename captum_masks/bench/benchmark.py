@@ -50,11 +50,11 @@ from captum_masks.bench.runners import (
     takes,
 )
 from captum_masks.bench.suites import (
+    PHOTO_PAIR_SUITES,
     SUITE_BUILDERS,
     SUITES,
     Suite,
     SuiteDataset,
-    photos_pairs_suite,
 )
 
 METRIC_COLUMNS = (
@@ -102,13 +102,6 @@ class BenchmarkResult:
     scores: dict
     attributions: dict
     curves: dict
-
-
-#: the photo pair suites and their classifiers
-PAIR_PHOTO_MODELS = {
-    "photos-pairs": "efficientnet-lite0",
-    "photos-pairs-lite2": "efficientnet-lite2",
-}
 
 
 def run_benchmark(
@@ -170,9 +163,9 @@ def run_benchmark(
     methods = _chosen_methods(suite, methods, n, overrides or {})
     if objects is None:
         data = SUITE_BUILDERS[suite](n, seed, split)
-    elif suite in PAIR_PHOTO_MODELS:
+    elif suite in PHOTO_PAIR_SUITES:
         first, second = objects
-        data = photos_pairs_suite(n, seed, split, (first, second), PAIR_PHOTO_MODELS[suite])
+        data = SUITE_BUILDERS[suite](n, seed, split, objects=(first, second))
     else:
         raise ValueError(f"objects picks the two objects of a photo pair suite, not of {suite!r}")
     if "AmortizedExplainer" in methods:

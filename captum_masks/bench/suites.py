@@ -257,7 +257,9 @@ def image_suite(image: str) -> Suite:
     )
 
 
-SUITE_BUILDERS: dict[str, Callable[[int, int, str], Suite]] = {
+#: each suite's builder, called as ``(n, seed, split)`` (the photo pair suites also take
+#: ``objects=``)
+SUITE_BUILDERS: dict[str, Callable[..., Suite]] = {
     "synthetic": synthetic_suite,
     "photos": photos_suite,
     "synthetic-pairs": synthetic_pairs_suite,
@@ -266,6 +268,8 @@ SUITE_BUILDERS: dict[str, Callable[[int, int, str], Suite]] = {
     "photos-lite2": partial(photos_suite, model_name="efficientnet-lite2"),
     "photos-pairs-lite2": partial(photos_pairs_suite, model_name="efficientnet-lite2"),
 }
+#: the suites whose two objects can be fixed with ``objects``
+PHOTO_PAIR_SUITES = ("photos-pairs", "photos-pairs-lite2")
 
 
 class SuiteDataset(torch.utils.data.Dataset):
@@ -308,6 +312,7 @@ def held_out_photo_pairs() -> SuiteDataset:
 
 
 __all__ = [
+    "PHOTO_PAIR_SUITES",
     "SUITES",
     "SUITE_BUILDERS",
     "Suite",
