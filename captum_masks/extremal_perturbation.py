@@ -19,11 +19,11 @@ from captum_masks._engine.checks import (
     format_inputs,
     map_batch,
     per_input_baselines,
-    select_scores,
 )
 from captum_masks._engine.compat import BaselineType, TargetType
 from captum_masks._engine.loop import ExampleRows, MaskProblem, optimize_masks
 from captum_masks._engine.model_state import make_generator
+from captum_masks._engine.scores import REWARDS, best_other_score, select_scores
 from captum_masks.masks.low_resolution import LowResolutionMask
 from captum_masks.masks.smooth_max import SmoothMaxMask
 from captum_masks.optimization import SHARED_DEFAULTS, Optimization, OptimizationHistory
@@ -36,7 +36,6 @@ from captum_masks.perturbations import (
 from captum_masks.regularizers import area
 
 GAMES = ("preservation", "deletion", "dual")
-REWARDS = ("simple", "contrastive")
 #: how much the area weight λ grows over a run: TorchRay's 1.0035 per step over its 800 steps
 AREA_WEIGHT_GROWTH = 1.0035**800
 #: what a perturbation's name means for this method
@@ -272,10 +271,7 @@ def _reward(output: Tensor, targets: Tensor, reward: str, apply_softmax: bool) -
     score = select_scores(output, targets, apply_softmax=False)
     if reward == "simple":
         return score
-    rows = torch.arange(output.shape[0], device=output.device)
-    others = output.clone()
-    others[(rows,) + tuple(targets.unbind(dim=1))] = -torch.inf
-    return score - others.flatten(1).amax(dim=1)
+    return score - best_other_score(output, targets)
 
 
 def _check_arguments(

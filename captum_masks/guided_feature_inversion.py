@@ -21,7 +21,6 @@ from captum_masks._engine.checks import (
     format_inputs,
     map_batch,
     per_input_baselines,
-    select_scores,
 )
 from captum_masks._engine.compat import BaselineType, TargetType
 from captum_masks._engine.hooks import (
@@ -34,6 +33,7 @@ from captum_masks._engine.hooks import (
 )
 from captum_masks._engine.loop import ExampleRows, MaskProblem, optimize_masks
 from captum_masks._engine.model_state import make_generator
+from captum_masks._engine.scores import select_scores
 from captum_masks.masks.channel_combination import ChannelCombinationMask
 from captum_masks.optimization import (
     SHARED_DEFAULTS,

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 from captum_masks._engine.call import MaskAttribution, mask_attribute
 from captum_masks._engine.checks import (
@@ -17,13 +18,12 @@ from captum_masks._engine.checks import (
     check_non_negative,
     format_inputs,
     per_input_baselines,
-    select_log_complement,
-    select_log_scores,
 )
 from captum_masks._engine.compat import BaselineType, TargetType
 from captum_masks._engine.layout import MaskLayout
 from captum_masks._engine.loop import ExampleRows, MaskProblem, optimize_masks
 from captum_masks._engine.model_state import make_generator
+from captum_masks._engine.scores import select_scores, target_log_odds
 from captum_masks.masks.groups import mask_over_inputs
 from captum_masks.masks.upsampled import UpsampledMask
 from captum_masks.optimization import SHARED_DEFAULTS, Optimization, OptimizationHistory
@@ -237,16 +237,14 @@ class MeaningfulPerturbation(MaskAttribution):
                 output = call.forward(
                     [layout.to_caller(p) for p in perturbed], rows.additional_args
                 )
-                log_probability = select_log_scores(output, rows.targets, apply_softmax)
-                if deletion:  # the score is gone: −log(1 − f_c(Φ(x, M_τ))), Eq. 3
-                    loss = -select_log_complement(output, rows.targets, apply_softmax)
-                else:  # the score is kept: −log f_c(Φ(x, M_τ))
-                    loss = -log_probability
+                odds = target_log_odds(output, rows.targets, apply_softmax)
+                # the score is gone: −log(1 − f_c(Φ(x, M_τ))), Eq. 3; or kept: −log f_c
+                loss = F.softplus(odds if deletion else -odds)
                 deleted_or_kept = [1.0 - m if deletion else m for m in params]
                 loss = loss + l1_weight * masks.mean(deleted_or_kept, rows.indices)  # λ₁‖1 − m‖₁
                 for grid in masks.grids(params):
                     loss = loss + tv_weight * total_variation(grid, tv_beta)  # λ₂ TV_β(m), Eq. 4
-                return loss, log_probability.exp()
+                return loss, select_scores(output, rows.targets, apply_softmax)
 
             examples = call.examples(batch, work_inputs, references)
             return MaskProblem([p[batch] for p in initial], objective, examples, masks.project_)

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 from captum_masks._engine.call import MaskAttribution, mask_attribute
 from captum_masks._engine.checks import (
@@ -14,12 +15,12 @@ from captum_masks._engine.checks import (
     check_non_negative,
     format_inputs,
     per_input_baselines,
-    select_log_scores,
 )
 from captum_masks._engine.compat import BaselineType, TargetType
 from captum_masks._engine.layout import MaskLayout
 from captum_masks._engine.loop import ExampleRows, MaskProblem, optimize_masks
 from captum_masks._engine.model_state import make_generator
+from captum_masks._engine.scores import select_scores, target_log_odds
 from captum_masks.masks.groups import GroupedMask, mask_over_inputs
 from captum_masks.masks.sigmoid import SigmoidMask
 from captum_masks.optimization import SHARED_DEFAULTS, Optimization, OptimizationHistory
@@ -240,13 +241,13 @@ class NeuroMaskAttr(MaskAttribution):
                     )
                 ]
                 output = call.forward(masked, rows.additional_args)
-                log_probability = select_log_scores(output, rows.targets, apply_softmax)
-                loss = -pred_weight * log_probability  # λ_p·L_pred, line 8
+                odds = target_log_odds(output, rows.targets, apply_softmax)
+                loss = pred_weight * F.softplus(-odds)  # λ_p·L_pred = −λ_p·log y_c, line 8
                 sparseness = sparseness_over([w + tau for w in params], rows.indices)
                 loss = loss + sparse_weight * sparseness  # λ_sp·L_sparse, line 9
                 for grid in masks.grids(params):  # λ_sm·L_smooth, line 10
                     loss = loss + smooth_weight * smoother(grid)
-                return loss, log_probability.exp()
+                return loss, select_scores(output, rows.targets, apply_softmax)
 
             examples = call.examples(batch, images, references)
             return MaskProblem([w[batch] for w in initial], objective, examples, masks.project_)

@@ -18,11 +18,11 @@ from captum_masks._engine.checks import (
     format_inputs,
     map_batch,
     per_input_baselines,
-    select_scores,
 )
 from captum_masks._engine.compat import BaselineType, TargetType, progress
 from captum_masks._engine.layout import MaskLayout
 from captum_masks._engine.model_state import make_generator
+from captum_masks._engine.scores import select_scores
 from captum_masks.masks.groups import FeatureGroups, resolve_groups
 from captum_masks.perturbations import blend, constant_reference
 

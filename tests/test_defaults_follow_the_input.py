@@ -17,7 +17,6 @@ from captum_masks import (
     SmoothMaxMask,
     UpsampledMask,
 )
-from captum_masks._engine.checks import select_log_complement
 from captum_masks.bench.kinds import _positions, kind_task, points_at
 
 
@@ -56,23 +55,6 @@ def test_explicit_sizes_are_used_as_given():
         0.0,
     )
     assert SigmoidMask(block=7).block_for((16, 16)) == 7
-
-
-@given(
-    logits=st.lists(st.floats(-40, 40), min_size=2, max_size=6),
-    data=st.data(),
-)
-def test_the_deletion_score_is_log_one_minus_p_even_where_p_rounds_to_one(logits, data):
-    output = torch.tensor([logits], dtype=torch.float64)
-    target = data.draw(st.integers(0, len(logits) - 1))
-    targets = torch.tensor([[target]])
-    expected = torch.log1p(-torch.softmax(output, dim=1)[0, target])
-    got = select_log_complement(output, targets, apply_softmax=True)[0]
-    if torch.isfinite(expected):
-        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-9)
-    # float32 logits with a margin of 40: p rounds to 1, the score does not
-    confident = torch.tensor([[40.0, 0.0]])
-    assert torch.isfinite(select_log_complement(confident, torch.tensor([[0]]), True)).all()
 
 
 class BrightSquare(nn.Module):

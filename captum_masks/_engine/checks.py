@@ -148,37 +148,6 @@ def resolve_targets(target: Any, output: Tensor) -> Tensor:
     return torch.tensor(rows, dtype=torch.long, device=output.device)
 
 
-def select_scores(output: Tensor, targets: Tensor, apply_softmax: bool) -> Tensor:
-    """Per-example score of each example's target, as a probability if ``apply_softmax``."""
-    if apply_softmax:
-        output = torch.softmax(output, dim=1)
-    rows = torch.arange(output.shape[0], device=output.device)
-    index = (rows,) + tuple(targets.unbind(dim=1))
-    return output[index]
-
-
-def select_log_scores(output: Tensor, targets: Tensor, apply_softmax: bool) -> Tensor:
-    """Per-example log-probability of each example's target: ``log_softmax`` of logits if
-    ``apply_softmax``, else the log of given probabilities (floored at 1e-12)."""
-    if apply_softmax:
-        return select_scores(output.log_softmax(dim=1), targets, apply_softmax=False)
-    return select_scores(output, targets, apply_softmax=False).clamp_min(1e-12).log()
-
-
-def select_log_complement(output: Tensor, targets: Tensor, apply_softmax: bool) -> Tensor:
-    """Per-example log(1 − p) of each example's target: the log-probability that the model
-    does not answer it. From logits (``apply_softmax``) as the log-sum-exp of the other classes
-    minus that of all, exact where p rounds to 1; from given probabilities as log1p(−p),
-    floored at the dtype's resolution."""
-    rows = torch.arange(output.shape[0], device=output.device)
-    index = (rows,) + tuple(targets.unbind(dim=1))
-    if not apply_softmax:
-        probability = output[index]
-        return torch.log1p(-probability.clamp_max(1.0 - torch.finfo(output.dtype).eps))
-    others = output.index_put(index, output.new_tensor(float("-inf")))
-    return (others.logsumexp(dim=1) - output.logsumexp(dim=1))[(rows,) + index[2:]]
-
-
 def map_batch(
     args: tuple | None, batch_size: int, function: Callable[[Tensor], Tensor]
 ) -> tuple | None:
@@ -301,6 +270,4 @@ __all__ = [
     "per_input_baselines",
     "resolve_targets",
     "run_forward",
-    "select_log_scores",
-    "select_scores",
 ]

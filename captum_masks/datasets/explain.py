@@ -22,12 +22,12 @@ from captum_masks._engine.checks import (
     check_non_negative,
     check_positive,
     check_positive_int,
-    select_scores,
 )
 from captum_masks._engine.compat import progress
 from captum_masks._engine.distributed import rank_and_world_size
 from captum_masks._engine.files import save_atomically
 from captum_masks._engine.model_state import modules_of
+from captum_masks._engine.scores import select_scores
 from captum_masks.datasets.storage import (
     FORMAT_VERSION,
     DatasetExplanations,

@@ -12,8 +12,8 @@ from torch import Tensor
 from captum_masks._engine.checks import (
     check_positive_int,
     resolve_targets,
-    select_scores,
 )
+from captum_masks._engine.scores import select_scores
 from captum_masks.metrics.maps import to_heatmap
 from captum_masks.perturbations import gaussian_blur
 

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from captum_masks._engine.checks import resolve_targets, select_scores
+from captum_masks._engine.checks import resolve_targets
+from captum_masks._engine.scores import select_scores
 from captum_masks.metrics.maps import as_masks, min_max_normalise, to_heatmap
 from captum_masks.perturbations import gaussian_blur
 
