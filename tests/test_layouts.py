@@ -18,7 +18,18 @@ def test_the_splits_share_no_background_and_use_only_offline_images():
     calibration, held_out = (set(layouts.BACKGROUNDS[split]) for split in layouts.SPLITS)
     assert calibration and held_out and not calibration & held_out
     assert calibration | held_out <= set(zoo.SAMPLE_IMAGES)
-    assert {obj.image for obj in zoo.OBJECTS.values()} <= set(zoo.SAMPLE_IMAGES)
+    assert {obj.image for obj in zoo.NAMED_OBJECTS.values()} <= set(zoo.SAMPLE_IMAGES)
+
+
+def test_the_pair_calibration_objects_are_never_drawn_only_named(model):
+    calibration_only = set(zoo.NAMED_OBJECTS) - set(zoo.OBJECTS)
+    assert calibration_only
+    drawn = layouts.recognised_layouts(model, 3, 2, "calibration", seed=3)
+    assert all(not set(layout.objects) & calibration_only for layout in drawn)
+    named = layouts.recognised_layouts(
+        model, 1, 2, "calibration", objects=("rocket", "colorwheel")
+    )
+    assert named[0].objects == ("rocket", "colorwheel")
 
 
 @pytest.mark.parametrize("objects_per_image", [1, 2])

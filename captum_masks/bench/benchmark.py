@@ -146,7 +146,7 @@ def run_benchmark(
             are shared by the processes (each method's batch is its rows ÷ processes). Rank 0
             scores and returns the table; the other ranks return their result without scores.
         objects (sequence of two str, optional): on the photo pair suites only, the two objects of
-            every image (keys of :data:`~captum_masks.bench.objects.OBJECTS`, e.g.
+            every image (keys of :data:`~captum_masks.bench.objects.NAMED_OBJECTS`, e.g.
             ``("coffee", "officer")``), to look at one pair of objects; drawn per image by
             default.
 

@@ -13,7 +13,7 @@ import torch
 
 from captum_masks.bench.cli_types import image, positive_int, setting, target
 from captum_masks.bench.layouts import SPLITS
-from captum_masks.bench.objects import OBJECTS
+from captum_masks.bench.objects import NAMED_OBJECTS, PAIR_CALIBRATION_OBJECTS
 from captum_masks.bench.runners import ALL_METHODS, split_variant
 from captum_masks.bench.speed import SPEED_METHODS
 from captum_masks.bench.suites import SUITES
@@ -157,11 +157,13 @@ def _add_benchmark(commands: Any, common: argparse.ArgumentParser) -> None:
     bench.add_argument(
         "--objects",
         nargs=2,
-        choices=sorted(OBJECTS),
+        choices=sorted(NAMED_OBJECTS),
         default=None,
         metavar="OBJECT",
-        help=f"photos-pairs only: the two objects of every image, of {', '.join(sorted(OBJECTS))} "
-        "(e.g. --objects coffee officer, to look at one hard pair); drawn per image by default",
+        help="photos-pairs only: the two objects of every image, of "
+        f"{', '.join(sorted(NAMED_OBJECTS))} (e.g. --objects coffee officer, to look at one hard "
+        f"pair); drawn per image by default, never from {', '.join(PAIR_CALIBRATION_OBJECTS)}, "
+        "which only calibrate",
     )
     bench.add_argument("--out", default=None, help="figure path (default: benchmark_SUITE.png)")
     bench.add_argument(

@@ -87,7 +87,8 @@ def recognised_layouts(
         split (str): ``"calibration"`` or ``"held-out"``.
         seed (int): the same seed gives the same composites.
         objects (tuple of str, optional): always paste these keys of
-            :data:`~captum_masks.bench.zoo.OBJECTS`; drawn per composite by default.
+            :data:`~captum_masks.bench.zoo.NAMED_OBJECTS`; drawn per composite from
+            :data:`~captum_masks.bench.zoo.OBJECTS` by default.
         image_size (int): the composites' side (the model's input side); the objects' sides
             are :data:`SINGLE_SIZES` or :data:`PAIR_SIZES` scaled from 224 px to it.
 
@@ -149,7 +150,7 @@ def _draw_layout(
     with torch.no_grad():
         logits = model(zoo.normalize(torch.cat([alone, image])))
     targets = logits[:-1].argmax(dim=1).tolist()
-    if not all(categories[t] in zoo.OBJECTS[o].classes for o, t in zip(objects, targets)):
+    if not all(categories[t] in zoo.NAMED_OBJECTS[o].classes for o, t in zip(objects, targets)):
         return None
     seen = set(logits[-1].topk(COMPOSITE_TOP_K).indices.tolist())
     if not seen.issuperset(targets):

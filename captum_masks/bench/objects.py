@@ -1,5 +1,6 @@
 """The real objects the photo suites paste: a crop of an offline sample photo each, and the
-ImageNet classes that name it."""
+ImageNet classes that name it; and objects no suite draws, kept for choosing two-object
+settings on objects nobody has tuned on."""
 
 from __future__ import annotations
 
@@ -48,5 +49,27 @@ OBJECTS: dict[str, PhotoObject] = {
     ),
 }
 
+#: objects the suites never draw, named with ``objects=`` (``--objects``) to calibrate two-object
+#: settings: EfficientNet-Lite0 gives them weak, unrelated classes (the rocket is a matchstick or
+#: a candle, the colour wheel a croquet ball), the hard case for a map of one of two objects
+PAIR_CALIBRATION_OBJECTS: dict[str, PhotoObject] = {
+    "rocket": PhotoObject(
+        "rocket",
+        slice(0, 427),
+        slice(220, 420),
+        frozenset(
+            {"matchstick", "solar dish", "beacon", "missile", "space shuttle", "projectile"}
+        ),
+    ),
+    "colorwheel": PhotoObject(
+        "colorwheel",
+        slice(0, 370),
+        slice(0, 371),
+        frozenset({"croquet ball", "ping-pong ball", "tennis ball", "Granny Smith"}),
+    ),
+}
+#: every object a layout can name
+NAMED_OBJECTS: dict[str, PhotoObject] = OBJECTS | PAIR_CALIBRATION_OBJECTS
 
-__all__ = ["OBJECTS", "PhotoObject"]
+
+__all__ = ["NAMED_OBJECTS", "OBJECTS", "PAIR_CALIBRATION_OBJECTS", "PhotoObject"]

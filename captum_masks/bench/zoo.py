@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from captum_masks.bench.objects import OBJECTS, PhotoObject
+from captum_masks.bench.objects import NAMED_OBJECTS, OBJECTS, PhotoObject
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -178,6 +178,10 @@ def _grace_hopper() -> np.ndarray:
         return np.asarray(Image.open(handle).convert("RGB"))
 
 
+def _colorwheel() -> np.ndarray:
+    return np.asarray(_require("skimage.data").colorwheel())[..., :3]
+
+
 def _motorcycle() -> np.ndarray:
     left, _right, _disparity = _require("skimage.data").stereo_motorcycle()
     return left
@@ -189,6 +193,7 @@ SAMPLE_IMAGES: dict[str, Callable[[], np.ndarray]] = {
     "coffee": _skimage("coffee"),
     "astronaut": _skimage("astronaut"),
     "rocket": _skimage("rocket"),
+    "colorwheel": _colorwheel,
     "camera": _skimage("camera"),
     "motorcycle": _motorcycle,
     "china": _sklearn(0),
@@ -219,9 +224,9 @@ def sample_image(name_or_path: str | Path) -> np.ndarray:
     Args:
         name_or_path (str or Path): one of :data:`SAMPLE_IMAGES` (photos ``"cat"``,
             ``"coffee"``, ``"astronaut"``, ``"rocket"``, ``"camera"``, ``"motorcycle"``,
-            ``"china"``, ``"flower"``, ``"grace_hopper"``; textures ``"grass"``, ``"brick"``,
-            ``"gravel"``, ``"moon"``, ``"coins"``, ``"hubble"``, ``"tissue"``, ``"text"``,
-            ``"page"``, ``"retina"``) or a file path.
+            ``"china"``, ``"flower"``, ``"grace_hopper"``, ``"colorwheel"``; textures
+            ``"grass"``, ``"brick"``, ``"gravel"``, ``"moon"``, ``"coins"``, ``"hubble"``,
+            ``"tissue"``, ``"text"``, ``"page"``, ``"retina"``) or a file path.
 
     Returns:
         np.ndarray (H, W, 3), uint8.
@@ -266,13 +271,13 @@ def _to_tensor(array: np.ndarray, side: int) -> Tensor:
 
 
 def _object_patch(obj: str, object_size: int) -> Tensor:
-    source = OBJECTS[obj]
+    source = NAMED_OBJECTS[obj]
     return _to_tensor(sample_image(source.image)[source.rows, source.columns], object_size)
 
 
 def _check_object(obj: str, name: str = "obj") -> None:
-    if obj not in OBJECTS:
-        raise ValueError(f"{name} must be one of {sorted(OBJECTS)}, got {obj!r}")
+    if obj not in NAMED_OBJECTS:
+        raise ValueError(f"{name} must be one of {sorted(NAMED_OBJECTS)}, got {obj!r}")
 
 
 def paste_composite(
@@ -288,8 +293,8 @@ def paste_composite(
     The pasted rectangle is the ground truth: nothing else in the image shows the object.
 
     Args:
-        obj (str): a key of :data:`OBJECTS` (``"cat"``, ``"coffee"``, ``"tripod"``,
-            ``"motorcycle"``, ``"officer"``, ``"palace"``).
+        obj (str): a key of :data:`NAMED_OBJECTS` (``"cat"``, ``"coffee"``, ``"tripod"``,
+            ``"motorcycle"``, ``"officer"``, ``"palace"``; ``"rocket"``, ``"colorwheel"``).
         background (str): a :func:`sample_image` name (textures work best, such as
             ``"brick"``, ``"grass"``, ``"moon"`` or ``"text"``).
         object_size (int): side of the pasted square in pixels.
@@ -347,7 +352,7 @@ def paste_pair(
     its relevance on that object and not on the other.
 
     Args:
-        first, second (str): keys of :data:`OBJECTS`.
+        first, second (str): keys of :data:`NAMED_OBJECTS`.
         background (str): a :func:`sample_image` name.
         object_size (int): side of each pasted square, at most half of ``size``.
         size (int): side of the square output image.
@@ -389,6 +394,7 @@ __all__ = [
     "EFFICIENTNET_SIZES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "NAMED_OBJECTS",
     "OBJECTS",
     "SAMPLE_IMAGES",
     "Composite",
