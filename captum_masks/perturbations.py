@@ -22,6 +22,7 @@ from captum_masks._engine.checks import (
     check_non_negative,
     check_positive_int,
 )
+from captum_masks._engine.scale import scaled_to_input
 
 BaselineValue = float | Sequence[float] | Tensor | None
 
@@ -29,8 +30,8 @@ BaselineValue = float | Sequence[float] | Tensor | None
 #: σ below which the Gaussian's neighbours weigh exp(−0.5 / σ²) = 0 in any float dtype (and a
 #: σ that underflows to 0 in float32 would give 0 / 0 at the centre)
 NEGLIGIBLE_SIGMA = 1e-2
-#: a derived blur's σ is the input's shortest side ÷ this: the paper's 10 px at 224 px
-SIDE_PER_BLUR_SIGMA = 22.4
+#: the paper's blur σ₀ in pixels at 224 px, scaled to the input when derived
+PAPER_BLUR_SIGMA = 10.0
 
 
 def gaussian_kernel1d(sigma: float, like: Tensor) -> Tensor:
@@ -260,8 +261,8 @@ class Blur(_Blended):
 
     Args:
         sigma (float or None): σ₀ of the blur, in pixels, ≥ 0. None follows the input: its
-            shortest spatial side ÷ :data:`SIDE_PER_BLUR_SIGMA` (22.4), the paper's
-            σ₀ = 10 px at 224 px. Default: None
+            shortest spatial side ÷ 22.4, the paper's σ₀ = 10 px at 224 px scaled to the
+            input. Default: None
 
     Examples::
 
@@ -280,7 +281,7 @@ class Blur(_Blended):
         """σ₀ in pixels for an input with ``spatial_shape``."""
         if self.sigma is not None:
             return self.sigma
-        return min(spatial_shape) / SIDE_PER_BLUR_SIGMA
+        return scaled_to_input(PAPER_BLUR_SIGMA, spatial_shape)
 
     def reference(
         self, inputs: Tensor, baselines: BaselineValue, generator: torch.Generator
@@ -362,7 +363,7 @@ class BlurPyramid:
         """σ of the most blurred copy, in pixels, for an input with ``spatial_shape``."""
         if self.max_sigma is not None:
             return self.max_sigma
-        return 2 * min(spatial_shape) / SIDE_PER_BLUR_SIGMA
+        return scaled_to_input(2 * PAPER_BLUR_SIGMA, spatial_shape)
 
     def reference(
         self, inputs: Tensor, baselines: BaselineValue, generator: torch.Generator

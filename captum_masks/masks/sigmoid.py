@@ -9,12 +9,13 @@ import torch
 from torch import Tensor
 
 from captum_masks._engine.checks import check_at_least, check_positive_int
+from captum_masks._engine.scale import whole_scaled_to_input
 from captum_masks.masks.base import CellMask
 
 MIN_TEMPERATURE = 1e-6
-#: weights along the shortest side when ``block`` is None: 4 × 4 blocks at 224 px
-#: (NeuroMaskAttr's docstring says why)
-CELLS_PER_SIDE = 56
+#: positions per weight at 224 px when ``block`` is None, scaled to the input (56 weights along
+#: the side; NeuroMaskAttr's docstring says why)
+BLOCK_AT_224 = 4
 
 
 class SigmoidMask(CellMask):
@@ -65,7 +66,7 @@ class SigmoidMask(CellMask):
             return self.block
         if len(spatial_shape) < 2:
             return 1
-        return max(1, round(min(spatial_shape) / CELLS_PER_SIDE))
+        return whole_scaled_to_input(BLOCK_AT_224, spatial_shape)
 
     def cell_shape(self, spatial_shape: Sequence[int]) -> list[int]:
         block = self.block_for(spatial_shape)

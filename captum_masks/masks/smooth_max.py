@@ -13,14 +13,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from captum_masks._engine.checks import check_at_least, check_positive_int
+from captum_masks._engine.scale import scaled_to_input, whole_scaled_to_input
 from captum_masks.masks.base import UnitIntervalMask
 from captum_masks.masks.interpolation import upsample_linearly
 
-#: the image's shorter side per grid step, σ per pixel of it and side per stride when derived:
-#: the paper's 7 px grid, σ = 21 px and 4 px stride at 224 px
-SIDE_PER_STEP = 32
-SIGMA_PER_SIDE = 21 / 224
-SIDE_PER_STRIDE = 56
+#: the paper's grid step, σ and evaluation stride in pixels at 224 px, scaled to the input
+PAPER_STEP = 7
+PAPER_SIGMA = 21.0
+PAPER_STRIDE = 4
 
 
 class GridSizes(NamedTuple):
@@ -103,10 +103,9 @@ class SmoothMaxMask(UnitIntervalMask):
     def sizes_for(self, spatial_shape: Sequence[int]) -> GridSizes:
         """The grid's sizes in pixels for an image with ``spatial_shape``: the given values,
         and the rule above for those left at None."""
-        side = min(spatial_shape)
-        step = self.step or max(1, round(side / SIDE_PER_STEP))
-        sigma = self.sigma or SIGMA_PER_SIDE * side
-        stride = self.stride or max(1, round(side / SIDE_PER_STRIDE))
+        step = self.step or whole_scaled_to_input(PAPER_STEP, spatial_shape)
+        sigma = self.sigma or scaled_to_input(PAPER_SIGMA, spatial_shape)
+        stride = self.stride or whole_scaled_to_input(PAPER_STRIDE, spatial_shape)
         margin = sigma if self.margin is None else self.margin
         return GridSizes(step, sigma, stride, margin)
 

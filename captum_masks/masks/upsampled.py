@@ -9,12 +9,13 @@ import torch
 from torch import Tensor
 
 from captum_masks._engine.checks import check_at_least, check_positive_int
+from captum_masks._engine.scale import whole_scaled_to_input
 from captum_masks.masks.base import UnitIntervalMask
 from captum_masks.masks.interpolation import _apply_per_axis, smooth_upsampling
 from captum_masks.masks.low_resolution import LowResolutionMask
 
-#: cells along the shortest masked side when the factor is derived: the paper's 28 at 224 px
-CELLS_PER_SIDE = 28
+#: the paper's upsampling factor δ at 224 px (28 cells along the side)
+PAPER_FACTOR = 8
 #: the smoothing σ per unit of factor when it is derived: the paper's 5 px at δ = 8
 SIGMA_PER_FACTOR = 0.625
 
@@ -34,10 +35,10 @@ class UpsampledMask(UnitIntervalMask):
     far cheaper than convolving the full-resolution mask at every step.
 
     Left at None, the three sizes follow from the input, so that the mask covers a volume, a
-    sequence or a 32-px image as the paper's covers a 224-px photo: the factor is the shortest
-    masked side ÷ :data:`CELLS_PER_SIDE` (28), rounded, at least 1, the same on every axis; σ is
-    ``0.625 · factor`` and the jitter ``factor // 2``. At 224 px that is the paper's
-    δ = 8, σ = 5, τ < 4.
+    sequence or a 32-px image as the paper's covers a 224-px photo: the factor is the paper's
+    δ = 8 at 224 px scaled to the shortest masked side (side ÷ 28), rounded, at least 1, the
+    same on every axis; σ is ``0.625 · factor`` and the jitter ``factor // 2``. At 224 px that
+    is the paper's δ = 8, σ = 5, τ < 4.
 
     Args:
         factor (int or None): upsampling factor δ; the low-resolution side is
@@ -83,7 +84,7 @@ class UpsampledMask(UnitIntervalMask):
         values, and the rule above for those left at None."""
         factor = self.factor
         if factor is None:
-            factor = max(1, round(min(spatial_shape) / CELLS_PER_SIDE))
+            factor = whole_scaled_to_input(PAPER_FACTOR, spatial_shape)
         sigma = SIGMA_PER_FACTOR * factor if self.smooth_sigma is None else self.smooth_sigma
         jitter = factor // 2 if self.jitter is None else self.jitter
         return factor, float(sigma), jitter
