@@ -55,11 +55,14 @@ class MeaningfulPerturbation(MaskAttribution):
     .. math::
         m^* = \arg\min_{m \in [0,1]^\Lambda} \lambda_1 \operatorname{mean}(1 - m)
               + \lambda_2 \sum_u \|\nabla m(u)\|_\beta^\beta
-              - \mathbb{E}_\tau\big[\log\big(1 - f_c(\Phi(x, M_\tau))\big)\big]
+              - \mathbb{E}_\tau\big[\log\big(1 - \max\{f_c(\Phi(x, M_\tau)),
+                f_c(\Phi(x, 0))\}\big)\big]
 
     where m is a low-resolution mask, M its upsampled and Gaussian-smoothed version, τ a random
     jitter and Φ the perturbation: ``M·x + (1 − M)·reference`` with a blurred copy, a constant or
-    noise as reference. The *preservation game* instead keeps the least of the image that still
+    noise as reference, and Φ(x, 0) the reference alone: once the perturbed input tells the
+    model no more than the reference does, deleting more cannot help. The *preservation game*
+    instead keeps the least of the image that still
     preserves the score: minimise λ₁ mean(m) + TV − log f_c(Φ(x, M)).
 
     Attributions are the importance of each pixel in [0, 1] (higher = more important): 1 − M for
@@ -72,8 +75,11 @@ class MeaningfulPerturbation(MaskAttribution):
     image (the same expectation up to the border); L1 and TV act on the low-resolution mask as in
     the authors' code. The score is the log-probability of the game's outcome, −log(1 − f_c)
     or −log f_c, instead of ±f_c: a confident small model's probability saturates, and with it
-    the gradient that should outweigh the area term. λ₁ weighs the mean area instead of the
-    sum, so deleting the whole input costs λ₁ at any number of cells (0.4 on the mean: the
+    the gradient that should outweigh the area term. The deletion score stops at the
+    reference's, f_c(Φ(x, 0)): below it the mask would only add evidence against the target
+    (on a two-class model with a constant reference, push the input past the decision boundary),
+    and so take in features the decision never used. λ₁ weighs the mean area instead of the
+    sum, so deleting the whole input costs λ₁ at any number of cells (1.0 on the mean: the
     paper's 1e-4 on a 28 × 28 grid is 0.08). The grid, its smoothing, the jitter and the blur
     are the paper's sizes at 224 px as fractions of the input's shortest side. Each example
     stops once its loss has settled (``Optimization.tolerance``) instead of running all 300
@@ -118,7 +124,7 @@ class MeaningfulPerturbation(MaskAttribution):
         game: str = "deletion",
         perturbation: str | Perturbation | None = None,
         mask: UpsampledMask | None = None,
-        l1_weight: float = 0.4,
+        l1_weight: float = 1.0,
         tv_weight: float = 1e-2,
         tv_beta: float = 3.0,
         channels_last: bool | None = None,
@@ -169,7 +175,7 @@ class MeaningfulPerturbation(MaskAttribution):
             l1_weight (float, optional): λ₁, weight of the mean of the deleted (deletion) or
                 kept (preservation) low-resolution mask, each cell or group by its share of
                 the input; the paper's 1e-4 on a 28 × 28 grid's sum (0.08 here) lets the
-                deletion mask take in background around the object. Default: 0.4
+                deletion mask take in background around the object. Default: 1.0
             tv_weight (float, optional): λ₂, weight of the total variation. Default: 1e-2
             tv_beta (float, optional): exponent β ≥ 1 of the total variation. Default: 3
             channels_last (bool, optional): the inputs are (N, L, D) (or (N, H, W, C)): the
@@ -223,6 +229,14 @@ class MeaningfulPerturbation(MaskAttribution):
         ]
         initial = masks.init(work_inputs, make_generator(settings.seed, call.device))
         deletion = game == "deletion"
+        if deletion:  # the floor of the score: f_c(Φ(x, 0)), everything deleted
+            with torch.no_grad():
+                deleted = [
+                    layout.to_caller(phi.apply(x, torch.zeros_like(x), r))
+                    for x, r in zip(work_inputs, references)
+                ]
+                output = call.forward(deleted, call.additional_args)
+                reference_odds = target_log_odds(output, call.targets, apply_softmax)
 
         def build_problem(batch: slice) -> MaskProblem:
             jitter = make_generator(settings.seed, call.device)  # E_τ: the same τ in any chunk
@@ -238,8 +252,10 @@ class MeaningfulPerturbation(MaskAttribution):
                     [layout.to_caller(p) for p in perturbed], rows.additional_args
                 )
                 odds = target_log_odds(output, rows.targets, apply_softmax)
-                # the score is gone: −log(1 − f_c(Φ(x, M_τ))), Eq. 3; or kept: −log f_c
-                loss = F.softplus(odds if deletion else -odds)
+                if deletion:  # gone: −log(1 − f_c(Φ(x, M_τ))), Eq. 3, down to the reference's
+                    loss = F.softplus(torch.maximum(odds, reference_odds[rows.indices]))
+                else:  # kept: −log f_c(Φ(x, M_τ))
+                    loss = F.softplus(-odds)
                 deleted_or_kept = [1.0 - m if deletion else m for m in params]
                 loss = loss + l1_weight * masks.mean(deleted_or_kept, rows.indices)  # λ₁‖1 − m‖₁
                 for grid in masks.grids(params):

@@ -77,3 +77,19 @@ def test_unknown_kind_or_split_is_a_clear_error():
         kind_task("graphs")
     with pytest.raises(ValueError, match="split must be one of"):
         kind_task(KINDS[0], split="test")
+
+
+def test_overrides_reach_the_methods_that_take_them_and_an_unknown_one_is_refused():
+    # λ₁ = 0 deletes for free: the deletion map covers more of the row than at the default
+    default, free = (
+        kinds_report(("rows",), n=3, split="calibration", overrides=overrides)["rows"]["methods"]
+        for overrides in ({}, {"l1_weight": 0.0})
+    )
+    assert free["NeuroMaskAttr"]["relevance_mass"].equal(
+        default["NeuroMaskAttr"]["relevance_mass"]
+    )
+    assert not free["MeaningfulPerturbation"]["relevance_mass"].equal(
+        default["MeaningfulPerturbation"]["relevance_mass"]
+    )
+    with pytest.raises(ValueError, match="nosuch"):
+        kinds_report(("rows",), n=1, split="calibration", overrides={"nosuch": 1})

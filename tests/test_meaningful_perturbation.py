@@ -126,3 +126,23 @@ def test_input_kinds_it_cannot_mask_are_a_clear_error_before_the_model_runs(
         MeaningfulPerturbation(model).attribute(
             make_inputs(images), **kwargs, optimization=Optimization(n_iter=2)
         )
+
+
+class LinearRows(torch.nn.Module):
+    """Two classes over 10 features: features 2 and 7 decide, every other feature nudges the
+    logit by a tenth as much."""
+
+    def forward(self, rows):
+        weights = torch.full((10,), 0.3, dtype=rows.dtype)
+        weights[[2, 7]] = 4.0
+        logit = rows @ weights
+        return torch.stack([-logit, logit], dim=1)
+
+
+def test_the_deletion_stops_at_the_references_score_instead_of_crossing_the_boundary():
+    # the other features' nudges cancel: with 2 and 7 deleted the row sits on the boundary,
+    # where the constant reference (0) sits; pushing past it would delete the positive ones
+    row = torch.tensor([[1.0, -1.0, 2.0, 1.0, -1.0, 1.0, -1.0, 2.0, 1.0, -1.0]])
+    attribution = MeaningfulPerturbation(LinearRows()).attribute(row, target=1)
+    assert attribution[0, [2, 7]].min() > 0.9
+    assert attribution[0, [2, 7]].sum() / attribution.sum() > 0.9

@@ -231,6 +231,11 @@ def _add_kinds(commands: Any, common: argparse.ArgumentParser) -> None:
         metavar="KIND",
         help=f"of {', '.join(KINDS)} (default: all)",
     )
+    _add_settings(
+        kinds,
+        "an argument of this package's methods, given to each that takes it, e.g. "
+        "--set l1_weight=0.4 (to calibrate; the table then reports those settings)",
+    )
 
 
 def _add_methods(
@@ -431,7 +436,9 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
         from captum_masks.bench.kinds import format_kinds, kinds_report
 
         print_table(
-            args, command, format_kinds(kinds_report(tuple(args.kinds), args.n, args.split))
+            args,
+            command,
+            format_kinds(kinds_report(tuple(args.kinds), args.n, args.split, dict(args.set))),
         )
     elif args.command == "explainer-epochs":
         from captum_masks.bench.explainer_epochs import (

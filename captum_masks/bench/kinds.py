@@ -28,10 +28,19 @@ from torch.nn import functional as F
 
 from captum_masks._engine.model_state import seeded_global_rng
 from captum_masks.bench.layouts import SPLITS
+from captum_masks.bench.runners import accepted, takes
 
 #: the first generator seed of each split's inputs; the models train on seeds below both
 SPLIT_SEEDS = {"calibration": 1_000, "held-out": 2_000}
 KINDS = ("rows", "sequences", "volumes", "tokens", "images-32")
+#: this package's methods the kinds run (the overrides go to these)
+_OURS = (
+    "MeaningfulPerturbation",
+    "NeuroMaskAttr",
+    "RISE",
+    "ExtremalPerturbation",
+    "GuidedFeatureInversion",
+)
 
 
 @dataclass
@@ -231,10 +240,10 @@ def kind_task(kind: str, n: int = 40, split: str = "held-out") -> KindTask:
 
 
 # ------------------------------------------------------------------------------------- methods
-def _explainers(task: KindTask) -> dict[str, Callable[..., Tensor]]:
-    """Each method that applies to the task's kind, at its defaults, called as ``(inputs,
-    target=...)``; token ids go through the embedding (the Layer classes,
-    LayerIntegratedGradients)."""
+def _explainers(task: KindTask, overrides: dict) -> dict[str, Callable[..., Tensor]]:
+    """Each method that applies to the task's kind, at its defaults but for the ``overrides``
+    it takes, called as ``(inputs, target=...)``; token ids go through the embedding (the Layer
+    classes, LayerIntegratedGradients)."""
     from captum.attr import (
         FeatureAblation,
         IntegratedGradients,
@@ -253,25 +262,37 @@ def _explainers(task: KindTask) -> dict[str, Callable[..., Tensor]]:
         NeuroMaskAttr,
     )
 
+    def ours(name: str, attribute: Callable[..., Tensor], **settings) -> Callable[..., Tensor]:
+        return partial(attribute, **settings, **accepted(name, overrides))
+
     model, embedding = task.model, task.layer
     if embedding is not None:  # token ids
         return {
-            "MeaningfulPerturbation": LayerMeaningfulPerturbation(model, embedding).attribute,
-            "NeuroMaskAttr": LayerNeuroMask(model, embedding).attribute,
+            "MeaningfulPerturbation": ours(
+                "MeaningfulPerturbation", LayerMeaningfulPerturbation(model, embedding).attribute
+            ),
+            "NeuroMaskAttr": ours("NeuroMaskAttr", LayerNeuroMask(model, embedding).attribute),
             "IntegratedGradients": LayerIntegratedGradients(model, embedding).attribute,
         }
     # a sequence's layout is (N, C, L): said, as a user who knows it would
     layout = {"channels_last": False} if task.kind == "sequences" else {}
     methods: dict[str, Callable[..., Tensor]] = {
-        "MeaningfulPerturbation": partial(MeaningfulPerturbation(model).attribute, **layout),
-        "NeuroMaskAttr": partial(NeuroMaskAttr(model).attribute, **layout),
-        "RISE": partial(RISE(model).attribute, **layout),
+        name: ours(name, cls(model).attribute, **layout)
+        for name, cls in (
+            ("MeaningfulPerturbation", MeaningfulPerturbation),
+            ("NeuroMaskAttr", NeuroMaskAttr),
+            ("RISE", RISE),
+        )
     }
     if task.kind == "images-32":
         features = model.get_submodule("features")
         assert isinstance(features, nn.Sequential)
-        methods["ExtremalPerturbation"] = ExtremalPerturbation(model).attribute
-        methods["GuidedFeatureInversion"] = GuidedFeatureInversion(model, features[-1]).attribute
+        methods["ExtremalPerturbation"] = ours(
+            "ExtremalPerturbation", ExtremalPerturbation(model).attribute
+        )
+        methods["GuidedFeatureInversion"] = ours(
+            "GuidedFeatureInversion", GuidedFeatureInversion(model, features[-1]).attribute
+        )
     if task.kind == "rows":
         methods["FeatureAblation"] = FeatureAblation(model).attribute
         methods["ShapleyValueSampling"] = ShapleyValueSampling(model).attribute
@@ -327,9 +348,14 @@ def pointing_tolerance(task: KindTask) -> float:
 
 
 def kinds_report(
-    kinds: tuple[str, ...] = KINDS, n: int = 40, split: str = "held-out"
+    kinds: tuple[str, ...] = KINDS,
+    n: int = 40,
+    split: str = "held-out",
+    overrides: dict | None = None,
 ) -> dict[str, dict]:
-    """Every method that applies, at its defaults, on ``n`` inputs of ``split`` of each kind.
+    """Every method that applies, at its defaults, on ``n`` inputs of ``split`` of each kind;
+    ``overrides`` (such as ``{"l1_weight": 0.4}``) go to each of this package's methods that
+    takes them, to calibrate.
 
     Returns:
         dict kind -> {"accuracy": the model's, "methods": {method: {"pointing": (N,),
@@ -339,11 +365,15 @@ def kinds_report(
 
         >>> print(format_kinds(kinds_report(("rows", "volumes"), n=20, split="calibration")))
     """
+    overrides = overrides or {}
+    unused = [k for k in overrides if not any(takes(method, k) for method in _OURS)]
+    if unused:
+        raise ValueError(f"overrides {unused} are not arguments of {', '.join(_OURS)}")
     report: dict[str, dict] = {}
     for kind in kinds:
         task = kind_task(kind, n, split)
         methods = {}
-        for name, explain in _explainers(task).items():
+        for name, explain in _explainers(task, overrides).items():
             with seeded_global_rng(0):  # Shapley sampling draws from the global RNG
                 start = time.perf_counter()
                 attribution = explain(task.inputs, target=task.targets).detach()
