@@ -18,8 +18,8 @@ run benchmark --suite synthetic --n 100 --threads 2 --table docs/tables/syntheti
 run benchmark --suite synthetic-pairs --n 100 --threads 2 --table docs/tables/synthetic-pairs.md --out "${TMPDIR:-/tmp}/benchmark_synthetic-pairs.png"
 
 # Calibration: each method's defaults beside the paper's setting of each departure (the method pages)
-run benchmark --suite photos-pairs --split calibration --n 6 --threads 2 --table docs/tables/calibration-meaningful-perturbation.md --out "${TMPDIR:-/tmp}/calibration.png" --methods \
-  MeaningfulPerturbation/deletion 'MeaningfulPerturbation/deletion[l1_weight=0.08]' \
+run benchmark --suite photos-pairs --split calibration --n 6 --threads 1 --table docs/tables/calibration-meaningful-perturbation.md --out "${TMPDIR:-/tmp}/calibration.png" --methods \
+  MeaningfulPerturbation/deletion 'MeaningfulPerturbation/deletion[l1_weight=0.08]' 'MeaningfulPerturbation/deletion[l1_weight=0.4]' \
   'MeaningfulPerturbation/deletion[optimization.tolerance=None]'
 run benchmark --suite photos-pairs --split calibration --n 6 --threads 2 --table docs/tables/calibration-neuromask.md --out "${TMPDIR:-/tmp}/calibration.png" --methods \
   NeuroMaskAttr 'NeuroMaskAttr[mask.block=1]' 'NeuroMaskAttr[mask.temperature=1.0]' \
@@ -33,7 +33,7 @@ run benchmark --suite photos --split calibration --n 6 --threads 2 --table docs/
   'ExtremalPerturbation[optimization.n_iter=300 optimization.lr=0.05]'
 
 # Other input kinds and the trained explainer (docs/guide/input_kinds.md, the AmortizedExplainer page)
-run tabular --split held-out --threads 2 --table docs/tables/tabular.md
+run tabular --split held-out --threads 1 --table docs/tables/tabular.md
 run kinds --split held-out --n 40 --threads 1 --table docs/tables/kinds.md
 run class-masking --n 200 --threads 2 --table docs/tables/class-masking.md
 run explainer-epochs --suite synthetic-pairs --epochs 6 --threads 2 --table docs/tables/explainer-epochs.md
