@@ -17,7 +17,8 @@ from captum_masks import (
     SmoothMaxMask,
     UpsampledMask,
 )
-from captum_masks.bench.kinds import _positions, kind_task, points_at
+from captum_masks.bench.kind_tasks import kind_task
+from captum_masks.bench.kinds import _positions, points_at
 
 
 def test_at_224_px_the_derived_sizes_are_the_papers():

@@ -4,10 +4,9 @@ its scores mean what they say."""
 import pytest
 import torch
 
+from captum_masks.bench.kind_tasks import KINDS, kind_task
 from captum_masks.bench.kinds import (
-    KINDS,
     format_kinds,
-    kind_task,
     kinds_report,
     points_at,
     relevance_mass,

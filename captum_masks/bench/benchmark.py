@@ -45,6 +45,7 @@ from captum_masks.bench.runners import (
     AMORTIZED_SUITES,
     DEFAULT_METHODS,
     OUR_METHODS,
+    check_overrides_taken,
     method_runners,
     split_variant,
     takes,
@@ -259,13 +260,9 @@ def _chosen_methods(suite: str, methods: Sequence[str] | None, n: int, overrides
         refused = [k for k in own if not takes(method, k)]
         if refused:
             raise ValueError(f"{method} takes no setting {refused}")
-    ours = [method for method, _ in variants.values() if method in OUR_METHODS]
-    unused = [k for k in overrides if not any(takes(m, k) for m in ours)]
-    if unused:
-        raise ValueError(
-            f"overrides {unused} are not arguments of any selected method of this package "
-            f"({', '.join(ours) or 'none selected'})"
-        )
+    check_overrides_taken(
+        overrides, [method for method, _ in variants.values() if method in OUR_METHODS]
+    )
     return methods
 
 

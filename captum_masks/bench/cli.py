@@ -217,7 +217,7 @@ def _add_tabular(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _add_kinds(commands: Any, common: argparse.ArgumentParser) -> None:
-    from captum_masks.bench.kinds import KINDS
+    from captum_masks.bench.kind_tasks import KINDS
 
     kinds = commands.add_parser("kinds", parents=[common], help=COMMANDS["kinds"])
     add_table_argument(kinds)

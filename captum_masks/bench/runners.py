@@ -7,7 +7,7 @@ import argparse
 import dataclasses
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -72,6 +72,17 @@ def takes(method: str, name: str) -> bool:
     except ValueError:
         return False
     return field in inspect.signature(kind).parameters
+
+
+def check_overrides_taken(overrides: dict, methods: Sequence[str]) -> None:
+    """Raise a ValueError naming the ``overrides`` that none of this package's ``methods``
+    takes (a misspelt ``--set`` would otherwise change nothing without a word)."""
+    unused = [k for k in overrides if not any(takes(method, k) for method in methods)]
+    if unused:
+        raise ValueError(
+            f"overrides {unused} are not arguments of any selected method of this package "
+            f"({', '.join(methods) or 'none selected'})"
+        )
 
 
 def split_variant(row: str) -> tuple[str, dict]:
@@ -307,5 +318,6 @@ __all__ = [
     "OUR_METHODS",
     "REFERENCE_METHODS",
     "accepted",
+    "check_overrides_taken",
     "method_runners",
 ]
