@@ -415,6 +415,71 @@ def test_wrapped_models_give_the_eager_result_or_a_clear_error(method, images, w
     torch.testing.assert_close(result, eager, atol=method.batch_atol, rtol=0)
 
 
+@dataclass
+class ScoresAndFeatures:
+    logits: torch.Tensor
+    features: torch.Tensor
+
+
+class LogitsOutput(nn.Module):
+    """A classifier that returns its scores inside an output object, as transformers' do (or,
+    for the forms ``"tuple"`` and ``"unnamed"``, where nothing says which they are)."""
+
+    def __init__(self, model: nn.Module, form: str):
+        super().__init__()
+        self.model, self.form = model, form
+
+    def forward(self, *inputs):
+        logits = self.model(*inputs)
+        if self.form == "ModelOutput":
+            from transformers.modeling_outputs import ImageClassifierOutput
+
+            return ImageClassifierOutput(logits=logits)
+        if self.form == "dict":
+            return {"features": logits.detach(), "logits": logits}
+        if self.form == "tuple":
+            return (logits,)
+        if self.form == "unnamed":
+            return {"scores": logits}
+        return ScoresAndFeatures(logits=logits, features=logits.detach())
+
+
+@pytest.mark.parametrize("form", ["ModelOutput", "dict", "dataclass"])
+def test_an_output_with_logits_is_explained_through_them(method, images, form):
+    torch.manual_seed(0)
+    model = TinyCNN().eval()
+    model(images).sum().backward()  # the user's own gradients stay
+    wrapped = LogitsOutput(model, form)
+    before = model_state(model)
+    rng = torch.get_rng_state()
+    targets = [0, 3, 1]
+    settings = {"optimization.n_iter": 6, **method.deterministic}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the training-mode model's warning
+        through_logits = method(wrapped, images, target=targets, **settings)
+        one_by_one = torch.cat(
+            [
+                method(wrapped, images[i : i + 1], target=t, **settings)
+                for i, t in enumerate(targets)
+            ]
+        )
+        on_the_tensor = method(model, images, target=targets, **settings)
+    torch.testing.assert_close(through_logits, on_the_tensor, atol=0, rtol=0)
+    torch.testing.assert_close(through_logits, one_by_one, atol=method.batch_atol, rtol=0)
+    assert_same_state(before, model_state(model))
+    assert torch.equal(torch.get_rng_state(), rng)
+    if method.takes_tuples:
+        rgb, gray = torch.randn(2, 3, 16, 16), torch.randn(2, 1, 24, 24)
+        pair = method(LogitsOutput(TwoInputs().eval(), form), (rgb, gray), target=0)
+        assert isinstance(pair, tuple) and [p.shape for p in pair] == [rgb.shape, gray.shape]
+
+
+@pytest.mark.parametrize("form", ["tuple", "unnamed"])
+def test_an_output_without_logits_is_a_clear_error(method, tiny_model, images, form):
+    with pytest.raises(TypeError, match="forward_func must return a tensor.*'logits'"):
+        method(LogitsOutput(tiny_model, form), images, target=0)
+
+
 # ---------------------------------------------------------------- bad input
 def test_zero_iterations_is_a_clear_error(method, tiny_model, images):
     with pytest.raises(ValueError, match="iter"):

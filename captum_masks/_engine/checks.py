@@ -7,7 +7,7 @@ the caller's tensors and model exactly as they were.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -62,14 +62,28 @@ def format_inputs(
     return inputs
 
 
+def model_scores(output: Any) -> Tensor:
+    """The scores in a model's output: the tensor itself, or the ``logits`` tensor of an output
+    that carries one (a Hugging Face ``ModelOutput``, a dict or a dataclass), as transformers'
+    classifiers return them."""
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, Mapping):
+        logits = output.get("logits")
+    else:
+        logits = getattr(output, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    raise TypeError(
+        "forward_func must return a tensor of scores, or an output whose 'logits' is one (a "
+        f"Hugging Face ModelOutput, a dict or a dataclass), got {type(output).__name__}"
+    )
+
+
 def run_forward(
     forward_func: Callable, inputs: Sequence[Tensor], additional_args: tuple | None
 ) -> Tensor:
-    output = forward_func(*inputs, *(additional_args or ()))
-    if not isinstance(output, Tensor):
-        raise TypeError(
-            f"forward_func must return a tensor of scores, got {type(output).__name__}"
-        )
+    output = model_scores(forward_func(*inputs, *(additional_args or ())))
     if output.dim() < 2 or output.shape[0] != inputs[0].shape[0]:
         raise ValueError(
             "forward_func must return scores of shape (N, num_classes, ...) with one row per "
@@ -267,6 +281,7 @@ __all__ = [
     "check_seed",
     "format_inputs",
     "map_batch",
+    "model_scores",
     "per_input_baselines",
     "resolve_targets",
     "run_forward",

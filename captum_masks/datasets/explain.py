@@ -22,6 +22,7 @@ from captum_masks._engine.checks import (
     check_non_negative,
     check_positive,
     check_positive_int,
+    model_scores,
 )
 from captum_masks._engine.compat import progress
 from captum_masks._engine.distributed import rank_and_world_size
@@ -310,7 +311,7 @@ def _explain_batch(
     single = not isinstance(batch["inputs"], tuple)
     with torch.no_grad():
         extra = as_tuple(kwargs.get("additional_forward_args") or ())
-        output = method.forward_func(*inputs, *extra)
+        output = model_scores(method.forward_func(*inputs, *extra))
     targets = _targets(target, batch, output)
     record: dict[str, Tensor] = {
         "targets": torch.full((output.shape[0],), -1) if targets is None else targets.cpu(),

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from captum_masks._engine.checks import (
     check_positive_int,
+    model_scores,
     resolve_targets,
 )
 from captum_masks._engine.scores import select_scores
@@ -65,7 +66,7 @@ def deletion_insertion_curve(
             f"attributions {tuple(heat.shape)} do not match inputs {tuple(inputs.shape)}"
         )
     with torch.no_grad():
-        targets = resolve_targets(target, forward_func(inputs))
+        targets = resolve_targets(target, model_scores(forward_func(inputs)))
         background = (
             gaussian_blur(inputs, blur_sigma) if substrate == "blur" else torch.zeros_like(inputs)
         )
@@ -83,7 +84,7 @@ def deletion_insertion_curve(
                 chunk = images[start : start + batch_size]
                 chunk_targets = targets[example].expand(chunk.shape[0], -1)
                 curve[example, start : start + chunk.shape[0]] = select_scores(
-                    forward_func(chunk), chunk_targets, apply_softmax=True
+                    model_scores(forward_func(chunk)), chunk_targets, apply_softmax=True
                 )
     auc = torch.trapezoid(curve, dx=1.0 / n_steps, dim=1)
     return auc, curve

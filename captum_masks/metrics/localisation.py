@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from captum_masks._engine.checks import resolve_targets
+from captum_masks._engine.checks import model_scores, resolve_targets
 from captum_masks._engine.scores import select_scores
 from captum_masks.metrics.maps import as_masks, min_max_normalise, to_heatmap
 from captum_masks.perturbations import gaussian_blur
@@ -305,7 +305,7 @@ def saliency_metric(
     _num, _, height, width = inputs.shape
     boxes = tightest_box(min_max_normalise(heat) >= threshold).tolist()
     with torch.no_grad():
-        targets = resolve_targets(target, forward_func(inputs))
+        targets = resolve_targets(target, model_scores(forward_func(inputs)))
         crops = []
         for image, (top, left, bottom, right) in zip(inputs, boxes):
             if bottom <= top or right <= left:
@@ -314,7 +314,9 @@ def saliency_metric(
             crops.append(
                 F.interpolate(crop, size=(height, width), mode="bilinear", align_corners=False)
             )
-        probability = select_scores(forward_func(torch.cat(crops)), targets, apply_softmax=True)
+        probability = select_scores(
+            model_scores(forward_func(torch.cat(crops))), targets, apply_softmax=True
+        )
     area = inputs.new_tensor(
         [max(b - t, 0) * max(r - left, 0) / (height * width) for t, left, b, r in boxes]
     )

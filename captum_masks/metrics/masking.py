@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from captum_masks._engine.checks import model_scores
 from captum_masks.metrics.maps import as_masks, min_max_normalise, to_heatmap
 
 
@@ -57,7 +58,7 @@ def class_specific_masking(
     present = present.to(inputs.device)
 
     def probabilities(images: Tensor) -> Tensor:
-        logits = forward_func(images)
+        logits = model_scores(forward_func(images))
         return torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)
 
     present_float = present.to(inputs.dtype)
