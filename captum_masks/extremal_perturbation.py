@@ -31,7 +31,6 @@ from captum_masks.perturbations import (
     BlurPyramid,
     Constant,
     Perturbation,
-    resolve_perturbation,
 )
 from captum_masks.regularizers import area
 
@@ -190,7 +189,7 @@ class ExtremalPerturbation(MaskAttribution):
         # the perturbation is checked before the model runs on the inputs
         (baseline,) = per_input_baselines(baselines, 1)
         formatted = format_inputs(inputs, 2)
-        phi = resolve_perturbation(perturbation, formatted, [baseline], PERTURBATIONS)
+        phi = self._perturbation(perturbation, formatted, [baseline], PERTURBATIONS)
         call = self._prepare(inputs, formatted, target, additional_forward_args)
         (image,) = call.work_inputs
         num_areas = len(fractions)

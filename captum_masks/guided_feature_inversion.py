@@ -46,7 +46,6 @@ from captum_masks.perturbations import (
     Constant,
     Noise,
     Perturbation,
-    resolve_perturbation,
 )
 
 STAGES = ("target", "inversion")
@@ -268,7 +267,7 @@ class GuidedFeatureInversion(MaskAttribution):
         check_one_tensor(inputs, "image tensor")
         formatted = format_inputs(inputs, 2)
         (baseline,) = per_input_baselines(baselines, 1)
-        phi = resolve_perturbation(perturbation, formatted, [baseline], PERTURBATIONS)
+        phi = self._perturbation(perturbation, formatted, [baseline], PERTURBATIONS)
         features_of = ACTIVATIONS[activation]
         call, clean_inverted, clean_basis = self._clean_pass(
             inputs, formatted, target, additional_forward_args, features_of

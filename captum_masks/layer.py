@@ -26,6 +26,7 @@ from captum_masks._engine.compat import (
 )
 from captum_masks._engine.hooks import check_layers, replacing_output, run_recording
 from captum_masks._engine.model_state import leaves_model_as_found
+from captum_masks._engine.model_structure import is_token_layer, padding_token_of
 from captum_masks.masks.sigmoid import SigmoidMask
 from captum_masks.masks.upsampled import UpsampledMask
 from captum_masks.meaningful_perturbation import MeaningfulPerturbation
@@ -86,7 +87,9 @@ class _LayerMask(LayerAttribution, PerturbationAttribution):
             padding_mask (Tensor, optional): bool, True at padding positions: (N, L) for an
                 (N, L, D) output (e.g. ``token_ids == pad_id``) or broadcastable to the output.
                 Padding keeps its own output whatever the mask, so it is never evidence, and
-                gets attribution 0. Default: None
+                gets attribution 0. None: on a token layer of a model whose ``config`` names a
+                padding token (Hugging Face's ``pad_token_id``), the positions of that token in
+                the ids; no padding otherwise. Default: None
             **kwargs: any other keyword of the method's ``attribute`` (``optimization``,
                 ``mask``, ``return_history``, ...); the defaults differ only as the class
                 docstring says.
@@ -107,8 +110,10 @@ class _LayerMask(LayerAttribution, PerturbationAttribution):
             (activation,) = run_recording(
                 lambda: self.forward_func(*model_inputs, *extra), [self.layer]
             )
-        if isinstance(self.layer, nn.Embedding):
+        if is_token_layer(self.layer, model_inputs, activation):
             kwargs.setdefault("channels_last", True)  # (N, L, D): mask the tokens
+            if padding_mask is None:
+                padding_mask = _padding_tokens(self.forward_func, model_inputs[0])
         padding = _padding_positions(padding_mask, activation)
 
         def masked_forward(layer_output: Tensor, clean: Tensor, pad: Tensor, *rest: Any) -> Any:
@@ -130,6 +135,13 @@ class _LayerMask(LayerAttribution, PerturbationAttribution):
         attribution, *history = result if isinstance(result, tuple) else (result,)
         attribution = attribution.masked_fill(padding, 0.0)
         return (attribution, *history) if history else attribution
+
+
+def _padding_tokens(forward_func: Callable, ids: Tensor) -> Tensor | None:
+    """True where ``ids`` hold the model's padding token (a Hugging Face model's
+    ``config.pad_token_id``); None when the model names none."""
+    token = padding_token_of(forward_func)
+    return None if token is None or ids.is_floating_point() else ids == token
 
 
 def _padding_positions(padding_mask: Any, activation: Tensor) -> Tensor:
@@ -168,7 +180,8 @@ class LayerMeaningfulPerturbation(_LayerMask):
     (default: each example's mean over the positions, per feature, e.g. the mean token
     embedding).
 
-    For an ``nn.Embedding`` layer the output is (N, L, D) and the mask spans the L tokens
+    For a token layer, (N, L, D) for (N, L) token ids (an ``nn.Embedding``, a transformer's
+    embeddings block, ``model.get_input_embeddings()``), the mask spans the L tokens
     (``channels_last=True`` is set for you); for other layers pass ``channels_last`` as for
     the method itself. The defaults give one mask value per position
     (``mask=UpsampledMask(factor=1, smooth_sigma=0, jitter=0)``: neighbouring tokens are not
@@ -203,7 +216,8 @@ class LayerNeuroMask(_LayerMask):
     output's shape, as Captum's ``LayerIntegratedGradients`` returns them. A masked-out position
     becomes ``layer_baselines`` (default 0, the paper's multiplication m·h).
 
-    For an ``nn.Embedding`` layer the output is (N, L, D) and the mask spans the L tokens
+    For a token layer, (N, L, D) for (N, L) token ids (an ``nn.Embedding``, a transformer's
+    embeddings block, ``model.get_input_embeddings()``), the mask spans the L tokens
     (``channels_last=True`` is set for you); for other layers pass ``channels_last`` as for
     :class:`~captum_masks.NeuroMaskAttr`. The Laplacian smoothness is off
     (``smooth_weight=0``): neighbouring tokens need not matter alike. Each position gets its

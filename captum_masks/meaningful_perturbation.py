@@ -32,7 +32,6 @@ from captum_masks.perturbations import (
     Constant,
     Noise,
     Perturbation,
-    resolve_perturbation,
 )
 from captum_masks.regularizers import total_variation
 
@@ -215,7 +214,7 @@ class MeaningfulPerturbation(MaskAttribution):
         formatted = format_inputs(inputs)
         masks = mask_over_inputs(cells, feature_mask, formatted, layout, "MeaningfulPerturbation")
         baselines = per_input_baselines(baselines, len(formatted))
-        phi = resolve_perturbation(perturbation, formatted, baselines, PERTURBATIONS)
+        phi = self._perturbation(perturbation, formatted, baselines, PERTURBATIONS)
         call = self._prepare(inputs, formatted, target, additional_forward_args)
         layout.check(call.inputs, "MeaningfulPerturbation")
         work_inputs = [layout.to_channels_first(x) for x in call.work_inputs]

@@ -20,6 +20,7 @@ from captum_masks._engine.compat import BaselineType, TargetType
 from captum_masks._engine.layout import MaskLayout
 from captum_masks._engine.loop import ExampleRows, MaskProblem, optimize_masks
 from captum_masks._engine.model_state import make_generator
+from captum_masks._engine.model_structure import patch_size_of
 from captum_masks._engine.scores import select_scores, target_log_odds
 from captum_masks.masks.groups import GroupedMask, mask_over_inputs
 from captum_masks.masks.sigmoid import SigmoidMask
@@ -202,6 +203,10 @@ class NeuroMaskAttr(MaskAttribution):
             tau=tau,
         )
         cells = check_instance("mask", mask, SigmoidMask, SigmoidMask())
+        patch = patch_size_of(self.forward_func)
+        if cells.block is None and patch is not None and feature_mask is None:
+            # a vision transformer reads each patch as one token: one weight per patch
+            cells = SigmoidMask(cells.temperature, cells.init_range, block=patch)
         smoother = check_instance("smoothness", smoothness, Laplacian, Laplacian())
         if cells.block not in (None, 1) and feature_mask is not None:
             raise ValueError(

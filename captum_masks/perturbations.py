@@ -380,12 +380,14 @@ def resolve_perturbation(
     inputs: Sequence[Tensor],
     baselines: Sequence[BaselineValue],
     by_name: Mapping[str, Perturbation],
+    patch: int | None = None,
 ) -> Perturbation:
     """The perturbation a call uses: an object as given, a name from the method's ``by_name``
     (its defaults), or for None ``"blur"`` when every input has spatial axes and no
     ``baselines`` are given, ``"constant"`` (the baselines, as Captum's perturbation methods use
     them) otherwise. A blur of (N,) or (N, F) rows is refused: their features have no
-    neighbours."""
+    neighbours. ``patch``, a vision transformer's patch side, sets a lower bound on the σ of
+    a blur left at its default (:func:`_at_least_a_patch`)."""
     if perturbation is None:
         spatial = all(x.dim() > 2 for x in inputs)
         given = any(b is not None for b in baselines)
@@ -410,6 +412,25 @@ def resolve_perturbation(
             "none: use perturbation='constant' (deleted features take baselines, default 0) or "
             "'noise'"
         )
+    if patch is not None:
+        perturbation = _at_least_a_patch(perturbation, patch, inputs[0].shape[2:])
+    return perturbation
+
+
+def _at_least_a_patch(
+    perturbation: Perturbation, patch: int, spatial_shape: Sequence[int]
+) -> Perturbation:
+    """A blur left at its default σ, with σ₀ raised to at least ``patch`` pixels (a pyramid's
+    most blurred copy to twice that): a vision transformer reads each patch as one token, and a
+    patch blurred by one patch side keeps about 15 % of its own content (a 2-D Gaussian of σ
+    equal to the side puts 0.38² of its weight on the patch it is centred on), where the
+    paper's 10 px at 224 px, scaled down to a small input, leaves a flat patch (one colour) as
+    it was. Any other perturbation, or one with its σ given, is returned as it is."""
+    if isinstance(perturbation, Blur) and perturbation.sigma is None:
+        return Blur(sigma=max(perturbation.sigma_for(spatial_shape), float(patch)))
+    if isinstance(perturbation, BlurPyramid) and perturbation.max_sigma is None:
+        widest = max(perturbation.max_sigma_for(spatial_shape), 2.0 * patch)
+        return BlurPyramid(levels=perturbation.levels, max_sigma=widest)
     return perturbation
 
 

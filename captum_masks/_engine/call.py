@@ -25,7 +25,9 @@ from captum_masks._engine.checks import resolve_targets, run_forward
 from captum_masks._engine.compat import _format_additional_forward_args, _format_output
 from captum_masks._engine.loop import ExampleRows
 from captum_masks._engine.model_state import leaves_model_as_found
+from captum_masks._engine.model_structure import patch_size_of
 from captum_masks.optimization import FIELDS, Optimization
+from captum_masks.perturbations import BaselineValue, Perturbation, resolve_perturbation
 
 
 def work_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -110,6 +112,18 @@ class MaskAttribution(PerturbationAttribution):
     @property
     def multiplies_by_inputs(self) -> bool:
         return False
+
+    def _perturbation(
+        self,
+        perturbation: str | Perturbation | None,
+        inputs: Sequence[Tensor],
+        baselines: Sequence[BaselineValue],
+        by_name: Mapping[str, Perturbation],
+    ) -> Perturbation:
+        """:func:`~captum_masks.perturbations.resolve_perturbation` for this method's model: on a
+        vision transformer, a default blur covers at least a patch."""
+        patch = patch_size_of(self.forward_func)
+        return resolve_perturbation(perturbation, inputs, baselines, by_name, patch=patch)
 
     def _optimization(self, optimization: Optimization | None) -> Optimization:
         """The call's loop settings: ``optimization``'s fields over the method's defaults."""

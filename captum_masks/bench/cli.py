@@ -217,7 +217,7 @@ def _add_tabular(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _add_kinds(commands: Any, common: argparse.ArgumentParser) -> None:
-    from captum_masks.bench.kind_tasks import KINDS
+    from captum_masks.bench.kind_tasks import ALL_KINDS, KINDS, TRANSFORMER_KINDS
 
     kinds = commands.add_parser("kinds", parents=[common], help=COMMANDS["kinds"])
     add_table_argument(kinds)
@@ -226,10 +226,11 @@ def _add_kinds(commands: Any, common: argparse.ArgumentParser) -> None:
     kinds.add_argument(
         "--kinds",
         nargs="+",
-        choices=KINDS,
+        choices=ALL_KINDS,
         default=list(KINDS),
         metavar="KIND",
-        help=f"of {', '.join(KINDS)} (default: all)",
+        help=f"of {', '.join(ALL_KINDS)} (default: {', '.join(KINDS)}; "
+        f"{' and '.join(TRANSFORMER_KINDS)} need the transformers extra)",
     )
     _add_settings(
         kinds,

@@ -16,12 +16,17 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from captum_masks._engine.checks import model_scores
 from captum_masks._engine.model_state import seeded_global_rng
+from captum_masks.bench import transformer_tasks
 from captum_masks.bench.layouts import SPLITS
 
 #: the first generator seed of each split's inputs; the models train on seeds below both
 SPLIT_SEEDS = {"calibration": 1_000, "held-out": 2_000}
 KINDS = ("rows", "sequences", "volumes", "tokens", "images-32")
+#: the transformer kinds (the ``transformers`` extra): :mod:`captum_masks.bench.transformer_tasks`
+TRANSFORMER_KINDS = ("vit-32", "text")
+ALL_KINDS = KINDS + TRANSFORMER_KINDS
 
 
 @dataclass
@@ -29,7 +34,7 @@ class KindTask:
     """A trained model and inputs whose evidence is known.
 
     Attributes:
-        kind (str): one of :data:`KINDS`.
+        kind (str): one of :data:`ALL_KINDS`.
         model (nn.Module): the trained classifier, in eval mode.
         inputs (Tensor): the inputs to explain (token ids for ``"tokens"``).
         targets (Tensor): (N,) the class their evidence decides.
@@ -38,6 +43,8 @@ class KindTask:
             images).
         accuracy (float): the model's accuracy on fresh inputs of both classes.
         layer (nn.Module, optional): the embedding that token-id models are explained through.
+        additional_forward_args (tuple): what the model takes after the inputs (a text
+            transformer's attention mask), one row per input.
     """
 
     kind: str
@@ -47,20 +54,25 @@ class KindTask:
     evidence: Tensor
     accuracy: float
     layer: nn.Module | None = None
+    additional_forward_args: tuple = ()
 
 
 # ---------------------------------------------------------------------------------------- data
-def _rows(n: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+#: inputs, labels, evidence and what the model takes after the inputs (one row per input)
+Drawn = tuple[Tensor, Tensor, Tensor, tuple]
+
+
+def _rows(n: int, seed: int) -> Drawn:
     """(n, 10) Gaussian rows; the label is whether features 2 and 7 sum above 0."""
     generator = torch.Generator().manual_seed(seed)
     rows = torch.randn(n, 10, generator=generator)
     labels = (rows[:, 2] + rows[:, 7] > 0).long()
     evidence = torch.zeros(n, 10, dtype=torch.bool)
     evidence[:, [2, 7]] = True
-    return rows, labels, evidence
+    return rows, labels, evidence, ()
 
 
-def _sequences(n: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+def _sequences(n: int, seed: int) -> Drawn:
     """(n, 4, 64) noise; class 1 has a bump of 5 samples on channel 0 at a random place."""
     generator = torch.Generator().manual_seed(seed)
     sequences = 0.5 * torch.randn(n, 4, 64, generator=generator)
@@ -71,10 +83,10 @@ def _sequences(n: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
         start = int(starts[row])
         sequences[row, 0, start : start + 5] += 2.0
         evidence[row, start : start + 5] = True
-    return sequences, labels, evidence
+    return sequences, labels, evidence, ()
 
 
-def _volumes(n: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+def _volumes(n: int, seed: int) -> Drawn:
     """(n, 1, 8, 16, 16) volumes of faint noise; class 1 holds a bright 3 × 4 × 4 sub-cube."""
     generator = torch.Generator().manual_seed(seed)
     volumes = 0.2 * torch.rand(n, 1, 8, 16, 16, generator=generator)
@@ -88,14 +100,14 @@ def _volumes(n: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
         d, h, w = (int(corner[row]) for corner in corners)
         volumes[row, 0, d : d + 3, h : h + 4, w : w + 4] += 0.8
         evidence[row, d : d + 3, h : h + 4, w : w + 4] = True
-    return volumes, labels, evidence
+    return volumes, labels, evidence, ()
 
 
 #: the token whose presence is class 1, in a vocabulary of 50
 EVIDENCE_TOKEN = 7
 
 
-def _tokens(n: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+def _tokens(n: int, seed: int) -> Drawn:
     """(n, 12) token ids; class 1 holds :data:`EVIDENCE_TOKEN` once, class 0 never."""
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, 50, (n, 12), generator=generator)
@@ -106,15 +118,15 @@ def _tokens(n: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
     rows = torch.nonzero(labels).flatten()
     ids[rows, where[rows]] = EVIDENCE_TOKEN
     evidence[rows, where[rows]] = True
-    return ids, labels, evidence
+    return ids, labels, evidence, ()
 
 
-def _images(n: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+def _images(n: int, seed: int) -> Drawn:
     """(n, 3, 32, 32) texture crops with one of four filled shapes; the label is the shape."""
     from captum_masks.bench.shapes import make_synthetic
 
     batch = make_synthetic(n, seed=seed, size=32)
-    return batch.images, batch.labels, batch.masks[:, 0].bool()
+    return batch.images, batch.labels, batch.masks[:, 0].bool(), ()
 
 
 # -------------------------------------------------------------------------------------- models
@@ -154,41 +166,54 @@ def _model(kind: str) -> nn.Module:
         return _max_pooled_cnn(nn.Conv3d, nn.AdaptiveMaxPool3d, 1, 8, 3)
     if kind == "tokens":
         return _TokenModel()
+    if kind == "vit-32":
+        return transformer_tasks.tiny_vit()
+    if kind == "text":
+        return transformer_tasks.tiny_bert()
     from captum_masks.bench.synthetic import ReferenceCNN
 
     return ReferenceCNN(4, width=16)
 
 
-_DATA: dict[str, Callable[[int, int], tuple[Tensor, Tensor, Tensor]]] = {
+_DATA: dict[str, Callable[[int, int], Drawn]] = {
     "rows": _rows,
     "sequences": _sequences,
     "volumes": _volumes,
     "tokens": _tokens,
     "images-32": _images,
+    "vit-32": transformer_tasks.patch_squares,
+    "text": transformer_tasks.padded_sentences,
 }
-#: training examples and epochs per kind: each model trains in seconds on a CPU
+#: training examples, epochs and learning rate per kind: each model trains in seconds on a CPU
 _TRAINING = {
-    "rows": (2000, 20),
-    "sequences": (2000, 6),
-    "volumes": (1000, 6),
-    "tokens": (2000, 6),
-    "images-32": (3000, 8),
+    "rows": (2000, 20, 3e-3),
+    "sequences": (2000, 6, 3e-3),
+    "volumes": (1000, 6, 3e-3),
+    "tokens": (2000, 6, 3e-3),
+    "images-32": (3000, 8, 3e-3),
+    "vit-32": (3000, 3, 1e-3),
+    "text": (3000, 1, 1e-3),
 }
+
+
+def _scores(model: nn.Module, inputs: Tensor, additional: tuple) -> Tensor:
+    return model_scores(model(inputs, *additional))
 
 
 @cache  # seeded: the same model every time, so a process trains each kind once
 def _train(kind: str) -> nn.Module:
-    size, epochs = _TRAINING[kind]
-    inputs, labels, _ = _DATA[kind](size, 0)
+    size, epochs, learning_rate = _TRAINING[kind]
+    inputs, labels, _, additional = _DATA[kind](size, 0)
     with seeded_global_rng(0):
         model = _model(kind)
-        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+        optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
         model.train()
         for _ in range(epochs):
             order = torch.randperm(size)
             for start in range(0, size, 32):
                 batch = order[start : start + 32]
-                loss = F.cross_entropy(model(inputs[batch]), labels[batch])
+                scores = _scores(model, inputs[batch], tuple(a[batch] for a in additional))
+                loss = F.cross_entropy(scores, labels[batch])
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -205,19 +230,39 @@ def kind_task(kind: str, n: int = 40, split: str = "held-out") -> KindTask:
         >>> task.inputs.shape, task.evidence.shape
         (torch.Size([20, 1, 8, 16, 16]), torch.Size([20, 8, 16, 16]))
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if kind not in ALL_KINDS:
+        raise ValueError(f"kind must be one of {ALL_KINDS}, got {kind!r}")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     model = _train(kind)
-    fresh, fresh_labels, _ = _DATA[kind](1000, SPLIT_SEEDS[split] + 500)
+    fresh, fresh_labels, _, fresh_additional = _DATA[kind](1000, SPLIT_SEEDS[split] + 500)
     with torch.no_grad():
-        accuracy = float((model(fresh).argmax(dim=1) == fresh_labels).float().mean())
-    inputs, labels, evidence = _DATA[kind](4 * n, SPLIT_SEEDS[split])
+        predicted = _scores(model, fresh, fresh_additional).argmax(dim=1)
+    accuracy = float((predicted == fresh_labels).float().mean())
+    inputs, labels, evidence, additional = _DATA[kind](4 * n, SPLIT_SEEDS[split])
     keep = evidence.flatten(1).any(dim=1)
     chosen = torch.nonzero(keep).flatten()[:n]
-    layer = getattr(model, "embedding", None)
-    return KindTask(kind, model, inputs[chosen], labels[chosen], evidence[chosen], accuracy, layer)
+    # token ids go through the embedding: a Hugging Face model names its own
+    embeddings = getattr(model, "get_input_embeddings", None)
+    layer = embeddings() if callable(embeddings) else getattr(model, "embedding", None)
+    return KindTask(
+        kind,
+        model,
+        inputs[chosen],
+        labels[chosen],
+        evidence[chosen],
+        accuracy,
+        layer,
+        tuple(a[chosen] for a in additional),
+    )
 
 
-__all__ = ["EVIDENCE_TOKEN", "KINDS", "SPLIT_SEEDS", "KindTask", "kind_task"]
+__all__ = [
+    "ALL_KINDS",
+    "EVIDENCE_TOKEN",
+    "KINDS",
+    "SPLIT_SEEDS",
+    "TRANSFORMER_KINDS",
+    "KindTask",
+    "kind_task",
+]

@@ -24,9 +24,11 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
+from captum_masks._engine.checks import model_scores
 from captum_masks._engine.model_state import seeded_global_rng
 from captum_masks.bench.kind_tasks import KINDS, KindTask, kind_task
 from captum_masks.bench.runners import accepted, check_overrides_taken
+from captum_masks.bench.transformer_tasks import VIT_PATCH
 
 #: this package's methods the kinds run (the overrides go to these)
 _OURS = (
@@ -71,7 +73,10 @@ def _explainers(task: KindTask, overrides: dict) -> dict[str, Callable[..., Tens
                 "MeaningfulPerturbation", LayerMeaningfulPerturbation(model, embedding).attribute
             ),
             "NeuroMaskAttr": ours("NeuroMaskAttr", LayerNeuroMask(model, embedding).attribute),
-            "IntegratedGradients": LayerIntegratedGradients(model, embedding).attribute,
+            # Captum's methods need a tensor: a Hugging Face model's logits
+            "IntegratedGradients": LayerIntegratedGradients(
+                lambda *inputs: model_scores(model(*inputs)), embedding
+            ).attribute,
         }
     # a sequence's layout is (N, C, L): said, as a user who knows it would
     layout = {"channels_last": False} if task.kind == "sequences" else {}
@@ -83,6 +88,10 @@ def _explainers(task: KindTask, overrides: dict) -> dict[str, Callable[..., Tens
             ("RISE", RISE),
         )
     }
+    if task.kind == "vit-32":
+        methods["ExtremalPerturbation"] = ours(
+            "ExtremalPerturbation", ExtremalPerturbation(model).attribute
+        )
     if task.kind == "images-32":
         features = model.get_submodule("features")
         assert isinstance(features, nn.Sequential)
@@ -97,8 +106,18 @@ def _explainers(task: KindTask, overrides: dict) -> dict[str, Callable[..., Tens
         methods["ShapleyValueSampling"] = ShapleyValueSampling(model).attribute
         return methods
     channels = task.inputs.shape[1]
-    window = {"sequences": (channels, 5), "volumes": (1, 2, 4, 4), "images-32": (channels, 4, 4)}
-    stride = {"sequences": (channels, 1), "volumes": (1, 1, 2, 2), "images-32": (channels, 2, 2)}
+    window = {
+        "sequences": (channels, 5),
+        "volumes": (1, 2, 4, 4),
+        "images-32": (channels, 4, 4),
+        "vit-32": (channels, VIT_PATCH, VIT_PATCH),  # one patch, as a ViT user would
+    }
+    stride = {
+        "sequences": (channels, 1),
+        "volumes": (1, 1, 2, 2),
+        "images-32": (channels, 2, 2),
+        "vit-32": (channels, VIT_PATCH, VIT_PATCH),
+    }
     occlusion = Occlusion(model)
     methods["Occlusion"] = partial(
         occlusion.attribute, sliding_window_shapes=window[task.kind], strides=stride[task.kind]
@@ -110,7 +129,7 @@ def _explainers(task: KindTask, overrides: dict) -> dict[str, Callable[..., Tens
 def _positions(task: KindTask, attribution: Tensor) -> Tensor:
     """The attribution on the evidence's positions: summed over the channel axis (over the
     embedding for tokens)."""
-    if task.kind == "tokens":
+    if task.kind in ("tokens", "text"):
         return attribution.sum(dim=-1)
     if task.kind == "rows":
         return attribution
@@ -169,11 +188,14 @@ def kinds_report(
     report: dict[str, dict] = {}
     for kind in kinds:
         task = kind_task(kind, n, split)
+        extra = {"additional_forward_args": task.additional_forward_args}
+        if not task.additional_forward_args:
+            extra = {}
         methods = {}
         for name, explain in _explainers(task, overrides).items():
             with seeded_global_rng(0):  # Shapley sampling draws from the global RNG
                 start = time.perf_counter()
-                attribution = explain(task.inputs, target=task.targets).detach()
+                attribution = explain(task.inputs, target=task.targets, **extra).detach()
                 seconds = (time.perf_counter() - start) / len(task.inputs)
             scores = _positions(task, attribution.float())
             methods[name] = {
@@ -184,10 +206,16 @@ def kinds_report(
                 "relevance_mass": relevance_mass(scores, task.evidence),
                 "seconds": seconds,
             }
+            if task.kind == "text":  # the largest attribution a padding token got
+                (attention_mask,) = task.additional_forward_args
+                padding = (attention_mask == 0).to(scores.dtype)
+                methods[name]["padding"] = (scores.abs() * padding).amax(dim=1)
         report[kind] = {"accuracy": task.accuracy, "methods": methods}
     return report
 
 
+#: the kinds scored per token: pointing is whether the top token is the deciding one
+TOKEN_KINDS = ("tokens", "text")
 #: what each kind's columns report
 COLUMNS = {
     "rows": ("relevance_mass",),
@@ -195,6 +223,8 @@ COLUMNS = {
     "volumes": ("pointing", "pointing_with_tolerance", "relevance_mass"),
     "tokens": ("pointing",),
     "images-32": ("pointing", "pointing_with_tolerance", "relevance_mass"),
+    "vit-32": ("pointing", "relevance_mass"),
+    "text": ("pointing", "padding"),
 }
 
 
@@ -202,7 +232,12 @@ COLUMN_NAMES = {
     "pointing": "pointing",
     "pointing_with_tolerance": "pointing ±15/224",
     "relevance_mass": "relevance mass",
+    "padding": "largest attribution on padding",
 }
+
+
+def _column_name(kind: str, column: str) -> str:
+    return "top token" if kind in TOKEN_KINDS and column == "pointing" else COLUMN_NAMES[column]
 
 
 def format_kinds(report: dict[str, dict]) -> str:
@@ -212,9 +247,7 @@ def format_kinds(report: dict[str, dict]) -> str:
     for result in report.values():
         names += [name for name in result["methods"] if name not in names]
     header = [
-        f"{kind}: {'top token' if kind == 'tokens' else COLUMN_NAMES.get(column, column)}"
-        for kind in report
-        for column in COLUMNS[kind]
+        f"{kind}: {_column_name(kind, column)}" for kind in report for column in COLUMNS[kind]
     ]
     lines = ["| method | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
     for name in names:
