@@ -4,6 +4,7 @@ its scores mean what they say."""
 import pytest
 import torch
 
+from captum_masks import NeuroMaskAttr
 from captum_masks.bench.kind_tasks import KINDS, kind_task
 from captum_masks.bench.kinds import (
     format_kinds,
@@ -11,6 +12,7 @@ from captum_masks.bench.kinds import (
     points_at,
     relevance_mass,
 )
+from captum_masks.bench.transformer_tasks import DECIDING_TOKEN, PADDING_TOKEN, SQUARE_COLOURS
 
 
 def test_pointing_takes_the_maximum_and_the_middle_of_a_saturated_blob():
@@ -51,6 +53,34 @@ def test_a_task_is_learnt_and_its_evidence_is_where_the_data_put_it(kind):
         assert (
             task.inputs[:, 0][task.evidence].mean() > task.inputs[:, 0][~task.evidence].mean() + 1
         )
+
+
+@pytest.mark.parametrize("kind", ["vit-32", "text"])
+def test_a_transformer_task_is_learnt_and_its_evidence_is_where_the_data_put_it(kind):
+    pytest.importorskip("timm")
+    pytest.importorskip("transformers")
+    task = kind_task(kind, n=8, split="held-out")
+    assert task.accuracy >= 0.99
+    if kind == "vit-32":  # one 8 × 8 square on the patch grid, of the class's colour
+        assert (task.evidence.sum(dim=(1, 2)) == 64).all()
+        corners = torch.nonzero(task.evidence[:, ::8, ::8])
+        assert len(corners) == 8
+        colours = torch.tensor(SQUARE_COLOURS)[task.targets]
+        squares = task.inputs.permute(0, 2, 3, 1)[task.evidence].view(8, 64, 3)
+        assert torch.equal(squares, colours[:, None].expand(8, 64, 3))
+    else:  # the deciding token, never on padding
+        (attention_mask,) = task.additional_forward_args
+        assert (task.inputs[task.evidence] == DECIDING_TOKEN).all()
+        assert (attention_mask[task.evidence] == 1).all()
+        assert (task.inputs[attention_mask == 0] == PADDING_TOKEN).all()
+        assert task.layer is task.model.get_input_embeddings()
+
+
+def test_neuromask_finds_the_square_a_vision_transformer_decides_by_at_default_settings():
+    pytest.importorskip("timm")
+    task = kind_task("vit-32", n=8, split="calibration")
+    attribution = NeuroMaskAttr(task.model).attribute(task.inputs, target=task.targets)
+    assert float(points_at(attribution.sum(dim=1), task.evidence).mean()) >= 7 / 8
 
 
 def test_report_scores_every_applicable_method_and_marks_the_rest():

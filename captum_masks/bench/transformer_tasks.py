@@ -99,6 +99,9 @@ def tiny_bert() -> nn.Module:
 __all__ = [
     "DECIDING_TOKEN",
     "PADDING_TOKEN",
+    "SQUARE_COLOURS",
+    "VIT_PATCH",
+    "VIT_SIDE",
     "padded_sentences",
     "patch_squares",
     "tiny_bert",

@@ -1,0 +1,187 @@
+"""Transformers as users build them with timm and Hugging Face transformers, from a config (no
+pretrained weights offline): model outputs read through their logits, a vision transformer's
+patch grid, token layers and their padding."""
+
+import warnings
+
+import pytest
+import torch
+from conftest import TinyCNN, assert_same_state, model_state
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from captum_masks import (
+    RISE,
+    Blur,
+    ExtremalPerturbation,
+    LayerMeaningfulPerturbation,
+    LayerNeuroMask,
+    MeaningfulPerturbation,
+    NeuroMaskAttr,
+    Optimization,
+)
+from captum_masks._engine.model_structure import padding_token_of, patch_size_of
+
+timm = pytest.importorskip("timm")
+transformers = pytest.importorskip("transformers")
+
+QUICK = Optimization(n_iter=3)
+
+
+def timm_vit(image_side: int = 32, patch: int = 8, classes: int = 3):
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(
+        img_size=image_side,
+        patch_size=patch,
+        num_classes=classes,
+        embed_dim=16,
+        depth=1,
+        num_heads=2,
+        mlp_ratio=1.0,
+    )
+    return model.eval()
+
+
+def hugging_face_vit():
+    torch.manual_seed(0)
+    config = transformers.ViTConfig.from_dict(
+        {
+            "image_size": 32,
+            "patch_size": 8,
+            "hidden_size": 16,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 16,
+            "num_labels": 3,
+        }
+    )
+    return transformers.ViTForImageClassification(config).eval()
+
+
+def hugging_face_bert(pad_token_id: int = 0):
+    torch.manual_seed(0)
+    config = transformers.BertConfig.from_dict(
+        {
+            "vocab_size": 30,
+            "hidden_size": 16,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 16,
+            "max_position_embeddings": 12,
+            "num_labels": 2,
+            "pad_token_id": pad_token_id,
+        }
+    )
+    return transformers.BertForSequenceClassification(config).eval()
+
+
+def padded_ids():
+    """Three sentences of 10 token slots, the first two padded (id 0) after 6 and 8 tokens."""
+    ids = torch.randint(1, 30, (3, 10), generator=torch.Generator().manual_seed(1))
+    attention_mask = torch.ones_like(ids)
+    attention_mask[0, 6:] = 0
+    attention_mask[1, 8:] = 0
+    return ids.masked_fill(attention_mask == 0, 0), attention_mask
+
+
+# ------------------------------------------------------------------------ what a model says
+def test_the_patch_side_is_read_from_timm_and_hugging_face_models_and_nothing_else():
+    vit = timm_vit(patch=4)
+    assert patch_size_of(vit) == 4
+    assert patch_size_of(lambda x: vit(x)) == 4  # a function calling the model
+    assert patch_size_of(hugging_face_vit()) == 8
+    assert patch_size_of(TinyCNN()) is None
+    assert patch_size_of(hugging_face_bert()) is None
+
+
+def test_the_padding_token_is_read_from_a_hugging_face_config():
+    assert padding_token_of(hugging_face_bert(pad_token_id=3)) == 3
+    assert padding_token_of(timm_vit()) is None
+
+
+# ------------------------------------------------------------------------ vision transformers
+@pytest.mark.parametrize(
+    "cls", [MeaningfulPerturbation, NeuroMaskAttr, ExtremalPerturbation, RISE]
+)
+def test_a_hugging_face_vit_is_explained_without_a_wrapper_and_left_as_found(cls):
+    model = hugging_face_vit()
+    images = torch.rand(2, 3, 32, 32)
+    before = model_state(model)
+    rng = torch.get_rng_state()
+    settings_ = {"n_samples": 8} if cls is RISE else {"optimization": QUICK}
+    attribution = cls(model).attribute(images, target=[0, 2], **settings_)
+    assert attribution.shape == images.shape and torch.isfinite(attribution).all()
+    assert_same_state(before, model_state(model))
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+@settings(max_examples=8, deadline=None)
+@given(patch=st.sampled_from([2, 4, 8]), cells=st.integers(2, 4), seed=st.integers(0, 5))
+def test_neuromask_gives_a_vision_transformer_one_weight_per_patch(patch, cells, seed):
+    side = patch * cells
+    model = timm_vit(side, patch)
+    images = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(seed))
+    attribution = NeuroMaskAttr(model).attribute(images, target=1, optimization=QUICK)[0, 0]
+    blocks = attribution.unfold(0, patch, patch).unfold(1, patch, patch)  # (cells, cells, p, p)
+    corner = blocks[..., :1, :1]
+    assert torch.equal(blocks, corner.expand_as(blocks))  # constant on every patch
+    assert not torch.equal(corner.flatten(), corner.flatten()[:1].expand(cells * cells))
+
+
+def test_meaningful_perturbation_blurs_a_vision_transformer_by_one_patch():
+    model = timm_vit(32, 8)
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    explainer = MeaningfulPerturbation(model)
+
+    def scores(**perturbation):  # the model's scores on the perturbed inputs at every step
+        quick = {"optimization": Optimization(n_iter=4), "target": 1, "return_history": True}
+        return explainer.attribute(images, **quick, **perturbation)[1].probability
+
+    default = scores()
+    torch.testing.assert_close(default, scores(perturbation=Blur(sigma=8.0)), atol=0, rtol=0)
+    assert torch.equal(default, scores(perturbation=Blur()))  # σ left at None: the same rule
+    # a CNN's default, the paper's 10 px at 224 px, is 1.4 px at 32
+    assert not torch.equal(default, scores(perturbation=Blur(sigma=Blur().sigma_for((32, 32)))))
+
+
+# ------------------------------------------------------------------------ text transformers
+@pytest.mark.parametrize("layer_of", ["get_input_embeddings", "embeddings block"])
+@pytest.mark.parametrize("cls", [LayerMeaningfulPerturbation, LayerNeuroMask])
+def test_a_bert_model_is_masked_per_token_and_its_padding_gets_exactly_zero(cls, layer_of):
+    model = hugging_face_bert()
+    if layer_of == "get_input_embeddings":
+        layer = model.get_input_embeddings()
+    else:
+        layer = model.bert.embeddings
+    ids, attention_mask = padded_ids()
+    before = model_state(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a token layer's layout is not guessed: no warning
+        attribution = cls(model, layer).attribute(
+            ids, target=1, additional_forward_args=(attention_mask,), optimization=QUICK
+        )
+    assert attribution.shape == (3, 10, 16)
+    # one value per token, spread over its embedding
+    assert torch.equal(attribution, attribution[..., :1].expand_as(attribution))
+    assert (attribution[attention_mask == 0] == 0).all()
+    assert (attribution[attention_mask == 1] > 0).any()
+    assert_same_state(before, model_state(model))
+
+
+def test_an_explicit_padding_mask_replaces_the_configs_padding_token():
+    model = hugging_face_bert()
+    ids, attention_mask = padded_ids()
+    explainer = LayerNeuroMask(model, model.get_input_embeddings())
+    first_token = torch.zeros_like(ids, dtype=torch.bool)
+    first_token[:, 0] = True
+    attribution = explainer.attribute(
+        ids,
+        target=1,
+        additional_forward_args=(attention_mask,),
+        padding_mask=first_token,
+        optimization=QUICK,
+    )
+    assert (attribution[:, 0] == 0).all()
+    assert (attribution[0, 6:] > 0).all()  # the config's padding is not padding any more
