@@ -9,6 +9,7 @@ masked version, so any layer can be masked, not only embeddings.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,7 @@ from captum.log import log_usage
 from torch import Tensor, nn
 
 from captum_masks._engine.call import MaskAttribution
-from captum_masks._engine.checks import format_inputs
+from captum_masks._engine.checks import format_inputs, resolve_targets, run_forward
 from captum_masks._engine.compat import (
     BaselineType,
     TargetType,
@@ -27,10 +28,12 @@ from captum_masks._engine.compat import (
 from captum_masks._engine.hooks import check_layers, replacing_output, run_recording
 from captum_masks._engine.model_state import leaves_model_as_found
 from captum_masks._engine.model_structure import is_token_layer, padding_token_of
+from captum_masks._engine.scores import select_scores
 from captum_masks.masks.sigmoid import SigmoidMask
 from captum_masks.masks.upsampled import UpsampledMask
 from captum_masks.meaningful_perturbation import MeaningfulPerturbation
 from captum_masks.neuromask import NeuroMaskAttr
+from captum_masks.optimization import Optimization
 
 
 class _LayerMask(LayerAttribution, PerturbationAttribution):
@@ -110,11 +113,22 @@ class _LayerMask(LayerAttribution, PerturbationAttribution):
             (activation,) = run_recording(
                 lambda: self.forward_func(*model_inputs, *extra), [self.layer]
             )
-        if is_token_layer(self.layer, model_inputs, activation):
+        tokens = is_token_layer(self.layer, model_inputs, activation)
+        if tokens:
             kwargs.setdefault("channels_last", True)  # (N, L, D): mask the tokens
             if padding_mask is None:
                 padding_mask = _padding_tokens(self.forward_func, model_inputs[0])
         padding = _padding_positions(padding_mask, activation)
+        if tokens and "mask" not in kwargs and layer_mask is None:
+            reference = self._token_reference(activation, layer_baselines)
+            keep = self._keeps_a_token(kwargs)
+            best = self._best_single_token(
+                (model_inputs, extra), activation, reference, padding, target, keep, kwargs
+            )
+            start = activation.new_full(best.shape, 0.0 if keep else 1.0)
+            start[best] = 1.0 if keep else 0.0
+            kwargs["mask"] = self.layer_defaults["mask"].starting_at(start.unsqueeze(1))
+            kwargs["optimization"] = _keeping_best(kwargs.get("optimization"))
 
         def masked_forward(layer_output: Tensor, clean: Tensor, pad: Tensor, *rest: Any) -> Any:
             # padding keeps its clean output whatever the mask says: it cannot be evidence
@@ -135,6 +149,66 @@ class _LayerMask(LayerAttribution, PerturbationAttribution):
         attribution, *history = result if isinstance(result, tuple) else (result,)
         attribution = attribution.masked_fill(padding, 0.0)
         return (attribution, *history) if history else attribution
+
+    def _keeps_a_token(self, kwargs: dict) -> bool:
+        """Whether the method's game keeps evidence (its start keeps one token) rather than
+        deleting it (its start deletes one)."""
+        raise NotImplementedError
+
+    def _token_reference(self, activation: Tensor, layer_baselines: BaselineType) -> Tensor:
+        """What a masked-out token becomes, as the method's default or ``layer_baselines``."""
+        raise NotImplementedError
+
+    def _best_single_token(
+        self,
+        model_call: tuple[tuple, tuple],
+        activation: Tensor,
+        reference: Tensor,
+        padding: Tensor,
+        target: TargetType,
+        keep: bool,
+        kwargs: dict,
+    ) -> Tensor:
+        """(N, L) bool, True at each example's one token that alone best keeps its target's
+        score (``keep``) or whose deletion alone lowers it most: the token-level form of the
+        Meaningful Perturbation paper's start, a search for the smallest region that
+        suppresses the score. A transformer's score can be a step in a token's embedding
+        (flat on both sides, where a gradient sees nothing); a start on the right side of the
+        step leaves the optimisation to refine it. Padding is never chosen."""
+        model_inputs, extra = model_call
+        apply_softmax = kwargs.get("apply_softmax", True)
+        num, length = activation.shape[:2]
+        with torch.no_grad():
+            targets = resolve_targets(target, run_forward(self.forward_func, model_inputs, extra))
+            scores = []
+            for position in range(length):
+                alone = torch.zeros(num, length, 1, dtype=torch.bool, device=activation.device)
+                alone[:, position] = True
+                shown = torch.where(alone == keep, activation, reference)
+                with replacing_output(self.layer, torch.where(padding, activation, shown)):
+                    output = run_forward(self.forward_func, model_inputs, extra)
+                scores.append(select_scores(output, targets, apply_softmax))
+        preference = torch.stack(scores, dim=1) * (1.0 if keep else -1.0)
+        preference = preference.masked_fill(padding[..., 0], -torch.inf)
+        return torch.nn.functional.one_hot(preference.argmax(dim=1), length).bool()
+
+
+def _keeping_best(optimization: Any) -> Any:
+    """The caller's loop settings, keeping each example's lowest-loss mask unless they say
+    otherwise: a start on the right side of a step in the score is lost if the last steps
+    cross it."""
+    if optimization is None:
+        return Optimization(keep_best=True)
+    if isinstance(optimization, Optimization) and "keep_best" not in optimization.given():
+        return dataclasses.replace(optimization, keep_best=True)
+    return optimization
+
+
+def _broadcast_baseline(activation: Tensor, value: Any) -> Tensor:
+    """A baseline (a scalar, one value per feature or a tensor broadcastable to the layer's
+    (N, L, D) output) with that output's shape, device and dtype."""
+    as_tensor = torch.as_tensor(value, dtype=activation.dtype, device=activation.device)
+    return as_tensor.expand_as(activation)
 
 
 def _padding_tokens(forward_func: Callable, ids: Tensor) -> Tensor | None:
@@ -207,6 +281,14 @@ class LayerMeaningfulPerturbation(_LayerMask):
         "tv_weight": 0.0,
     }
 
+    def _keeps_a_token(self, kwargs: dict) -> bool:
+        return kwargs.get("game", "deletion") == "preservation"
+
+    def _token_reference(self, activation: Tensor, layer_baselines: BaselineType) -> Tensor:
+        if layer_baselines is None:  # each example's mean token, per feature
+            return activation.mean(dim=1, keepdim=True).expand_as(activation)
+        return _broadcast_baseline(activation, layer_baselines)
+
 
 class LayerNeuroMask(_LayerMask):
     r"""
@@ -240,6 +322,12 @@ class LayerNeuroMask(_LayerMask):
         "smooth_weight": 0.0,
         "mask": SigmoidMask(block=1),
     }
+
+    def _keeps_a_token(self, kwargs: dict) -> bool:
+        return True
+
+    def _token_reference(self, activation: Tensor, layer_baselines: BaselineType) -> Tensor:
+        return _broadcast_baseline(activation, 0.0 if layer_baselines is None else layer_baselines)
 
 
 __all__ = ["LayerMeaningfulPerturbation", "LayerNeuroMask"]

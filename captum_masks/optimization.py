@@ -76,6 +76,10 @@ class Optimization:
             leaves the batch with the mask it had; ``history.steps`` holds each example's own
             count. None runs all ``n_iter`` steps.
         patience (int, optional): see ``tolerance``.
+        keep_best (bool, optional): return each example's mask at the step of its lowest
+            loss instead of its last step. The last step can have crossed a step in the
+            model's score (flat on both sides, as a saturated text transformer's is in a
+            token's embedding), where no later gradient leads back.
         internal_batch_size (int or None, optional): optimise at most this many examples at a
             time to bound memory; None optimises the whole batch at once.
         show_progress (bool, optional): a progress bar over the iterations.
@@ -99,6 +103,7 @@ class Optimization:
     scheduler: SchedulerType = METHOD_DEFAULT
     tolerance: float | None = METHOD_DEFAULT
     patience: int = METHOD_DEFAULT
+    keep_best: bool = METHOD_DEFAULT
     internal_batch_size: int | None = METHOD_DEFAULT
     show_progress: bool = METHOD_DEFAULT
     seed: int = METHOD_DEFAULT
@@ -155,7 +160,7 @@ def _check_field(name: str, value: Any) -> None:
             isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value) >= 0
         ):
             raise ValueError(f"tolerance must be None or a number >= 0, got {value!r}")
-    elif name == "show_progress":
+    elif name in ("show_progress", "keep_best"):
         check_bool(name, value)
     elif name == "seed":
         check_seed(value)
@@ -167,6 +172,7 @@ SHARED_DEFAULTS = Optimization(
     scheduler=None,
     tolerance=None,
     patience=10,
+    keep_best=False,
     internal_batch_size=None,
     show_progress=False,
     seed=0,

@@ -268,6 +268,22 @@ def test_loop_converges_with_each_optimizer(optimizer):
     assert (history.loss[-1] < history.loss[0]).all()
 
 
+@given(
+    lr=st.floats(0.05, 1.5),
+    targets=st.lists(st.floats(-3, 3), min_size=1, max_size=4),
+    chunk=st.none() | st.integers(1, 3),
+)
+def test_keep_best_returns_each_examples_lowest_loss_parameters(lr, targets, chunk):
+    # plain gradient descent with a step above 1 overshoots 1 + (θ − t)² and diverges: the
+    # last parameters are then the worst, the first ones (θ = 0) the best
+    targets = torch.tensor(targets).unsqueeze(1)
+    settings = loop_settings(n_iter=12, lr=lr, optimizer="sgd")
+    settings = dataclasses.replace(settings, keep_best=True, internal_batch_size=chunk)
+    (theta,), history = optimize(quadratic_problem(targets), len(targets), settings)
+    lowest = history.loss.min(dim=0).values
+    torch.testing.assert_close(1.0 + (theta - targets).square().squeeze(1), lowest)
+
+
 def test_chunking_and_batching_do_not_change_results():
     targets = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
     settings = loop_settings(n_iter=30, lr=0.1)

@@ -111,6 +111,31 @@ def test_a_token_model_is_explained_by_its_evidence_token(method):
     assert (per_token.argmax(dim=1) == where).float().mean() >= 0.95
 
 
+class StepToken(EvidenceToken):
+    """Class 1 when token 7's first embedding coordinate is above half its own, as a step: the
+    score is flat on both sides, as a saturated text transformer's is in a token's embedding,
+    so no gradient anywhere says which token matters."""
+
+    def forward(self, ids):
+        present = (self.embedding(ids)[..., 0].amax(dim=1) > 1.5).float()
+        return torch.stack([-4 * present + 2, 4 * present - 2], dim=1)
+
+
+def test_meaningful_perturbation_finds_the_token_a_step_model_decides_by():
+    model = StepToken().eval()
+    ids, where = token_batch(12)
+    explainer = LayerMeaningfulPerturbation(model, model.embedding)
+    per_token = explainer.attribute(ids, target=1)[..., 0]
+    assert (per_token.argmax(dim=1) == where).all()
+    # the lowest-loss mask: as much of the token deleted as the step needs, the rest kept,
+    # though past the step the area term pulls the token back
+    others = torch.ones_like(per_token, dtype=torch.bool)
+    others[torch.arange(12), where] = False
+    assert (per_token[others] == 0).all() and (per_token[~others] > 0.5).all()
+    one_by_one = torch.cat([explainer.attribute(ids[i : i + 1], target=1) for i in range(3)])
+    assert torch.equal(explainer.attribute(ids[:3], target=1), one_by_one)
+
+
 #: SubCube averages over its cube, so each of the cube's 512 voxels carries a 512th of the
 #: evidence; NeuroMask's default pull per cell is sized for models whose evidence sits in a few
 #: cells (max-pooled CNNs, photos' objects at 4 × 4 blocks) and outweighs that

@@ -162,6 +162,7 @@ def _optimize_chunk(
     optimizer = settings.make_optimizer(params)
     scheduler = settings.scheduler(optimizer) if settings.scheduler is not None else None
     stopping = _PerExampleStopping(count, settings, params[0].device)
+    best = _LowestLoss(params) if settings.keep_best else None
     losses: list[Tensor] = []
     probabilities: list[Tensor] = []
     for step in range(settings.n_iter):
@@ -172,6 +173,8 @@ def _optimize_chunk(
             running = [p[rows] for p in params]
             loss, probability = problem.objective(running, problem.examples.take(rows), step)
             stopped_values = [p.detach().clone() for p in params]
+        if best is not None:
+            best.offer(params, loss.detach(), rows)
         grads = torch.autograd.grad(loss.sum(), params)
         for param, grad in zip(params, grads):
             param.grad = grad
@@ -194,7 +197,27 @@ def _optimize_chunk(
             break
     loss_history = _pad_rows(torch.stack(losses), settings.n_iter)
     probability_history = _pad_rows(torch.stack(probabilities), settings.n_iter)
-    return [p.detach() for p in params], (loss_history, probability_history, stopping.steps)
+    result = params if best is None else best.params
+    return [p.detach() for p in result], (loss_history, probability_history, stopping.steps)
+
+
+class _LowestLoss:
+    """Each example's parameters at the step of its lowest loss so far."""
+
+    def __init__(self, params: Sequence[Tensor]) -> None:
+        self.params = [p.detach().clone() for p in params]
+        self.loss = params[0].new_full((params[0].shape[0],), torch.inf)
+
+    def offer(self, params: Sequence[Tensor], loss: Tensor, rows: Tensor | None) -> None:
+        """Every example's ``params`` before this step, whose loss is ``loss`` for the examples
+        at ``rows`` (all when None)."""
+        with torch.no_grad():
+            rows = torch.arange(len(self.loss), device=loss.device) if rows is None else rows
+            lower = loss < self.loss[rows]
+            chosen = rows[lower]
+            self.loss[chosen] = loss[lower]
+            for kept, current in zip(self.params, params):
+                kept[chosen] = current[chosen]
 
 
 class _PerExampleStopping:

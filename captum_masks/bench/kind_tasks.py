@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -58,8 +59,16 @@ class KindTask:
 
 
 # ---------------------------------------------------------------------------------------- data
-#: inputs, labels, evidence and what the model takes after the inputs (one row per input)
-Drawn = tuple[Tensor, Tensor, Tensor, tuple]
+class Drawn(NamedTuple):
+    """A draw of a task's data: inputs, labels, where the evidence is, what the model takes
+    after the inputs (one row per input), and the same inputs without their evidence where the
+    data can show them (the kind's explained inputs are then those whose class it decides)."""
+
+    inputs: Tensor
+    labels: Tensor
+    evidence: Tensor
+    additional: tuple = ()
+    without_evidence: Tensor | None = None
 
 
 def _rows(n: int, seed: int) -> Drawn:
@@ -69,7 +78,7 @@ def _rows(n: int, seed: int) -> Drawn:
     labels = (rows[:, 2] + rows[:, 7] > 0).long()
     evidence = torch.zeros(n, 10, dtype=torch.bool)
     evidence[:, [2, 7]] = True
-    return rows, labels, evidence, ()
+    return Drawn(rows, labels, evidence)
 
 
 def _sequences(n: int, seed: int) -> Drawn:
@@ -83,7 +92,7 @@ def _sequences(n: int, seed: int) -> Drawn:
         start = int(starts[row])
         sequences[row, 0, start : start + 5] += 2.0
         evidence[row, start : start + 5] = True
-    return sequences, labels, evidence, ()
+    return Drawn(sequences, labels, evidence)
 
 
 def _volumes(n: int, seed: int) -> Drawn:
@@ -100,7 +109,7 @@ def _volumes(n: int, seed: int) -> Drawn:
         d, h, w = (int(corner[row]) for corner in corners)
         volumes[row, 0, d : d + 3, h : h + 4, w : w + 4] += 0.8
         evidence[row, d : d + 3, h : h + 4, w : w + 4] = True
-    return volumes, labels, evidence, ()
+    return Drawn(volumes, labels, evidence)
 
 
 #: the token whose presence is class 1, in a vocabulary of 50
@@ -118,7 +127,7 @@ def _tokens(n: int, seed: int) -> Drawn:
     rows = torch.nonzero(labels).flatten()
     ids[rows, where[rows]] = EVIDENCE_TOKEN
     evidence[rows, where[rows]] = True
-    return ids, labels, evidence, ()
+    return Drawn(ids, labels, evidence)
 
 
 def _images(n: int, seed: int) -> Drawn:
@@ -126,7 +135,7 @@ def _images(n: int, seed: int) -> Drawn:
     from captum_masks.bench.shapes import make_synthetic
 
     batch = make_synthetic(n, seed=seed, size=32)
-    return batch.images, batch.labels, batch.masks[:, 0].bool(), ()
+    return Drawn(batch.images, batch.labels, batch.masks[:, 0].bool())
 
 
 # -------------------------------------------------------------------------------------- models
@@ -181,8 +190,8 @@ _DATA: dict[str, Callable[[int, int], Drawn]] = {
     "volumes": _volumes,
     "tokens": _tokens,
     "images-32": _images,
-    "vit-32": transformer_tasks.patch_squares,
-    "text": transformer_tasks.padded_sentences,
+    "vit-32": lambda n, seed: Drawn(*transformer_tasks.patch_squares(n, seed)),
+    "text": lambda n, seed: Drawn(*transformer_tasks.padded_sentences(n, seed)),
 }
 #: training examples, epochs and learning rate per kind: each model trains in seconds on a CPU
 _TRAINING = {
@@ -203,7 +212,7 @@ def _scores(model: nn.Module, inputs: Tensor, additional: tuple) -> Tensor:
 @cache  # seeded: the same model every time, so a process trains each kind once
 def _train(kind: str) -> nn.Module:
     size, epochs, learning_rate = _TRAINING[kind]
-    inputs, labels, _, additional = _DATA[kind](size, 0)
+    inputs, labels, _, additional, _ = _DATA[kind](size, 0)
     with seeded_global_rng(0):
         model = _model(kind)
         optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
@@ -222,7 +231,10 @@ def _train(kind: str) -> nn.Module:
 
 def kind_task(kind: str, n: int = 40, split: str = "held-out") -> KindTask:
     """Train ``kind``'s model and draw ``n`` inputs of ``split`` that carry the evidence (the
-    positive class; any class for rows and images), each explained for its label.
+    positive class; any class for rows and images), each explained for its label. Where the
+    data can show an input without its evidence (the ViT's crop without its square), only
+    inputs whose class the evidence decides are drawn: a model may give one class to a crop
+    with no square at all, and for that class the square is no evidence.
 
     Examples::
 
@@ -235,12 +247,15 @@ def kind_task(kind: str, n: int = 40, split: str = "held-out") -> KindTask:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     model = _train(kind)
-    fresh, fresh_labels, _, fresh_additional = _DATA[kind](1000, SPLIT_SEEDS[split] + 500)
+    fresh, fresh_labels, _, fresh_additional, _ = _DATA[kind](1000, SPLIT_SEEDS[split] + 500)
     with torch.no_grad():
         predicted = _scores(model, fresh, fresh_additional).argmax(dim=1)
     accuracy = float((predicted == fresh_labels).float().mean())
-    inputs, labels, evidence, additional = _DATA[kind](4 * n, SPLIT_SEEDS[split])
+    inputs, labels, evidence, additional, without_evidence = _DATA[kind](4 * n, SPLIT_SEEDS[split])
     keep = evidence.flatten(1).any(dim=1)
+    if without_evidence is not None:  # the evidence decides: without it, another class
+        with torch.no_grad():
+            keep &= _scores(model, without_evidence, additional).argmax(dim=1) != labels
     chosen = torch.nonzero(keep).flatten()[:n]
     # token ids go through the embedding: a Hugging Face model names its own
     embeddings = getattr(model, "get_input_embeddings", None)

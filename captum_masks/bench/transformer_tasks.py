@@ -18,16 +18,17 @@ SQUARE_COLOURS = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0), (1.0, 1.0, 
 SENTENCE_LENGTH, VOCABULARY, PADDING_TOKEN, DECIDING_TOKEN = 16, 50, 0, 7
 
 
-def patch_squares(n: int, seed: int) -> tuple[Tensor, Tensor, Tensor, tuple]:
+def patch_squares(n: int, seed: int) -> tuple[Tensor, Tensor, Tensor, tuple, Tensor]:
     """(n, 3, 32, 32) crops of the bench's textures, each with one 8 × 8 square of one of four
-    colours on the patch grid; the label is the colour."""
+    colours on the patch grid; the label is the colour. Returns the images, labels, evidence,
+    no further model arguments, and the same crops without their squares."""
     from captum_masks.bench.shapes import BACKGROUNDS, _backgrounds
 
     generator = torch.Generator().manual_seed(seed)
     textures = _backgrounds(BACKGROUNDS)
     colours = torch.tensor(SQUARE_COLOURS)
     labels = torch.randint(0, len(SQUARE_COLOURS), (n,), generator=generator)
-    images = torch.empty(n, 3, VIT_SIDE, VIT_SIDE)
+    images, plain = torch.empty(2, n, 3, VIT_SIDE, VIT_SIDE)
     evidence = torch.zeros(n, VIT_SIDE, VIT_SIDE, dtype=torch.bool)
     for row in range(n):
         texture = textures[int(torch.randint(len(textures), (1,), generator=generator))]
@@ -35,14 +36,15 @@ def patch_squares(n: int, seed: int) -> tuple[Tensor, Tensor, Tensor, tuple]:
             int(torch.randint(side - VIT_SIDE + 1, (1,), generator=generator))
             for side in texture.shape[1:]
         )
-        images[row] = texture[:, top : top + VIT_SIDE, left : left + VIT_SIDE]
+        plain[row] = texture[:, top : top + VIT_SIDE, left : left + VIT_SIDE]
+        images[row] = plain[row]
         r, c = (
             VIT_PATCH * int(v)
             for v in torch.randint(VIT_SIDE // VIT_PATCH, (2,), generator=generator)
         )
         images[row, :, r : r + VIT_PATCH, c : c + VIT_PATCH] = colours[labels[row]].view(3, 1, 1)
         evidence[row, r : r + VIT_PATCH, c : c + VIT_PATCH] = True
-    return images, labels, evidence, ()
+    return images, labels, evidence, (), plain
 
 
 def padded_sentences(n: int, seed: int) -> tuple[Tensor, Tensor, Tensor, tuple]:

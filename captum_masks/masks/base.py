@@ -12,6 +12,7 @@ implementations of it.
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
@@ -97,9 +98,24 @@ class CellMask(ABC):
     ) -> Tensor:
         """The ``(n, 1, *spatial_shape)`` mask of the grid ``params``."""
 
+    #: per-example starting values of the cells, (N, 1, \*cells) in [0, 1]; None starts the
+    #: parametrisation's own way
+    start: Tensor | None = None
+
     def values(self, params: Tensor) -> Tensor:
         """A cell's mask value from its parameter; the parameter itself by default."""
         return params
+
+    def params_for(self, values: Tensor) -> Tensor:
+        """Parameters whose cells take ``values`` in [0, 1]; the values themselves by default."""
+        return values.clone()
+
+    def starting_at(self, values: Tensor) -> CellMask:
+        r"""A copy of this parametrisation whose cells start at ``values`` (N, 1, \*cells) in
+        [0, 1], one row per example, instead of its own start: a warm start."""
+        started = copy.copy(self)
+        started.start = values
+        return started
 
     def project_cells_(self, params: Tensor) -> None:  # noqa: B027 (a default, not abstract)
         """The projection after a step; none by default."""
@@ -111,10 +127,15 @@ class CellMask(ABC):
         return None
 
     def init(self, inputs: Sequence[Tensor], generator: torch.Generator) -> list[Tensor]:
-        return [
-            self.init_cells((x.shape[0], 1, *self.cell_shape(x.shape[2:])), x, generator)
-            for x in inputs
-        ]
+        shapes = [(x.shape[0], 1, *self.cell_shape(x.shape[2:])) for x in inputs]
+        if self.start is None:
+            return [self.init_cells(shape, x, generator) for shape, x in zip(shapes, inputs)]
+        if len(inputs) != 1 or tuple(self.start.shape) != shapes[0]:
+            raise ValueError(
+                f"a mask's start must have one row per example and one value per cell, "
+                f"{shapes[0]} here; got {tuple(self.start.shape)}"
+            )
+        return [self.params_for(self.start.to(inputs[0]))]
 
     def render(
         self,

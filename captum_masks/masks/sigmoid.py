@@ -16,6 +16,9 @@ MIN_TEMPERATURE = 1e-6
 #: positions per weight at 224 px when ``block`` is None, scaled to the input (56 weights along
 #: the side; NeuroMaskAttr's docstring says why)
 BLOCK_AT_224 = 4
+#: the mask values a warm start is clamped to: W = ±2.9·T, whence the optimiser moves it in a
+#: few dozen steps where the sparseness term pulls it to −τ
+WARM_START_RANGE = (0.05, 0.95)
 
 
 class SigmoidMask(CellMask):
@@ -80,6 +83,10 @@ class SigmoidMask(CellMask):
 
     def values(self, params: Tensor) -> Tensor:
         return torch.sigmoid(params / self.temperature)
+
+    def params_for(self, values: Tensor) -> Tensor:
+        # kept off 0 and 1, where W would be infinite
+        return self.temperature * torch.logit(values.clamp(*WARM_START_RANGE))
 
     def expand(
         self,
