@@ -33,6 +33,7 @@ from captum_masks._engine.hooks import (
 )
 from captum_masks._engine.loop import ExampleRows, MaskProblem, optimize_masks
 from captum_masks._engine.model_state import make_generator
+from captum_masks._engine.model_structure import patch_size_of
 from captum_masks._engine.scores import select_scores
 from captum_masks.masks.channel_combination import ChannelCombinationMask
 from captum_masks.optimization import (
@@ -91,7 +92,11 @@ class GuidedFeatureInversion(MaskAttribution):
     r"""
     Guided Feature Inversion explains a CNN with its own features [Du et al., KDD 2018]. The mask
     is a non-negative combination of the feature maps of ``mask_layer`` on the clean input, min-max
-    normalised and upsampled (Eq. 6–7), so it follows object parts the network already detects:
+    normalised and upsampled (Eq. 6–7), so it follows object parts the network already detects.
+    A vision transformer's block is such a layer too: its (N, T, D) output, without the leading
+    class and register tokens, is D feature maps on the patch grid (the grid from the model's
+    patch side, read as :class:`MeaningfulPerturbation` reads it, or the square grid the token
+    count allows):
 
     .. math::
         m(\omega) = \mathrm{up}\Big(\mathrm{minmax}\big(
@@ -132,7 +137,9 @@ class GuidedFeatureInversion(MaskAttribution):
     Args:
         forward_func (Callable): the model (or a function calling it) returning scores of shape
             (N, num_classes).
-        layer (nn.Module): the inversion layer l0, a module that runs in ``forward_func``.
+        layer (nn.Module): the inversion layer l0, a module that runs in ``forward_func``: a
+            convolutional layer, or a vision transformer's block (``model.blocks[-1]`` in timm,
+            ``model.vit.layers[-1]`` in Hugging Face).
         mask_layer (nn.Module, optional): the base-filter layer l1 whose feature maps make the
             mask. Default: ``layer``.
         device_ids (list of int, optional): accepted for Captum compatibility with
@@ -268,7 +275,14 @@ class GuidedFeatureInversion(MaskAttribution):
         formatted = format_inputs(inputs, 2)
         (baseline,) = per_input_baselines(baselines, 1)
         phi = self._perturbation(perturbation, formatted, [baseline], PERTURBATIONS)
-        features_of = ACTIVATIONS[activation]
+        activate = ACTIVATIONS[activation]
+        patch = patch_size_of(self.forward_func)
+
+        def features_of(output: Tensor, name: str = "layer") -> Tensor:
+            """A layer's output as feature maps (a ViT's tokens on their grid), activated."""
+            return activate(image_feature_maps(output, name, len(output), image_shape, patch))
+
+        image_shape = formatted[0].shape[2:]
         call, clean_inverted, clean_basis = self._clean_pass(
             inputs, formatted, target, additional_forward_args, features_of
         )
@@ -284,6 +298,7 @@ class GuidedFeatureInversion(MaskAttribution):
             reference=phi.reference(x, baseline, generator),
             generator=generator,
             apply_softmax=apply_softmax,
+            patch=patch,
         )
         omega, history = optimize_masks(
             lambda batch: stages.inversion(batch, inversion.l1_weight),
@@ -328,7 +343,7 @@ class GuidedFeatureInversion(MaskAttribution):
         with recording(layers) as clean:
             call = self._prepare(inputs, formatted, target, additional_forward_args)
         features = (
-            features_of(image_feature_maps(f, name, call.num_examples)).to(call.work_dtype)
+            features_of(f, name).to(call.work_dtype)
             for f, name in zip(single_outputs(clean, layers), ("layer", "mask_layer"))
         )
         return (call, *features)
@@ -341,15 +356,17 @@ class _Stages:
         self,
         call: PreparedCall,
         layer: nn.Module,
-        features_of: Callable[[Tensor], Tensor],
+        features_of: Callable[..., Tensor],
         clean_inverted: Tensor,
         mask: ChannelCombinationMask,
         perturbation: Perturbation,
         reference: Tensor,
         generator: torch.Generator,
         apply_softmax: bool,
+        patch: int | None,
     ) -> None:
         self.call, self.layer, self.features_of = call, layer, features_of
+        self.patch = patch
         self.clean_inverted, self.mask, self.reference = clean_inverted, mask, reference
         self.perturbation, self.generator = perturbation, generator
         self.clean_energy = clean_inverted.flatten(1).square().sum(dim=1)
@@ -414,7 +431,10 @@ class _Stages:
             mask_layer,
             lambda output: select_scores(output, rows.targets, False),
         )
-        return gradient.flatten(2).mean(dim=2).clamp_min(0)
+        maps = image_feature_maps(
+            gradient, "mask_layer", len(gradient), rows.inputs[0].shape[2:], self.patch
+        )
+        return maps.flatten(2).mean(dim=2).clamp_min(0)
 
     def target(
         self, batch: slice, omega: Tensor, loss_weights: tuple[float, float, float]

@@ -14,12 +14,14 @@ from captum_masks import (
     RISE,
     Blur,
     ExtremalPerturbation,
+    GuidedFeatureInversion,
     LayerMeaningfulPerturbation,
     LayerNeuroMask,
     MeaningfulPerturbation,
     NeuroMaskAttr,
     Optimization,
 )
+from captum_masks._engine.hooks import image_feature_maps
 from captum_masks._engine.model_structure import padding_token_of, patch_size_of
 
 timm = pytest.importorskip("timm")
@@ -144,6 +146,44 @@ def test_meaningful_perturbation_blurs_a_vision_transformer_by_one_patch():
     assert torch.equal(default, scores(perturbation=Blur()))  # σ left at None: the same rule
     # a CNN's default, the paper's 10 px at 224 px, is 1.4 px at 32
     assert not torch.equal(default, scores(perturbation=Blur(sigma=Blur().sigma_for((32, 32)))))
+
+
+@settings(max_examples=25, deadline=None)
+@given(side=st.integers(1, 20), leading=st.integers(0, 8), known=st.booleans())
+def test_a_token_layer_is_laid_on_its_patch_grid_without_its_leading_tokens(side, leading, known):
+    tokens = torch.randn(2, leading + side * side, 3)
+    maps = image_feature_maps(tokens, "layer", 2, (8 * side, 8 * side), 8 if known else None)
+    assert maps.shape == (2, 3, side, side)
+    # the token after the leading ones is the grid's top-left patch, the last the bottom-right
+    assert torch.equal(maps[:, :, 0, 0], tokens[:, leading])
+    assert torch.equal(maps[:, :, -1, -1], tokens[:, -1])
+
+
+@pytest.mark.parametrize("source", ["timm", "Hugging Face"])
+def test_guided_feature_inversion_runs_on_a_transformer_block(source):
+    if source == "timm":
+        model = timm_vit(32, 8)
+        block = model.blocks[-1]
+    else:
+        model = hugging_face_vit()
+        block = model.vit.layers[-1]
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    explainer = GuidedFeatureInversion(model, block)
+    before = model_state(model)
+    attribution, history = explainer.attribute(
+        images, target=[0, 1, 2], optimization=QUICK, return_history=True
+    )
+    assert attribution.shape == images.shape
+    assert history.low_resolution[0].values.shape == (3, 1, 4, 4)  # the 4 × 4 patch grid
+    alone = explainer.attribute(images[1:2], target=1, optimization=QUICK)
+    torch.testing.assert_close(attribution[1:2], alone, atol=1e-5, rtol=0)
+    assert_same_state(before, model_state(model))
+
+
+def test_a_layer_that_is_neither_maps_nor_tokens_is_a_clear_error():
+    model = timm_vit(32, 8)
+    with pytest.raises(ValueError, match="transformer's .N, T, D. tokens"):
+        GuidedFeatureInversion(model, model.head).attribute(torch.rand(1, 3, 32, 32))
 
 
 # ------------------------------------------------------------------------ text transformers

@@ -7,6 +7,7 @@ activations of a layer *as a function of the mask*, so it records them with its 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -206,18 +207,55 @@ def replacing_output(layer: nn.Module, value: Tensor) -> Iterator[None]:
         handle.remove()
 
 
-def image_feature_maps(features: Tensor, name: str, num_examples: int) -> Tensor:
-    """The layer's output, checked to be (N, C, h, w) feature maps a mask can be made of."""
+#: the most leading tokens (a class token, registers) a vision transformer's layer is read with
+MAX_LEADING_TOKENS = 16
+
+
+def token_grid(
+    tokens: int, image_shape: Sequence[int], patch: int | None
+) -> tuple[int, int] | None:
+    """The (rows, columns) grid of the patch tokens among a vision transformer's ``tokens``:
+    the image's sides over the ``patch`` side when it is known, else the largest square grid
+    that leaves at most :data:`MAX_LEADING_TOKENS` tokens before it. None if neither fits."""
+    if patch is not None:
+        rows, columns = (side // patch for side in image_shape[-2:])
+        if 0 <= tokens - rows * columns <= MAX_LEADING_TOKENS:
+            return rows, columns
+        return None
+    for leading in range(min(tokens, MAX_LEADING_TOKENS + 1)):
+        side = math.isqrt(tokens - leading)
+        if side * side == tokens - leading and side > 0:
+            return side, side
+    return None
+
+
+def image_feature_maps(
+    features: Tensor,
+    name: str,
+    num_examples: int,
+    image_shape: Sequence[int],
+    patch: int | None = None,
+) -> Tensor:
+    """The layer's output as (N, C, h, w) feature maps a mask can be made of: a CNN layer's as
+    it is; a vision transformer's (N, T, D) tokens without their leading class and register
+    tokens, the patch tokens laid on their grid (:func:`token_grid`) with D channels."""
+    if features.dim() == 3 and features.shape[0] == num_examples:
+        grid = token_grid(features.shape[1], image_shape, patch)
+        if grid is not None:
+            patches = features[:, features.shape[1] - grid[0] * grid[1] :]
+            return patches.transpose(1, 2).reshape(num_examples, features.shape[2], *grid)
     if features.dim() != 4 or features.shape[0] != num_examples:
         raise ValueError(
-            f"{name} must output (N, C, h, w) feature maps for (N, C, H, W) images; it returned "
-            f"shape {tuple(features.shape)} for {num_examples} images. Pass a convolutional "
-            "layer, e.g. model.features[-1], not a linear or pooled one"
+            f"{name} must output (N, C, h, w) feature maps for (N, C, H, W) images, or a vision "
+            f"transformer's (N, T, D) tokens; it returned shape {tuple(features.shape)} for "
+            f"{num_examples} images. Pass a convolutional layer (e.g. model.features[-1]) or a "
+            "transformer block (e.g. model.blocks[-1]), not a linear or pooled one"
         )
     return features
 
 
 __all__ = [
+    "MAX_LEADING_TOKENS",
     "check_layers",
     "image_feature_maps",
     "last_feature_map",
@@ -226,4 +264,5 @@ __all__ = [
     "replacing_output",
     "run_recording",
     "single_outputs",
+    "token_grid",
 ]

@@ -92,6 +92,12 @@ def _explainers(task: KindTask, overrides: dict) -> dict[str, Callable[..., Tens
         methods["ExtremalPerturbation"] = ours(
             "ExtremalPerturbation", ExtremalPerturbation(model).attribute
         )
+        blocks = model.get_submodule("blocks")
+        assert isinstance(blocks, nn.Sequential)
+        last_block = blocks[-1]  # its tokens, on the patch grid
+        methods["GuidedFeatureInversion"] = ours(
+            "GuidedFeatureInversion", GuidedFeatureInversion(model, last_block).attribute
+        )
     if task.kind == "images-32":
         features = model.get_submodule("features")
         assert isinstance(features, nn.Sequential)
