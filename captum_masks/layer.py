@@ -5,6 +5,13 @@ way ``LayerIntegratedGradients(model, model.embedding)`` does: the mask acts on 
 ``layer`` (for an embedding, on each token's vector) and the attributions have that output's
 shape. The model still runs on the caller's inputs; a forward hook swaps the layer's output for its
 masked version, so any layer can be masked, not only embeddings.
+
+On a token layer, (N, L, D) for (N, L) token ids, the optimisation starts from the best single
+token (the token whose deletion alone lowers the target's score most, or which alone keeps it
+best, one forward pass per token) and each example keeps its lowest-loss mask
+(``Optimization.keep_best``): a transformer's score can be a step in a token's embedding, flat
+on both sides, which the last steps may cross with no gradient to lead back. A ``mask`` or
+``layer_mask`` of the caller's, or ``keep_best=False``, turns these off.
 """
 
 from __future__ import annotations

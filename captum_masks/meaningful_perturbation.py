@@ -80,7 +80,8 @@ class MeaningfulPerturbation(MaskAttribution):
     and so take in features the decision never used. λ₁ weighs the mean area instead of the
     sum, so deleting the whole input costs λ₁ at any number of cells (1.0 on the mean: the
     paper's 1e-4 on a 28 × 28 grid is 0.08). The grid, its smoothing, the jitter and the blur
-    are the paper's sizes at 224 px as fractions of the input's shortest side. Each example
+    are the paper's sizes at 224 px as fractions of the input's shortest side; on a vision
+    transformer the blur covers at least one patch (the docs' transformers guide). Each example
     stops once its loss has settled (``Optimization.tolerance``) instead of running all 300
     iterations. The docs' MeaningfulPerturbation page measures the departures against the
     paper's settings.

@@ -78,7 +78,9 @@ class NeuroMaskAttr(MaskAttribution):
       one weight per position up to 84 positions). A pixel mask keeps a speckle of single
       pixels wherever the model responds, and next to a second object that speckle can land on
       it; blocks are too coarse for that. Sequences (whose positions may be tokens), rows and
-      feature groups keep one weight each.
+      feature groups keep one weight each. A vision transformer (its patch side read from the
+      model, see the docs' transformers guide) gets one weight per patch: it reads each patch
+      as one token.
 
     The docs' NeuroMaskAttr page measures each departure against the paper's setting.
 

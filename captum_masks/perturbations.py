@@ -262,7 +262,8 @@ class Blur(_Blended):
     Args:
         sigma (float or None): σ₀ of the blur, in pixels, ≥ 0. None follows the input: its
             shortest spatial side ÷ 22.4, the paper's σ₀ = 10 px at 224 px scaled to the
-            input. Default: None
+            input, and at least the patch side of a vision transformer the method explains.
+            Default: None
 
     Examples::
 
@@ -341,8 +342,8 @@ class BlurPyramid:
     Args:
         levels (int): copies in the pyramid, at least 2. Default: 8
         max_sigma (float or None): σ of the most blurred copy, in pixels. None follows the
-            input: its shortest spatial side ÷ 11.2, the paper's 20 px at 224 px.
-            Default: None
+            input: its shortest spatial side ÷ 11.2, the paper's 20 px at 224 px, and at least
+            twice the patch side of a vision transformer the method explains. Default: None
 
     Examples::
 

@@ -32,9 +32,11 @@ run benchmark --suite photos --split calibration --n 6 --threads 2 --table docs/
   ExtremalPerturbation 'ExtremalPerturbation[mask.margin=0.0]' \
   'ExtremalPerturbation[optimization.n_iter=300 optimization.lr=0.05]'
 
-# Other input kinds and the trained explainer (docs/guide/input_kinds.md, the AmortizedExplainer page)
+# Other input kinds, transformers and the trained explainer (docs/guide/input_kinds.md,
+# docs/guide/transformers.md, the AmortizedExplainer page)
 run tabular --split held-out --threads 1 --table docs/tables/tabular.md
 run kinds --split held-out --n 40 --threads 1 --table docs/tables/kinds.md
+run kinds --kinds vit-32 text --split held-out --n 40 --threads 1 --table docs/tables/transformers.md
 run class-masking --n 200 --threads 2 --table docs/tables/class-masking.md
 run explainer-epochs --suite synthetic-pairs --epochs 6 --threads 2 --table docs/tables/explainer-epochs.md
 run explainer-epochs --suite photo-objects --epochs 5 --threads 2 --table docs/tables/explainer-epochs-photo-objects.md

@@ -36,7 +36,8 @@ class SigmoidMask(CellMask):
             whose length ``block`` does not divide is cut short. 1: one weight per position.
             None: on images and volumes the shortest spatial side ÷ 56, rounded, at least 1
             (4 × 4 blocks at 224 px, 1 up to 84 positions); 1 on sequences, whose positions may
-            be tokens. Default: None
+            be tokens; a vision transformer's patch side when the model has one (NeuroMaskAttr
+            reads it from the model). Default: None
 
     Examples::
 
