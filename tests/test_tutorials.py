@@ -26,6 +26,7 @@ QUICK = {
     "guided_feature_inversion.ipynb": {"N_ITER": 10},
     "meaningful_perturbation.ipynb": {"N_ITER": 20},
     "neuromask.ipynb": {"N_ITER": 20},
+    "transformers.ipynb": {"TRAIN_SIZE": 1500, "EPOCHS": 2, "N_EXPLAIN": 2},
 }
 
 
