@@ -10,7 +10,7 @@ run speed --threads 2 --table docs/tables/speed.md --methods MeaningfulPerturbat
 run scaling --threads 2 --table docs/tables/scaling.md --methods MeaningfulPerturbation NeuroMaskAttr ExtremalPerturbation IntegratedGradients
 
 # Held-out quality (docs/guide/evaluation.md, the method pages)
-run benchmark --suite photos --n 12 --threads 2 --table docs/tables/photos.md --out "${TMPDIR:-/tmp}/benchmark_photos.png"
+run benchmark --suite photos --n 12 --threads 1 --table docs/tables/photos.md --out "${TMPDIR:-/tmp}/benchmark_photos.png"
 run benchmark --suite photos-pairs --n 8 --threads 1 --table docs/tables/photos-pairs.md --out "${TMPDIR:-/tmp}/benchmark_photos-pairs.png"
 run benchmark --suite photos-lite2 --n 12 --threads 2 --table docs/tables/photos-lite2.md --out "${TMPDIR:-/tmp}/benchmark_photos-lite2.png"
 run benchmark --suite photos-pairs-lite2 --n 8 --threads 2 --table docs/tables/photos-pairs-lite2.md --out "${TMPDIR:-/tmp}/benchmark_photos-pairs-lite2.png"
