@@ -15,18 +15,18 @@ pytestmark = [pytest.mark.tutorial, pytest.mark.real_model]
 
 TUTORIALS = sorted((Path(__file__).parent.parent / "tutorials").glob("*.ipynb"))
 QUICK = {
-    "amortized_explainer.ipynb": {"TRAIN_SIZE": 256, "EPOCHS": 1, "TEST_SIZE": 8},
-    "beyond_images.ipynb": {"N_ROWS": 12, "N_ITER": 20, "TRAIN_STEPS": 100},
-    "extremal_perturbation_and_rise.ipynb": {"N_ITER": 10, "N_SAMPLES": 64},
+    "amortized_explainer.ipynb": {"TRAIN_SIZE": 128, "EPOCHS": 1, "TEST_SIZE": 4},
+    "beyond_images.ipynb": {"N_ROWS": 12, "N_ITER": 10, "TRAIN_STEPS": 100},
+    "extremal_perturbation_and_rise.ipynb": {"N_ITER": 5, "N_SAMPLES": 32},
     "comparing_with_captum.ipynb": {
         "N_SYNTHETIC": 3,
         "N_PHOTOS": 1,
         "METHODS": ["GuidedFeatureInversion/inversion", "Saliency", "LayerGradCam"],
     },
-    "guided_feature_inversion.ipynb": {"N_ITER": 10},
-    "meaningful_perturbation.ipynb": {"N_ITER": 20},
-    "neuromask.ipynb": {"N_ITER": 20},
-    "transformers.ipynb": {"TRAIN_SIZE": 1500, "EPOCHS": 2, "N_EXPLAIN": 2},
+    "guided_feature_inversion.ipynb": {"N_ITER": 5},
+    "meaningful_perturbation.ipynb": {"N_ITER": 10},
+    "neuromask.ipynb": {"N_ITER": 10},
+    "transformers.ipynb": {"TRAIN_SIZE": 1200, "EPOCHS": 2, "N_EXPLAIN": 1},
 }
 
 
