@@ -32,7 +32,8 @@ from captum_masks._engine.compat import (
     TargetType,
     _format_additional_forward_args,
 )
-from captum_masks._engine.hooks import check_layers, replacing_output, run_recording
+from captum_masks._engine.hooks import check_layers, recording, replacing_output, single_outputs
+from captum_masks._engine.layout import MaskLayout
 from captum_masks._engine.model_state import leaves_model_as_found
 from captum_masks._engine.model_structure import is_token_layer, padding_token_of
 from captum_masks._engine.scores import select_scores
@@ -41,6 +42,7 @@ from captum_masks.masks.upsampled import UpsampledMask
 from captum_masks.meaningful_perturbation import MeaningfulPerturbation
 from captum_masks.neuromask import NeuroMaskAttr
 from captum_masks.optimization import Optimization
+from captum_masks.perturbations import constant_reference
 
 
 class _LayerMask(LayerAttribution, PerturbationAttribution):
@@ -50,6 +52,8 @@ class _LayerMask(LayerAttribution, PerturbationAttribution):
     method: type[MaskAttribution]
     #: the method's defaults that change when it masks a layer's positions
     layer_defaults: dict[str, Any] = {}
+    #: what a masked-out token becomes by default (None: each example's mean token)
+    token_baseline: float | None = None
 
     def __init__(
         self, forward_func: Callable, layer: nn.Module, device_ids: list[int] | None = None
@@ -116,10 +120,9 @@ class _LayerMask(LayerAttribution, PerturbationAttribution):
         """
         model_inputs = format_inputs(inputs, masked=False)
         extra = _format_additional_forward_args(additional_forward_args) or ()
-        with torch.no_grad():
-            (activation,) = run_recording(
-                lambda: self.forward_func(*model_inputs, *extra), [self.layer]
-            )
+        with torch.no_grad(), recording([self.layer]) as recorded:
+            clean_output = run_forward(self.forward_func, model_inputs, extra)
+        (activation,) = single_outputs(recorded, [self.layer])
         tokens = is_token_layer(self.layer, model_inputs, activation)
         if tokens:
             kwargs.setdefault("channels_last", True)  # (N, L, D): mask the tokens
@@ -130,7 +133,13 @@ class _LayerMask(LayerAttribution, PerturbationAttribution):
             reference = self._token_reference(activation, layer_baselines)
             keep = self._keeps_a_token(kwargs)
             best = self._best_single_token(
-                (model_inputs, extra), activation, reference, padding, target, keep, kwargs
+                (model_inputs, extra, clean_output),
+                activation,
+                reference,
+                padding,
+                target,
+                keep,
+                kwargs,
             )
             start = activation.new_full(best.shape, 0.0 if keep else 1.0)
             start[best] = 1.0 if keep else 0.0
@@ -163,12 +172,17 @@ class _LayerMask(LayerAttribution, PerturbationAttribution):
         raise NotImplementedError
 
     def _token_reference(self, activation: Tensor, layer_baselines: BaselineType) -> Tensor:
-        """What a masked-out token becomes, as the method's default or ``layer_baselines``."""
-        raise NotImplementedError
+        """What a masked-out token becomes: ``layer_baselines``, or the method's default
+        (:attr:`token_baseline`), as the method's constant reference makes it."""
+        value = self.token_baseline if layer_baselines is None else layer_baselines
+        layout = MaskLayout(channels_last=True)
+        tokens = layout.to_channels_first(activation)
+        baseline = layout.baseline_to_channels_first(value, tokens)
+        return layout.to_caller(constant_reference(tokens, baseline))
 
     def _best_single_token(
         self,
-        model_call: tuple[tuple, tuple],
+        model_call: tuple[tuple, tuple, Tensor],
         activation: Tensor,
         reference: Tensor,
         padding: Tensor,
@@ -182,11 +196,11 @@ class _LayerMask(LayerAttribution, PerturbationAttribution):
         suppresses the score. A transformer's score can be a step in a token's embedding
         (flat on both sides, where a gradient sees nothing); a start on the right side of the
         step leaves the optimisation to refine it. Padding is never chosen."""
-        model_inputs, extra = model_call
+        model_inputs, extra, clean_output = model_call
         apply_softmax = kwargs.get("apply_softmax", True)
         num, length = activation.shape[:2]
+        targets = resolve_targets(target, clean_output)
         with torch.no_grad():
-            targets = resolve_targets(target, run_forward(self.forward_func, model_inputs, extra))
             scores = []
             for position in range(length):
                 alone = torch.zeros(num, length, 1, dtype=torch.bool, device=activation.device)
@@ -209,13 +223,6 @@ def _keeping_best(optimization: Any) -> Any:
     if isinstance(optimization, Optimization) and "keep_best" not in optimization.given():
         return dataclasses.replace(optimization, keep_best=True)
     return optimization
-
-
-def _broadcast_baseline(activation: Tensor, value: Any) -> Tensor:
-    """A baseline (a scalar, one value per feature or a tensor broadcastable to the layer's
-    (N, L, D) output) with that output's shape, device and dtype."""
-    as_tensor = torch.as_tensor(value, dtype=activation.dtype, device=activation.device)
-    return as_tensor.expand_as(activation)
 
 
 def _padding_tokens(forward_func: Callable, ids: Tensor) -> Tensor | None:
@@ -291,11 +298,6 @@ class LayerMeaningfulPerturbation(_LayerMask):
     def _keeps_a_token(self, kwargs: dict) -> bool:
         return kwargs.get("game", "deletion") == "preservation"
 
-    def _token_reference(self, activation: Tensor, layer_baselines: BaselineType) -> Tensor:
-        if layer_baselines is None:  # each example's mean token, per feature
-            return activation.mean(dim=1, keepdim=True).expand_as(activation)
-        return _broadcast_baseline(activation, layer_baselines)
-
 
 class LayerNeuroMask(_LayerMask):
     r"""
@@ -330,11 +332,10 @@ class LayerNeuroMask(_LayerMask):
         "mask": SigmoidMask(block=1),
     }
 
+    token_baseline = 0.0  # the paper's multiplication m·h
+
     def _keeps_a_token(self, kwargs: dict) -> bool:
         return True
-
-    def _token_reference(self, activation: Tensor, layer_baselines: BaselineType) -> Tensor:
-        return _broadcast_baseline(activation, 0.0 if layer_baselines is None else layer_baselines)
 
 
 __all__ = ["LayerMeaningfulPerturbation", "LayerNeuroMask"]

@@ -194,9 +194,9 @@ def kinds_report(
     report: dict[str, dict] = {}
     for kind in kinds:
         task = kind_task(kind, n, split)
-        extra = {"additional_forward_args": task.additional_forward_args}
-        if not task.additional_forward_args:
-            extra = {}
+        extra = {}
+        if task.additional_forward_args:  # a text transformer's attention mask
+            extra = {"additional_forward_args": task.additional_forward_args}
         methods = {}
         for name, explain in _explainers(task, overrides).items():
             with seeded_global_rng(0):  # Shapley sampling draws from the global RNG
