@@ -141,7 +141,7 @@ class _LayerMask(LayerAttribution, PerturbationAttribution):
                 keep,
                 kwargs,
             )
-            start = activation.new_full(best.shape, 0.0 if keep else 1.0)
+            start = activation.new_full(best.shape, UNCHOSEN_KEPT if keep else 1.0)
             start[best] = 1.0 if keep else 0.0
             kwargs["mask"] = self.layer_defaults["mask"].starting_at(start.unsqueeze(1))
             kwargs["optimization"] = _keeping_best(kwargs.get("optimization"))
@@ -212,6 +212,11 @@ class _LayerMask(LayerAttribution, PerturbationAttribution):
         preference = torch.stack(scores, dim=1) * (1.0 if keep else -1.0)
         preference = preference.masked_fill(padding[..., 0], -torch.inf)
         return torch.nn.functional.one_hot(preference.argmax(dim=1), length).bool()
+
+
+#: where the other tokens start when the start keeps one token: low, but where a token the
+#: model also needs still has the gradient to rise
+UNCHOSEN_KEPT = 0.05
 
 
 def _keeping_best(optimization: Any) -> Any:

@@ -16,9 +16,10 @@ MIN_TEMPERATURE = 1e-6
 #: positions per weight at 224 px when ``block`` is None, scaled to the input (56 weights along
 #: the side; NeuroMaskAttr's docstring says why)
 BLOCK_AT_224 = 4
-#: the mask values a warm start is clamped to: W = ±2.9·T, whence the optimiser moves it in a
-#: few dozen steps where the sparseness term pulls it to −τ
-WARM_START_RANGE = (0.05, 0.95)
+#: how far a warm start's values are kept off 0 and 1, where W would be infinite: a start of 1
+#: is W = 13.8·T, which the sparseness term pulls down for dozens of steps before the mask drops
+#: (a start that the first, large RMSprop steps cross is lost)
+WARM_START_MARGIN = 1e-6
 
 
 class SigmoidMask(CellMask):
@@ -86,8 +87,7 @@ class SigmoidMask(CellMask):
         return torch.sigmoid(params / self.temperature)
 
     def params_for(self, values: Tensor) -> Tensor:
-        # kept off 0 and 1, where W would be infinite
-        return self.temperature * torch.logit(values.clamp(*WARM_START_RANGE))
+        return self.temperature * torch.logit(values, eps=WARM_START_MARGIN)
 
     def expand(
         self,
