@@ -159,7 +159,7 @@ def area(mask: Tensor, fraction: float | Tensor) -> Tensor:
     return (values - reference).square().mean(dim=1)
 
 
-def area_bounds(mask: Tensor, lower: float, upper: float) -> Tensor:
+def area_bounds(mask: Tensor, lower: float, upper: float, sizes: Tensor | None = None) -> Tensor:
     r"""Stalder et al.'s area bounds B (Eq. 4–5) per example: zero while the mask keeps between
     ``lower`` and ``upper`` of the input with values at 0 or 1.
 
@@ -171,6 +171,8 @@ def area_bounds(mask: Tensor, lower: float, upper: float) -> Tensor:
         mask (Tensor): (N, ...) mask in [0, 1].
         lower (float): the least area a, in [0, 1].
         upper (float): the largest area b, in [lower, 1].
+        sizes (Tensor, optional): (N,) the number Z of positions each example has, when fewer
+            than the mask's (padding, whose mask values must be 0). Default: all of them
 
     Returns:
         Tensor (N,).
@@ -182,13 +184,17 @@ def area_bounds(mask: Tensor, lower: float, upper: float) -> Tensor:
     if not 0.0 <= lower <= upper <= 1.0:
         raise ValueError(f"need 0 <= lower <= upper <= 1, got lower={lower!r}, upper={upper!r}")
     values = _flat(mask).sort(dim=1, descending=True, stable=True).values
-    size = values.shape[1]
-    rank = torch.arange(size, device=mask.device)
-    below_lower = (rank < int(size * lower)).to(mask.dtype)
-    within_upper = (rank < int(size * upper)).to(mask.dtype)
-    return (below_lower - values).clamp_min(0).mean(dim=1) + (values - within_upper).clamp_min(
-        0
-    ).mean(dim=1)
+    rank = torch.arange(values.shape[1], device=mask.device)
+    if sizes is None:
+        size = values.shape[1]
+        first_lower, first_upper = int(size * lower), int(size * upper)
+    else:
+        size = sizes.view(-1, 1)
+        first_lower, first_upper = (size * lower).floor(), (size * upper).floor()
+    below_lower = (rank < first_lower).to(mask.dtype)
+    within_upper = (rank < first_upper).to(mask.dtype)
+    outside = (below_lower - values).clamp_min(0) + (values - within_upper).clamp_min(0)
+    return outside.sum(dim=1) / (size if sizes is None else size.flatten().to(mask.dtype))
 
 
 __all__ = ["area", "area_bounds", "l1", "laplacian", "total_variation"]

@@ -26,7 +26,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from captum_masks import AmortizedExplainer, MaskNet
 from captum_masks.amortized.fitting import Trainer
-from captum_masks.amortized.losses import ExplainedBatch, LossSettings, stalder_terms
+from captum_masks.amortized.losses import (
+    ExplainedBatch,
+    LossSettings,
+    phillips_terms,
+    stalder_terms,
+)
 from captum_masks.masks.interpolation import upsample_linearly
 
 SMALL = {"width": 8, "depth": 1}
@@ -186,6 +191,52 @@ def test_another_class_of_the_input_is_not_held_to_an_empty_mask_in_a_row_for_on
     assert (both["area"] < 1.0).all()
 
 
+@hypothesis_settings(max_examples=20, deadline=None)
+@given(
+    seed=st.integers(0, 1000),
+    length=st.integers(2, 12),
+    loss=st.sampled_from(["stalder", "phillips"]),
+)
+def test_padding_tokens_are_left_out_of_the_mask_and_of_every_loss_term(seed, length, loss):
+    """Whatever the explainer's logits at padding and whatever the padding holds, the loss terms
+    are those of the same sentence without its padding: masking leaves padding as it is, its
+    mask is 0 and the area terms are means over the tokens."""
+    generator = torch.Generator().manual_seed(seed)
+    tokens = int(torch.randint(1, length + 1, (1,), generator=generator))
+    x = torch.randn(2, 4, length, generator=generator)
+    logits = torch.randn(2, 3, length, generator=generator)
+    padding = (torch.arange(length) >= tokens).view(1, 1, length).expand(2, 1, length)
+    target = torch.tensor([[True, False, False], [False, True, False]])
+    settings = LossSettings(loss=loss, tv_weight=0.0)  # TV reads neighbours, padding's too
+    seen = []
+
+    def classify(masked):  # a classifier that only reads the tokens, as an attention mask makes
+        seen.append(masked)
+        return masked[..., :tokens].mean(dim=(1, 2)).unsqueeze(1) * torch.tensor([1.0, -1.0, 0.5])
+
+    def terms(x, logits, padding):
+        batch = ExplainedBatch(x, target, target, classify, 0.0, False, padding)
+        return (
+            stalder_terms(batch, logits, settings)
+            if loss == "stalder"
+            else phillips_terms(batch, logits, settings)
+        )
+
+    padded = terms(x, logits, padding)
+    other = torch.randn(2, 4, length, generator=generator)
+    changed = terms(
+        torch.where(padding, other, x),
+        torch.where(padding, 10 * torch.randn(2, 3, length, generator=generator), logits),
+        padding,
+    )
+    alone = terms(x[..., :tokens], logits[..., :tokens], None)
+    for name in padded:
+        torch.testing.assert_close(padded[name], alone[name])
+        torch.testing.assert_close(changed[name], alone[name])
+    copies = len(seen[0]) // len(x)  # the kept and the removed parts in one pass
+    assert torch.equal(seen[0][..., tokens:], x.repeat(copies, 1, 1)[..., tokens:])
+
+
 @hypothesis_settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 1000), classes_per_input=st.integers(1, 3))
 def test_rows_for_each_class_of_an_input_share_one_pass_of_the_explainer(seed, classes_per_input):
@@ -200,7 +251,7 @@ def test_rows_for_each_class_of_an_input_share_one_pass_of_the_explainer(seed, c
     labels = torch.zeros(5, 4).scatter_(1, order, 1.0)
     trainer = Trainer(explainer.network, LossSettings(), "labels", separate_classes=True)
     batch = trainer.batch((x, labels))
-    explainer.network.logits(x[:1])  # builds the network
+    explainer.network.logits(x[:1], batch.call.take(slice(0, 1)))  # builds the network
     seen = []
     explainer.explainer.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[0]))
     shared = trainer.loss_terms(batch, explainer.explainer)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from captum_masks import (
     RISE,
+    AmortizedExplainer,
     Blur,
     ExtremalPerturbation,
     GuidedFeatureInversion,
@@ -225,3 +226,35 @@ def test_an_explicit_padding_mask_replaces_the_configs_padding_token():
     )
     assert (attribution[:, 0] == 0).all()
     assert (attribution[0, 6:] > 0).all()  # the config's padding is not padding any more
+
+
+@pytest.mark.parametrize("layer_of", ["get_input_embeddings", "embeddings block"])
+def test_the_explainer_masks_a_bert_models_tokens_with_its_attention_mask(layer_of):
+    model = hugging_face_bert()
+    layer = (
+        model.get_input_embeddings()
+        if layer_of == "get_input_embeddings"
+        else model.bert.embeddings
+    )
+    ids, attention_mask = padded_ids()
+    arguments = []  # what the classifier is called with, every time
+    hook = model.register_forward_pre_hook(lambda module, args: arguments.append(len(args)))
+    before = model_state(model)
+    explainer = AmortizedExplainer(model, 2, layer=layer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a token layer's layout is not guessed: no warning
+        explainer.fit(
+            [(ids, torch.tensor([0, 1, 1]), attention_mask)], epochs=1, show_progress=False
+        )
+        attribution = explainer.attribute(ids, target=1, additional_forward_args=(attention_mask,))
+        every_class = explainer.explain_all(ids, additional_forward_args=(attention_mask,))
+    assert_same_state(before, model_state(model))
+    hook.remove()
+    assert set(arguments) == {2}  # the ids and the attention mask
+    assert attribution.shape == (3, 10, 16)
+    assert torch.equal(attribution, attribution[..., :1].expand_as(attribution))
+    assert (attribution[attention_mask == 0] == 0).all()
+    assert (attribution[attention_mask == 1] > 0).all()
+    assert every_class.shape == (3, 2, 10)
+    assert torch.equal(every_class[:, 1], attribution[..., 0])
+    assert (every_class.transpose(1, 2)[attention_mask == 0] == 0).all()

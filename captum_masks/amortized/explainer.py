@@ -21,7 +21,11 @@ from captum_masks._engine.checks import (
     check_positive_ints,
     format_inputs,
 )
-from captum_masks._engine.compat import TargetType, _format_output
+from captum_masks._engine.compat import (
+    TargetType,
+    _format_additional_forward_args,
+    _format_output,
+)
 from captum_masks._engine.files import save_atomically
 from captum_masks._engine.hooks import check_layers
 from captum_masks._engine.layout import MaskLayout
@@ -99,8 +103,10 @@ class AmortizedExplainer(MaskAttribution):
             Stalder et al.
             Default: "auto"
         channels_last (bool, optional): inputs (or ``layer``'s output) are (N, L, D) sequences
-            with the features last; the mask spans the positions. None: True for an
-            ``nn.Embedding`` layer, False otherwise. Default: None
+            with the features last; the mask spans the positions. None: True for a token layer
+            (an ``nn.Embedding``, or a layer whose output is (N, L, D) for (N, L) token ids, such
+            as a transformer's embeddings block), found on the first input; False otherwise.
+            Default: None
         width (int, optional): width of the default :class:`MaskNet`. Default: 16
         depth (int, optional): number of halvings of the default :class:`MaskNet`. Default: 2
         baselines (float, optional): the value masked-out input takes. Default: 0
@@ -109,7 +115,9 @@ class AmortizedExplainer(MaskAttribution):
             ``layer`` (for a token-id model, its ``nn.Embedding``: one mask value per token),
             the classifier runs on the caller's inputs with that output swapped in, and
             :meth:`attribute` returns attributions shaped like it. Inputs may then be token
-            ids. Default: None
+            ids; on a model whose ``config`` names a padding token (Hugging Face's
+            ``pad_token_id``), its positions keep their own output, are left out of the
+            mask and its area terms, and get attribution 0. Default: None
 
     Examples::
 
@@ -161,8 +169,6 @@ class AmortizedExplainer(MaskAttribution):
                     "layer and feature_layer cannot be combined: with layer the explainer "
                     "already sees the model's own representation"
                 )
-        if channels_last is None:  # an embedding's (N, L, D) output: mask the tokens
-            channels_last = isinstance(layer, nn.Embedding)
         self.network = ExplainerNetwork(
             forward_func,
             num_classes,
@@ -171,7 +177,8 @@ class AmortizedExplainer(MaskAttribution):
             multilabel=multilabel,
             feature_layer=feature_layer,
             layer=layer,
-            layout=MaskLayout(channels_last),
+            # None with a layer: its output on the first input says whether it holds tokens
+            layout=MaskLayout(True if isinstance(layer, nn.Embedding) else channels_last),
             width=width,
             depth=depth,
             baselines=float(baselines),
@@ -217,12 +224,12 @@ class AmortizedExplainer(MaskAttribution):
                 form; None explains each input's predicted class (one classifier pass).
                 Default: None
             additional_forward_args (Any, optional): extra arguments for ``forward_func`` after
-                the inputs (used to pick the predicted class). Default: None
+                the inputs, e.g. a text transformer's attention mask. Default: None
 
         Returns:
             *Tensor* (or a 1-tuple for a 1-tuple input) of **attributions** with the input's
             shape (``layer``'s output's with ``layer``), in [0, 1]: the mask σ(S_target), the
-            same for every feature channel.
+            same for every feature channel; exactly 0 at padding tokens.
 
         Examples::
 
@@ -237,19 +244,21 @@ class AmortizedExplainer(MaskAttribution):
                 f"forward_func must return (N, {self.network.num_classes}) scores for num_classes="
                 f"{self.network.num_classes}, got {tuple(call.clean_output.shape)}"
             )
-        x, _ = self.network.check_inputs(call.inputs[0])
+        x, model_call = self.network.check_inputs(call.inputs[0], call.additional_args or ())
         self.network.warn_if_untrained()
         with torch.no_grad(), evaluating(self.network.module):
-            mask = torch.sigmoid(self.network.target_logits(x, call.targets[:, 0]))
+            logits = self.network.target_logits(x, call.targets[:, 0], model_call)
+            mask = model_call.without_padding(torch.sigmoid(logits))
         attribution = self.network.layout.to_caller(mask.expand_as(x)).to(x.dtype).contiguous()
         return _format_output(call.is_inputs_tuple, (attribution,))
 
     @leaves_model_as_found
-    def explain_all(self, inputs: Tensor) -> Tensor:
+    def explain_all(self, inputs: Tensor, additional_forward_args: Any = None) -> Tensor:
         """Every class's mask in one forward pass.
 
         Args:
             inputs (Tensor): as for :meth:`attribute`.
+            additional_forward_args (Any, optional): as for :meth:`attribute`. Default: None
 
         Returns:
             Tensor (N, num_classes, \\*spatial) in [0, 1] in the input's dtype; the spatial axes
@@ -259,10 +268,12 @@ class AmortizedExplainer(MaskAttribution):
 
             >>> masks = explainer.explain_all(images)     # masks[:, c] explains class c
         """
-        x, _ = self.network.check_inputs(inputs)
+        additional = _format_additional_forward_args(additional_forward_args) or ()
+        x, model_call = self.network.check_inputs(inputs, additional)
         self.network.warn_if_untrained()
         with torch.no_grad(), evaluating(self.network.module):
-            return torch.sigmoid(self.network.logits(x)).to(x.dtype)
+            masks = torch.sigmoid(self.network.logits(x, model_call))
+            return model_call.without_padding(masks).to(x.dtype)
 
     def fit(
         self,
@@ -292,7 +303,9 @@ class AmortizedExplainer(MaskAttribution):
             train_data (iterable): batches of ``(inputs, labels)`` (or inputs alone with
                 ``targets="predictions"``), e.g. a ``DataLoader``; iterated once per epoch.
                 Single-label labels are (N,) class indices, multi-label labels (N, num_classes)
-                multi-hot.
+                multi-hot. Items after the labels, ``(inputs, labels, *args)``, are passed to
+                ``forward_func`` after the inputs, as ``additional_forward_args`` (e.g. a text
+                transformer's attention mask).
             val_data (iterable, optional): the same, evaluated after every epoch; early stopping
                 and the kept explainer follow its loss (else the training loss).
             epochs (int, optional): maximum number of passes over ``train_data``. Default: 10

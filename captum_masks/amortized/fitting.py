@@ -29,7 +29,7 @@ from captum_masks._engine.model_state import (
 )
 from captum_masks.amortized.distributed import shard, wrap_distributed
 from captum_masks.amortized.losses import LOSSES, ExplainedBatch, LossSettings
-from captum_masks.amortized.network import ExplainerNetwork
+from captum_masks.amortized.network import ExplainerNetwork, ModelCall
 from captum_masks.amortized.networks import checked_logits
 from captum_masks.amortized.persistence import (
     check_config,
@@ -54,7 +54,7 @@ class _Batch:
     inputs: Tensor  # what the explainer masks, channels first, (B, C, *spatial)
     is_target: Tensor  # (N, num_classes) bool: the classes Y the row is explained for
     is_present: Tensor  # (N, num_classes) bool: all the classes of the row's input
-    model_inputs: Tensor | None = None  # with ``layer``: the classifier's own inputs, (B, ...)
+    call: ModelCall  # what else the classifier takes, (B, ...)
     rows: Tensor | None = None  # (N,): the input each row explains; None when row i is input i
 
 
@@ -83,12 +83,12 @@ class Trainer:
         self.network, self.settings = network, settings
         self.targets, self.separate_classes = targets, separate_classes
 
-    def targets_of(self, x: Tensor, labels: Tensor | None, model_inputs: Tensor | None) -> Tensor:
+    def targets_of(self, x: Tensor, labels: Tensor | None, call: ModelCall) -> Tensor:
         """(N, num_classes) bool: the classes Y each input is explained for."""
         network = self.network
         if self.targets == "predictions":
             with torch.no_grad():
-                scores = network.classify(x, model_inputs=model_inputs)
+                scores = network.classify(x, call)
             if not network.multilabel:
                 return F.one_hot(scores.argmax(dim=1), network.num_classes).bool()
             present = scores.sigmoid() > 0.5
@@ -125,40 +125,44 @@ class Trainer:
     def batch(self, batch: Any) -> _Batch:
         """The training rows of one batch of the data."""
         if isinstance(batch, Tensor):
-            inputs, labels = batch, None
-        elif isinstance(batch, (tuple, list)) and len(batch) in (1, 2):
-            inputs, labels = batch[0], batch[1] if len(batch) == 2 else None
+            inputs, labels, additional = batch, None, ()
+        elif isinstance(batch, (tuple, list)) and batch:
+            inputs, labels, *rest = (*batch, None) if len(batch) == 1 else batch
+            additional = tuple(rest)
         else:
             raise TypeError(
-                "each batch must be an inputs tensor or an (inputs, labels) pair, got "
-                f"{type(batch).__name__}"
+                "each batch must be an inputs tensor or an (inputs, labels, "
+                f"*additional_forward_args) tuple, got {type(batch).__name__}"
             )
-        x, model_inputs = self.network.check_inputs(inputs)
-        is_target = self.targets_of(x, labels, model_inputs)
+        x, call = self.network.check_inputs(inputs, additional)
+        is_target = self.targets_of(x, labels, call)
         if self.separate_classes:  # one row per (input, class of that input)
             rows, classes = is_target.nonzero(as_tuple=True)
             one_class = F.one_hot(classes, self.network.num_classes).bool()
-            return _Batch(x, one_class, is_target[rows], model_inputs, rows)
-        return _Batch(x, is_target, is_target, model_inputs)
+            return _Batch(x, one_class, is_target[rows], call, rows)
+        return _Batch(x, is_target, is_target, call)
 
     def loss_terms(self, batch: _Batch, explainer: nn.Module) -> dict[str, Tensor]:
         """Per-example loss terms (each (N,)) of one batch, under the settings' loss."""
         network = self.network
-        x, model_inputs = batch.inputs, batch.model_inputs
-        logits = checked_logits(explainer, network.inputs(x), x, network.num_classes)
+        x, call = batch.inputs, batch.call
+        logits = checked_logits(explainer, network.inputs(x, call), x, network.num_classes)
         if batch.rows is not None:
             # the explainer sees each input once, however many of its classes have a row: its
             # logits hold every class, so the rows share them (half the cost on pairs)
-            x, logits = x[batch.rows], logits[batch.rows]
-            model_inputs = None if model_inputs is None else model_inputs[batch.rows]
+            x, logits, call = x[batch.rows], logits[batch.rows], call.take(batch.rows)
         explained = ExplainedBatch(
             x.to(logits.dtype),
             batch.is_target,
             batch.is_present,
-            # the classifier in the data's dtype, on the rows' own inputs with ``layer``
-            lambda masked: network.classify(masked, x.dtype, _rows_of(model_inputs, masked)),
+            # the classifier in the data's dtype, on the rows' own inputs with ``layer``; the
+            # loss stacks masked copies of the rows into one pass
+            lambda masked: network.classify(
+                masked, call.repeated(masked.shape[0] // x.shape[0]), x.dtype
+            ),
             network.baselines,
             network.multilabel,
+            call.padding,
         )
         return LOSSES[self.settings.loss](explained, logits, self.settings)
 
@@ -186,7 +190,8 @@ class Trainer:
         classifier = modules_of(network.forward_func)
         with restored_buffers(classifier), torch.no_grad():
             # builds the network from the first input (the classifier runs for its features too)
-            network.logits(self.batch(first).inputs[:1])
+            first_batch = self.batch(first)
+            network.logits(first_batch.inputs[:1], first_batch.call.take(slice(0, 1)))
         module = network.module
         assert module is not None
         optimizer = torch.optim.Adam(module.parameters(), lr=lr)
@@ -242,15 +247,6 @@ class Trainer:
         self.network.module.load_state_dict(saved["state"])
         optimizer.load_state_dict(saved["optimizer"])
         return TrainingState.from_checkpoint(saved)
-
-
-def _rows_of(model_inputs: Tensor | None, masked: Tensor) -> Tensor | None:
-    """The classifier's inputs for a stack of masked copies of the batch (the loss classifies
-    the kept and the removed parts in one pass): the batch's inputs repeated to match."""
-    if model_inputs is None:
-        return None
-    copies = masked.shape[0] // model_inputs.shape[0]
-    return model_inputs.repeat(copies, *[1] * (model_inputs.dim() - 1))
 
 
 def _check_fit_arguments(

@@ -80,6 +80,12 @@ def classification_loss(scores: Tensor, labels: Tensor, multilabel: bool) -> Ten
     return F.cross_entropy(scores, labels.argmax(dim=1), reduction="none")
 
 
+def without_padding(mask: Tensor, padding: Tensor | None) -> Tensor:
+    """``mask`` ``(N, K, *spatial)`` with 0 where ``padding`` ``(N, 1, *spatial)`` is True:
+    padding is no evidence and gets no attribution."""
+    return mask if padding is None else mask.masked_fill(padding, 0.0)
+
+
 def masked_max(logits: Tensor, selector: Tensor) -> Tensor:
     """max over the selected classes, ``(N, 1, *spatial)``; -inf-free: no selection gives -1e4."""
     filled = logits.masked_fill(~selector.expand_as(logits), torch.finfo(logits.dtype).min)
@@ -99,6 +105,8 @@ class ExplainedBatch:
         classify (callable): the frozen classifier on masked inputs.
         baselines (float): the value masked-out input takes.
         multilabel (bool): binary cross-entropy instead of cross-entropy.
+        padding (Tensor or None): ``(N, 1, *spatial)`` bool, True at padding tokens: their mask
+            is 0 and masking leaves them as they are.
     """
 
     x: Tensor
@@ -107,11 +115,31 @@ class ExplainedBatch:
     classify: Classifier
     baselines: float
     multilabel: bool
+    padding: Tensor | None = None
 
     def target_mask(self, logits: Tensor) -> Tensor:
         """m = σ(max_{c∈Y} S_c), ``(N, 1, *spatial)``."""
         selector = self.is_target.view(*self.is_target.shape, *([1] * (self.x.dim() - 2)))
-        return torch.sigmoid(masked_max(logits, selector))
+        return self.without_padding(torch.sigmoid(masked_max(logits, selector)))
+
+    def without_padding(self, mask: Tensor) -> Tensor:
+        """``mask`` with 0 at padding."""
+        return without_padding(mask, self.padding)
+
+    def sizes(self) -> Tensor:
+        """(N,) the number of positions of each row that are not padding."""
+        if self.padding is None:
+            return torch.full((self.x.shape[0],), self.x[0, 0].numel(), device=self.x.device)
+        return (~self.padding).flatten(1).sum(1).clamp_min(1)
+
+    def area(self, mask: Tensor) -> Tensor:
+        """A(mask), (N,): its mean over the positions that are not padding."""
+        return mask.flatten(1).sum(1) / self.sizes().to(mask.dtype)
+
+    def masked(self, mask: Tensor) -> Tensor:
+        """The inputs with ``mask`` applied (m ⊙ x + (1 − m) ⊙ baseline); padding as it is."""
+        masked = blend(self.x, mask, self.baselines)
+        return masked if self.padding is None else torch.where(self.padding, self.x, masked)
 
 
 def stalder_terms(
@@ -144,20 +172,24 @@ def stalder_terms(
     absent = ~batch.is_present
     non_target = absent.view(*is_target.shape, *([1] * (x.dim() - 2)))
     has_non_target = absent.any(dim=1).view(-1, *[1] * (x.dim() - 1))
-    non_target_mask = torch.sigmoid(masked_max(logits, non_target)) * has_non_target  # n
+    non_target_mask = batch.without_padding(
+        torch.sigmoid(masked_max(logits, non_target)) * has_non_target
+    )  # n
     labels = is_target.to(x.dtype)
-    kept = blend(x, target_mask, batch.baselines)
-    complement = blend(x, 1.0 - target_mask, batch.baselines)
+    kept = batch.masked(target_mask)
+    complement = batch.masked(1.0 - target_mask)
     kept_scores, removed_scores = batch.classify(torch.cat([kept, complement])).chunk(2)
     removed = removed_scores.log_softmax(dim=1)
     negative_entropy = (removed.exp() * removed).mean(dim=1)  # Eq. 3
     lower, upper = settings.area_bounds
-    bounds = area_bounds(torch.sigmoid(logits).flatten(0, 1), lower, upper).view(logits.shape[:2])
+    class_masks = batch.without_padding(torch.sigmoid(logits)).flatten(0, 1)
+    sizes = batch.sizes().repeat_interleave(logits.shape[1])
+    bounds = area_bounds(class_masks, lower, upper, sizes).view(logits.shape[:2])
     bounds = (bounds * labels).sum(1) / labels.sum(1).clamp_min(1)  # Eq. 6, last term
     target_area_weight, non_target_area_weight = settings.mask_area_weights
     area = (
-        target_area_weight * target_mask.flatten(1).mean(1)
-        + non_target_area_weight * non_target_mask.flatten(1).mean(1)
+        target_area_weight * batch.area(target_mask)
+        + non_target_area_weight * batch.area(non_target_mask)
         + bounds
     )
     smoothness = total_variation(target_mask) + total_variation(non_target_mask)
@@ -175,12 +207,12 @@ def phillips_terms(
     r"""Phillips et al.'s loss: L_c(f(m ⊙ x), Y) + λ₁ mean(m) + λ₂ mean(m²), with m as in
     :func:`stalder_terms`; arguments and return as there (terms classification, l1, l2)."""
     target_mask = batch.target_mask(logits)
-    kept_scores = batch.classify(blend(batch.x, target_mask, batch.baselines))
+    kept_scores = batch.classify(batch.masked(target_mask))
     labels = batch.is_target.to(batch.x.dtype)
     return {
         "classification": classification_loss(kept_scores, labels, batch.multilabel),
-        "l1": settings.l1_weight * target_mask.flatten(1).mean(1),
-        "l2": settings.l2_weight * target_mask.flatten(1).square().mean(1),
+        "l1": settings.l1_weight * batch.area(target_mask),
+        "l2": settings.l2_weight * batch.area(target_mask.square()),
     }
 
 
@@ -195,4 +227,5 @@ __all__ = [
     "masked_max",
     "phillips_terms",
     "stalder_terms",
+    "without_padding",
 ]

@@ -5,6 +5,7 @@ hands it to training and checkpoints."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,13 +16,58 @@ from captum_masks._engine.checks import format_inputs, run_forward
 from captum_masks._engine.hooks import last_feature_map, replacing_output, run_recording
 from captum_masks._engine.layout import MaskLayout
 from captum_masks._engine.model_state import seeded_global_rng
+from captum_masks._engine.model_structure import is_token_layer, padding_token_of
 from captum_masks._engine.user_warnings import warn_user
+from captum_masks.amortized.losses import without_padding
 from captum_masks.amortized.networks import MaskNet, checked_logits, deeplab_explainer
 from captum_masks.amortized.persistence import feature_channels
 from captum_masks.masks.interpolation import upsample_linearly
 
 #: wider maps (an ImageNet network's head) are left out of the automatic choice
 AUTO_MAX_CHANNELS = 256
+
+
+@dataclass(frozen=True)
+class ModelCall:
+    """What the classifier takes besides what the explainer masks, batch-first.
+
+    Attributes:
+        model_inputs (Tensor or None): with ``layer``, the caller's inputs (token ids) that the
+            classifier runs on with the layer's output swapped in.
+        additional (tuple): the classifier's arguments after its inputs (an attention mask).
+        padding (Tensor or None): ``(N, 1, *positions)`` bool, True at padding tokens: masked
+            inputs keep them as they are, and their mask is 0.
+    """
+
+    model_inputs: Tensor | None = None
+    additional: tuple = ()
+    padding: Tensor | None = None
+
+    def take(self, rows: Tensor | slice) -> ModelCall:
+        """The examples at ``rows``."""
+        return ModelCall(
+            None if self.model_inputs is None else self.model_inputs[rows],
+            tuple(arg[rows] for arg in self.additional),
+            None if self.padding is None else self.padding[rows],
+        )
+
+    def repeated(self, copies: int) -> ModelCall:
+        """For ``copies`` masked versions of the batch stacked in one classifier pass."""
+        return ModelCall(
+            _repeat(self.model_inputs, copies),
+            tuple(_repeat(arg, copies) for arg in self.additional),
+            _repeat(self.padding, copies),
+        )
+
+    def without_padding(self, mask: Tensor) -> Tensor:
+        """``mask`` with 0 at padding (:func:`~captum_masks.amortized.losses.without_padding`)."""
+        return without_padding(mask, self.padding)
+
+
+def _repeat(value: Any, copies: int) -> Any:
+    if not isinstance(value, Tensor):
+        return value
+    return value.repeat(copies, *[1] * (value.dim() - 1))
 
 
 class ExplainerNetwork:
@@ -71,6 +117,8 @@ class ExplainerNetwork:
             layout,
         )
         self.width, self.depth, self.baselines = width, depth, baselines
+        # None: an (N, L, D) token layer's output, found on the first input, is channels last
+        self.layout_is_known = layout.explicit or layer is None
         self.input_shape: tuple[int, int] | None = None
         self.trained = module is not None
         self.seed = 0
@@ -98,15 +146,17 @@ class ExplainerNetwork:
             return None
         return next(name for name, module in self.forward_func.named_modules() if module is layer)
 
-    def features(self, x: Tensor) -> Tensor | None:
+    def features(self, x: Tensor, call: ModelCall) -> Tensor | None:
         """The classifier's features of ``x`` at ``feature_layer``, at their own resolution."""
         if isinstance(self.feature_layer, str):  # "auto", resolved on the first input
-            self.feature_layer = None if self.layout.channels_last else self.last_feature_map(x)
+            self.feature_layer = (
+                None if self.layout.channels_last else self.last_feature_map(x, call)
+            )
         if self.feature_layer is None:
             return None
         with torch.no_grad():
             (features,) = run_recording(
-                lambda: self.forward_func(self.layout.to_caller(x)),
+                lambda: self.forward_func(self.layout.to_caller(x), *call.additional),
                 [self.feature_layer],
                 stop_after=True,
             )
@@ -118,21 +168,23 @@ class ExplainerNetwork:
             )
         return features
 
-    def last_feature_map(self, x: Tensor) -> nn.Module | None:
+    def last_feature_map(self, x: Tensor, call: ModelCall) -> nn.Module | None:
         """The module ``feature_layer="auto"`` stands for, found on one input (the
         constructor keeps "auto" only for a classifier that is a module)."""
         assert isinstance(self.forward_func, nn.Module)
         return last_feature_map(
             self.forward_func,
-            lambda: self.forward_func(self.layout.to_caller(x[:1])),
+            lambda: self.forward_func(
+                self.layout.to_caller(x[:1]), *(arg[:1] for arg in call.additional)
+            ),
             x.shape[2:],
             AUTO_MAX_CHANNELS,
         )
 
-    def inputs(self, x: Tensor) -> tuple[Tensor, ...]:
+    def inputs(self, x: Tensor, call: ModelCall) -> tuple[Tensor, ...]:
         """The explainer network's arguments in the work dtype (float32 for half precision): ``x``
         and the classifier's features, native for MaskNet, else resized and concatenated."""
-        features = self.features(x)
+        features = self.features(x, call)
         x = x.to(work_dtype(x.dtype))  # the explainer trains in full precision
         if features is None:
             return (x,)
@@ -184,9 +236,9 @@ class ExplainerNetwork:
         if config["input_channels"] is not None:
             self.input_shape = (config["input_channels"], config["spatial_dims"])
 
-    def target_logits(self, x: Tensor, classes: Tensor) -> Tensor:
+    def target_logits(self, x: Tensor, classes: Tensor, call: ModelCall) -> Tensor:
         """The logits S_c (N, 1, *spatial) of one class c per example."""
-        explainer_inputs = self.inputs(x)
+        explainer_inputs = self.inputs(x, call)
         module = self.build(explainer_inputs, x.shape[1])
         if isinstance(module, MaskNet) and module.head.out_channels == self.num_classes:
             return module.class_logits(explainer_inputs[0], classes, *explainer_inputs[1:])
@@ -195,40 +247,54 @@ class ExplainerNetwork:
             rows, classes
         ].unsqueeze(1)
 
-    def logits(self, x: Tensor) -> Tensor:
+    def logits(self, x: Tensor, call: ModelCall) -> Tensor:
         """Class logits S (N, num_classes, *spatial) for channels-first inputs."""
-        explainer_inputs = self.inputs(x)
+        explainer_inputs = self.inputs(x, call)
         module = self.build(explainer_inputs, x.shape[1])
         return checked_logits(module, explainer_inputs, x, self.num_classes)
 
-    def check_inputs(self, inputs: Any) -> tuple[Tensor, Tensor | None]:
-        """The tensor the explainer masks, channels first, and (with ``layer``) the caller's
-        inputs that the classifier runs on."""
+    def check_inputs(self, inputs: Any, additional: tuple = ()) -> tuple[Tensor, ModelCall]:
+        """The tensor the explainer masks, channels first, and what else the classifier takes:
+        (with ``layer``) the caller's inputs, the ``additional`` arguments after them, and
+        the padding of token ids (a Hugging Face model's ``config.pad_token_id``)."""
         if self.layer is None:
             (x,) = format_inputs(
                 inputs if isinstance(inputs, Tensor) else tuple(inputs), (1, 2, 3)
             )
-            model_inputs = None
-        else:
-            (model_inputs,) = format_inputs(
-                inputs if isinstance(inputs, Tensor) else tuple(inputs), masked=False
+            return self._checked_shape(self.layout.to_channels_first(x)), ModelCall(
+                additional=additional
             )
-            with torch.no_grad():
-                (x,) = run_recording(lambda: self.forward_func(model_inputs), [self.layer])
-            if x.dim() not in (3, 4, 5):
-                raise ValueError(
-                    f"layer {type(self.layer).__name__} returns shape {tuple(x.shape)}; the "
-                    "explainer masks outputs with 1 to 3 axes of positions: (N, L, D), "
-                    "(N, C, L), (N, C, H, W) or (N, C, D, H, W)"
-                )
-        x = self.layout.to_channels_first(x)
+        (model_inputs,) = format_inputs(
+            inputs if isinstance(inputs, Tensor) else tuple(inputs), masked=False
+        )
+        with torch.no_grad():
+            (x,) = run_recording(
+                lambda: self.forward_func(model_inputs, *additional), [self.layer]
+            )
+        if x.dim() not in (3, 4, 5):
+            raise ValueError(
+                f"layer {type(self.layer).__name__} returns shape {tuple(x.shape)}; the "
+                "explainer masks outputs with 1 to 3 axes of positions: (N, L, D), "
+                "(N, C, L), (N, C, H, W) or (N, C, D, H, W)"
+            )
+        tokens = is_token_layer(self.layer, (model_inputs,), x)
+        if not self.layout_is_known:
+            self.layout, self.layout_is_known = MaskLayout(tokens), True
+        padding = None
+        pad_token = padding_token_of(self.forward_func) if tokens else None
+        if pad_token is not None and self.layout.channels_last:
+            padding = (model_inputs == pad_token).unsqueeze(1)
+        call = ModelCall(model_inputs, additional, padding)
+        return self._checked_shape(self.layout.to_channels_first(x)), call
+
+    def _checked_shape(self, x: Tensor) -> Tensor:
         if self.input_shape is not None and (x.shape[1], x.dim() - 2) != self.input_shape:
             channels, dims = self.input_shape
             raise ValueError(
                 f"inputs must have {channels} channels and {dims} spatial axes like the data "
                 f"the explainer was built for, got shape {tuple(x.shape)}"
             )
-        return x, model_inputs
+        return x
 
     def warn_if_untrained(self) -> None:
         if not self.trained:
@@ -238,19 +304,18 @@ class ExplainerNetwork:
                 "first"
             )
 
-    def classify(
-        self, x: Tensor, dtype: torch.dtype | None = None, model_inputs: Tensor | None = None
-    ) -> Tensor:
+    def classify(self, x: Tensor, call: ModelCall, dtype: torch.dtype | None = None) -> Tensor:
         """The classifier's scores for channels-first ``x``, which is cast to ``dtype`` (the
         data's own) first; the scores come back in the work dtype. With ``layer``, ``x`` is that
-        layer's (masked) output and the classifier runs on ``model_inputs`` with it swapped in."""
+        layer's (masked) output and the classifier runs on the call's inputs with it swapped
+        in."""
         caller = self.layout.to_caller(x if dtype is None else x.to(dtype))
         if self.layer is None:
-            scores = run_forward(self.forward_func, (caller,), None)
+            scores = run_forward(self.forward_func, (caller,), call.additional)
         else:
-            assert model_inputs is not None, "a layer's output needs the model's own inputs"
+            assert call.model_inputs is not None, "a layer's output needs the model's own inputs"
             with replacing_output(self.layer, caller):
-                scores = run_forward(self.forward_func, (model_inputs,), None)
+                scores = run_forward(self.forward_func, (call.model_inputs,), call.additional)
         scores = scores.to(work_dtype(x.dtype))
         if scores.dim() != 2 or scores.shape[1] != self.num_classes:
             raise ValueError(
@@ -260,4 +325,4 @@ class ExplainerNetwork:
         return scores
 
 
-__all__ = ["AUTO_MAX_CHANNELS", "ExplainerNetwork"]
+__all__ = ["AUTO_MAX_CHANNELS", "ExplainerNetwork", "ModelCall"]
