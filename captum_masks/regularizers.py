@@ -186,15 +186,12 @@ def area_bounds(mask: Tensor, lower: float, upper: float, sizes: Tensor | None =
     values = _flat(mask).sort(dim=1, descending=True, stable=True).values
     rank = torch.arange(values.shape[1], device=mask.device)
     if sizes is None:
-        size = values.shape[1]
-        first_lower, first_upper = int(size * lower), int(size * upper)
-    else:
-        size = sizes.view(-1, 1)
-        first_lower, first_upper = (size * lower).floor(), (size * upper).floor()
-    below_lower = (rank < first_lower).to(mask.dtype)
-    within_upper = (rank < first_upper).to(mask.dtype)
+        sizes = torch.full((values.shape[0],), values.shape[1], device=mask.device)
+    size = sizes.view(-1, 1)
+    below_lower = (rank < (size * lower).floor()).to(mask.dtype)
+    within_upper = (rank < (size * upper).floor()).to(mask.dtype)
     outside = (below_lower - values).clamp_min(0) + (values - within_upper).clamp_min(0)
-    return outside.sum(dim=1) / (size if sizes is None else size.flatten().to(mask.dtype))
+    return outside.sum(dim=1) / sizes.to(mask.dtype)
 
 
 __all__ = ["area", "area_bounds", "l1", "laplacian", "total_variation"]
