@@ -191,6 +191,32 @@ def test_another_class_of_the_input_is_not_held_to_an_empty_mask_in_a_row_for_on
     assert (both["area"] < 1.0).all()
 
 
+@pytest.mark.parametrize("tokens", [False, True])
+def test_total_variation_is_off_by_default_on_tokens_only(tokens):
+    """Neighbouring tokens need not matter alike: λ_tv defaults to 0 through a token layer and to
+    1 elsewhere; a λ_tv the caller gives is used on both."""
+    x = torch.rand(2, 4, 9, generator=torch.Generator().manual_seed(0))
+    logits = torch.randn(2, 3, 9, generator=torch.Generator().manual_seed(1))
+    target = torch.tensor([[True, False, False]] * 2)
+
+    def tv(settings):
+        batch = ExplainedBatch(
+            x,
+            target,
+            target,
+            lambda m: m.mean((1, 2))[:, None].repeat(1, 3),
+            0.0,
+            True,
+            None,
+            tokens,
+        )
+        return stalder_terms(batch, logits, settings)["tv"]
+
+    default, given = tv(LossSettings()), tv(LossSettings(tv_weight=1.0))
+    assert (given > 0).all()
+    assert torch.equal(default, torch.zeros(2)) if tokens else torch.equal(default, given)
+
+
 @hypothesis_settings(max_examples=20, deadline=None)
 @given(
     seed=st.integers(0, 1000),

@@ -285,7 +285,7 @@ class AmortizedExplainer(MaskAttribution):
         lr: float = 4e-3,
         entropy_weight: float = 1.0,
         area_weight: float = 1.0,
-        tv_weight: float = 1.0,
+        tv_weight: float | None = None,
         area_bounds: tuple[float, float] = (0.05, 0.3),
         mask_area_weights: tuple[float, float] = (0.1, 0.3),
         l1_weight: float = 1e-3,
@@ -315,7 +315,9 @@ class AmortizedExplainer(MaskAttribution):
             lr (float, optional): Adam's learning rate. Default: 4e-3
             entropy_weight (float, optional): λ_e. Default: 1
             area_weight (float, optional): λ_a. Default: 1
-            tv_weight (float, optional): λ_tv. Default: 1
+            tv_weight (float, optional): λ_tv. None: 1, and 0 through a token layer, whose
+                neighbouring tokens need not matter alike (as for the Layer classes).
+                Default: None
             area_bounds (tuple of float, optional): (a, b), the least and largest area of a
                 present class's mask (Eq. 4–5). Default: (0.05, 0.3)
             mask_area_weights (tuple of float, optional): the weights of A(m) and A(n) inside

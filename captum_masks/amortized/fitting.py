@@ -163,6 +163,7 @@ class Trainer:
             network.baselines,
             network.multilabel,
             call.padding,
+            network.tokens,
         )
         return LOSSES[self.settings.loss](explained, logits, self.settings)
 

@@ -31,7 +31,7 @@ class LossSettings:
     loss: str = "stalder"
     entropy_weight: float = 1.0
     area_weight: float = 1.0
-    tv_weight: float = 1.0
+    tv_weight: float | None = None
     area_bounds: tuple[float, float] = (0.05, 0.3)
     mask_area_weights: tuple[float, float] = (0.1, 0.3)
     l1_weight: float = 1e-3
@@ -39,13 +39,14 @@ class LossSettings:
 
     def validate(self) -> None:
         check_choice("loss", self.loss, tuple(LOSSES))
+        if self.tv_weight is not None:
+            check_non_negative(tv_weight=self.tv_weight)
         check_non_negative(
             **{
                 name: getattr(self, name)
                 for name in (
                     "entropy_weight",
                     "area_weight",
-                    "tv_weight",
                     "l1_weight",
                     "l2_weight",
                 )
@@ -107,6 +108,7 @@ class ExplainedBatch:
         multilabel (bool): binary cross-entropy instead of cross-entropy.
         padding (Tensor or None): ``(N, 1, *spatial)`` bool, True at padding tokens: their mask
             is 0 and masking leaves them as they are.
+        tokens (bool): the positions are tokens (a token layer's output), not a grid.
     """
 
     x: Tensor
@@ -116,6 +118,7 @@ class ExplainedBatch:
     baselines: float
     multilabel: bool
     padding: Tensor | None = None
+    tokens: bool = False
 
     def target_mask(self, logits: Tensor) -> Tensor:
         """m = σ(max_{c∈Y} S_c), ``(N, 1, *spatial)``."""
@@ -187,6 +190,10 @@ def stalder_terms(
     bounds = area_bounds(class_masks, lower, upper, sizes).view(logits.shape[:2])
     bounds = (bounds * labels).sum(1) / labels.sum(1).clamp_min(1)  # Eq. 6, last term
     target_area_weight, non_target_area_weight = settings.mask_area_weights
+    # tokens are no grid of pixels: neighbouring tokens need not matter alike
+    tv_weight = (
+        settings.tv_weight if settings.tv_weight is not None else 0.0 if batch.tokens else 1.0
+    )
     area = (
         target_area_weight * batch.area(target_mask)
         + non_target_area_weight * batch.area(non_target_mask)
@@ -197,7 +204,7 @@ def stalder_terms(
         "classification": classification_loss(kept_scores, labels, batch.multilabel),
         "entropy": settings.entropy_weight * negative_entropy,
         "area": settings.area_weight * area,
-        "tv": settings.tv_weight * smoothness / math.prod(x.shape[2:]),  # Eq. 7–8
+        "tv": tv_weight * smoothness / math.prod(x.shape[2:]),  # Eq. 7–8
     }
 
 

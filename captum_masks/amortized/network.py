@@ -82,7 +82,9 @@ class ExplainerNetwork:
         multilabel (bool): several classes per input.
         feature_layer (nn.Module, "auto" or None): the classifier's features fed to it.
         layer (nn.Module or None): explain through this module's output.
-        layout (MaskLayout): where the channels of what it masks are.
+        layout (MaskLayout): where the channels of what it masks are (for a token layer, found
+            on the first input unless given).
+        tokens (bool): ``layer`` outputs one vector per token (known after the first input).
         width, depth (int): the default :class:`MaskNet`'s size.
         baselines (float): what masked-out input becomes.
         input_shape (tuple or None): (input channels, spatial axes) it was built for.
@@ -119,6 +121,7 @@ class ExplainerNetwork:
         self.width, self.depth, self.baselines = width, depth, baselines
         # None: an (N, L, D) token layer's output, found on the first input, is channels last
         self.layout_is_known = layout.explicit or layer is None
+        self.tokens = isinstance(layer, nn.Embedding)  # the mask's positions are tokens
         self.input_shape: tuple[int, int] | None = None
         self.trained = module is not None
         self.seed = 0
@@ -278,6 +281,7 @@ class ExplainerNetwork:
                 "(N, C, L), (N, C, H, W) or (N, C, D, H, W)"
             )
         tokens = is_token_layer(self.layer, (model_inputs,), x)
+        self.tokens = tokens
         if not self.layout_is_known:
             self.layout, self.layout_is_known = MaskLayout(tokens), True
         padding = None

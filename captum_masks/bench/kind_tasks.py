@@ -229,6 +229,18 @@ def _train(kind: str) -> nn.Module:
     return model.eval()
 
 
+def training_batches(kind: str, batch_size: int = 64) -> list[tuple[Tensor, ...]]:
+    """The data ``kind``'s model trained on, as ``(inputs, labels, *additional_forward_args)``
+    batches: what an :class:`~captum_masks.AmortizedExplainer` of that model fits on."""
+    size = _TRAINING[kind][0]
+    inputs, labels, _, additional, _ = _DATA[kind](size, 0)
+    return [
+        (inputs[start : start + batch_size], labels[start : start + batch_size])
+        + tuple(a[start : start + batch_size] for a in additional)
+        for start in range(0, size, batch_size)
+    ]
+
+
 def kind_task(kind: str, n: int = 40, split: str = "held-out") -> KindTask:
     """Train ``kind``'s model and draw ``n`` inputs of ``split`` that carry the evidence (the
     positive class; any class for rows and images), each explained for its label. Where the
@@ -280,4 +292,5 @@ __all__ = [
     "TRANSFORMER_KINDS",
     "KindTask",
     "kind_task",
+    "training_batches",
 ]

@@ -20,15 +20,19 @@ import math
 import time
 from collections.abc import Callable
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from captum_masks._engine.checks import model_scores
 from captum_masks._engine.model_state import seeded_global_rng
-from captum_masks.bench.kind_tasks import KINDS, KindTask, kind_task
+from captum_masks.bench.kind_tasks import KINDS, KindTask, kind_task, training_batches
 from captum_masks.bench.runners import accepted, check_overrides_taken
 from captum_masks.bench.transformer_tasks import VIT_PATCH
+
+if TYPE_CHECKING:
+    from captum_masks import AmortizedExplainer
 
 #: this package's methods the kinds run (the overrides go to these)
 _OURS = (
@@ -73,6 +77,7 @@ def _explainers(task: KindTask, overrides: dict) -> dict[str, Callable[..., Tens
                 "MeaningfulPerturbation", LayerMeaningfulPerturbation(model, embedding).attribute
             ),
             "NeuroMaskAttr": ours("NeuroMaskAttr", LayerNeuroMask(model, embedding).attribute),
+            "AmortizedExplainer": _fitted_explainer(task).attribute,
             # Captum's methods need a tensor: a Hugging Face model's logits
             "IntegratedGradients": LayerIntegratedGradients(
                 lambda *inputs: model_scores(model(*inputs)), embedding
@@ -130,6 +135,19 @@ def _explainers(task: KindTask, overrides: dict) -> dict[str, Callable[..., Tens
     )
     methods["IntegratedGradients"] = IntegratedGradients(model).attribute
     return methods
+
+
+def _fitted_explainer(task: KindTask) -> AmortizedExplainer:
+    """An :class:`~captum_masks.AmortizedExplainer` through the task's embedding, fitted at its
+    defaults on the data the model trained on, as a user explaining their own model would."""
+    from captum_masks import AmortizedExplainer
+
+    batches = training_batches(task.kind)
+    with torch.no_grad():
+        classes = model_scores(task.model(*batches[0][:1], *batches[0][2:])).shape[1]
+    explainer = AmortizedExplainer(task.model, classes, layer=task.layer)
+    explainer.fit(batches, show_progress=False)
+    return explainer
 
 
 def _positions(task: KindTask, attribution: Tensor) -> Tensor:
