@@ -21,9 +21,11 @@ from captum_masks._engine.checks import (
     per_input_baselines,
 )
 from captum_masks._engine.compat import BaselineType, TargetType
+from captum_masks._engine.layout import MaskLayout
 from captum_masks._engine.loop import ExampleRows, MaskProblem, optimize_masks
 from captum_masks._engine.model_state import make_generator
 from captum_masks._engine.scores import REWARDS, best_other_score, select_scores
+from captum_masks._engine.warm_start import warm_started
 from captum_masks.masks.low_resolution import LowResolutionMask
 from captum_masks.masks.smooth_max import SmoothMaxMask
 from captum_masks.optimization import SHARED_DEFAULTS, Optimization, OptimizationHistory
@@ -207,6 +209,15 @@ class ExtremalPerturbation(MaskAttribution):
             torch.arange(call.num_examples * num_areas, device=call.device),
         )
         row_areas = torch.tensor(fractions, device=call.device).repeat(call.num_examples)
+        if settings.start is not None:  # m marks the evidence in every game
+            image_start = warm_started(
+                parametrisation, settings.start, call, MaskLayout(False), True
+            )
+            assert image_start.start is not None
+            parametrisation = image_start.starting_at(
+                image_start.start.repeat_interleave(num_areas, dim=0)
+            )
+        initial = parametrisation.init(everyone.inputs, make_generator(settings.seed, call.device))
         spatial = image.shape[2:]
         n_iter = settings.n_iter
 
@@ -247,10 +258,7 @@ class ExtremalPerturbation(MaskAttribution):
                 return loss, kept
 
             examples = everyone.take(torch.arange(len(row_areas), device=call.device)[batch])
-            params = parametrisation.init(
-                examples.inputs, make_generator(settings.seed, call.device)
-            )
-            return MaskProblem(params, objective, examples, parametrisation.project_)
+            return MaskProblem([initial[0][batch]], objective, examples, parametrisation.project_)
 
         description = f"Extremal Perturbation ({game})"
         params, history = optimize_masks(build_problem, len(row_areas), settings, description)

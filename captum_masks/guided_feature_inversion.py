@@ -267,6 +267,11 @@ class GuidedFeatureInversion(MaskAttribution):
         )
         inversion = check_instance("inversion", inversion, InversionStage, InversionStage())
         target_settings = self._optimization(optimization)
+        if target_settings.start is not None:
+            raise ValueError(
+                "GuidedFeatureInversion takes no optimization.start: its mask is a combination "
+                "of the layer's feature maps, which its first stage finds"
+            )
         # stage 1 at a constant rate
         inversion_settings = dataclasses.replace(
             target_settings, n_iter=inversion.n_iter, scheduler=None

@@ -24,6 +24,7 @@ from captum_masks._engine.layout import MaskLayout
 from captum_masks._engine.loop import ExampleRows, MaskProblem, optimize_masks
 from captum_masks._engine.model_state import make_generator
 from captum_masks._engine.scores import select_scores, target_log_odds
+from captum_masks._engine.warm_start import warm_started
 from captum_masks.masks.groups import mask_over_inputs
 from captum_masks.masks.upsampled import UpsampledMask
 from captum_masks.optimization import SHARED_DEFAULTS, Optimization, OptimizationHistory
@@ -227,8 +228,10 @@ class MeaningfulPerturbation(MaskAttribution):
             )
             for x, b in zip(work_inputs, baselines)
         ]
-        initial = masks.init(work_inputs, make_generator(settings.seed, call.device))
         deletion = game == "deletion"
+        if settings.start is not None:
+            masks = warm_started(masks, settings.start, call, layout, keeps=not deletion)
+        initial = masks.init(work_inputs, make_generator(settings.seed, call.device))
         if deletion:  # the floor of the score: f_c(Φ(x, 0)), everything deleted
             with torch.no_grad():
                 deleted = [

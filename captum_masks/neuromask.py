@@ -22,6 +22,7 @@ from captum_masks._engine.loop import ExampleRows, MaskProblem, optimize_masks
 from captum_masks._engine.model_state import make_generator
 from captum_masks._engine.model_structure import patch_size_of
 from captum_masks._engine.scores import select_scores, target_log_odds
+from captum_masks._engine.warm_start import warm_started
 from captum_masks.masks.groups import GroupedMask, mask_over_inputs
 from captum_masks.masks.sigmoid import SigmoidMask
 from captum_masks.optimization import SHARED_DEFAULTS, Optimization, OptimizationHistory
@@ -233,6 +234,8 @@ class NeuroMaskAttr(MaskAttribution):
             constant_reference(x, 0.0 if b is None else layout.baseline_to_channels_first(b, x))
             for x, b in zip(images, per_input_baselines(baselines, len(images)))
         ]
+        if settings.start is not None:
+            masks = warm_started(masks, settings.start, call, layout, keeps=True)
         initial = masks.init(images, make_generator(settings.seed, call.device))
 
         def build_problem(batch: slice) -> MaskProblem:

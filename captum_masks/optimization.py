@@ -18,6 +18,7 @@ from captum_masks._engine.checks import (
     check_positive,
     check_positive_int,
     check_seed,
+    check_start,
 )
 
 if TYPE_CHECKING:
@@ -49,9 +50,9 @@ METHOD_DEFAULT: Any = _MethodDefault()
 
 @dataclass(frozen=True)
 class Optimization:
-    r"""How an optimising method runs its loop: iterations, optimiser, schedule, early stopping,
-    chunking, progress and the call's randomness. One object for every method
-    (:class:`~captum_masks.MeaningfulPerturbation`, :class:`~captum_masks.NeuroMaskAttr`,
+    r"""How an optimising method runs its loop: where it starts, iterations, optimiser,
+    schedule, early stopping, chunking, progress and the call's randomness. One object for every
+    method (:class:`~captum_masks.MeaningfulPerturbation`, :class:`~captum_masks.NeuroMaskAttr`,
     :class:`~captum_masks.ExtremalPerturbation`, :class:`~captum_masks.GuidedFeatureInversion`),
     passed as ``attribute(..., optimization=Optimization(...))``. A field left unset takes the
     method's own default, listed in its ``default_optimization`` and in its docstring, so
@@ -62,6 +63,16 @@ class Optimization:
     one-by-one calls and ``internal_batch_size`` never changes a result.
 
     Args:
+        start (str, Tensor, AmortizedExplainer or None, optional): a warm start for the mask
+            (:class:`~captum_masks.MeaningfulPerturbation`,
+            :class:`~captum_masks.NeuroMaskAttr`, :class:`~captum_masks.ExtremalPerturbation`):
+            None is the method's own start; ``"gradcam"`` Grad-CAM of the target at the model's
+            last feature map (the last module whose output has the input's spatial axes; one
+            forward and one backward pass); a fitted :class:`~captum_masks.AmortizedExplainer`;
+            or a map of importance with the input's shape or without its channel axis (e.g.
+            another method's attribution). The map, scaled by each example's maximum, is
+            averaged over each cell of the mask, which starts keeping it (or, in a deletion
+            game, deleting it). One input tensor, without ``feature_mask``.
         n_iter (int, optional): the most optimisation steps an example runs (fewer once it
             stops early, see ``tolerance``).
         lr (float, optional): the learning rate, > 0.
@@ -93,10 +104,12 @@ class Optimization:
         >>> mp = MeaningfulPerturbation(model)
         >>> quick = mp.attribute(images, target=3, optimization=Optimization(n_iter=50))
         >>> paper = mp.attribute(images, target=3, optimization=Optimization(tolerance=None))
+        >>> warm = mp.attribute(images, target=3, optimization=Optimization(start="gradcam"))
         >>> MeaningfulPerturbation.default_optimization.n_iter
         300
     """
 
+    start: Any = METHOD_DEFAULT
     n_iter: int = METHOD_DEFAULT
     lr: float = METHOD_DEFAULT
     optimizer: OptimizerType = METHOD_DEFAULT
@@ -164,10 +177,13 @@ def _check_field(name: str, value: Any) -> None:
         check_bool(name, value)
     elif name == "seed":
         check_seed(value)
+    elif name == "start":
+        check_start(value)
 
 
 #: the fields every method shares unless it says otherwise
 SHARED_DEFAULTS = Optimization(
+    start=None,
     optimizer="adam",
     scheduler=None,
     tolerance=None,

@@ -12,6 +12,7 @@ from conftest import run_cli
 
 from captum_masks import AmortizedExplainer
 from captum_masks.bench.benchmark import (
+    COST_COLUMNS,
     METRIC_COLUMNS,
     format_rows,
     format_table,
@@ -36,7 +37,9 @@ def test_scores_every_image_with_every_metric_in_range(fast_result):
     assert list(fast_result.scores) == FAST_METHODS
     for name in FAST_METHODS:
         score = fast_result.scores[name]
-        assert set(score) == {*SINGLE_COLUMNS, "seconds"}
+        assert set(score) == {*SINGLE_COLUMNS, *COST_COLUMNS}
+        # a gradient method: one forward and one backward pass of the model per image
+        assert score["forward_passes"] == score["backward_passes"] == [1.0]
         for column in SINGLE_COLUMNS:
             assert len(score[column]) == 3
             assert all(0.0 <= value <= 1.0 for value in score[column]), (name, column)
@@ -58,8 +61,9 @@ def test_table_has_one_row_per_method_with_mean_and_std(fast_result):
     for line, name in zip(table[2:], FAST_METHODS):
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         assert cells[0] == name
-        assert len(cells) == len(SINGLE_COLUMNS) + 2
-        assert all("±" in cell for cell in cells[1:-1])
+        assert len(cells) == 1 + len(SINGLE_COLUMNS) + len(COST_COLUMNS)
+        assert all("±" in cell for cell in cells[1 : 1 + len(SINGLE_COLUMNS)])
+        assert cells[-3:-1] == ["1", "1"]  # forward and backward passes per image
 
 
 def test_row_table_gives_each_rows_own_scores(fast_result):

@@ -248,6 +248,24 @@ def check_instance(name: str, value: Any, kind: type, default: Any) -> Any:
     return value
 
 
+#: ``Optimization.start``'s maps by name
+START_NAMES = ("gradcam",)
+
+
+def check_start(start: Any) -> None:
+    """A warm start is None, a name of :data:`START_NAMES`, a tensor, or a fitted explainer (an
+    object with an ``attribute`` method)."""
+    if isinstance(start, str):
+        check_choice("start", start, START_NAMES)
+    elif not (
+        start is None or isinstance(start, Tensor) or callable(getattr(start, "attribute", None))
+    ):
+        raise TypeError(
+            "start must be None, 'gradcam', a fitted AmortizedExplainer or a tensor, got "
+            f"{type(start).__name__}"
+        )
+
+
 def check_seed(seed: Any) -> None:
     """A seed is an int (not a bool)."""
     if not isinstance(seed, int) or isinstance(seed, bool):

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from captum_masks import explain_dataset, metrics
 from captum_masks._engine.distributed import rank_and_world_size
+from captum_masks.bench.passes import counting_passes
 from captum_masks.bench.runners import (
     ALL_METHODS,
     AMORTIZED_SUITES,
@@ -82,8 +83,12 @@ HIGHER_IS_BETTER = {
     "insertion_auc": True,
     "map_mean": None,
     "map_tv": None,
+    "forward_passes": False,
+    "backward_passes": False,
     "seconds": False,
 }
+#: the columns with one value per method (per row, for the whole batch)
+COST_COLUMNS = ("forward_passes", "backward_passes", "seconds")
 
 
 @dataclass
@@ -92,8 +97,10 @@ class BenchmarkResult:
 
     Attributes:
         suite (Suite): the images, targets, ground truth and model.
-        scores (dict): ``scores[method][metric]``, a list over rows (``seconds`` holds one
-            value: the whole batch ÷ rows). ``discrimination`` is there for pair suites only.
+        scores (dict): ``scores[method][metric]``, a list over rows (``seconds`` and the
+            model's ``forward_passes`` and ``backward_passes`` hold one value: the whole batch
+            ÷ rows; the passes are NaN where the rows ran in other processes).
+            ``discrimination`` is there for pair suites only.
         attributions (dict): each method's maps, for figures.
         curves (dict): ``curves[method]["deletion" | "insertion"]``, (n, steps + 1) probability
             of the target as pixels are removed or inserted in the method's order.
@@ -188,8 +195,11 @@ def run_benchmark(
         disable=not show_progress or rank != 0,
     ):
         start = time.perf_counter()
+        passes = (math.nan, math.nan)
         if workdir is None and world_size == 1:
-            attribution = runners[name](data.inputs, data.targets).detach()
+            with counting_passes(data.model) as count:
+                attribution = runners[name](data.inputs, data.targets).detach()
+            passes = count.per_input(data.inputs.shape[0])
         else:
             run = {"suite": suite, "n": n, "seed": seed, "split": split, "overrides": overrides}
             if objects is not None:
@@ -197,7 +207,10 @@ def run_benchmark(
             attribution = _explained(name, runners[name], data, workdir, run, world_size)
         seconds = (time.perf_counter() - start) / data.inputs.shape[0]
         if rank == 0:
-            scores[name], curves[name] = _scores(data, attribution, seconds, deletion_steps)
+            scores[name], curves[name] = _scores(data, attribution, deletion_steps)
+            scores[name].update(
+                forward_passes=[passes[0]], backward_passes=[passes[1]], seconds=[seconds]
+            )
         attributions[name] = attribution
     return BenchmarkResult(data, scores, attributions, curves)
 
@@ -289,9 +302,7 @@ def localisation_scores(data: Suite, attribution: Tensor) -> dict:
     return scores
 
 
-def _scores(
-    data: Suite, attribution: Tensor, seconds: float, deletion_steps: int
-) -> tuple[dict, dict]:
+def _scores(data: Suite, attribution: Tensor, deletion_steps: int) -> tuple[dict, dict]:
     """One method's row of metrics (lists over rows) and its deletion / insertion curves."""
     aucs, curves = {}, {}
     for mode in ("deletion", "insertion"):
@@ -308,9 +319,14 @@ def _scores(
         **localisation_scores(data, attribution),
         "deletion_auc": aucs["deletion"].tolist(),
         "insertion_auc": aucs["insertion"].tolist(),
-        "seconds": [seconds],
     }
     return scores, curves
+
+
+def _cost(column: str, value: float) -> str:
+    if math.isnan(value):
+        return "–"
+    return f"{value:.3f}" if column == "seconds" else f"{value:.0f}"
 
 
 def _mean_std(values: list) -> str:
@@ -320,16 +336,20 @@ def _mean_std(values: list) -> str:
 
 
 def format_table(result: BenchmarkResult) -> str:
-    """Markdown table, mean ± std over rows; seconds per row are for the whole batch ÷ rows."""
+    """Markdown table, mean ± std over rows; the model's passes and the seconds per row are for
+    the whole batch ÷ rows."""
     first = next(iter(result.scores.values()))
-    columns = (*(c for c in METRIC_COLUMNS if c in first), "seconds")
+    columns = (*(c for c in METRIC_COLUMNS if c in first), *COST_COLUMNS)
     arrows = {True: " ↑", False: " ↓", None: ""}
     header = (
         "| method | " + " | ".join(f"{c}{arrows[HIGHER_IS_BETTER[c]]}" for c in columns) + " |"
     )
     lines = [header, "|---" * (len(columns) + 1) + "|"]
     for name, score in result.scores.items():
-        cells = [_mean_std(score[c]) if c != "seconds" else f"{score[c][0]:.3f}" for c in columns]
+        cells = [
+            _mean_std(score[c]) if c not in COST_COLUMNS else _cost(c, score[c][0])
+            for c in columns
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -406,6 +426,7 @@ def save_figure(result: BenchmarkResult, path: str | os.PathLike, rows: int = 4)
 
 
 __all__ = [
+    "COST_COLUMNS",
     "METRIC_COLUMNS",
     "BenchmarkResult",
     "format_rows",

@@ -1,0 +1,138 @@
+"""Warm starts: a cheap map of where the evidence is, put into a mask's own cells.
+
+``Optimization.start`` is one of: None (the method's own start), ``"gradcam"`` (Grad-CAM
+at the model's last feature map: one forward and one backward pass), a fitted explainer with an
+``attribute(inputs, target=...)`` method (an :class:`~captum_masks.AmortizedExplainer`), or a
+tensor of importance (another method's attribution, with the input's shape or without its
+channel axis). Each becomes an evidence map in [0, 1] per example, at the input's resolution,
+which :func:`warm_started` averages over each cell of the mask and hands to
+:meth:`~captum_masks.masks.base.CellMask.starting_at` as kept (preservation) or deleted
+(deletion) values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from captum_masks._engine.call import PreparedCall
+from captum_masks._engine.checks import run_forward
+from captum_masks._engine.hooks import (
+    last_feature_map,
+    layer_gradient,
+    recording,
+    single_outputs,
+)
+from captum_masks._engine.layout import MaskLayout
+from captum_masks._engine.model_state import modules_of
+from captum_masks._engine.scores import select_scores
+from captum_masks.masks.base import CellMask
+from captum_masks.masks.interpolation import upsample_linearly
+
+
+def warm_started(
+    masks: Any, start: Any, call: PreparedCall, layout: MaskLayout, keeps: bool
+) -> CellMask:
+    """``masks`` starting where ``start`` says the evidence is: its cells take the evidence
+    map's mean over each cell (``keeps``: the mask keeps evidence) or one minus it (the mask
+    deletes evidence where it is 0).
+
+    Raises:
+        ValueError: for a start the call cannot take (several inputs, feature groups, a map of
+            another shape, a model without a feature map for ``"gradcam"``).
+    """
+    if not isinstance(masks, CellMask) or len(call.inputs) != 1:
+        raise ValueError(
+            "start needs one input tensor with positions (a sequence, image or volume) "
+            "masked on a grid: it is not taken for rows (N, F), a tuple of inputs or "
+            "feature_mask"
+        )
+    image = layout.to_channels_first(call.work_inputs[0])
+    spatial = image.shape[2:]
+    evidence = evidence_map(start, call, layout)
+    values = evidence if keeps else 1.0 - evidence
+    return masks.starting_at(_cell_means(values, masks.cell_shape(spatial)))
+
+
+def _cell_means(values: Tensor, cells: list[int]) -> Tensor:
+    """(N, 1, \\*cells): the mean of ``values`` (N, 1, \\*spatial) over each cell's pixels."""
+    return F.interpolate(values, size=cells, mode="area")  # adaptive average pooling
+
+
+def evidence_map(start: Any, call: PreparedCall, layout: MaskLayout) -> Tensor:
+    """(N, 1, \\*spatial) in [0, 1], in the work dtype: each example's evidence map scaled by
+    its maximum (a map with no positive value is 0.5 everywhere: it says nothing)."""
+    image = layout.to_channels_first(call.work_inputs[0])
+    if isinstance(start, str):  # "gradcam", the one name (checked with the settings)
+        importance = grad_cam(call, layout)
+    elif isinstance(start, Tensor):
+        importance = _given_map(start, image, layout)
+    else:  # a fitted explainer
+        explained = start.attribute(call.inputs[0], target=call.targets[:, 0])
+        importance = _given_map(explained, image, layout)
+    positive = importance.clamp_min(0)
+    peak = positive.flatten(1).amax(dim=1).view(-1, *[1] * (positive.dim() - 1))
+    return torch.where(peak > 0, positive / peak.clamp_min(torch.finfo(peak.dtype).tiny), 0.5)
+
+
+def _given_map(importance: Tensor, image: Tensor, layout: MaskLayout) -> Tensor:
+    """A caller's map as (N, 1, \\*spatial) channels first: the input's own shape (its channels
+    summed) or the input's shape without the channel axis."""
+    importance = importance.detach().to(device=image.device, dtype=image.dtype)
+    caller_shape = layout.to_caller(image).shape
+    if importance.shape == caller_shape:
+        return layout.to_channels_first(importance).sum(dim=1, keepdim=True)
+    if importance.shape == (image.shape[0], *image.shape[2:]):
+        return importance.unsqueeze(1)
+    raise ValueError(
+        f"a start map must have the input's shape {tuple(caller_shape)} or its shape without "
+        f"the channel axis {(image.shape[0], *image.shape[2:])}; got {tuple(importance.shape)}"
+    )
+
+
+def grad_cam(call: PreparedCall, layout: MaskLayout) -> Tensor:
+    """Grad-CAM of each example's target at the model's last feature map (the last module whose
+    output has the input's spatial axes), upsampled to the input: one forward and one backward
+    pass, with no parameter's ``.grad`` touched."""
+    image = layout.to_channels_first(call.work_inputs[0])
+    spatial = image.shape[2:]
+    models = modules_of(call.forward_func)
+    caller_inputs = call.inputs
+
+    def forward() -> Tensor:
+        return run_forward(call.forward_func, caller_inputs, call.additional_args)
+
+    layer = None
+    if models and not layout.channels_last:
+        layer = last_feature_map(
+            models[0],
+            lambda: run_forward(
+                call.forward_func,
+                tuple(x[:1] for x in caller_inputs),
+                None
+                if call.additional_args is None
+                else tuple(a[:1] if isinstance(a, Tensor) else a for a in call.additional_args),
+            ),
+            spatial,
+            max_channels=torch.iinfo(torch.int64).max,
+        )
+    if layer is None:
+        raise ValueError(
+            "start='gradcam' needs a model with a feature map over the input's positions (a "
+            "module whose output is (N, C, *spatial)); pass a map or an explainer instead"
+        )
+    with recording([layer]) as recorded:
+        gradient = layer_gradient(
+            forward, layer, lambda output: select_scores(output, call.targets, apply_softmax=False)
+        )
+    (features,) = single_outputs(recorded, [layer])
+    features = features.detach().to(image.dtype)
+    weights = gradient.to(image.dtype).mean(dim=tuple(range(2, gradient.dim())), keepdim=True)
+    cam = torch.relu((weights * features).sum(dim=1, keepdim=True))
+    return upsample_linearly(cam, spatial)
+
+
+__all__ = ["evidence_map", "grad_cam", "warm_started"]
