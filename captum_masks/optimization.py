@@ -68,9 +68,10 @@ class Optimization:
             :class:`~captum_masks.NeuroMaskAttr`, :class:`~captum_masks.ExtremalPerturbation`):
             None is the method's own start; ``"gradcam"`` Grad-CAM of the target at the model's
             last feature map (the last module whose output has the input's spatial axes; one
-            forward and one backward pass); a fitted :class:`~captum_masks.AmortizedExplainer`;
-            or a map of importance with the input's shape or without its channel axis (e.g.
-            another method's attribution). The map, scaled by each example's maximum, is
+            forward and one backward pass); a fitted :class:`~captum_masks.AmortizedExplainer`
+            or any object with ``attribute(inputs, target=...)`` (a Captum method), whose map
+            is taken; or a map of importance with the input's shape or without its channel
+            axis (e.g. another method's attribution). The map, scaled by each example's maximum, is
             averaged over each cell of the mask, which starts keeping it (or, in a deletion
             game, deleting it). One input tensor, without ``feature_mask``.
         n_iter (int, optional): the most optimisation steps an example runs (fewer once it

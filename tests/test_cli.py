@@ -42,7 +42,12 @@ def test_unknown_image_is_a_clear_error(tmp_path):
 @pytest.fixture(scope="module")
 def speed_rows():
     """One ``speed`` run for three methods: each row's cells by method name."""
-    methods = ["MeaningfulPerturbation", "GuidedFeatureInversion", "AmortizedExplainer"]
+    methods = [
+        "MeaningfulPerturbation",
+        "GuidedFeatureInversion",
+        "AmortizedExplainer",
+        "LayerGradCam",
+    ]
     result = run_cli("speed", "--methods", *methods, "--repeats", "1", "--images", "1")
     assert result.returncode == 0, result.stderr
     header, _, *rows = result.stdout.strip().splitlines()[: 2 + len(methods)]
@@ -61,7 +66,10 @@ def test_speed_prints_one_row_per_method(speed_rows):
     assert all(cell.isdigit() for cell in cells[6:8])
     # at most 300 iterations; each image stops once its loss settles (the per-iteration time
     # comes from runs without early stopping, so it does not depend on where that happens)
-    assert cells[8] == "300" and 20 < float(cells[9]) <= 300 and float(cells[10]) > 0
+    assert cells[8] == "300" and 20 < float(cells[9]) <= 300 and float(cells[12]) > 0
+    # the model's passes: one forward and one backward per iteration, and two more forward
+    # ones (the clean image and the floor of the deletion score, everything deleted)
+    assert float(cells[10]) == float(cells[9]) + 2 and cells[11] == cells[9]
 
 
 def test_speed_with_early_stopping_reports_the_iterations_run():
@@ -81,8 +89,10 @@ def test_speed_with_early_stopping_reports_the_iterations_run():
     # the run to compare with, in the same call, ran its own settings to the end
     assert result["iterations_run_before"] == 15 and result["seconds_per_image_before"] > 0
     table = format_speed([result]).splitlines()
-    assert table[0].endswith("| iterations run (before) | s / image (before) |")
-    assert table[2].split("|")[-3].strip() == "15"
+    assert table[0].endswith(
+        "| iterations run (before) | passes (before): forward | backward | s / image (before) |"
+    )
+    assert table[2].split("|")[-5].strip() == "15"
     with pytest.raises(ValueError, match=r"\['tolerance'\] are not arguments"):
         measure_speed("GuidedFeatureInversion", settings={"tolerance": 1e-3})
 
@@ -91,7 +101,10 @@ def test_speed_of_guided_feature_inversion_counts_both_stages_and_passes(speed_r
     cells = speed_rows["GuidedFeatureInversion"]
     # stage 2 scores the kept and the removed image; a default run is 10 + 70 iterations
     assert cells[:3] == ["GuidedFeatureInversion", "1", "2"]
-    assert cells[8] == cells[9] == "80" and float(cells[10]) > 0
+    assert cells[8] == cells[9] == "80" and float(cells[12]) > 0
+    # backward passes through the model's output: stage 2's 70 × 2 and the target's gradient
+    # that starts it (stage 1 stops at its layer)
+    assert cells[11] == "141"
 
 
 def test_speed_of_the_amortized_explainer_is_one_pass(speed_rows):
@@ -100,13 +113,20 @@ def test_speed_of_the_amortized_explainer_is_one_pass(speed_rows):
     _bare, whole, ratio = (float(cell) for cell in cells[3:6])
     # one explanation is the classifier pass plus the explainer pass: the same as the model's
     # cost, not the hundreds of passes of an optimisation
-    assert float(cells[10]) == pytest.approx(whole, rel=0.05) and ratio < 10
+    assert float(cells[12]) == pytest.approx(whole, rel=0.05) and ratio < 10
+    # the classifier's passes: the target's check and its features for the explainer
+    assert cells[10:12] == ["2", "0"]
+
+
+def test_speed_of_captums_grad_cam_is_one_forward_and_one_backward_pass(speed_rows):
+    cells = speed_rows["LayerGradCam"]
+    assert cells[8:12] == ["1", "1", "1", "1"]
 
 
 def test_speed_table_states_the_amortized_speedup_per_batch_size():
     from captum_masks.bench.speed import format_speed
 
-    def row(method, batch_size, seconds_per_image):
+    def row(method, batch_size, seconds_per_image, iterations=100):
         return {
             "method": method,
             "batch_size": batch_size,
@@ -116,15 +136,18 @@ def test_speed_table_states_the_amortized_speedup_per_batch_size():
             "ratio": 1.0,
             "bare_faults": 0.0,
             "iteration_faults": None,
-            "default_iters": 1,
+            "default_iters": iterations,
             "seconds_per_image": seconds_per_image,
-            "iterations_run": 1.0,
+            "iterations_run": float(iterations),
+            "forward_passes": float(iterations),
+            "backward_passes": float(iterations),
         }
 
     table = format_speed(
         [
             row("MeaningfulPerturbation", 1, 12.0),
-            row("AmortizedExplainer", 1, 0.04),
+            row("AmortizedExplainer", 1, 0.04, iterations=1),
+            row("LayerGradCam", 1, 0.04, iterations=1),  # no optimisation: nothing to compare
             row("MeaningfulPerturbation", 4, 10.0),
         ]
     )
@@ -133,6 +156,7 @@ def test_speed_table_states_the_amortized_speedup_per_batch_size():
         "batch 1." in table
     )
     assert "batch 4" not in table  # no amortized row at batch 4 to compare with
+    assert "than LayerGradCam" not in table
 
 
 def test_speed_counts_the_page_faults_of_memory_taken_fresh_from_the_system():

@@ -35,8 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from captum.attr import Attribution
-from torch import Tensor, nn
+from torch import Tensor
 
 from captum_masks import explain_dataset, metrics
 from captum_masks._engine.distributed import rank_and_world_size
@@ -46,6 +45,7 @@ from captum_masks.bench.runners import (
     AMORTIZED_SUITES,
     DEFAULT_METHODS,
     OUR_METHODS,
+    RunnerAttribution,
     check_overrides_taken,
     method_runners,
     split_variant,
@@ -215,17 +215,6 @@ def run_benchmark(
     return BenchmarkResult(data, scores, attributions, curves)
 
 
-class _Row(Attribution):
-    """A benchmark row as the Captum attribution :func:`explain_dataset` takes."""
-
-    def __init__(self, model: nn.Module, runner: Callable[[Tensor, Tensor], Tensor]) -> None:
-        super().__init__(model)
-        self.runner = runner
-
-    def attribute(self, inputs: Tensor, target: Tensor) -> Tensor:
-        return self.runner(inputs, target)
-
-
 def _explained(
     name: str,
     runner: Callable[[Tensor, Tensor], Tensor],
@@ -239,7 +228,7 @@ def _explained(
         raise ValueError("under torchrun the benchmark needs workdir, a folder every rank shares")
     rows = data.inputs.shape[0]
     results = explain_dataset(
-        _Row(data.model, runner),
+        RunnerAttribution(data.model, runner),
         SuiteDataset(data, ground_truth=False),
         Path(workdir) / name.replace("/", "-"),
         target="label",

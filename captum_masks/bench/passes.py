@@ -18,7 +18,9 @@ class PassCount:
     """Inputs (rows of a batch) the model ran on.
 
     Attributes:
-        forward (int): rows of every forward pass.
+        forward (int): rows of every forward pass that reached the model's output (a pass that
+            stops at an inner layer, as Guided Feature Inversion's first stage does, is not
+            counted).
         backward (int): rows of every backward pass through the model's output.
     """
 

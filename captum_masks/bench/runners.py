@@ -11,7 +11,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
+from captum.attr import Attribution
+from torch import Tensor, nn
 
 import captum_masks
 from captum_masks.amortized import AmortizedExplainer
@@ -157,6 +158,18 @@ def with_seed(arguments: dict, seed: int) -> dict:
     ``arguments`` set themselves stays)."""
     optimization = arguments.get("optimization") or Optimization()
     return {**arguments, "optimization": Optimization(**{"seed": seed, **optimization.given()})}
+
+
+class RunnerAttribution(Attribution):
+    """A method of :func:`method_runners` as a Captum attribution (for :func:`explain_dataset`
+    and the ``speed`` command): ``attribute(inputs, target)`` runs it."""
+
+    def __init__(self, model: nn.Module, runner: Callable[[Tensor, Tensor], Tensor]) -> None:
+        super().__init__(model)
+        self.runner = runner
+
+    def attribute(self, inputs: Tensor, target: Tensor) -> Tensor:
+        return self.runner(inputs, target)
 
 
 def method_runners(
@@ -311,6 +324,7 @@ def _reference_runners(suite: Suite) -> dict[str, Callable[[Tensor, Tensor], Ten
 
 
 __all__ = [
+    "RunnerAttribution",
     "ALL_METHODS",
     "AMORTIZED_SUITES",
     "CAPTUM_METHODS",

@@ -21,16 +21,23 @@ the method's arithmetic, is the gap.
 
 :class:`AmortizedExplainer` has no iterations: its row times one whole explanation (the classifier
 pass that checks the target, then one pass of the default explainer network) as its single
-iteration. The explainer is untrained, which costs the same as a trained one. :class:`RISE`'s
+iteration. The explainer is untrained, which costs the same as a trained one. Captum's
+IntegratedGradients, Occlusion and LayerGradCam rows (as the benchmark runs them) are timed the
+same way.
+
+Every row also counts the model's passes per image of a whole explanation, forward and backward
+apart (rows of every batch the model ran on, and of every gradient that came back through its
+output): the cost a method adds is its passes times the model's own. :class:`RISE`'s
 iteration is one random mask: a forward pass without a backward one, so its ratio is below 1.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -40,8 +47,9 @@ from torch import Tensor, nn
 
 from captum_masks._engine.checks import check_positive_int
 from captum_masks.amortized import AmortizedExplainer
-from captum_masks.bench.runners import method_arguments
-from captum_masks.bench.suites import photos_suite
+from captum_masks.bench.passes import counting_passes
+from captum_masks.bench.runners import RunnerAttribution, method_arguments, method_runners
+from captum_masks.bench.suites import Suite, photos_suite
 from captum_masks.extremal_perturbation import ExtremalPerturbation
 from captum_masks.guided_feature_inversion import GuidedFeatureInversion, InversionStage
 from captum_masks.meaningful_perturbation import MeaningfulPerturbation
@@ -56,7 +64,8 @@ class SpeedSpec:
     """How to time one method on EfficientNet-Lite0.
 
     Attributes:
-        make (callable): model -> the attribution method.
+        make (callable): the suite (its model, and the benchmark's settings for it) -> the
+            attribution method.
         iteration_argument (str or None): the setting varied to time one iteration (a dotted
             name such as ``"optimization.n_iter"``, see
             :func:`~captum_masks.bench.runners.method_arguments`); None for a method that
@@ -68,33 +77,44 @@ class SpeedSpec:
             image ran; without one (RISE's fixed number of masks) every iteration runs.
     """
 
-    make: Callable[[nn.Module], Attribution]
+    make: Callable[[Suite], Attribution]
     iteration_argument: str | None = "optimization.n_iter"
     extra_iterations: int = 0
     passes_per_iteration: int = 1
     keeps_history: bool = True
 
 
+def _captum_method(name: str, suite: Suite) -> Attribution:
+    return RunnerAttribution(suite.model, method_runners(suite)[name])
+
+
 #: The optimisation methods; each runs at its defaults apart from the iteration count.
 SPEED_METHODS: dict[str, SpeedSpec] = {
-    "MeaningfulPerturbation": SpeedSpec(MeaningfulPerturbation),
-    "NeuroMaskAttr": SpeedSpec(NeuroMaskAttr),
+    "MeaningfulPerturbation": SpeedSpec(lambda suite: MeaningfulPerturbation(suite.model)),
+    "NeuroMaskAttr": SpeedSpec(lambda suite: NeuroMaskAttr(suite.model)),
     "GuidedFeatureInversion": SpeedSpec(
-        lambda model: GuidedFeatureInversion(model, layer=model.get_submodule("_bn1")),
+        lambda suite: GuidedFeatureInversion(suite.model, layer=suite.model.get_submodule("_bn1")),
         extra_iterations=InversionStage().n_iter,
         passes_per_iteration=2,
     ),
-    "ExtremalPerturbation": SpeedSpec(ExtremalPerturbation),
+    "ExtremalPerturbation": SpeedSpec(lambda suite: ExtremalPerturbation(suite.model)),
     # one forward pass per mask and image, no backward pass
     "RISE": SpeedSpec(
-        RISE,
+        lambda suite: RISE(suite.model),
         iteration_argument="n_samples",
         keeps_history=False,
     ),
     "AmortizedExplainer": SpeedSpec(
-        lambda model: AmortizedExplainer(model, num_classes=1000),
+        lambda suite: AmortizedExplainer(suite.model, num_classes=1000),
         iteration_argument=None,
     ),
+    # Captum's methods as the benchmark runs them, each explanation timed whole
+    **{
+        name: SpeedSpec(
+            functools.partial(_captum_method, name), iteration_argument=None, keeps_history=False
+        )
+        for name in ("IntegratedGradients", "Occlusion", "LayerGradCam")
+    },
 }
 
 
@@ -204,7 +224,7 @@ def measure_speed(
     passes = x.repeat(spec.passes_per_iteration, 1, 1, 1)
     passes_target = target.repeat(spec.passes_per_iteration)
     model = suite.model
-    explainer = spec.make(model)
+    explainer = spec.make(suite)
     parameters = inspect.signature(explainer.attribute).parameters
     default_iters = _default_iterations(explainer, spec)
     names = set(settings or {}) | set(before or {})
@@ -218,11 +238,19 @@ def measure_speed(
     def to_arguments(settings: dict) -> dict:
         return method_arguments(type(explainer), settings)
 
-    def whole_run(arguments: dict) -> tuple[float, float]:
-        """Seconds per image and mean iterations run explaining the photos with ``arguments``."""
+    def whole_run(arguments: dict) -> tuple[float, float, tuple[float, float]]:
+        """Seconds per image, mean iterations run and the model's (forward, backward) passes per
+        image explaining the photos with ``arguments``."""
         steps = []
         start = time.perf_counter()
         batches = zip(suite.inputs.split(batch_size), suite.targets.split(batch_size))
+        with counting_passes(model) as count:
+            steps = _explain_all(batches, arguments)
+        per_image = (time.perf_counter() - start) / suite.inputs.shape[0]
+        return per_image, torch.cat(steps).mean().item(), count.per_input(suite.inputs.shape[0])
+
+    def _explain_all(batches: Iterator, arguments: dict) -> list[Tensor]:
+        steps = []
         for inputs, targets in batches:
             if not spec.keeps_history:
                 explainer.attribute(inputs, target=targets, **to_arguments(arguments))
@@ -233,8 +261,7 @@ def measure_speed(
                 inputs, target=targets, return_history=True, **to_arguments(arguments)
             )
             steps.append(history.steps.double())
-        per_image = (time.perf_counter() - start) / suite.inputs.shape[0]
-        return per_image, torch.cat(steps).mean().item()
+        return steps
 
     def run(n_iter: int | None) -> Callable[[], object]:
         settings: dict = {} if n_iter is None else {spec.iteration_argument: n_iter}
@@ -251,7 +278,9 @@ def measure_speed(
 
     bare_forward_backward(model, passes, passes_target)  # warm-up
     if spec.iteration_argument is None:
-        run(None)()
+        with counting_passes(model) as count:
+            run(None)()
+        passes_per_image = count.per_input(batch_size)
         bare, whole, bare_faults, faults = [], [], [], []
         for _ in range(repeats):
             seconds, fault_count = time_bare()
@@ -293,7 +322,7 @@ def measure_speed(
         bare_seconds = statistics.median(bare)
         iteration_seconds = statistics.median(iterations)
         ratio = statistics.median(ratios)
-        per_image, iterations_run = whole_run(settings or {})
+        per_image, iterations_run, passes_per_image = whole_run(settings or {})
     result = {
         "method": method,
         "batch_size": batch_size,
@@ -306,9 +335,17 @@ def measure_speed(
         "default_iters": default_iters,
         "seconds_per_image": per_image,
         "iterations_run": iterations_run,
+        "forward_passes": passes_per_image[0],
+        "backward_passes": passes_per_image[1],
     }
     if before is not None and spec.iteration_argument is not None:
-        result["seconds_per_image_before"], result["iterations_run_before"] = whole_run(before)
+        seconds, iterations_run, passes_per_image = whole_run(before)
+        result.update(
+            seconds_per_image_before=seconds,
+            iterations_run_before=iterations_run,
+            forward_passes_before=passes_per_image[0],
+            backward_passes_before=passes_per_image[1],
+        )
     return result
 
 
@@ -322,10 +359,12 @@ def format_speed(results: list[dict]) -> str:
     the same batch size."""
     columns: tuple[str, ...] = ("method", "batch", "images / iteration", "forward+backward (s)")
     columns += ("per iteration (s)", "ratio", "page faults: bare", "page faults: iteration")
-    columns += ("iterations", "iterations run", "s / image")
+    columns += ("iterations", "iterations run", "passes / image: forward", "backward")
+    columns += ("s / image",)
     compared = any("seconds_per_image_before" in result for result in results)
     if compared:
-        columns += ("iterations run (before)", "s / image (before)")
+        columns += ("iterations run (before)", "passes (before): forward", "backward")
+        columns += ("s / image (before)",)
     lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for result in results:
         line = (
@@ -334,20 +373,23 @@ def format_speed(results: list[dict]) -> str:
             f"{result['iteration_seconds']:.4f} | {result['ratio']:.3f} | "
             f"{_count(result['bare_faults'])} | {_count(result['iteration_faults'])} | "
             f"{result['default_iters']} | {result['iterations_run']:.4g} | "
+            f"{result['forward_passes']:.0f} | {result['backward_passes']:.0f} | "
             f"{result['seconds_per_image']:.3g} |"
         )
         if compared:
             line += (
                 f" {result['iterations_run_before']:.4g} |"
+                f" {result['forward_passes_before']:.0f} |"
+                f" {result['backward_passes_before']:.0f} |"
                 f" {result['seconds_per_image_before']:.3g} |"
                 if "seconds_per_image_before" in result
-                else " – | – |"
+                else " – | – | – | – |"
             )
         lines.append(line)
     amortized = {r["batch_size"]: r for r in results if r["method"] == "AmortizedExplainer"}
     for result in results:
         one_pass = amortized.get(result["batch_size"])
-        if one_pass is not None and result is not one_pass:
+        if one_pass is not None and result["default_iters"] > 1:  # an optimisation method
             speedup = result["seconds_per_image"] / one_pass["seconds_per_image"]
             lines.append(
                 f"\nAmortizedExplainer takes {speedup:.0f}× less time per image than "
