@@ -258,7 +258,13 @@ class ExtremalPerturbation(MaskAttribution):
                 return loss, kept
 
             examples = everyone.take(torch.arange(len(row_areas), device=call.device)[batch])
-            return MaskProblem([initial[0][batch]], objective, examples, parametrisation.project_)
+            return MaskProblem(
+                [initial[0][batch]],
+                objective,
+                examples,
+                parametrisation.project_,
+                parametrisation.cell_values,
+            )
 
         description = f"Extremal Perturbation ({game})"
         params, history = optimize_masks(build_problem, len(row_areas), settings, description)

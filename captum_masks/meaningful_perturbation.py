@@ -266,7 +266,9 @@ class MeaningfulPerturbation(MaskAttribution):
                 return loss, select_scores(output, rows.targets, apply_softmax)
 
             examples = call.examples(batch, work_inputs, references)
-            return MaskProblem([p[batch] for p in initial], objective, examples, masks.project_)
+            return MaskProblem(
+                [p[batch] for p in initial], objective, examples, masks.project_, masks.cell_values
+            )
 
         description = f"Meaningful Perturbation ({game})"
         params, history = optimize_masks(build_problem, call.num_examples, settings, description)

@@ -260,7 +260,9 @@ class NeuroMaskAttr(MaskAttribution):
                 return loss, select_scores(output, rows.targets, apply_softmax)
 
             examples = call.examples(batch, images, references)
-            return MaskProblem([w[batch] for w in initial], objective, examples, masks.project_)
+            return MaskProblem(
+                [w[batch] for w in initial], objective, examples, masks.project_, masks.cell_values
+            )
 
         weights, history = optimize_masks(build_problem, call.num_examples, settings, "NeuroMask")
         everyone = torch.arange(call.num_examples, device=call.device)

@@ -87,7 +87,12 @@ class Optimization:
             magnitude for ``patience`` steps (relative, so one value fits any loss scale), and
             leaves the batch with the mask it had; ``history.steps`` holds each example's own
             count. None runs all ``n_iter`` steps.
-        patience (int, optional): see ``tolerance``.
+        settled (float or None, optional): early stopping once an example has settled: it
+            stops when, for ``patience`` steps, neither its target probability nor any value
+            of its mask (in [0, 1]) has moved by more than ``settled``; after a warm start near
+            the answer that is a few steps. Guided Feature Inversion, whose parameters are
+            channel weights, watches the probability alone. None turns it off.
+        patience (int, optional): see ``tolerance`` and ``settled``.
         keep_best (bool, optional): return each example's mask at the step of its lowest
             loss instead of its last step. The last step can have crossed a step in the
             model's score (flat on both sides, as a saturated text transformer's is in a
@@ -116,6 +121,7 @@ class Optimization:
     optimizer: OptimizerType = METHOD_DEFAULT
     scheduler: SchedulerType = METHOD_DEFAULT
     tolerance: float | None = METHOD_DEFAULT
+    settled: float | None = METHOD_DEFAULT
     patience: int = METHOD_DEFAULT
     keep_best: bool = METHOD_DEFAULT
     internal_batch_size: int | None = METHOD_DEFAULT
@@ -169,11 +175,11 @@ def _check_field(name: str, value: Any) -> None:
             raise TypeError(
                 f"scheduler must be None or a callable optimizer -> scheduler, got {value!r}"
             )
-    elif name == "tolerance":
+    elif name in ("tolerance", "settled"):
         if value is not None and not (
             isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value) >= 0
         ):
-            raise ValueError(f"tolerance must be None or a number >= 0, got {value!r}")
+            raise ValueError(f"{name} must be None or a number >= 0, got {value!r}")
     elif name in ("show_progress", "keep_best"):
         check_bool(name, value)
     elif name == "seed":
@@ -188,6 +194,7 @@ SHARED_DEFAULTS = Optimization(
     optimizer="adam",
     scheduler=None,
     tolerance=None,
+    settled=None,
     patience=10,
     keep_best=False,
     internal_batch_size=None,

@@ -150,3 +150,44 @@ def test_starts_that_cannot_apply_are_clear_errors():
             optimization=Optimization(start="gradcam"),
         )
     assert_same_state(before, model_state(model))
+
+
+class RegionScore(torch.nn.Module):
+    """Class 1's logit is 4 × the mean of the top-left 4 × 4 pixels, minus 2; class 0's is 0."""
+
+    def forward(self, x):
+        evidence = 4 * x[:, :, :4, :4].mean(dim=(1, 2, 3)) - 2
+        return torch.stack([torch.zeros_like(evidence), evidence], dim=1)
+
+
+#: MeaningfulPerturbation's preservation game on the pixels: keeping exactly the top-left
+#: quarter is optimal (its score's gradient outweighs the L1 term there, nothing else matters)
+EXACT_GAME = {
+    "game": "preservation",
+    "perturbation": "constant",
+    "baselines": 0.0,
+    "mask": UpsampledMask(factor=1, smooth_sigma=0, jitter=0),
+    "tv_weight": 0.0,
+}
+
+
+def test_a_warm_start_at_the_optimum_settles_within_a_few_steps():
+    images = torch.zeros(1, 1, 8, 8)
+    images[..., :4, :4] = 1.0
+    optimum = torch.zeros(1, 8, 8)
+    optimum[:, :4, :4] = 1.0
+    explainer = MeaningfulPerturbation(RegionScore())
+
+    def explain(start):
+        settle = Optimization(start=start, settled=1e-4, patience=3, tolerance=None)
+        return explainer.attribute(
+            images, target=1, optimization=settle, return_history=True, **EXACT_GAME
+        )
+
+    warm, warm_history = explain(optimum)
+    assert int(warm_history.steps) <= 4  # the first step anchors, then three still ones
+    assert torch.equal(warm[0, 0], optimum[0])
+    # the method's own start reaches the same optimum, in more steps
+    cold, cold_history = explain(None)
+    assert torch.equal(cold[0, 0], optimum[0])
+    assert int(cold_history.steps) > int(warm_history.steps) + 3

@@ -73,12 +73,15 @@ class MaskProblem:
             the examples still running.
         project: optional in-place projection applied to the parameters after every step
             (e.g. clipping to [0, 1]).
+        values: optional map from parameters to each example's mask values in [0, 1], (n, K),
+            which ``Optimization.settled`` watches; without it, the probability alone.
     """
 
     params: Sequence[Tensor]
     objective: Callable[[list[Tensor], ExampleRows, int], tuple[Tensor, Tensor]]
     examples: ExampleRows
     project: Callable[[Sequence[Tensor]], None] | None = None
+    values: Callable[[Sequence[Tensor]], Tensor] | None = None
 
 
 def optimize_masks(
@@ -191,6 +194,13 @@ def _optimize_chunk(
         probabilities.append(stopping.full_row(probability.detach(), rows))
         if bar is not None:
             bar.update()
+        if stopping.settled is not None:
+            with torch.no_grad():
+                watched = probability.detach().unsqueeze(1)
+                if problem.values is not None:  # the values the step has just made
+                    running = params if rows is None else [p[rows] for p in params]
+                    watched = torch.cat([watched, problem.values(running)], dim=1)
+            stopping.watch(watched, rows)
         if stopping.update(losses[-1]):
             if bar is not None:
                 bar.update(settings.n_iter - len(losses))
@@ -223,14 +233,32 @@ class _LowestLoss:
 class _PerExampleStopping:
     """Which examples of a chunk still run: one stops when its loss has not fallen below its best
     by more than ``tolerance`` × abs(best) for ``patience`` steps (never without a tolerance). The
-    tolerance is relative so that one value fits losses of any scale."""
+    tolerance is relative so that one value fits losses of any scale. With ``settled``, one also
+    stops when, for ``patience`` steps, neither its target probability nor any value of its mask
+    has moved by more than ``settled`` from where they were when the count began."""
 
     def __init__(self, count: int, settings: Optimization, device: torch.device) -> None:
         self.tolerance, self.patience = settings.tolerance, settings.patience
+        self.settled = settings.settled
         self.stopped = torch.zeros(count, dtype=torch.bool, device=device)
         self.steps = torch.zeros(count, dtype=torch.long, device=device)
         self.stale = torch.zeros(count, dtype=torch.long, device=device)
+        self.still = torch.zeros(count, dtype=torch.long, device=device)
         self.best: Tensor | None = None
+        self.anchor: Tensor | None = (
+            None  # (count, K): the values the count of still steps began at
+        )
+
+    def watch(self, values: Tensor, rows: Tensor | None) -> None:
+        """Count a still step for the running examples whose ``values`` (n, K) lie within
+        ``settled`` of their anchor; the others start again from these values."""
+        assert self.settled is not None
+        rows = torch.arange(len(self.stopped), device=values.device) if rows is None else rows
+        if self.anchor is None:
+            self.anchor = values.new_full((len(self.stopped), values.shape[1]), torch.inf)
+        within = (values - self.anchor[rows]).abs().amax(dim=1) <= self.settled
+        self.still[rows] = torch.where(within, self.still[rows] + 1, 0)
+        self.anchor[rows[~within]] = values[~within]
 
     def running_rows(self) -> Tensor | None:
         return (~self.stopped).nonzero().flatten() if bool(self.stopped.any()) else None
@@ -247,8 +275,10 @@ class _PerExampleStopping:
         """Count the step for the running examples; True when none is left running."""
         running = ~self.stopped
         self.steps += running.long()
+        if self.settled is not None:
+            self.stopped |= self.still >= self.patience
         if self.tolerance is None:
-            return False
+            return bool(self.stopped.all())
         if self.best is None:
             self.best = loss.clone()
             return False

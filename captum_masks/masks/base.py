@@ -51,6 +51,10 @@ class Mask(Protocol):
         """Put the parameters back in their domain after an optimiser step (in place)."""
         ...
 
+    def cell_values(self, params: Sequence[Tensor]) -> Tensor:
+        """(n, K): each example's mask values in [0, 1], one per cell or group, flattened."""
+        ...
+
     def grids(self, params: Sequence[Tensor]) -> list[Tensor]:
         """The low-resolution grids (n, 1, \\*cells) a smoothness term acts on; none for a
         mask without neighbouring cells."""
@@ -149,6 +153,9 @@ class CellMask(ABC):
     def project_(self, params: Sequence[Tensor]) -> None:
         for param in params:
             self.project_cells_(param)
+
+    def cell_values(self, params: Sequence[Tensor]) -> Tensor:
+        return torch.cat([self.values(p).flatten(1) for p in params], dim=1)
 
     def grids(self, params: Sequence[Tensor]) -> list[Tensor]:
         return list(params)

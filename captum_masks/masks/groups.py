@@ -144,6 +144,9 @@ class GroupedMask:
     def project_(self, params: Sequence[Tensor]) -> None:
         self.cells.project_cells_(params[0])
 
+    def cell_values(self, params: Sequence[Tensor]) -> Tensor:
+        return self.cells.values(params[0]).flatten(1)
+
     def grids(self, params: Sequence[Tensor]) -> list[Tensor]:
         return []  # groups have no neighbours: no smoothness term
 
