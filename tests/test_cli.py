@@ -48,7 +48,8 @@ def speed_rows():
         "AmortizedExplainer",
         "LayerGradCam",
     ]
-    result = run_cli("speed", "--methods", *methods, "--repeats", "1", "--images", "1")
+    quick = ("--repeats", "1", "--images", "1", "--run-lengths", "2", "6")
+    result = run_cli("speed", "--methods", *methods, *quick)
     assert result.returncode == 0, result.stderr
     header, _, *rows = result.stdout.strip().splitlines()[: 2 + len(methods)]
     assert header.startswith("| method | batch | images / iteration | forward+backward (s)")

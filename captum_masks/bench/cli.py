@@ -97,6 +97,14 @@ def _add_speed(commands: Any, common: argparse.ArgumentParser) -> None:
     speed.add_argument("--batch-size", type=positive_int, default=1)
     speed.add_argument("--repeats", type=positive_int, default=3)
     speed.add_argument(
+        "--run-lengths",
+        nargs=2,
+        type=positive_int,
+        default=(10, 60),
+        metavar=("SHORT", "LONG"),
+        help="iterations of the two runs whose difference gives the time of one iteration",
+    )
+    speed.add_argument(
         "--images",
         type=positive_int,
         default=4,
@@ -467,6 +475,8 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
                 method,
                 batch_size=args.batch_size,
                 repeats=args.repeats,
+                short_iters=args.run_lengths[0],
+                long_iters=args.run_lengths[1],
                 settings=dict(args.set),
                 before=None if args.before is None else dict(args.before),
                 images=args.images,

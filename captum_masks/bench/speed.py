@@ -218,6 +218,10 @@ def measure_speed(
         raise ValueError(f"method must be one of {sorted(SPEED_METHODS)}, got {method!r}")
     spec = SPEED_METHODS[method]
     check_positive_int("images", images)
+    if long_iters <= short_iters:
+        raise ValueError(
+            f"the long run must be longer than the short one, got {short_iters} and {long_iters}"
+        )
     # held-out photos: how soon an explanation settles depends on the image
     suite = photos_suite(max(images, batch_size), split="held-out")
     x, target = suite.inputs[:batch_size], suite.targets[:batch_size]
