@@ -6,7 +6,7 @@ set -euo pipefail
 run() { echo "+ python -m captum_masks $*" >&2; python -m captum_masks "$@"; }
 
 # Speed and scale (docs/guide/speed.md, docs/guide/whole_datasets.md)
-run speed --threads 2 --table docs/tables/speed.md --methods MeaningfulPerturbation NeuroMaskAttr GuidedFeatureInversion ExtremalPerturbation AmortizedExplainer
+run speed --threads 2 --table docs/tables/speed.md --methods MeaningfulPerturbation NeuroMaskAttr GuidedFeatureInversion ExtremalPerturbation AmortizedExplainer IntegratedGradients Occlusion LayerGradCam
 run scaling --threads 2 --table docs/tables/scaling.md --methods MeaningfulPerturbation NeuroMaskAttr ExtremalPerturbation IntegratedGradients
 
 # Held-out quality (docs/guide/evaluation.md, the method pages)

@@ -17,15 +17,15 @@ TUTORIALS = sorted((Path(__file__).parent.parent / "tutorials").glob("*.ipynb"))
 QUICK = {
     "amortized_explainer.ipynb": {"TRAIN_SIZE": 128, "EPOCHS": 1, "TEST_SIZE": 4},
     "beyond_images.ipynb": {"N_ROWS": 12, "N_ITER": 10, "TRAIN_STEPS": 100},
-    "extremal_perturbation_and_rise.ipynb": {"N_ITER": 5, "N_SAMPLES": 32},
+    "extremal_perturbation_and_rise.ipynb": {"N_ITER": 2, "N_SAMPLES": 16},
     "comparing_with_captum.ipynb": {
         "N_SYNTHETIC": 3,
         "N_PHOTOS": 1,
         "METHODS": ["GuidedFeatureInversion/inversion", "Saliency", "LayerGradCam"],
     },
-    "guided_feature_inversion.ipynb": {"N_ITER": 5},
-    "meaningful_perturbation.ipynb": {"N_ITER": 10},
-    "neuromask.ipynb": {"N_ITER": 10},
+    "guided_feature_inversion.ipynb": {"N_ITER": 2},
+    "meaningful_perturbation.ipynb": {"N_ITER": 3},
+    "neuromask.ipynb": {"N_ITER": 3},
     "transformers.ipynb": {"TRAIN_SIZE": 1200, "EPOCHS": 2, "N_EXPLAIN": 1},
 }
 
