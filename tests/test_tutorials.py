@@ -15,7 +15,14 @@ pytestmark = [pytest.mark.tutorial, pytest.mark.real_model]
 
 TUTORIALS = sorted((Path(__file__).parent.parent / "tutorials").glob("*.ipynb"))
 QUICK = {
-    "amortized_explainer.ipynb": {"TRAIN_SIZE": 128, "EPOCHS": 1, "TEST_SIZE": 4},
+    "amortized_explainer.ipynb": {
+        "TRAIN_SIZE": 128,
+        "EPOCHS": 1,
+        "TEST_SIZE": 4,
+        "MP_ITERATIONS": 10,
+        "CLASSIFIER_STEPS": 30,
+        "SEQUENCE_EPOCHS": 1,
+    },
     "beyond_images.ipynb": {"N_ROWS": 12, "N_ITER": 10, "TRAIN_STEPS": 100},
     "extremal_perturbation_and_rise.ipynb": {"N_ITER": 2, "N_SAMPLES": 16},
     "comparing_with_captum.ipynb": {
