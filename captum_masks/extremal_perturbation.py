@@ -210,14 +210,15 @@ class ExtremalPerturbation(MaskAttribution):
         )
         row_areas = torch.tensor(fractions, device=call.device).repeat(call.num_examples)
         if settings.start is not None:  # m marks the evidence in every game
-            image_start = warm_started(
-                parametrisation, settings.start, call, MaskLayout(False), True
+            parametrisation = warm_started(
+                parametrisation, settings.start, call, MaskLayout(False), keeps=True
             )
-            assert image_start.start is not None
-            parametrisation = image_start.starting_at(
-                image_start.start.repeat_interleave(num_areas, dim=0)
-            )
-        initial = parametrisation.init(everyone.inputs, make_generator(settings.seed, call.device))
+        # every area of an image starts alike
+        initial = [
+            parametrisation.init([image], make_generator(settings.seed, call.device))[
+                0
+            ].repeat_interleave(num_areas, dim=0)
+        ]
         spatial = image.shape[2:]
         n_iter = settings.n_iter
 

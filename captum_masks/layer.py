@@ -35,7 +35,7 @@ from captum_masks._engine.compat import (
 from captum_masks._engine.hooks import check_layers, recording, replacing_output, single_outputs
 from captum_masks._engine.layout import MaskLayout
 from captum_masks._engine.model_state import leaves_model_as_found
-from captum_masks._engine.model_structure import is_token_layer, padding_token_of
+from captum_masks._engine.model_structure import is_token_layer, padding_positions_of
 from captum_masks._engine.scores import select_scores
 from captum_masks.masks.sigmoid import SigmoidMask
 from captum_masks.masks.upsampled import UpsampledMask
@@ -127,7 +127,7 @@ class _LayerMask(LayerAttribution, PerturbationAttribution):
         if tokens:
             kwargs.setdefault("channels_last", True)  # (N, L, D): mask the tokens
             if padding_mask is None:
-                padding_mask = _padding_tokens(self.forward_func, model_inputs[0])
+                padding_mask = padding_positions_of(self.forward_func, model_inputs[0])
         padding = _padding_positions(padding_mask, activation)
         if tokens and "mask" not in kwargs and layer_mask is None:
             reference = self._token_reference(activation, layer_baselines)
@@ -228,13 +228,6 @@ def _keeping_best(optimization: Any) -> Any:
     if isinstance(optimization, Optimization) and "keep_best" not in optimization.given():
         return dataclasses.replace(optimization, keep_best=True)
     return optimization
-
-
-def _padding_tokens(forward_func: Callable, ids: Tensor) -> Tensor | None:
-    """True where ``ids`` hold the model's padding token (a Hugging Face model's
-    ``config.pad_token_id``); None when the model names none."""
-    token = padding_token_of(forward_func)
-    return None if token is None or ids.is_floating_point() else ids == token
 
 
 def _padding_positions(padding_mask: Any, activation: Tensor) -> Tensor:

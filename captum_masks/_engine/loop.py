@@ -245,9 +245,8 @@ class _PerExampleStopping:
         self.stale = torch.zeros(count, dtype=torch.long, device=device)
         self.still = torch.zeros(count, dtype=torch.long, device=device)
         self.best: Tensor | None = None
-        self.anchor: Tensor | None = (
-            None  # (count, K): the values the count of still steps began at
-        )
+        # (count, K): the values each example's count of still steps began at
+        self.anchor: Tensor | None = None
 
     def watch(self, values: Tensor, rows: Tensor | None) -> None:
         """Count a still step for the running examples whose ``values`` (n, K) lie within

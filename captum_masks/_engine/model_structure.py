@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from torch import nn
+from torch import Tensor, nn
 
 from captum_masks._engine.model_state import modules_of
 
@@ -54,6 +54,13 @@ def padding_token_of(forward_func: Callable) -> int | None:
     return None
 
 
+def padding_positions_of(forward_func: Callable, ids: Tensor) -> Tensor | None:
+    """True where the token ``ids`` hold the model's padding token (a Hugging Face model's
+    ``config.pad_token_id``); None when the model names none or the inputs are not ids."""
+    token = padding_token_of(forward_func)
+    return None if token is None or ids.is_floating_point() else ids == token
+
+
 def is_token_layer(layer: nn.Module, model_inputs: tuple, layer_output: object) -> bool:
     """Whether ``layer``'s output is (N, L, D), one vector per token of the token ids the model
     takes: an embedding, or an embeddings block whose first two axes are the ids'."""
@@ -71,4 +78,4 @@ def is_token_layer(layer: nn.Module, model_inputs: tuple, layer_output: object) 
     )
 
 
-__all__ = ["is_token_layer", "padding_token_of", "patch_size_of"]
+__all__ = ["is_token_layer", "padding_positions_of", "padding_token_of", "patch_size_of"]

@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from captum_masks._engine.call import PreparedCall
-from captum_masks._engine.checks import run_forward
+from captum_masks._engine.checks import map_batch, run_forward
 from captum_masks._engine.hooks import (
     last_feature_map,
     layer_gradient,
@@ -112,9 +112,7 @@ def grad_cam(call: PreparedCall, layout: MaskLayout) -> Tensor:
             lambda: run_forward(
                 call.forward_func,
                 tuple(x[:1] for x in caller_inputs),
-                None
-                if call.additional_args is None
-                else tuple(a[:1] if isinstance(a, Tensor) else a for a in call.additional_args),
+                map_batch(call.additional_args, call.num_examples, lambda arg: arg[:1]),
             ),
             spatial,
             max_channels=torch.iinfo(torch.int64).max,

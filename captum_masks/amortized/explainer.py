@@ -31,7 +31,7 @@ from captum_masks._engine.hooks import check_layers
 from captum_masks._engine.layout import MaskLayout
 from captum_masks._engine.model_state import leaves_model_as_found
 from captum_masks.amortized.fitting import Trainer
-from captum_masks.amortized.losses import LossSettings
+from captum_masks.amortized.losses import LossSettings, without_padding
 from captum_masks.amortized.network import ExplainerNetwork
 from captum_masks.amortized.persistence import (
     checkpoint_header,
@@ -248,7 +248,7 @@ class AmortizedExplainer(MaskAttribution):
         self.network.warn_if_untrained()
         with torch.no_grad(), evaluating(self.network.module):
             logits = self.network.target_logits(x, call.targets[:, 0], model_call)
-            mask = model_call.without_padding(torch.sigmoid(logits))
+            mask = without_padding(torch.sigmoid(logits), model_call.padding)
         attribution = self.network.layout.to_caller(mask.expand_as(x)).to(x.dtype).contiguous()
         return _format_output(call.is_inputs_tuple, (attribution,))
 
@@ -273,7 +273,7 @@ class AmortizedExplainer(MaskAttribution):
         self.network.warn_if_untrained()
         with torch.no_grad(), evaluating(self.network.module):
             masks = torch.sigmoid(self.network.logits(x, model_call))
-            return model_call.without_padding(masks).to(x.dtype)
+            return without_padding(masks, model_call.padding).to(x.dtype)
 
     def fit(
         self,

@@ -16,9 +16,8 @@ from captum_masks._engine.checks import format_inputs, run_forward
 from captum_masks._engine.hooks import last_feature_map, replacing_output, run_recording
 from captum_masks._engine.layout import MaskLayout
 from captum_masks._engine.model_state import seeded_global_rng
-from captum_masks._engine.model_structure import is_token_layer, padding_token_of
+from captum_masks._engine.model_structure import is_token_layer, padding_positions_of
 from captum_masks._engine.user_warnings import warn_user
-from captum_masks.amortized.losses import without_padding
 from captum_masks.amortized.networks import MaskNet, checked_logits, deeplab_explainer
 from captum_masks.amortized.persistence import feature_channels
 from captum_masks.masks.interpolation import upsample_linearly
@@ -58,10 +57,6 @@ class ModelCall:
             tuple(_repeat(arg, copies) for arg in self.additional),
             _repeat(self.padding, copies),
         )
-
-    def without_padding(self, mask: Tensor) -> Tensor:
-        """``mask`` with 0 at padding (:func:`~captum_masks.amortized.losses.without_padding`)."""
-        return without_padding(mask, self.padding)
 
 
 def _repeat(value: Any, copies: int) -> Any:
@@ -285,10 +280,11 @@ class ExplainerNetwork:
         if not self.layout_is_known:
             self.layout, self.layout_is_known = MaskLayout(tokens), True
         padding = None
-        pad_token = padding_token_of(self.forward_func) if tokens else None
-        if pad_token is not None and self.layout.channels_last:
-            padding = (model_inputs == pad_token).unsqueeze(1)
-        call = ModelCall(model_inputs, additional, padding)
+        if tokens and self.layout.channels_last:
+            padding = padding_positions_of(self.forward_func, model_inputs)
+        call = ModelCall(
+            model_inputs, additional, None if padding is None else padding.unsqueeze(1)
+        )
         return self._checked_shape(self.layout.to_channels_first(x)), call
 
     def _checked_shape(self, x: Tensor) -> Tensor:

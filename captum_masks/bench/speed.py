@@ -245,7 +245,6 @@ def measure_speed(
     def whole_run(arguments: dict) -> tuple[float, float, tuple[float, float]]:
         """Seconds per image, mean iterations run and the model's (forward, backward) passes per
         image explaining the photos with ``arguments``."""
-        steps = []
         start = time.perf_counter()
         batches = zip(suite.inputs.split(batch_size), suite.targets.split(batch_size))
         with counting_passes(model) as count:
