@@ -25,7 +25,6 @@ from captum_masks._engine.layout import MaskLayout
 from captum_masks._engine.loop import ExampleRows, MaskProblem, optimize_masks
 from captum_masks._engine.model_state import make_generator
 from captum_masks._engine.scores import REWARDS, best_other_score, select_scores
-from captum_masks._engine.warm_start import warm_started
 from captum_masks.masks.low_resolution import LowResolutionMask
 from captum_masks.masks.smooth_max import SmoothMaxMask
 from captum_masks.optimization import SHARED_DEFAULTS, Optimization, OptimizationHistory
@@ -73,8 +72,11 @@ class ExtremalPerturbation(MaskAttribution):
 
     Differences from the paper and the authors' code, by design:
 
-    - Adam with lr 0.1 for 150 steps instead of SGD with momentum (lr 0.01) for 800; λ's
-      schedule is stretched to the run, whatever its length.
+    - Adam with lr 0.1 instead of SGD with momentum (lr 0.01) for 800 steps; λ's schedule is
+      stretched to the run, whatever its length. Where the model has a feature map over the
+      image (a CNN's last convolutional block), every area starts from Grad-CAM's map of the
+      target there (``Optimization.start="auto"``: one forward and one backward pass) and runs
+      35 steps; otherwise, and with ``start=None``, from a flat mask for 150 steps.
     - The paper's sizes in pixels (grid, σ, blur) are for 224-px images; every size left at its
       default is that fraction of the image's shorter side, so a 32-px image gets a 1-px grid.
     - The mask is evaluated every 4 pixels at 224 px and bilinearly upsampled
@@ -100,7 +102,10 @@ class ExtremalPerturbation(MaskAttribution):
         >>> masks = ep.attribute(images, target=3, areas=(0.05, 0.1, 0.2))  # their mean
     """
 
-    default_optimization = Optimization(n_iter=150, lr=0.1, patience=20).over(SHARED_DEFAULTS)
+    default_optimization = Optimization(start="auto", n_iter=150, lr=0.1, patience=20).over(
+        SHARED_DEFAULTS
+    )
+    warm_optimization = Optimization(n_iter=35)
     moved_arguments = {
         "step": "mask=SmoothMaxMask(step=...)",
         "sigma": "mask=SmoothMaxMask(sigma=...)",
@@ -209,10 +214,9 @@ class ExtremalPerturbation(MaskAttribution):
             torch.arange(call.num_examples * num_areas, device=call.device),
         )
         row_areas = torch.tensor(fractions, device=call.device).repeat(call.num_examples)
-        if settings.start is not None:  # m marks the evidence in every game
-            parametrisation = warm_started(
-                parametrisation, settings.start, call, MaskLayout(False), keeps=True
-            )
+        settings, parametrisation = self._started(  # m marks the evidence in every game
+            optimization, parametrisation, call, MaskLayout(False), keeps=True
+        )
         # every area of an image starts alike
         initial = [
             parametrisation.init([image], make_generator(settings.seed, call.device))[

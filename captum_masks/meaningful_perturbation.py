@@ -24,7 +24,6 @@ from captum_masks._engine.layout import MaskLayout
 from captum_masks._engine.loop import ExampleRows, MaskProblem, optimize_masks
 from captum_masks._engine.model_state import make_generator
 from captum_masks._engine.scores import select_scores, target_log_odds
-from captum_masks._engine.warm_start import warm_started
 from captum_masks.masks.groups import mask_over_inputs
 from captum_masks.masks.upsampled import UpsampledMask
 from captum_masks.optimization import SHARED_DEFAULTS, Optimization, OptimizationHistory
@@ -69,9 +68,13 @@ class MeaningfulPerturbation(MaskAttribution):
     the deletion game (what had to be deleted), M for the preservation game (what had to be kept),
     expanded over channels to the input's exact shape.
 
-    Differences from the paper, by design: the mask starts uniform
-    (:class:`~captum_masks.UpsampledMask`'s ``init_value``) instead of at the
-    paper's search for the smallest suppressing circle; the jitter shifts the mask rather than the
+    Differences from the paper, by design: where the model has a feature map over the input's
+    positions (a CNN's last convolutional block), the mask starts from Grad-CAM's map of the
+    target there (``Optimization.start="auto"``: one forward and one backward pass) and runs 12
+    iterations, since a start near the answer only needs refining; elsewhere (rows, tokens,
+    tuples of inputs, ``feature_mask``) and with ``start=None`` it starts uniform
+    (:class:`~captum_masks.UpsampledMask`'s ``init_value``) and runs up to 300. Neither is the
+    paper's search for the smallest suppressing circle. The jitter shifts the mask rather than the
     image (the same expectation up to the border); L1 and TV act on the low-resolution mask as in
     the authors' code. The score is the log-probability of the game's outcome, −log(1 − f_c)
     or −log f_c, instead of ±f_c: a confident small model's probability saturates, and with it
@@ -82,10 +85,10 @@ class MeaningfulPerturbation(MaskAttribution):
     sum, so deleting the whole input costs λ₁ at any number of cells (1.0 on the mean: the
     paper's 1e-4 on a 28 × 28 grid is 0.08). The grid, its smoothing, the jitter and the blur
     are the paper's sizes at 224 px as fractions of the input's shortest side; on a vision
-    transformer the blur covers at least one patch (the docs' transformers guide). Each example
-    stops once its loss has settled (``Optimization.tolerance``) instead of running all 300
-    iterations. The docs' MeaningfulPerturbation page measures the departures against the
-    paper's settings.
+    transformer the blur covers at least one patch (the docs' transformers guide). From a
+    uniform start each example stops once its loss has settled (``Optimization.tolerance``)
+    instead of running all 300 iterations. The docs' MeaningfulPerturbation page measures the
+    departures against the paper's settings.
 
     Args:
         forward_func (Callable): the classifier f of Eq. 3: a model, or any function mapping a
@@ -101,9 +104,10 @@ class MeaningfulPerturbation(MaskAttribution):
         >>> history.probability[history.steps - 1, torch.arange(len(images))]  # at its last step
     """
 
-    default_optimization = Optimization(n_iter=300, lr=0.1, tolerance=3e-3, patience=20).over(
-        SHARED_DEFAULTS
-    )
+    default_optimization = Optimization(
+        start="auto", n_iter=300, lr=0.1, tolerance=3e-3, patience=20
+    ).over(SHARED_DEFAULTS)
+    warm_optimization = Optimization(n_iter=12)
     moved_arguments = {
         "mask_factor": "mask=UpsampledMask(factor=...)",
         "mask_sigma": "mask=UpsampledMask(smooth_sigma=...)",
@@ -229,8 +233,7 @@ class MeaningfulPerturbation(MaskAttribution):
             for x, b in zip(work_inputs, baselines)
         ]
         deletion = game == "deletion"
-        if settings.start is not None:
-            masks = warm_started(masks, settings.start, call, layout, keeps=not deletion)
+        settings, masks = self._started(optimization, masks, call, layout, keeps=not deletion)
         initial = masks.init(work_inputs, make_generator(settings.seed, call.device))
         if deletion:  # the floor of the score: f_c(Φ(x, 0)), everything deleted
             with torch.no_grad():

@@ -68,12 +68,15 @@ class Optimization:
             :class:`~captum_masks.NeuroMaskAttr`, :class:`~captum_masks.ExtremalPerturbation`):
             None is the method's own start; ``"gradcam"`` Grad-CAM of the target at the model's
             last feature map (the last module whose output has the input's spatial axes; one
-            forward and one backward pass); a fitted :class:`~captum_masks.AmortizedExplainer`
+            forward and one backward pass); ``"auto"`` (their default) Grad-CAM where the call
+            has it, else the method's own start; a fitted :class:`~captum_masks.AmortizedExplainer`
             or any object with ``attribute(inputs, target=...)`` (a Captum method), whose map
             is taken; or a map of importance with the input's shape or without its channel
             axis (e.g. another method's attribution). The map, scaled by each example's maximum, is
             averaged over each cell of the mask, which starts keeping it (or, in a deletion
-            game, deleting it). One input tensor, without ``feature_mask``.
+            game, deleting it). One input tensor, without ``feature_mask``. A warm start
+            replaces the mask's own start, and the fields left unset take the method's
+            ``warm_optimization`` (fewer iterations) over its ``default_optimization``.
         n_iter (int, optional): the most optimisation steps an example runs (fewer once it
             stops early, see ``tolerance``).
         lr (float, optional): the learning rate, > 0.
@@ -111,8 +114,10 @@ class Optimization:
         >>> quick = mp.attribute(images, target=3, optimization=Optimization(n_iter=50))
         >>> paper = mp.attribute(images, target=3, optimization=Optimization(tolerance=None))
         >>> warm = mp.attribute(images, target=3, optimization=Optimization(start="gradcam"))
-        >>> MeaningfulPerturbation.default_optimization.n_iter
+        >>> MeaningfulPerturbation.default_optimization.n_iter   # from its own start
         300
+        >>> MeaningfulPerturbation.warm_optimization.n_iter      # from Grad-CAM's map
+        12
     """
 
     start: Any = METHOD_DEFAULT

@@ -6,6 +6,8 @@ import pytest
 import torch
 from conftest import run_cli
 
+from captum_masks import GuidedFeatureInversion, InversionStage, MeaningfulPerturbation
+
 pytest.importorskip("captum_masks.bench.zoo")
 pytestmark = pytest.mark.real_model
 
@@ -65,12 +67,14 @@ def test_speed_prints_one_row_per_method(speed_rows):
     assert ratio == pytest.approx(per_iteration / bare, rel=0.01)
     # the page faults a bare pass and an iteration took: whole numbers, counted on Linux
     assert all(cell.isdigit() for cell in cells[6:8])
-    # at most 300 iterations; each image stops once its loss settles (the per-iteration time
-    # comes from runs without early stopping, so it does not depend on where that happens)
-    assert cells[8] == "300" and 20 < float(cells[9]) <= 300 and float(cells[12]) > 0
-    # the model's passes: one forward and one backward per iteration, and two more forward
-    # ones (the clean image and the floor of the deletion score, everything deleted)
-    assert float(cells[10]) == float(cells[9]) + 2 and cells[11] == cells[9]
+    # from Grad-CAM's map (the photos' CNN has a feature map), the warm start's budget
+    warm_budget = MeaningfulPerturbation.warm_optimization.n_iter
+    assert cells[8] == str(warm_budget) and float(cells[9]) == warm_budget
+    assert float(cells[12]) > 0
+    # the model's passes: one forward and one backward per iteration; four more forward ones
+    # (the clean image, the floor of the deletion score, and Grad-CAM's pass after the one
+    # that finds its layer) and Grad-CAM's backward pass
+    assert float(cells[10]) == warm_budget + 4 and float(cells[11]) == warm_budget + 1
 
 
 def test_speed_with_early_stopping_reports_the_iterations_run():
@@ -100,12 +104,14 @@ def test_speed_with_early_stopping_reports_the_iterations_run():
 
 def test_speed_of_guided_feature_inversion_counts_both_stages_and_passes(speed_rows):
     cells = speed_rows["GuidedFeatureInversion"]
-    # stage 2 scores the kept and the removed image; a default run is 10 + 70 iterations
+    # stage 2 scores the kept and the removed image; a default run is 10 + n iterations
+    stage_2 = GuidedFeatureInversion.default_optimization.n_iter
     assert cells[:3] == ["GuidedFeatureInversion", "1", "2"]
-    assert cells[8] == cells[9] == "80" and float(cells[12]) > 0
-    # backward passes through the model's output: stage 2's 70 × 2 and the target's gradient
+    assert cells[8] == cells[9] == str(InversionStage().n_iter + stage_2)
+    assert float(cells[12]) > 0
+    # backward passes through the model's output: stage 2's n × 2 and the target's gradient
     # that starts it (stage 1 stops at its layer)
-    assert cells[11] == "141"
+    assert cells[11] == str(2 * stage_2 + 1)
 
 
 def test_speed_of_the_amortized_explainer_is_one_pass(speed_rows):

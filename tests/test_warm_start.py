@@ -101,7 +101,7 @@ def test_a_start_moves_the_first_mask_to_the_evidence(method):
     images = torch.rand(1, 3, 32, 32)
     quarter = torch.zeros(1, 32, 32)
     quarter[:, :16, :16] = 1.0
-    one_step = Optimization(n_iter=1, lr=1e-6)
+    one_step = Optimization(start=None, n_iter=1, lr=1e-6)
     own = method(model).attribute(images, target=1, optimization=one_step)[0, 0]
     warm = method(model).attribute(
         images, target=1, optimization=Optimization(start=quarter, n_iter=1, lr=1e-6)
@@ -150,6 +150,71 @@ def test_starts_that_cannot_apply_are_clear_errors():
             optimization=Optimization(start="gradcam"),
         )
     assert_same_state(before, model_state(model))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_default_start_is_gradcam_with_the_warm_budget_where_the_model_has_a_feature_map(
+    method,
+):
+    model = TinyCNN().eval()
+    images = torch.rand(2, 3, 16, 16)
+    explainer = method(model)
+    default, default_history = explainer.attribute(images, target=1, return_history=True)
+    gradcam = explainer.attribute(images, target=1, optimization=Optimization(start="gradcam"))
+    torch.testing.assert_close(default, gradcam)
+    assert default_history.loss.shape[0] == method.warm_optimization.n_iter
+    assert method.warm_optimization.n_iter < method.default_optimization.n_iter
+    _, cold_history = explainer.attribute(
+        images, target=1, optimization=Optimization(start=None), return_history=True
+    )
+    assert cold_history.loss.shape[0] == method.default_optimization.n_iter
+    # a field the caller sets is used as given, also from a warm start
+    _, given_history = explainer.attribute(
+        images, target=1, optimization=Optimization(n_iter=3), return_history=True
+    )
+    assert given_history.loss.shape[0] == 3
+
+
+class ChannelsLast(torch.nn.Module):
+    """A CNN over (N, H, W, C) inputs: positions along the middle axes (e.g. token layers)."""
+
+    def __init__(self, cnn):
+        super().__init__()
+        self.cnn = cnn
+
+    def forward(self, x):
+        return self.cnn(x.permute(0, 3, 1, 2))
+
+
+def _no_feature_map(images):
+    """A plain function (no module to find a feature map in) over (N, C, H, W) images."""
+    return torch.stack([images.mean(dim=(1, 2, 3)), images[:, :, :2, :2].mean(dim=(1, 2, 3))], 1)
+
+
+@pytest.mark.parametrize(
+    "method", [MeaningfulPerturbation, NeuroMaskAttr]
+)  # ExtremalPerturbation takes images only: its fallback is the plain function's
+def test_the_default_start_falls_back_to_the_methods_own_where_grad_cam_cannot_apply(method):
+    rows = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
+    flat = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 10, 3)).eval()
+    cases = [
+        (rows, torch.rand(2, 4), {}),  # rows (N, F)
+        (flat, torch.rand(2, 2, 10), {"channels_last": False}),  # no output keeps positions
+        (_no_feature_map, torch.rand(2, 3, 8, 8), {}),  # not a module
+        (ChannelsLast(TinyCNN()).eval(), torch.rand(2, 8, 8, 3), {"channels_last": True}),
+    ]
+    for model, inputs, options in cases:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a random model's flat score
+            _, history = method(model).attribute(inputs, target=1, return_history=True, **options)
+        assert history.loss.shape[0] == method.default_optimization.n_iter
+
+
+def test_extremal_perturbation_falls_back_to_its_own_start_without_a_module():
+    _, history = ExtremalPerturbation(_no_feature_map).attribute(
+        torch.rand(1, 3, 16, 16), target=1, return_history=True
+    )
+    assert history.loss.shape[0] == ExtremalPerturbation.default_optimization.n_iter
 
 
 class RegionScore(torch.nn.Module):

@@ -10,6 +10,7 @@ is called in the input's own dtype.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
@@ -23,9 +24,11 @@ from torch import Tensor
 
 from captum_masks._engine.checks import resolve_targets, run_forward
 from captum_masks._engine.compat import _format_additional_forward_args, _format_output
+from captum_masks._engine.layout import MaskLayout
 from captum_masks._engine.loop import ExampleRows
 from captum_masks._engine.model_state import leaves_model_as_found
 from captum_masks._engine.model_structure import patch_size_of
+from captum_masks._engine.warm_start import warm_started
 from captum_masks.optimization import FIELDS, Optimization
 from captum_masks.perturbations import BaselineValue, Perturbation, resolve_perturbation
 
@@ -97,11 +100,14 @@ class MaskAttribution(PerturbationAttribution):
     Attributes:
         default_optimization (Optimization): an optimising method's loop settings; the fields a
             call's ``optimization`` leaves unset take these.
+        warm_optimization (Optimization): the fields that differ when the mask starts warm
+            (``Optimization.start``): a mask that starts near the answer needs fewer steps.
         moved_arguments (dict): old keyword names and the spelling that replaced them, for the
             ``TypeError`` a call with one raises.
     """
 
     default_optimization: ClassVar[Optimization | None] = None
+    warm_optimization: ClassVar[Optimization] = Optimization()
     moved_arguments: ClassVar[dict[str, str]] = {}
 
     def __init__(self, forward_func: Callable) -> None:
@@ -137,6 +143,26 @@ class MaskAttribution(PerturbationAttribution):
                 f"Optimization(n_iter=50)) or None, got {type(optimization).__name__}"
             )
         return optimization.over(defaults)
+
+    def _started(
+        self,
+        optimization: Optimization | None,
+        masks: Any,
+        call: PreparedCall,
+        layout: MaskLayout,
+        keeps: bool,
+    ) -> tuple[Optimization, Any]:
+        """The call's loop settings and ``masks`` with their start: a warm start's masks and
+        :attr:`warm_optimization` under the caller's fields, or, without one (``start=None``,
+        or ``"auto"`` where the call has no Grad-CAM), the cold settings and ``masks``."""
+        settings = self._optimization(optimization)
+        started = None
+        if settings.start is not None:
+            started = warm_started(masks, settings.start, call, layout, keeps)
+        if started is None:
+            return dataclasses.replace(settings, start=None), masks
+        warm_defaults = self.warm_optimization.over(self._optimization(None))
+        return (optimization or Optimization()).over(warm_defaults), started
 
     def _prepare(
         self,

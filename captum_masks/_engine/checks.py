@@ -249,7 +249,7 @@ def check_instance(name: str, value: Any, kind: type, default: Any) -> Any:
 
 
 #: ``Optimization.start``'s maps by name
-START_NAMES = ("gradcam",)
+START_NAMES = ("auto", "gradcam")
 
 
 def check_start(start: Any) -> None:
@@ -261,7 +261,7 @@ def check_start(start: Any) -> None:
         start is None or isinstance(start, Tensor) or callable(getattr(start, "attribute", None))
     ):
         raise TypeError(
-            "start must be None, 'gradcam', a fitted AmortizedExplainer or a tensor, got "
+            "start must be None, 'auto', 'gradcam', a fitted AmortizedExplainer or a tensor, got "
             f"{type(start).__name__}"
         )
 

@@ -1,7 +1,8 @@
 """Warm starts: a cheap map of where the evidence is, put into a mask's own cells.
 
 ``Optimization.start`` is one of: None (the method's own start), ``"gradcam"`` (Grad-CAM
-at the model's last feature map: one forward and one backward pass), a fitted explainer with an
+at the model's last feature map: one forward and one backward pass), ``"auto"`` (Grad-CAM where
+the call can take it, the method's own start otherwise), a fitted explainer with an
 ``attribute(inputs, target=...)`` method (an :class:`~captum_masks.AmortizedExplainer`), or a
 tensor of importance (another method's attribution, with the input's shape or without its
 channel axis). Each becomes an evidence map in [0, 1] per example, at the input's resolution,
@@ -12,13 +13,12 @@ which :func:`warm_started` averages over each cell of the mask and hands to
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
 
-from captum_masks._engine.call import PreparedCall
 from captum_masks._engine.checks import map_batch, run_forward
 from captum_masks._engine.hooks import (
     last_feature_map,
@@ -32,29 +32,43 @@ from captum_masks._engine.scores import select_scores
 from captum_masks.masks.base import CellMask
 from captum_masks.masks.interpolation import upsample_linearly
 
+if TYPE_CHECKING:  # the call module builds on this one
+    from captum_masks._engine.call import PreparedCall
+
 
 def warm_started(
     masks: Any, start: Any, call: PreparedCall, layout: MaskLayout, keeps: bool
-) -> CellMask:
+) -> CellMask | None:
     """``masks`` starting where ``start`` says the evidence is: its cells take the evidence
     map's mean over each cell (``keeps``: the mask keeps evidence) or one minus it (the mask
-    deletes evidence where it is 0).
+    deletes evidence where it is 0). None when ``start`` is ``"auto"`` and the call has no
+    Grad-CAM (rows, several inputs, feature groups, channels-last positions such as tokens, a
+    model without a feature map over the input's positions): the method's own start applies.
 
     Raises:
         ValueError: for a start the call cannot take (several inputs, feature groups, a map of
             another shape, a model without a feature map for ``"gradcam"``).
     """
-    if not isinstance(masks, CellMask) or len(call.inputs) != 1:
+    automatic = isinstance(start, str) and start == "auto"
+    on_grid = isinstance(masks, CellMask) and len(call.inputs) == 1
+    if automatic and (not on_grid or layout.channels_last):
+        return None
+    if not on_grid:
         raise ValueError(
             "start needs one input tensor with positions (a sequence, image or volume) "
             "masked on a grid: it is not taken for rows (N, F), a tuple of inputs or "
             "feature_mask"
         )
+    if isinstance(start, str):
+        layer = feature_layer(call, layout)
+        if layer is None and automatic:
+            return None
+        evidence = _scaled_by_peak(_grad_cam_at(layer, call, layout))
+    else:
+        evidence = evidence_map(start, call, layout)
     image = layout.to_channels_first(call.work_inputs[0])
-    spatial = image.shape[2:]
-    evidence = evidence_map(start, call, layout)
     values = evidence if keeps else 1.0 - evidence
-    return masks.starting_at(_cell_means(values, masks.cell_shape(spatial)))
+    return masks.starting_at(_cell_means(values, masks.cell_shape(image.shape[2:])))
 
 
 def _cell_means(values: Tensor, cells: list[int]) -> Tensor:
@@ -66,13 +80,18 @@ def evidence_map(start: Any, call: PreparedCall, layout: MaskLayout) -> Tensor:
     """(N, 1, \\*spatial) in [0, 1], in the work dtype: each example's evidence map scaled by
     its maximum (a map with no positive value is 0.5 everywhere: it says nothing)."""
     image = layout.to_channels_first(call.work_inputs[0])
-    if isinstance(start, str):  # "gradcam", the one name (checked with the settings)
+    if isinstance(start, str):  # "gradcam" (names are checked with the settings)
         importance = grad_cam(call, layout)
     elif isinstance(start, Tensor):
         importance = _given_map(start, image, layout)
     else:  # a fitted explainer
         explained = start.attribute(call.inputs[0], target=call.targets[:, 0])
         importance = _given_map(explained, image, layout)
+    return _scaled_by_peak(importance)
+
+
+def _scaled_by_peak(importance: Tensor) -> Tensor:
+    """Each example's positive part divided by its maximum (0.5 where it has none)."""
     positive = importance.clamp_min(0)
     peak = positive.flatten(1).amax(dim=1).view(-1, *[1] * (positive.dim() - 1))
     return torch.where(peak > 0, positive / peak.clamp_min(torch.finfo(peak.dtype).tiny), 0.5)
@@ -93,35 +112,44 @@ def _given_map(importance: Tensor, image: Tensor, layout: MaskLayout) -> Tensor:
     )
 
 
-def grad_cam(call: PreparedCall, layout: MaskLayout) -> Tensor:
-    """Grad-CAM of each example's target at the model's last feature map (the last module whose
-    output has the input's spatial axes), upsampled to the input: one forward and one backward
-    pass, with no parameter's ``.grad`` touched."""
-    image = layout.to_channels_first(call.work_inputs[0])
-    spatial = image.shape[2:]
+def feature_layer(call: PreparedCall, layout: MaskLayout) -> nn.Module | None:
+    """The model's last feature map over the input's positions (the last module whose output
+    is (N, C, \\*spatial)), found on one example's forward pass; None for a channels-last input
+    or a forward function that is no module."""
     models = modules_of(call.forward_func)
-    caller_inputs = call.inputs
+    if not models or layout.channels_last:
+        return None
+    spatial = layout.to_channels_first(call.inputs[0]).shape[2:]
+    return last_feature_map(
+        models[0],
+        lambda: run_forward(
+            call.forward_func,
+            tuple(x[:1] for x in call.inputs),
+            map_batch(call.additional_args, call.num_examples, lambda arg: arg[:1]),
+        ),
+        spatial,
+        max_channels=torch.iinfo(torch.int64).max,
+    )
 
-    def forward() -> Tensor:
-        return run_forward(call.forward_func, caller_inputs, call.additional_args)
 
-    layer = None
-    if models and not layout.channels_last:
-        layer = last_feature_map(
-            models[0],
-            lambda: run_forward(
-                call.forward_func,
-                tuple(x[:1] for x in caller_inputs),
-                map_batch(call.additional_args, call.num_examples, lambda arg: arg[:1]),
-            ),
-            spatial,
-            max_channels=torch.iinfo(torch.int64).max,
-        )
+def grad_cam(call: PreparedCall, layout: MaskLayout) -> Tensor:
+    """Grad-CAM of each example's target at the model's last feature map (see
+    :func:`feature_layer`), upsampled to the input: one forward and one backward pass, with no
+    parameter's ``.grad`` touched."""
+    return _grad_cam_at(feature_layer(call, layout), call, layout)
+
+
+def _grad_cam_at(layer: nn.Module | None, call: PreparedCall, layout: MaskLayout) -> Tensor:
     if layer is None:
         raise ValueError(
             "start='gradcam' needs a model with a feature map over the input's positions (a "
             "module whose output is (N, C, *spatial)); pass a map or an explainer instead"
         )
+    image = layout.to_channels_first(call.work_inputs[0])
+
+    def forward() -> Tensor:
+        return run_forward(call.forward_func, call.inputs, call.additional_args)
+
     with recording([layer]) as recorded:
         gradient = layer_gradient(
             forward, layer, lambda output: select_scores(output, call.targets, apply_softmax=False)
@@ -130,7 +158,7 @@ def grad_cam(call: PreparedCall, layout: MaskLayout) -> Tensor:
     features = features.detach().to(image.dtype)
     weights = gradient.to(image.dtype).mean(dim=tuple(range(2, gradient.dim())), keepdim=True)
     cam = torch.relu((weights * features).sum(dim=1, keepdim=True))
-    return upsample_linearly(cam, spatial)
+    return upsample_linearly(cam, image.shape[2:])
 
 
-__all__ = ["evidence_map", "grad_cam", "warm_started"]
+__all__ = ["evidence_map", "feature_layer", "grad_cam", "warm_started"]
