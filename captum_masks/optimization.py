@@ -69,7 +69,8 @@ class Optimization:
             None is the method's own start; ``"gradcam"`` Grad-CAM of the target at the model's
             last feature map (the last module whose output has the input's spatial axes; one
             forward and one backward pass); ``"auto"`` (their default) Grad-CAM where the call
-            has it, else the method's own start; a fitted :class:`~captum_masks.AmortizedExplainer`
+            has it (a model in eval mode with such a feature map, not a vision transformer's
+            patch embedding), else the method's own start; a fitted :class:`~captum_masks.AmortizedExplainer`
             or any object with ``attribute(inputs, target=...)`` (a Captum method), whose map
             is taken; or a map of importance with the input's shape or without its channel
             axis (e.g. another method's attribution). The map, scaled by each example's maximum, is

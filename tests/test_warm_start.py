@@ -202,6 +202,7 @@ def test_the_default_start_falls_back_to_the_methods_own_where_grad_cam_cannot_a
         (flat, torch.rand(2, 2, 10), {"channels_last": False}),  # no output keeps positions
         (_no_feature_map, torch.rand(2, 3, 8, 8), {}),  # not a module
         (ChannelsLast(TinyCNN()).eval(), torch.rand(2, 8, 8, 3), {"channels_last": True}),
+        (TinyCNN(dropout=0.5).train(), torch.rand(2, 3, 8, 8), {}),  # a batch-dependent map
     ]
     for model, inputs, options in cases:
         with warnings.catch_warnings():

@@ -62,10 +62,15 @@ def restored_buffers(modules: Sequence[nn.Module]) -> Iterator[None]:
 MODE_DEPENDENT = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase)
 
 
+def in_training_mode(modules: Sequence[nn.Module]) -> bool:
+    """Whether a dropout or batch norm layer of ``modules`` is in training mode."""
+    layers = (m for model in modules for m in model.modules())
+    return any(m.training and isinstance(m, MODE_DEPENDENT) for m in layers)
+
+
 def warn_if_training(modules: Sequence[nn.Module], what: str) -> None:
     """One warning when a dropout or batch norm layer of ``modules`` is in training mode."""
-    layers = (m for model in modules for m in model.modules())
-    if any(m.training and isinstance(m, MODE_DEPENDENT) for m in layers):
+    if in_training_mode(modules):
         warn_user(
             f"{what} is in training mode: dropout makes every step's objective random and batch "
             "norm normalises with the perturbed batch's statistics. Its buffers are restored "

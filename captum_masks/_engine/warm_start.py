@@ -27,7 +27,8 @@ from captum_masks._engine.hooks import (
     single_outputs,
 )
 from captum_masks._engine.layout import MaskLayout
-from captum_masks._engine.model_state import modules_of
+from captum_masks._engine.model_state import in_training_mode, modules_of
+from captum_masks._engine.model_structure import patch_size_of
 from captum_masks._engine.scores import select_scores
 from captum_masks.masks.base import CellMask
 from captum_masks.masks.interpolation import upsample_linearly
@@ -43,7 +44,9 @@ def warm_started(
     map's mean over each cell (``keeps``: the mask keeps evidence) or one minus it (the mask
     deletes evidence where it is 0). None when ``start`` is ``"auto"`` and the call has no
     Grad-CAM (rows, several inputs, feature groups, channels-last positions such as tokens, a
-    model without a feature map over the input's positions): the method's own start applies.
+    model without a feature map over the input's positions, a vision transformer, whose only
+    such map is its patch embedding, before any attention, a model in training mode, whose
+    batch norm makes one example's map depend on the batch): the method's own start applies.
 
     Raises:
         ValueError: for a start the call cannot take (several inputs, feature groups, a map of
@@ -51,7 +54,12 @@ def warm_started(
     """
     automatic = isinstance(start, str) and start == "auto"
     on_grid = isinstance(masks, CellMask) and len(call.inputs) == 1
-    if automatic and (not on_grid or layout.channels_last):
+    if automatic and (
+        not on_grid
+        or layout.channels_last
+        or patch_size_of(call.forward_func) is not None
+        or in_training_mode(modules_of(call.forward_func))
+    ):
         return None
     if not on_grid:
         raise ValueError(
@@ -146,19 +154,34 @@ def _grad_cam_at(layer: nn.Module | None, call: PreparedCall, layout: MaskLayout
             "module whose output is (N, C, *spatial)); pass a map or an explainer instead"
         )
     image = layout.to_channels_first(call.work_inputs[0])
+    # one example at a time: a batched pass rounds differently from one example's, and the few
+    # steps after a start near the answer can magnify that; a batch starts where its examples
+    # alone would
+    maps = [_one_grad_cam(layer, call, row) for row in range(call.num_examples)]
+    return upsample_linearly(torch.cat(maps).to(image.dtype), image.shape[2:])
+
+
+def _one_grad_cam(layer: nn.Module, call: PreparedCall, row: int) -> Tensor:
+    """(1, 1, \\*feature_map) Grad-CAM of example ``row`` (its first target) at ``layer``."""
+    rows = slice(row, row + 1)
 
     def forward() -> Tensor:
-        return run_forward(call.forward_func, call.inputs, call.additional_args)
+        return run_forward(
+            call.forward_func,
+            tuple(x[rows] for x in call.inputs),
+            map_batch(call.additional_args, call.num_examples, lambda arg: arg[rows]),
+        )
 
     with recording([layer]) as recorded:
         gradient = layer_gradient(
-            forward, layer, lambda output: select_scores(output, call.targets, apply_softmax=False)
+            forward,
+            layer,
+            lambda output: select_scores(output, call.targets[rows], apply_softmax=False),
         )
     (features,) = single_outputs(recorded, [layer])
-    features = features.detach().to(image.dtype)
-    weights = gradient.to(image.dtype).mean(dim=tuple(range(2, gradient.dim())), keepdim=True)
-    cam = torch.relu((weights * features).sum(dim=1, keepdim=True))
-    return upsample_linearly(cam, image.shape[2:])
+    features = features.detach().to(call.work_dtype)
+    weights = gradient.to(call.work_dtype).mean(dim=tuple(range(2, gradient.dim())), keepdim=True)
+    return torch.relu((weights * features).sum(dim=1, keepdim=True))
 
 
 __all__ = ["evidence_map", "feature_layer", "grad_cam", "warm_started"]
