@@ -70,12 +70,13 @@ class Optimization:
             last feature map (the last module whose output has the input's spatial axes; one
             forward and one backward pass); ``"auto"`` (their default) Grad-CAM where the call
             has it (a model in eval mode with such a feature map, not a vision transformer's
-            patch embedding), else the method's own start; a fitted :class:`~captum_masks.AmortizedExplainer`
-            or any object with ``attribute(inputs, target=...)`` (a Captum method), whose map
-            is taken; or a map of importance with the input's shape or without its channel
-            axis (e.g. another method's attribution). The map, scaled by each example's maximum, is
-            averaged over each cell of the mask, which starts keeping it (or, in a deletion
-            game, deleting it). One input tensor, without ``feature_mask``. A warm start
+            patch embedding), else the method's own start; a fitted
+            :class:`~captum_masks.AmortizedExplainer` or any object with
+            ``attribute(inputs, target=...)`` (a Captum method), whose map is taken; or a map
+            of importance with the input's shape or without its channel axis (e.g. another
+            method's attribution). The map, scaled by each example's maximum, is averaged over
+            each cell of the mask, which starts keeping it (or, in a deletion game, deleting
+            it). One input tensor, without ``feature_mask``. A warm start
             replaces the mask's own start, and the fields left unset take the method's
             ``warm_optimization`` (fewer iterations) over its ``default_optimization``.
         n_iter (int, optional): the most optimisation steps an example runs (fewer once it
