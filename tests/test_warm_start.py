@@ -67,10 +67,10 @@ def test_a_map_with_nothing_positive_says_nothing():
     assert torch.equal(evidence, torch.full((2, 1, 8, 8), 0.5))
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(
     method=st.sampled_from(METHODS),
-    start=st.sampled_from(["gradcam", "map", "attribution method"]),
+    start=st.sampled_from(["auto", "gradcam", "map", "attribution method"]),
     seed=st.integers(0, 100),
 )
 def test_every_start_gives_a_batch_its_one_by_one_masks(method, start, seed):
@@ -79,7 +79,7 @@ def test_every_start_gives_a_batch_its_one_by_one_masks(method, start, seed):
     images = torch.rand(3, 3, 16, 16)
     targets = torch.tensor([1, 3, 0])
     maps = torch.rand(3, 16, 16)
-    starts = {"gradcam": "gradcam", "attribution method": Saliency(model)}
+    starts = {"auto": "auto", "gradcam": "gradcam", "attribution method": Saliency(model)}
     explainer = method(model)
 
     def explain(rows):
