@@ -73,10 +73,8 @@ class ExtremalPerturbation(MaskAttribution):
     Differences from the paper and the authors' code, by design:
 
     - Adam with lr 0.1 instead of SGD with momentum (lr 0.01) for 800 steps; λ's schedule is
-      stretched to the run, whatever its length. Where the model has a feature map over the
-      image (a CNN's last convolutional block), every area starts from Grad-CAM's map of the
-      target there (``Optimization.start="auto"``: one forward and one backward pass) and runs
-      35 steps; otherwise, and with ``start=None``, from a flat mask for 150 steps.
+      stretched to the run, whatever its length; 150 steps from a flat mask, 35 from a warm
+      start (``Optimization(start=...)``), where every area starts from the start's map.
     - The paper's sizes in pixels (grid, σ, blur) are for 224-px images; every size left at its
       default is that fraction of the image's shorter side, so a 32-px image gets a 1-px grid.
     - The mask is evaluated every 4 pixels at 224 px and bilinearly upsampled
@@ -102,9 +100,7 @@ class ExtremalPerturbation(MaskAttribution):
         >>> masks = ep.attribute(images, target=3, areas=(0.05, 0.1, 0.2))  # their mean
     """
 
-    default_optimization = Optimization(start="auto", n_iter=150, lr=0.1, patience=20).over(
-        SHARED_DEFAULTS
-    )
+    default_optimization = Optimization(n_iter=150, lr=0.1, patience=20).over(SHARED_DEFAULTS)
     warm_optimization = Optimization(n_iter=35)
     moved_arguments = {
         "step": "mask=SmoothMaxMask(step=...)",

@@ -125,8 +125,7 @@ class GuidedFeatureInversion(MaskAttribution):
       activation (EfficientNet's head) behaves like VGG's post-ReLU layers;
     - Eq. 7's min-max normalisation is used (the authors' code divides by the maximum);
     - the learning rate is 0.05 instead of 1e-2: halved every 10 iterations, 1e-2 moves ω too
-      little in stage 2 to leave a second object out of the mask; stage 2 runs 30 iterations,
-      by when η is an eighth of its start and further steps barely move ω;
+      little in stage 2 to leave a second object out of the mask;
     - stage 2 keeps Eq. 5's area term, which Eq. 9 drops (ω's scale does not change the min-max
       normalised mask, so δ·ω̄ cannot shrink it), weighted by the class's clean score s_c(x) so
       that it matches p_c's terms for weak and confident classes alike;
@@ -168,7 +167,7 @@ class GuidedFeatureInversion(MaskAttribution):
         self.mask_layer = mask_layer
         self.device_ids = device_ids
 
-    default_optimization = Optimization(n_iter=30, lr=0.05, scheduler=halving_every(10)).over(
+    default_optimization = Optimization(n_iter=70, lr=0.05, scheduler=halving_every(10)).over(
         SHARED_DEFAULTS
     )
     moved_arguments = {
@@ -241,7 +240,7 @@ class GuidedFeatureInversion(MaskAttribution):
             optimization (Optimization, optional): stage 2's loop
                 (:class:`~captum_masks.Optimization`); stage 1 shares its optimiser, rate,
                 chunking, progress and seed (the noise's). Fields left unset take this method's
-                defaults: ``n_iter=30, lr=0.05, optimizer="adam"``, η halved every 10
+                defaults: ``n_iter=70, lr=0.05, optimizer="adam"``, η halved every 10
                 iterations (the paper's η is 1e-2; see above), ``tolerance=None``.
                 Default: None
             return_history (bool, optional): also return an
@@ -268,7 +267,8 @@ class GuidedFeatureInversion(MaskAttribution):
         )
         inversion = check_instance("inversion", inversion, InversionStage, InversionStage())
         target_settings = self._optimization(optimization)
-        if target_settings.start is not None:
+        automatic = isinstance(target_settings.start, str) and target_settings.start == "auto"
+        if target_settings.start is not None and not automatic:  # "auto": its own start
             raise ValueError(
                 "GuidedFeatureInversion takes no optimization.start: its mask is a combination "
                 "of the layer's feature maps, which its first stage finds"

@@ -68,27 +68,24 @@ class MeaningfulPerturbation(MaskAttribution):
     the deletion game (what had to be deleted), M for the preservation game (what had to be kept),
     expanded over channels to the input's exact shape.
 
-    Differences from the paper, by design: where the model has a feature map over the input's
-    positions (a CNN's last convolutional block), the mask starts from Grad-CAM's map of the
-    target there (``Optimization.start="auto"``: one forward and one backward pass) and runs 12
-    iterations, since a start near the answer only needs refining; elsewhere (rows, tokens,
-    tuples of inputs, ``feature_mask``) and with ``start=None`` it starts uniform
-    (:class:`~captum_masks.UpsampledMask`'s ``init_value``) and runs up to 300. Neither is the
-    paper's search for the smallest suppressing circle. The jitter shifts the mask rather than the
-    image (the same expectation up to the border); L1 and TV act on the low-resolution mask as in
-    the authors' code. The score is the log-probability of the game's outcome, −log(1 − f_c)
-    or −log f_c, instead of ±f_c: a confident small model's probability saturates, and with it
-    the gradient that should outweigh the area term. The deletion score stops at the
-    reference's, f_c(Φ(x, 0)): below it the mask would only add evidence against the target
-    (on a two-class model with a constant reference, push the input past the decision boundary),
-    and so take in features the decision never used. λ₁ weighs the mean area instead of the
-    sum, so deleting the whole input costs λ₁ at any number of cells (1.0 on the mean: the
-    paper's 1e-4 on a 28 × 28 grid is 0.08). The grid, its smoothing, the jitter and the blur
-    are the paper's sizes at 224 px as fractions of the input's shortest side; on a vision
-    transformer the blur covers at least one patch (the docs' transformers guide). From a
-    uniform start each example stops once its loss has settled (``Optimization.tolerance``)
-    instead of running all 300 iterations. The docs' MeaningfulPerturbation page measures the
-    departures against the paper's settings.
+    Differences from the paper, by design: the mask starts uniform
+    (:class:`~captum_masks.UpsampledMask`'s ``init_value``) instead of at the paper's search for
+    the smallest suppressing circle (``Optimization(start=...)`` starts it from a cheap map and
+    then runs 12 iterations, see :class:`~captum_masks.Optimization`). The jitter shifts the
+    mask rather than the image (the same expectation up to the border); L1 and TV act on the
+    low-resolution mask as in the authors' code. The score is the log-probability of the game's
+    outcome, −log(1 − f_c) or −log f_c, instead of ±f_c: a confident small model's probability
+    saturates, and with it the gradient that should outweigh the area term. The deletion score
+    stops at the reference's, f_c(Φ(x, 0)): below it the mask would only add evidence against
+    the target (on a two-class model with a constant reference, push the input past the decision
+    boundary), and so take in features the decision never used. λ₁ weighs the mean area instead
+    of the sum, so deleting the whole input costs λ₁ at any number of cells (1.0 on the mean:
+    the paper's 1e-4 on a 28 × 28 grid is 0.08). The grid, its smoothing, the jitter and the
+    blur are the paper's sizes at 224 px as fractions of the input's shortest side; on a vision
+    transformer the blur covers at least one patch (the docs' transformers guide). Each example
+    stops once its loss has settled (``Optimization.tolerance``) instead of running all 300
+    iterations. The docs' MeaningfulPerturbation page measures the departures against the
+    paper's settings.
 
     Args:
         forward_func (Callable): the classifier f of Eq. 3: a model, or any function mapping a
@@ -104,9 +101,9 @@ class MeaningfulPerturbation(MaskAttribution):
         >>> history.probability[history.steps - 1, torch.arange(len(images))]  # at its last step
     """
 
-    default_optimization = Optimization(
-        start="auto", n_iter=300, lr=0.1, tolerance=3e-3, patience=20
-    ).over(SHARED_DEFAULTS)
+    default_optimization = Optimization(n_iter=300, lr=0.1, tolerance=3e-3, patience=20).over(
+        SHARED_DEFAULTS
+    )
     warm_optimization = Optimization(n_iter=12)
     moved_arguments = {
         "mask_factor": "mask=UpsampledMask(factor=...)",

@@ -66,12 +66,9 @@ class NeuroMaskAttr(MaskAttribution):
       0.35 on the mean: at 0.35 the pull is weaker than the cross-entropy's gradient even once
       the probability has saturated, and on photos with two objects much of the mask lies on
       the other object.
-    - Where the model has a feature map over the input's positions (a CNN's last
-      convolutional block), W starts at T·logit of Grad-CAM's map of the target there
-      (``Optimization.start="auto"``: one forward and one backward pass) and runs 22
-      iterations: the evidence is already found and only its edges move. Elsewhere (rows,
-      tokens, ``feature_mask``) and with ``start=None``, W starts in U(−1, 1) and runs 100
-      iterations instead of 300: at λ_sp = 0.011 the weights reach −τ within about 100 steps.
+    - 100 iterations instead of 300: at λ_sp = 0.011 the weights reach −τ within about 100
+      steps (22 from a warm start, ``Optimization(start=...)``, where W starts at T·logit of
+      the start's map).
       Early stopping (``Optimization.tolerance``) stays off by default: the weights' tail keeps
       the loss falling slowly, so the relative test fires only near the end and saves nothing.
     - T = 1.5: a sharper mask puts more of it on the explained object, but T = 1 points at the
@@ -100,9 +97,9 @@ class NeuroMaskAttr(MaskAttribution):
         >>> tokens = neuromask.attribute(embeddings, target=1, channels_last=True)  # (N, L, D)
     """
 
-    default_optimization = Optimization(
-        start="auto", n_iter=100, lr=0.2, optimizer="rmsprop"
-    ).over(SHARED_DEFAULTS)
+    default_optimization = Optimization(n_iter=100, lr=0.2, optimizer="rmsprop").over(
+        SHARED_DEFAULTS
+    )
     warm_optimization = Optimization(n_iter=22)
     moved_arguments = {
         "temperature": "mask=SigmoidMask(temperature=...)",

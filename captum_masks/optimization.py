@@ -68,9 +68,9 @@ class Optimization:
             :class:`~captum_masks.NeuroMaskAttr`, :class:`~captum_masks.ExtremalPerturbation`):
             None is the method's own start; ``"gradcam"`` Grad-CAM of the target at the model's
             last feature map (the last module whose output has the input's spatial axes; one
-            forward and one backward pass); ``"auto"`` (their default) Grad-CAM where the call
-            has it (a model in eval mode with such a feature map, not a vision transformer's
-            patch embedding), else the method's own start; a fitted
+            forward and one backward pass); ``"auto"`` Grad-CAM where the call has it (a
+            model in eval mode with such a feature map, not a vision transformer's patch
+            embedding), else the method's own start; a fitted
             :class:`~captum_masks.AmortizedExplainer` or any object with
             ``attribute(inputs, target=...)`` (a Captum method), whose map is taken; or a map
             of importance with the input's shape or without its channel axis (e.g. another
@@ -79,6 +79,8 @@ class Optimization:
             it). One input tensor, without ``feature_mask``. A warm start
             replaces the mask's own start, and the fields left unset take the method's
             ``warm_optimization`` (fewer iterations) over its ``default_optimization``.
+            :class:`~captum_masks.GuidedFeatureInversion`, whose mask combines its layer's
+            feature maps, takes None and ``"auto"`` (both its own start).
         n_iter (int, optional): the most optimisation steps an example runs (fewer once it
             stops early, see ``tolerance``).
         lr (float, optional): the learning rate, > 0.

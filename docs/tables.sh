@@ -9,16 +9,11 @@ run() { echo "+ python -m captum_masks $*" >&2; python -m captum_masks "$@"; }
 run speed --threads 2 --table docs/tables/speed.md --methods MeaningfulPerturbation NeuroMaskAttr GuidedFeatureInversion ExtremalPerturbation AmortizedExplainer IntegratedGradients Occlusion LayerGradCam
 run scaling --threads 2 --table docs/tables/scaling.md --methods MeaningfulPerturbation NeuroMaskAttr ExtremalPerturbation IntegratedGradients
 
-# Held-out quality (docs/guide/evaluation.md, the method pages); the photo tables also run the
-# defaults before warm starts (start=None; GuidedFeatureInversion's 70 iterations) beside today's
-run benchmark --suite photos --n 12 --threads 1 --table docs/tables/photos.md --out "${TMPDIR:-/tmp}/benchmark_photos.png" \
-  --methods MeaningfulPerturbation/deletion 'MeaningfulPerturbation/deletion[optimization.start=None]' MeaningfulPerturbation/preservation NeuroMaskAttr 'NeuroMaskAttr[optimization.start=None]' GuidedFeatureInversion 'GuidedFeatureInversion[optimization.n_iter=70]' GuidedFeatureInversion/inversion ExtremalPerturbation 'ExtremalPerturbation[optimization.start=None]' RISE Saliency IntegratedGradients Occlusion FeatureAblation LayerGradCam
-run benchmark --suite photos-pairs --n 8 --threads 1 --table docs/tables/photos-pairs.md --out "${TMPDIR:-/tmp}/benchmark_photos-pairs.png" \
-  --methods MeaningfulPerturbation/deletion 'MeaningfulPerturbation/deletion[optimization.start=None]' MeaningfulPerturbation/preservation NeuroMaskAttr 'NeuroMaskAttr[optimization.start=None]' GuidedFeatureInversion 'GuidedFeatureInversion[optimization.n_iter=70]' GuidedFeatureInversion/inversion ExtremalPerturbation 'ExtremalPerturbation[optimization.start=None]' RISE Saliency IntegratedGradients Occlusion FeatureAblation LayerGradCam
-run benchmark --suite photos-lite2 --n 12 --threads 1 --table docs/tables/photos-lite2.md --out "${TMPDIR:-/tmp}/benchmark_photos-lite2.png" \
-  --methods MeaningfulPerturbation/deletion 'MeaningfulPerturbation/deletion[optimization.start=None]' MeaningfulPerturbation/preservation NeuroMaskAttr 'NeuroMaskAttr[optimization.start=None]' GuidedFeatureInversion 'GuidedFeatureInversion[optimization.n_iter=70]' GuidedFeatureInversion/inversion ExtremalPerturbation 'ExtremalPerturbation[optimization.start=None]' RISE Saliency IntegratedGradients Occlusion FeatureAblation LayerGradCam
-run benchmark --suite photos-pairs-lite2 --n 8 --threads 1 --table docs/tables/photos-pairs-lite2.md --out "${TMPDIR:-/tmp}/benchmark_photos-pairs-lite2.png" \
-  --methods MeaningfulPerturbation/deletion 'MeaningfulPerturbation/deletion[optimization.start=None]' MeaningfulPerturbation/preservation NeuroMaskAttr 'NeuroMaskAttr[optimization.start=None]' GuidedFeatureInversion 'GuidedFeatureInversion[optimization.n_iter=70]' GuidedFeatureInversion/inversion ExtremalPerturbation 'ExtremalPerturbation[optimization.start=None]' RISE Saliency IntegratedGradients Occlusion FeatureAblation LayerGradCam
+# Held-out quality (docs/guide/evaluation.md, the method pages)
+run benchmark --suite photos --n 12 --threads 1 --table docs/tables/photos.md --out "${TMPDIR:-/tmp}/benchmark_photos.png"
+run benchmark --suite photos-pairs --n 8 --threads 1 --table docs/tables/photos-pairs.md --out "${TMPDIR:-/tmp}/benchmark_photos-pairs.png"
+run benchmark --suite photos-lite2 --n 12 --threads 2 --table docs/tables/photos-lite2.md --out "${TMPDIR:-/tmp}/benchmark_photos-lite2.png"
+run benchmark --suite photos-pairs-lite2 --n 8 --threads 2 --table docs/tables/photos-pairs-lite2.md --out "${TMPDIR:-/tmp}/benchmark_photos-pairs-lite2.png"
 run benchmark --suite synthetic --n 100 --threads 2 --table docs/tables/synthetic.md --out "${TMPDIR:-/tmp}/benchmark_synthetic.png"
 run benchmark --suite synthetic-pairs --n 100 --threads 2 --table docs/tables/synthetic-pairs.md --out "${TMPDIR:-/tmp}/benchmark_synthetic-pairs.png"
 

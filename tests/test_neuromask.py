@@ -90,9 +90,7 @@ def first_masked_input(model, x, seed=0, **kwargs):
         seen.append(inputs[0].detach().clone())
         return model(*inputs)
 
-    NeuroMaskAttr(record).attribute(
-        x, **kwargs, optimization=Optimization(start=None, n_iter=1, seed=seed)
-    )
+    NeuroMaskAttr(record).attribute(x, **kwargs, optimization=Optimization(n_iter=1, seed=seed))
     return seen[1]  # seen[0] is the clean forward pass
 
 

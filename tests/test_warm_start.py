@@ -101,7 +101,7 @@ def test_a_start_moves_the_first_mask_to_the_evidence(method):
     images = torch.rand(1, 3, 32, 32)
     quarter = torch.zeros(1, 32, 32)
     quarter[:, :16, :16] = 1.0
-    one_step = Optimization(start=None, n_iter=1, lr=1e-6)
+    one_step = Optimization(n_iter=1, lr=1e-6)
     own = method(model).attribute(images, target=1, optimization=one_step)[0, 0]
     warm = method(model).attribute(
         images, target=1, optimization=Optimization(start=quarter, n_iter=1, lr=1e-6)
@@ -130,6 +130,13 @@ def test_starts_that_cannot_apply_are_clear_errors():
         Optimization(start="saliency")
     with pytest.raises(TypeError, match="start"):
         Optimization(start=0.5)
+    # "auto" is each method's best start: GuidedFeatureInversion's is its own
+    gfi = GuidedFeatureInversion(model, model.features)
+    auto = Optimization(start="auto", n_iter=2)
+    torch.testing.assert_close(
+        gfi.attribute(images, target=1, optimization=auto),
+        gfi.attribute(images, target=1, optimization=Optimization(n_iter=2)),
+    )
     with pytest.raises(ValueError, match="GuidedFeatureInversion takes no optimization.start"):
         GuidedFeatureInversion(model, model.features).attribute(
             images, target=1, optimization=Optimization(start="gradcam")
@@ -153,24 +160,24 @@ def test_starts_that_cannot_apply_are_clear_errors():
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_the_default_start_is_gradcam_with_the_warm_budget_where_the_model_has_a_feature_map(
+def test_the_auto_start_is_gradcam_with_the_warm_budget_where_the_model_has_a_feature_map(
     method,
 ):
     model = TinyCNN().eval()
     images = torch.rand(2, 3, 16, 16)
     explainer = method(model)
-    default, default_history = explainer.attribute(images, target=1, return_history=True)
-    gradcam = explainer.attribute(images, target=1, optimization=Optimization(start="gradcam"))
-    torch.testing.assert_close(default, gradcam)
-    assert default_history.loss.shape[0] == method.warm_optimization.n_iter
-    assert method.warm_optimization.n_iter < method.default_optimization.n_iter
-    _, cold_history = explainer.attribute(
-        images, target=1, optimization=Optimization(start=None), return_history=True
+    auto, auto_history = explainer.attribute(
+        images, target=1, optimization=Optimization(start="auto"), return_history=True
     )
+    gradcam = explainer.attribute(images, target=1, optimization=Optimization(start="gradcam"))
+    torch.testing.assert_close(auto, gradcam)
+    assert auto_history.loss.shape[0] == method.warm_optimization.n_iter
+    assert method.warm_optimization.n_iter < method.default_optimization.n_iter
+    _, cold_history = explainer.attribute(images, target=1, return_history=True)
     assert cold_history.loss.shape[0] == method.default_optimization.n_iter
     # a field the caller sets is used as given, also from a warm start
     _, given_history = explainer.attribute(
-        images, target=1, optimization=Optimization(n_iter=3), return_history=True
+        images, target=1, optimization=Optimization(start="auto", n_iter=3), return_history=True
     )
     assert given_history.loss.shape[0] == 3
 
@@ -194,7 +201,7 @@ def _no_feature_map(images):
 @pytest.mark.parametrize(
     "method", [MeaningfulPerturbation, NeuroMaskAttr]
 )  # ExtremalPerturbation takes images only: its fallback is the plain function's
-def test_the_default_start_falls_back_to_the_methods_own_where_grad_cam_cannot_apply(method):
+def test_the_auto_start_falls_back_to_the_methods_own_where_grad_cam_cannot_apply(method):
     rows = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
     flat = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 10, 3)).eval()
     cases = [
@@ -207,13 +214,19 @@ def test_the_default_start_falls_back_to_the_methods_own_where_grad_cam_cannot_a
     for model, inputs, options in cases:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a random model's flat score
-            _, history = method(model).attribute(inputs, target=1, return_history=True, **options)
+            auto = Optimization(start="auto")
+            _, history = method(model).attribute(
+                inputs, target=1, optimization=auto, return_history=True, **options
+            )
         assert history.loss.shape[0] == method.default_optimization.n_iter
 
 
-def test_extremal_perturbation_falls_back_to_its_own_start_without_a_module():
+def test_extremal_perturbations_auto_start_falls_back_to_its_own_without_a_module():
     _, history = ExtremalPerturbation(_no_feature_map).attribute(
-        torch.rand(1, 3, 16, 16), target=1, return_history=True
+        torch.rand(1, 3, 16, 16),
+        target=1,
+        optimization=Optimization(start="auto"),
+        return_history=True,
     )
     assert history.loss.shape[0] == ExtremalPerturbation.default_optimization.n_iter
 

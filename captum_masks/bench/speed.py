@@ -125,10 +125,6 @@ def _default_iterations(explainer: Attribution, spec: SpeedSpec) -> int:
     argument, _, field = spec.iteration_argument.partition(".")
     if field:
         default = getattr(getattr(explainer, f"default_{argument}"), field)
-        # the photos' CNN has a feature map, so a method whose start is "auto" starts warm
-        if argument == "optimization" and getattr(explainer, "warm_optimization", None):
-            if explainer.default_optimization.start == "auto":
-                default = explainer.warm_optimization.given().get(field, default)
     else:
         default = inspect.signature(explainer.attribute).parameters[argument].default
     return default + spec.extra_iterations
