@@ -35,6 +35,7 @@ from captum_masks._engine.loop import ExampleRows, MaskProblem, optimize_masks
 from captum_masks._engine.model_state import make_generator
 from captum_masks._engine.model_structure import patch_size_of
 from captum_masks._engine.scores import select_scores
+from captum_masks._engine.warm_start import is_automatic
 from captum_masks.masks.channel_combination import ChannelCombinationMask
 from captum_masks.optimization import (
     SHARED_DEFAULTS,
@@ -267,8 +268,8 @@ class GuidedFeatureInversion(MaskAttribution):
         )
         inversion = check_instance("inversion", inversion, InversionStage, InversionStage())
         target_settings = self._optimization(optimization)
-        automatic = isinstance(target_settings.start, str) and target_settings.start == "auto"
-        if target_settings.start is not None and not automatic:  # "auto": its own start
+        # "auto" is each method's best start: GuidedFeatureInversion's own
+        if target_settings.start is not None and not is_automatic(target_settings.start):
             raise ValueError(
                 "GuidedFeatureInversion takes no optimization.start: its mask is a combination "
                 "of the layer's feature maps, which its first stage finds"

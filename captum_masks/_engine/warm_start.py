@@ -52,7 +52,7 @@ def warm_started(
         ValueError: for a start the call cannot take (several inputs, feature groups, a map of
             another shape, a model without a feature map for ``"gradcam"``).
     """
-    automatic = isinstance(start, str) and start == "auto"
+    automatic = is_automatic(start)
     on_grid = isinstance(masks, CellMask) and len(call.inputs) == 1
     if automatic and (
         not on_grid
@@ -67,13 +67,9 @@ def warm_started(
             "masked on a grid: it is not taken for rows (N, F), a tuple of inputs or "
             "feature_mask"
         )
-    if isinstance(start, str):
-        layer = feature_layer(call, layout)
-        if layer is None and automatic:
-            return None
-        evidence = _scaled_by_peak(_grad_cam_at(layer, call, layout))
-    else:
-        evidence = evidence_map(start, call, layout)
+    evidence = evidence_map(start, call, layout)
+    if evidence is None:
+        return None
     image = layout.to_channels_first(call.work_inputs[0])
     values = evidence if keeps else 1.0 - evidence
     return masks.starting_at(_cell_means(values, masks.cell_shape(image.shape[2:])))
@@ -84,12 +80,21 @@ def _cell_means(values: Tensor, cells: list[int]) -> Tensor:
     return F.interpolate(values, size=cells, mode="area")  # adaptive average pooling
 
 
-def evidence_map(start: Any, call: PreparedCall, layout: MaskLayout) -> Tensor:
+def is_automatic(start: Any) -> bool:
+    """Whether ``start`` is ``"auto"``: each method's best start that the call can take."""
+    return isinstance(start, str) and start == "auto"
+
+
+def evidence_map(start: Any, call: PreparedCall, layout: MaskLayout) -> Tensor | None:
     """(N, 1, \\*spatial) in [0, 1], in the work dtype: each example's evidence map scaled by
-    its maximum (a map with no positive value is 0.5 everywhere: it says nothing)."""
+    its maximum (a map with no positive value is 0.5 everywhere: it says nothing); None for
+    ``"auto"`` on a model without a feature map over the input's positions."""
     image = layout.to_channels_first(call.work_inputs[0])
-    if isinstance(start, str):  # "gradcam" (names are checked with the settings)
-        importance = grad_cam(call, layout)
+    if isinstance(start, str):  # "gradcam" or "auto" (names are checked with the settings)
+        layer = feature_layer(call, layout)
+        if layer is None and is_automatic(start):
+            return None
+        importance = grad_cam(layer, call, layout)
     elif isinstance(start, Tensor):
         importance = _given_map(start, image, layout)
     else:  # a fitted explainer
@@ -140,14 +145,10 @@ def feature_layer(call: PreparedCall, layout: MaskLayout) -> nn.Module | None:
     )
 
 
-def grad_cam(call: PreparedCall, layout: MaskLayout) -> Tensor:
-    """Grad-CAM of each example's target at the model's last feature map (see
-    :func:`feature_layer`), upsampled to the input: one forward and one backward pass, with no
-    parameter's ``.grad`` touched."""
-    return _grad_cam_at(feature_layer(call, layout), call, layout)
-
-
-def _grad_cam_at(layer: nn.Module | None, call: PreparedCall, layout: MaskLayout) -> Tensor:
+def grad_cam(layer: nn.Module | None, call: PreparedCall, layout: MaskLayout) -> Tensor:
+    """Grad-CAM of each example's target at ``layer`` (the model's last feature map, see
+    :func:`feature_layer`), upsampled to the input: one forward and one backward pass per
+    example, with no parameter's ``.grad`` touched."""
     if layer is None:
         raise ValueError(
             "start='gradcam' needs a model with a feature map over the input's positions (a "
@@ -184,4 +185,4 @@ def _one_grad_cam(layer: nn.Module, call: PreparedCall, row: int) -> Tensor:
     return torch.relu((weights * features).sum(dim=1, keepdim=True))
 
 
-__all__ = ["evidence_map", "feature_layer", "grad_cam", "warm_started"]
+__all__ = ["evidence_map", "feature_layer", "grad_cam", "is_automatic", "warm_started"]
